@@ -1,0 +1,3 @@
+from forcedphot.cli import main
+
+raise SystemExit(main())

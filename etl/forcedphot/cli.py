@@ -1,0 +1,173 @@
+"""``forcedphot`` command line: simulate, run, sql, status.
+
+Errors print one line naming the file or data ID and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import polars as pl
+
+from forcedphot import __version__
+from forcedphot.errors import ForcedPhotError
+
+EXIT_FAILED_QUANTA = 1
+EXIT_ERROR = 2
+
+
+def _csv_ints(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t]
+
+
+def _csv_strs(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+def cmd_simulate(args) -> int:
+    from forcedphot.repository import Repository
+    from forcedphot.sim import load_recipe, simulate
+
+    repo = Repository(args.repo)
+    if repo.exists() and not args.overwrite:
+        raise ForcedPhotError(f"{repo.root}: repository exists; pass --overwrite to simulate into it again")
+    overrides = {"seed": args.seed} if args.seed is not None else {}
+    recipe = load_recipe(args.recipe, **overrides)
+    simulate(recipe, repo.root, progress=not args.quiet)
+    print(f"simulated recipe {recipe.name!r} (seed {recipe.seed}) into {repo.root}")
+    return 0
+
+
+def _config(args):
+    from forcedphot.config import load_config
+
+    radii = [float(r) for r in args.radii.split(",")] if getattr(args, "radii", None) else None
+    return load_config(getattr(args, "config", None), aperture_radii=radii)
+
+
+def cmd_run(args) -> int:
+    from forcedphot.query import sql
+    from forcedphot.repository import Repository
+    from forcedphot.resources import read_sql
+    from forcedphot.runner import run_all
+
+    repo = Repository(args.repo)
+    config = _config(args)
+    summary = run_all(repo, config, tracts=args.tract, patches=args.patch, bands=args.band, force=args.force,
+                      jobs=args.jobs, progress=not args.quiet)
+    rows = sum(n for _, n, _ in summary.done)
+    print(f"{len(summary.done)} quanta measured ({rows} rows), {len(summary.skipped)} up to date, "
+          f"{len(summary.failed)} failed, in {summary.seconds:.1f} s")
+    for _, cause in summary.failed:
+        print(f"FAILED {cause}", file=sys.stderr)
+    if summary.done or summary.skipped:
+        print(pl.from_arrow(sql(repo, read_sql("band_summary"))))
+    return 0 if summary.ok else EXIT_FAILED_QUANTA
+
+
+def cmd_sql(args) -> int:
+    from forcedphot.query import sql
+
+    table = sql(args.repo, args.query)
+    df = pl.from_arrow(table)
+    if args.format == "csv":
+        sys.stdout.write(df.write_csv())
+    elif args.format == "json":
+        sys.stdout.write(df.write_ndjson())
+    else:
+        with pl.Config(tbl_rows=args.max_rows, tbl_cols=-1, tbl_width_chars=200):
+            print(df)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from forcedphot.config import load_config
+    from forcedphot.plan import plan_quanta
+    from forcedphot.repository import Repository
+    from forcedphot.runner import quantum_state, read_last_run
+
+    repo = Repository(args.repo)
+    config = load_config(args.config)
+    states = {}
+    rows = []
+    for q in plan_quanta(repo):
+        state, _ = quantum_state(repo, q, config)
+        states[state] = states.get(state, 0) + 1
+        rows.append({"tract": q.data_id.tract, "patch": q.data_id.patch, "band": q.data_id.band, "state": state,
+                     "missing": ",".join(q.missing)})
+    print(f"repository {repo.root}: {len(rows)} quanta: "
+          + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    if args.verbose and rows:
+        with pl.Config(tbl_rows=-1):
+            print(pl.DataFrame(rows))
+    last = read_last_run(repo)
+    if last:
+        print(f"last run: {len(last['done'])} measured, {len(last['skipped'])} up to date, "
+              f"{len(last['failed'])} failed")
+        for _, cause in last["failed"]:
+            print(f"  FAILED {cause}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="forcedphot", description="Forced photometry on coadds as a columnar ETL job.")
+    p.add_argument("--version", action="version", version=f"forcedphot {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("simulate", help="simulate a survey into a new repository",
+                       description="Simulate a deterministic multi-band survey (recipes in datasets/).")
+    s.add_argument("--recipe", default="default", help="recipe name in datasets/ or a TOML path (default: default)")
+    s.add_argument("--repo", required=True, help="repository folder to create")
+    s.add_argument("--seed", type=int, help="override the recipe's seed")
+    s.add_argument("--overwrite", action="store_true", help="simulate into an existing repository")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_simulate)
+
+    r = sub.add_parser("run", help="measure every ready quantum that is not up to date",
+                       description="Forced photometry over the repository's quanta. Up-to-date quanta are "
+                                   "skipped; changed inputs or config re-run exactly the affected quanta.")
+    r.add_argument("--repo", required=True, help="repository folder")
+    r.add_argument("--config", help="TOML file of ForcedPhotConfig options")
+    r.add_argument("--radii", help="comma-separated aperture radii in pixels (subset of the schema's radii)")
+    r.add_argument("--tract", type=_csv_ints, help="only these tracts (comma-separated)")
+    r.add_argument("--patch", type=_csv_ints, help="only these patches (comma-separated)")
+    r.add_argument("--band", type=_csv_strs, help="only these bands (comma-separated)")
+    r.add_argument("--force", action="store_true", help="re-run quanta that are up to date")
+    r.add_argument("-j", "--jobs", type=int, default=1, help="worker processes (default 1)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    q = sub.add_parser("sql", help="run a DuckDB SQL query over the repository",
+                       description="Views: forced_source, ref, truth, skymap (hive-partitioned Parquet).")
+    q.add_argument("query", help='SQL, e.g. "SELECT band, count(*) FROM forced_source GROUP BY band"')
+    q.add_argument("--repo", required=True, help="repository folder")
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    q.add_argument("--max-rows", type=int, default=40, help="rows shown in table format (-1: all)")
+    q.set_defaults(func=cmd_sql)
+
+    st = sub.add_parser("status", help="show which quanta are new, stale, up to date or missing inputs")
+    st.add_argument("--repo", required=True, help="repository folder")
+    st.add_argument("--config", help="TOML file of ForcedPhotConfig options (staleness depends on it)")
+    st.add_argument("-v", "--verbose", action="store_true", help="list every quantum")
+    st.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ForcedPhotError as exc:
+        print(f"forcedphot: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except FileNotFoundError as exc:
+        print(f"forcedphot: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("forcedphot: interrupted; completed quanta are kept, partial outputs were not written", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""File formats: atomic writes, schema-stamped Parquet, memory-mapped Arrow coadds."""

@@ -1,0 +1,123 @@
+"""Coadd images as one-row Arrow IPC files, memory-mapped and read zero-copy into numpy.
+
+One file per (tract, patch, band) holds image, mask and variance planes, the tract WCS
+(as a FITS header), the PSF grid, the photometric calibration (nJy per image unit) and
+the mask-plane registry. Columns follow ``schemas/coadd.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from forcedphot.errors import InputError
+from forcedphot.flags import MaskPlanes
+from forcedphot.io.atomic import atomic_path
+from forcedphot.psf import PsfGrid
+from forcedphot.schema import load_schema
+from forcedphot.skymap import Box
+
+
+@dataclass
+class Coadd:
+    tract: int
+    patch: int
+    band: str
+    bbox: Box  # tract-pixel box of the arrays
+    image: np.ndarray  # (H, W) float32, calibrated by photo_calib
+    mask: np.ndarray  # (H, W) int32 bit planes
+    variance: np.ndarray  # (H, W) float32
+    wcs: WCS  # sky <-> tract pixels
+    psf: PsfGrid
+    photo_calib: float  # nJy per image unit
+    mask_planes: MaskPlanes
+
+    def __post_init__(self):
+        shape = (self.bbox.height, self.bbox.width)
+        for name in ("image", "mask", "variance"):
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"{name} shape {getattr(self, name).shape} != bbox {shape}")
+
+    @property
+    def data_id(self) -> str:
+        return f"tract={self.tract} patch={self.patch} band={self.band}"
+
+
+def _flat(a: np.ndarray, dtype) -> pa.Array:
+    flat = np.ascontiguousarray(a, dtype=dtype).ravel()
+    return pa.ListArray.from_arrays(pa.array([0, flat.size], pa.int32()), pa.array(flat))
+
+
+def write_coadd(coadd: Coadd, path: str | Path) -> Path:
+    schema = load_schema("coadd")
+    header = coadd.wcs.to_header(relax=True).tostring(sep="\n")
+    cols = {
+        "tract": [coadd.tract], "patch": [coadd.patch], "band": [coadd.band],
+        "bbox_min_x": [coadd.bbox.min_x], "bbox_min_y": [coadd.bbox.min_y],
+        "width": [coadd.bbox.width], "height": [coadd.bbox.height],
+        "photo_calib": [float(coadd.photo_calib)],
+        "wcs_header": [header],
+        "mask_planes": [json.dumps(coadd.mask_planes.to_json())],
+        "psf_size": [coadd.psf.size],
+        "psf_grid_x": [coadd.psf.x.tolist()], "psf_grid_y": [coadd.psf.y.tolist()],
+    }
+    table = pa.table({k: pa.array(v) for k, v in cols.items()})
+    for name, arr, dtype in (("image", coadd.image, np.float32), ("mask", coadd.mask, np.int32),
+                             ("variance", coadd.variance, np.float32), ("psf_images", coadd.psf.images, np.float32)):
+        table = table.append_column(name, _flat(arr, dtype))
+    table = schema.conform(table, where=str(path))
+    with atomic_path(path) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+    return Path(path)
+
+
+def _values(table: pa.Table, name: str) -> np.ndarray:
+    """Zero-copy numpy view of a one-row list column's values."""
+    chunk = table.column(name).chunk(0)
+    return chunk.values.to_numpy(zero_copy_only=True)
+
+
+def read_coadd(path: str | Path) -> Coadd:
+    """Memory-map a coadd; image, mask and variance are read-only views into the file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: coadd file not found")
+    schema = load_schema("coadd")
+    try:
+        source = pa.memory_map(str(path), "r")
+        reader = pa.ipc.open_file(source)
+        schema.check_metadata(reader.schema.metadata, where=str(path))
+        table = reader.read_all()
+    except pa.ArrowInvalid as exc:
+        raise InputError(f"{path}: not a readable Arrow IPC coadd ({exc})") from exc
+    if table.num_rows != 1:
+        raise InputError(f"{path}: expected one row, found {table.num_rows}")
+    row = {k: table.column(k)[0].as_py() for k in
+           ("tract", "patch", "band", "bbox_min_x", "bbox_min_y", "width", "height",
+            "photo_calib", "wcs_header", "mask_planes", "psf_size", "psf_grid_x", "psf_grid_y")}
+    h, w = row["height"], row["width"]
+    bbox = Box(row["bbox_min_x"], row["bbox_min_y"], row["bbox_min_x"] + w - 1, row["bbox_min_y"] + h - 1)
+    planes = {n: _values(table, n) for n in ("image", "mask", "variance")}
+    for n, a in planes.items():
+        if a.size != h * w:
+            raise InputError(f"{path}: {n} has {a.size} pixels, expected {h}x{w}")
+    k = row["psf_size"]
+    gx, gy = row["psf_grid_x"], row["psf_grid_y"]
+    psf_images = _values(table, "psf_images")
+    if psf_images.size != len(gx) * len(gy) * k * k:
+        raise InputError(f"{path}: psf_images has {psf_images.size} values, expected {len(gy)}x{len(gx)}x{k}x{k}")
+    wcs = WCS(fits.Header.fromstring(row["wcs_header"], sep="\n"))
+    return Coadd(
+        tract=row["tract"], patch=row["patch"], band=row["band"], bbox=bbox,
+        image=planes["image"].reshape(h, w), mask=planes["mask"].reshape(h, w),
+        variance=planes["variance"].reshape(h, w), wcs=wcs,
+        psf=PsfGrid(gx, gy, psf_images.reshape(len(gy), len(gx), k, k)),
+        photo_calib=row["photo_calib"], mask_planes=MaskPlanes.from_json(json.loads(row["mask_planes"])),
+    )

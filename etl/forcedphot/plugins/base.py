@@ -1,0 +1,83 @@
+"""Measurement plugins: each declares its output columns next to its kernel.
+
+A plugin measures *all* sources of a quantum at once and returns one array per declared
+column. It never raises for a single source: it sets that source's flags and NaN.
+Column kinds drive calibration: ``flux`` and ``fluxErr`` columns are in image units when
+measured and in nJy after :mod:`forcedphot.calibrate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from forcedphot.config import ForcedPhotConfig
+from forcedphot.cutouts import PaddedCoadd
+from forcedphot.io.coadd import Coadd
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    datatype: str  # Felis datatype
+    description: str
+    unit: str | None = None
+    kind: str = "value"  # "flux", "fluxErr", "flag" or "value"
+
+    def __post_init__(self):
+        if self.kind == "flag" and self.datatype != "boolean":
+            raise ValueError(f"flag column {self.name} must be boolean")
+
+
+def flag(name: str, description: str) -> Column:
+    return Column(name, "boolean", description, kind="flag")
+
+
+@dataclass
+class MeasurementContext:
+    """What every plugin sees for one quantum: the coadd, the references and the forced centroids."""
+
+    coadd: Coadd
+    padded: PaddedCoadd
+    config: ForcedPhotConfig
+    ref: dict  # column name -> numpy array (reference catalog joined with footprints)
+    x: np.ndarray | None = None  # forced centroid, tract pixels (set by TransformedCentroid)
+    y: np.ndarray | None = None
+    usable: np.ndarray | None = None  # finite centroid inside the padded region
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.ref["id"])
+
+    def centre_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """Padded-array pixel of every usable centroid (unusable ones parked at the padded origin)."""
+        key = "centre_index"
+        if key not in self.cache:
+            x = np.where(self.usable, self.x, self.coadd.bbox.min_x)
+            y = np.where(self.usable, self.y, self.coadd.bbox.min_y)
+            self.cache[key] = self.padded.local_index(x, y)
+        return self.cache[key]
+
+
+class Plugin:
+    """Base class: ``name``, ``columns(config)`` and ``measure(ctx)``."""
+
+    name: str = ""
+    order: float = 2.0  # Rubin execution order: centroid 0, shape 1, flux 2, apCorr 3
+    pad: int = 0  # padding this plugin needs around the image
+
+    @classmethod
+    def columns(cls, config: ForcedPhotConfig) -> tuple[Column, ...]:
+        raise NotImplementedError
+
+    @classmethod
+    def padding(cls, config: ForcedPhotConfig) -> int:
+        return cls.pad
+
+    def __init__(self, config: ForcedPhotConfig):
+        self.config = config
+
+    def measure(self, ctx: MeasurementContext) -> dict[str, np.ndarray]:
+        raise NotImplementedError

@@ -1,0 +1,91 @@
+"""The quantum loader: one (tract, patch, band)'s coadd (memory-mapped) and references joined to footprints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from forcedphot.duck import query_arrow
+from forcedphot.errors import InputError, MissingFootprintError
+from forcedphot.io.coadd import Coadd, read_coadd
+from forcedphot.plan import Quantum
+from forcedphot.resources import read_sql
+from forcedphot.schema import load_schema
+
+SPAN_COLUMNS = ("span_y", "span_x0", "span_x1")
+
+
+@dataclass
+class QuantumInputs:
+    quantum: Quantum
+    coadd: Coadd
+    ref: dict  # column -> numpy array; "footprint_spans" -> (offsets, y, x0, x1)
+    unmatched_footprint_ids: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.ref["id"])
+
+
+def _check_version(path: str, dataset: str) -> None:
+    try:
+        meta = pq.read_schema(path).metadata
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({exc})") from exc
+    load_schema(dataset).check_metadata(meta, where=path)
+
+
+def _flatten_spans(table: pa.Table) -> tuple[np.ndarray, ...]:
+    """(offsets (N+1,), y, x0, x1) of the list columns, null lists as empty."""
+    y = table.column("span_y").combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(y), 0).to_numpy(zero_copy_only=False)
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    flat = [pc.list_flatten(table.column(c).combine_chunks()).to_numpy(zero_copy_only=False).astype(np.int64)
+            for c in SPAN_COLUMNS]
+    return (offsets, *flat)
+
+
+def load_refs(quantum: Quantum) -> tuple[pa.Table, np.ndarray]:
+    """References joined to the band's footprints (DuckDB), and footprint ids with no reference."""
+    _check_version(quantum.ref_file, "ref")
+    _check_version(quantum.footprints_file, "footprints")
+    params = {"ref_file": quantum.ref_file, "footprints_file": quantum.footprints_file}
+    con = duckdb.connect()
+    try:
+        table = query_arrow(con, read_sql("quantum_refs"), params)
+        unmatched = query_arrow(con, read_sql("unmatched_footprints"), params)
+    except duckdb.Error as exc:
+        raise InputError(f"{quantum.data_id}: cannot join {quantum.ref_file} to {quantum.footprints_file}: {exc}") from exc
+    finally:
+        con.close()
+    return table, unmatched.column("id").to_numpy()
+
+
+def load_quantum(quantum: Quantum, *, allow_missing_footprints: bool = False) -> QuantumInputs:
+    """Load and check one quantum's inputs; raise a one-line error naming the data ID or ids."""
+    if not quantum.ready:
+        raise InputError(f"{quantum.data_id}: missing inputs: {', '.join(quantum.missing)}")
+    table, unmatched = load_refs(quantum)
+    has = table.column("has_footprint").to_numpy(zero_copy_only=False)
+    ids = table.column("id").to_numpy()
+    if not allow_missing_footprints and not has.all():
+        raise MissingFootprintError(str(quantum.data_id), ids[~has].tolist())
+    fparent = table.column("footprint_parent").to_numpy(zero_copy_only=False)
+    parent = table.column("parent").to_numpy()
+    clash = has & (np.nan_to_num(fparent.astype(float), nan=-1) != parent)
+    if clash.any():
+        raise InputError(f"{quantum.data_id}: footprint parent differs from reference parent for ids "
+                         f"{ids[clash][:20].tolist()} ({quantum.footprints_file})")
+    ref = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names
+           if c not in SPAN_COLUMNS and c != "footprint_parent"}
+    ref["footprint_spans"] = _flatten_spans(table)
+    coadd = read_coadd(quantum.coadd_file)
+    if (coadd.tract, coadd.patch, coadd.band) != (quantum.data_id.tract, quantum.data_id.patch, quantum.data_id.band):
+        raise InputError(f"{quantum.coadd_file}: holds tract={coadd.tract} patch={coadd.patch} band={coadd.band}, "
+                         f"expected {quantum.data_id}")
+    return QuantumInputs(quantum, coadd, ref, unmatched)

@@ -1,0 +1,117 @@
+"""The data repository: one root folder; every path in the project is built here.
+
+Layout (hive partitions, the keys are also stored as columns)::
+
+    <root>/repository.json
+    <root>/skymap/skymap.parquet
+    <root>/ref/tract=T/patch=P/ref.parquet
+    <root>/truth/tract=T/patch=P/truth.parquet            (simulated surveys)
+    <root>/footprints/tract=T/patch=P/band=B/footprints.parquet
+    <root>/coadd/tract=T/patch=P/band=B/coadd.arrow
+    <root>/forced_source/tract=T/patch=P/band=B/forced_source.parquet
+    <root>/runs/failures.parquet                         (last run's failed quanta)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from forcedphot.errors import InputError
+from forcedphot.io.atomic import atomic_path
+from forcedphot.io.parquet import read_parquet, write_parquet
+from forcedphot.schema import load_schema
+from forcedphot.skymap import SkyMap
+
+REPO_FORMAT = 1
+DATASETS = ("skymap", "ref", "truth", "footprints", "coadd", "forced_source")
+
+
+@dataclass(frozen=True, order=True)
+class DataId:
+    """A quantum's data ID: (tract, patch, band)."""
+
+    tract: int
+    patch: int
+    band: str
+
+    def __str__(self) -> str:
+        return f"tract={self.tract} patch={self.patch} band={self.band}"
+
+
+class Repository:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # -- creation and identity -------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "repository.json"
+
+    def exists(self) -> bool:
+        return self.manifest_path.exists()
+
+    def create(self, *, description: str = "") -> "Repository":
+        self.root.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.manifest_path) as tmp:
+            tmp.write_text(json.dumps({"format": REPO_FORMAT, "description": description}, indent=2))
+        return self
+
+    def check(self) -> None:
+        if not self.exists():
+            raise InputError(f"{self.root}: not a forcedphot repository (no repository.json); "
+                             "create one with `forcedphot simulate` or `forcedphot ingest`")
+        fmt = json.loads(self.manifest_path.read_text()).get("format")
+        if fmt != REPO_FORMAT:
+            raise InputError(f"{self.manifest_path}: repository format {fmt}, this forcedphot reads {REPO_FORMAT}")
+
+    # -- paths ------------------------------------------------------------------
+    def dataset_dir(self, dataset: str) -> Path:
+        if dataset not in DATASETS:
+            raise KeyError(f"unknown dataset {dataset!r}; known: {DATASETS}")
+        return self.root / dataset
+
+    def skymap_path(self) -> Path:
+        return self.dataset_dir("skymap") / "skymap.parquet"
+
+    def patch_path(self, dataset: str, tract: int, patch: int) -> Path:
+        return self.dataset_dir(dataset) / f"tract={tract}" / f"patch={patch}" / f"{dataset}.parquet"
+
+    def quantum_path(self, dataset: str, data_id: DataId) -> Path:
+        ext = "arrow" if dataset == "coadd" else "parquet"
+        return (self.dataset_dir(dataset) / f"tract={data_id.tract}" / f"patch={data_id.patch}"
+                / f"band={data_id.band}" / f"{dataset}.{ext}")
+
+    def ref_path(self, tract: int, patch: int) -> Path:
+        return self.patch_path("ref", tract, patch)
+
+    def truth_path(self, tract: int, patch: int) -> Path:
+        return self.patch_path("truth", tract, patch)
+
+    def footprints_path(self, data_id: DataId) -> Path:
+        return self.quantum_path("footprints", data_id)
+
+    def coadd_path(self, data_id: DataId) -> Path:
+        return self.quantum_path("coadd", data_id)
+
+    def forced_source_path(self, data_id: DataId) -> Path:
+        return self.quantum_path("forced_source", data_id)
+
+    def glob(self, dataset: str) -> str:
+        """A glob over every file of a dataset (for DuckDB and Polars)."""
+        ext = "arrow" if dataset == "coadd" else "parquet"
+        return str(self.dataset_dir(dataset) / "**" / f"*.{ext}")
+
+    def failures_path(self) -> Path:
+        return self.root / "runs" / "failures.parquet"
+
+    def lock_path(self, data_id: DataId) -> Path:
+        return self.root / "runs" / "locks" / f"{data_id.tract}-{data_id.patch}-{data_id.band}.lock"
+
+    # -- skymap -----------------------------------------------------------------
+    def write_skymap(self, skymap: SkyMap) -> None:
+        write_parquet(skymap.to_table(), self.skymap_path(), load_schema("skymap"))
+
+    def read_skymap(self) -> SkyMap:
+        return SkyMap.from_table(read_parquet(self.skymap_path(), load_schema("skymap")))

@@ -1,0 +1,131 @@
+"""Run forced photometry over many quanta: skip up-to-date ones, lock, isolate failures, report.
+
+A quantum is skipped when its output's provenance shows the same config fingerprint, the
+same input contents and the same schema major version. A failed quantum leaves any
+previous output untouched (writes are atomic) and does not stop the others. Quanta run in
+worker processes with ``jobs > 1`` (each quantum is independent, as Rubin's canMultiprocess).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+
+from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
+
+from forcedphot.config import ForcedPhotConfig
+from forcedphot.errors import ForcedPhotError
+from forcedphot.io.atomic import atomic_path
+from forcedphot.io.parquet import read_provenance
+from forcedphot.plan import Quantum, plan_quanta
+from forcedphot.provenance import input_fingerprints, is_up_to_date
+from forcedphot.repository import Repository
+from forcedphot.schema import load_schema
+from forcedphot.task import ForcedPhotCoaddTask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    done: list = field(default_factory=list)  # (data_id str, n_rows, seconds)
+    skipped: list = field(default_factory=list)  # data_id str (up to date)
+    failed: list = field(default_factory=list)  # (data_id str, one-line cause)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def quantum_state(repo: Repository, quantum: Quantum, config: ForcedPhotConfig) -> tuple[str, dict | None]:
+    """('missing' | 'up-to-date' | 'stale' | 'new', input fingerprints)."""
+    if not quantum.ready:
+        return "missing", None
+    task_inputs = {"ref": quantum.ref_file, "footprints": quantum.footprints_file, "coadd": quantum.coadd_file}
+    fingerprints = input_fingerprints(task_inputs)
+    out = repo.forced_source_path(quantum.data_id)
+    if not out.exists():
+        return "new", fingerprints
+    stored = read_provenance(out)
+    schema_version = load_schema("forced_source").version
+    if is_up_to_date(stored, config=config, inputs=fingerprints, schema_version=schema_version):
+        return "up-to-date", fingerprints
+    return "stale", fingerprints
+
+
+def _run_one(root: str, config: ForcedPhotConfig, quantum: Quantum, fingerprints: dict) -> tuple:
+    """Worker: run one quantum under its lock; returns (data_id, status, payload)."""
+    repo = Repository(root)
+    did = str(quantum.data_id)
+    lock = FileLock(str(repo.lock_path(quantum.data_id)))
+    repo.lock_path(quantum.data_id).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with lock.acquire(timeout=0):
+            task = ForcedPhotCoaddTask(repo, config)
+            res = task.run_quantum(quantum, inputs_fingerprint=fingerprints)
+            return did, "done", (res.n_rows, res.timings.get("total", 0.0), res.n_unmatched_footprints)
+    except Timeout:
+        return did, "failed", f"{did}: locked by another run ({lock.lock_file})"
+    except ForcedPhotError as exc:
+        return did, "failed", str(exc)
+    except Exception as exc:  # a bug or an unexpected input: still only this quantum fails
+        return did, "failed", f"{did}: {type(exc).__name__}: {exc}"
+
+
+def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=None, patches=None, bands=None,
+            force: bool = False, jobs: int = 1, progress: bool = True) -> RunSummary:
+    config = config or ForcedPhotConfig()
+    t0 = time.perf_counter()
+    summary = RunSummary()
+    quanta = plan_quanta(repo, tracts=tracts, patches=patches, bands=bands)
+    todo = []
+    for q in quanta:
+        state, fingerprints = quantum_state(repo, q, config)
+        if state == "missing":
+            summary.failed.append((str(q.data_id), f"{q.data_id}: missing inputs: {', '.join(q.missing)}"))
+        elif state == "up-to-date" and not force:
+            summary.skipped.append(str(q.data_id))
+        else:
+            todo.append((q, fingerprints))
+    bar = tqdm(total=len(todo), desc="forced photometry", unit="quantum", disable=not progress)
+
+    def record(result):
+        did, status, payload = result
+        if status == "done":
+            n_rows, seconds, unmatched = payload
+            summary.done.append((did, n_rows, round(seconds, 3)))
+            if unmatched:
+                log.warning("%s: %d footprint id(s) match no reference", did, unmatched)
+        else:
+            summary.failed.append((did, payload))
+            bar.write(f"FAILED {payload}")
+        bar.update()
+
+    if jobs > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(_run_one, str(repo.root), config, q, fp) for q, fp in todo]
+            for fut in as_completed(futures):
+                record(fut.result())
+    else:
+        for q, fp in todo:
+            record(_run_one(str(repo.root), config, q, fp))
+    bar.close()
+    summary.seconds = time.perf_counter() - t0
+    _write_run_log(repo, summary, config)
+    return summary
+
+
+def _write_run_log(repo: Repository, summary: RunSummary, config: ForcedPhotConfig) -> None:
+    path = repo.root / "runs" / "last_run.json"
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"config_fingerprint": config.fingerprint(), **asdict(summary)}, indent=1))
+
+
+def read_last_run(repo: Repository) -> dict | None:
+    path = repo.root / "runs" / "last_run.json"
+    return json.loads(path.read_text()) if path.exists() else None
