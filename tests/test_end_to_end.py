@@ -1,0 +1,106 @@
+"""The whole job on a tiny survey: simulate -> plan -> run -> write -> query, reruns and failures."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from forcedphot import query
+from forcedphot.cli import main
+from forcedphot.config import ForcedPhotConfig
+from forcedphot.errors import MissingFootprintError
+from forcedphot.io.coadd import read_coadd, write_coadd
+from forcedphot.io.parquet import read_provenance
+from forcedphot.plan import plan_quanta
+from forcedphot.repository import DataId, Repository
+from forcedphot.runner import run_all
+from forcedphot.task import ForcedPhotCoaddTask
+
+
+def test_cli_end_to_end_on_tiny_survey(tiny_repo, capsys):
+    assert main(["run", "--repo", str(tiny_repo), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "16 quanta measured" in out and "0 failed" in out
+    repo = Repository(tiny_repo)
+    n_ref = query.sql(repo, "SELECT count(*) AS n FROM ref").column("n")[0].as_py()
+    rows = query.sql(repo, "SELECT band, count(*) AS n FROM forced_source GROUP BY band ORDER BY band").to_pydict()
+    assert rows["band"] == ["g", "i", "r", "z"] and rows["n"] == [n_ref] * 4
+    # every reference keeps its id; ids unpack to the quantum's tract and patch
+    t = query.sql(repo, "SELECT objectId, tract, patch, band FROM forced_source").to_pydict()
+    task = ForcedPhotCoaddTask(repo)
+    unpacked = task.make_id_factory(None).unpack(np.array(t["objectId"]))
+    assert (unpacked["patch"] == np.array(t["patch"])).all()
+    assert main(["sql", "--repo", str(tiny_repo), "SELECT count(*) AS n FROM forced_source", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == ["n", str(4 * n_ref)]
+    assert main(["status", "--repo", str(tiny_repo)]) == 0
+    assert "16 up-to-date" in capsys.readouterr().out
+
+
+def test_outputs_carry_schema_version_and_provenance(measured_tiny_repo):
+    repo = Repository(measured_tiny_repo)
+    path = repo.forced_source_path(DataId(0, 1, "r"))
+    meta = pq.read_schema(path).metadata
+    assert meta[b"forcedphot.schema_version"] == b"1.0.0"
+    prov = read_provenance(path)
+    assert prov["config_fingerprint"] == ForcedPhotConfig().fingerprint()
+    assert set(prov["inputs"]) == {"ref", "footprints", "coadd"}
+    assert prov["data_id"] == {"tract": 0, "patch": 1, "band": "r"}
+    assert not [p for p in repo.root.rglob("*.tmp")]
+
+
+def test_rerun_skips_done_quanta_and_reruns_exactly_the_changed_ones(tiny_repo):
+    repo = Repository(tiny_repo)
+    first = run_all(repo, progress=False)
+    assert len(first.done) == 16
+    again = run_all(repo, progress=False)
+    assert (len(again.done), len(again.skipped)) == (0, 16)
+    # change one coadd's pixels: only that quantum is stale
+    changed = DataId(0, 2, "i")
+    coadd_path = repo.coadd_path(changed)
+    coadd = read_coadd(coadd_path)
+    coadd.image = coadd.image.copy()
+    coadd.image[100, 100] += 1.0
+    write_coadd(coadd, coadd_path)
+    third = run_all(repo, progress=False)
+    assert [d for d, _, _ in third.done] == [str(changed)] and len(third.skipped) == 15
+    # a config change re-runs everything
+    fourth = run_all(repo, ForcedPhotConfig(aperture_radii=(3.0, 6.0)), progress=False)
+    assert len(fourth.done) == 16
+    row = pq.read_table(repo.forced_source_path(changed), columns=["ap03Flux", "ap04p5Flux"])
+    assert row.column("ap04p5Flux").null_count == row.num_rows and row.column("ap03Flux").null_count == 0
+
+
+def test_missing_footprint_fails_only_that_quantum_listing_the_ids(tiny_repo, capsys):
+    repo = Repository(tiny_repo)
+    victim = DataId(0, 1, "g")
+    path = repo.footprints_path(victim)
+    t = pq.read_table(path)
+    dropped = t.column("id").to_pylist()[:3]
+    kept = t.filter(~np.isin(t.column("id").to_numpy(), dropped))
+    pq.write_table(kept.replace_schema_metadata(t.schema.metadata), path)
+    quantum = next(q for q in plan_quanta(repo) if q.data_id == victim)
+    with pytest.raises(LookupError) as info:
+        ForcedPhotCoaddTask(repo).run_quantum(quantum)
+    assert isinstance(info.value, MissingFootprintError)
+    assert all(str(i) in str(info.value) for i in dropped) and "tract=0 patch=1 band=g" in str(info.value)
+    assert main(["run", "--repo", str(tiny_repo), "-q"]) == 1
+    captured = capsys.readouterr()
+    assert "15 quanta measured" in captured.out and "1 failed" in captured.out
+    assert f"FAILED {victim}" in captured.err
+    assert not repo.forced_source_path(victim).exists()
+
+
+def test_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
+    assert main(["run", "--repo", str(tmp_path / "nowhere"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a forcedphot repository" in err and "nowhere" in err
+    assert main(["simulate", "--recipe", "no-such-recipe", "--repo", str(tmp_path / "r")]) == 2
+    assert "no-such-recipe" in capsys.readouterr().err
+
+
+def test_corrupt_coadd_fails_its_quantum_with_the_file_named(tiny_repo, capsys):
+    repo = Repository(tiny_repo)
+    bad = repo.coadd_path(DataId(0, 3, "z"))
+    bad.write_bytes(b"not arrow")
+    assert main(["run", "--repo", str(tiny_repo), "-q", "--band", "z"]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and err.count("FAILED") == 1
