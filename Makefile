@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/forcedphot simulate --recipe default --repo $(REPO)
 	$(BIN)/forcedphot run --repo $(REPO)
 	$(BIN)/forcedphot status --repo $(REPO)
-	$(BIN)/forcedphot sql --repo $(REPO) "SELECT band, count(*) AS n_rows, round(median(psfFlux), 1) AS median_psfFlux_nJy, round(avg(psfMag), 3) AS mean_psfMag FROM forced_source WHERE detect_isPrimary AND NOT psfFlux_flag GROUP BY band ORDER BY band"
+	$(BIN)/forcedphot sql --repo $(REPO) --file sql/examples/star_pulls.sql
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -56,7 +56,7 @@ def cmd_run(args) -> int:
     repo = Repository(args.repo)
     config = _config(args)
     summary = run_all(repo, config, tracts=args.tract, patches=args.patch, bands=args.band, force=args.force,
-                      jobs=args.jobs, progress=not args.quiet)
+                      jobs=args.jobs, dask=args.dask, progress=not args.quiet)
     rows = sum(n for _, n, _ in summary.done)
     print(f"{len(summary.done)} quanta measured ({rows} rows), {len(summary.skipped)} up to date, "
           f"{len(summary.failed)} failed, in {summary.seconds:.1f} s")
@@ -70,7 +70,16 @@ def cmd_run(args) -> int:
 def cmd_sql(args) -> int:
     from forcedphot.query import sql
 
-    table = sql(args.repo, args.query)
+    if (args.query is None) == (args.file is None):
+        raise ForcedPhotError("give either a SQL query or --file, not both or neither")
+    if args.file:
+        try:
+            query = open(args.file).read()
+        except OSError as exc:
+            raise ForcedPhotError(f"{args.file}: cannot read SQL file ({exc.strerror})") from exc
+    else:
+        query = args.query
+    table = sql(args.repo, query)
     df = pl.from_arrow(table)
     if args.format == "csv":
         sys.stdout.write(df.write_csv())
@@ -137,12 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--band", type=_csv_strs, help="only these bands (comma-separated)")
     r.add_argument("--force", action="store_true", help="re-run quanta that are up to date")
     r.add_argument("-j", "--jobs", type=int, default=1, help="worker processes (default 1)")
+    r.add_argument("--dask", metavar="ADDRESS", help="run quanta on a Dask distributed scheduler "
+                   "(tcp://host:8786), or 'local' for a LocalCluster of --jobs workers")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 
     q = sub.add_parser("sql", help="run a DuckDB SQL query over the repository",
                        description="Views: forced_source, ref, truth, skymap (hive-partitioned Parquet).")
-    q.add_argument("query", help='SQL, e.g. "SELECT band, count(*) FROM forced_source GROUP BY band"')
+    q.add_argument("query", nargs="?", help='SQL, e.g. "SELECT band, count(*) FROM forced_source GROUP BY band"')
+    q.add_argument("--file", help="read the query from a .sql file (e.g. sql/examples/star_pulls.sql)")
     q.add_argument("--repo", required=True, help="repository folder")
     q.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     q.add_argument("--max-rows", type=int, default=40, help="rows shown in table format (-1: all)")

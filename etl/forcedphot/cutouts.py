@@ -12,6 +12,7 @@ from __future__ import annotations
 from functools import cached_property
 
 import numpy as np
+import pyarrow as pa
 
 from forcedphot.io.coadd import Coadd
 
@@ -67,3 +68,50 @@ def _row_prefix(a: np.ndarray) -> np.ndarray:
     out = np.zeros((a.shape[0], a.shape[1] + 1))
     np.cumsum(a, axis=1, dtype=np.float64, out=out[:, 1:])
     return out
+
+
+class CutoutBatch:
+    """Image, variance and mask stamps (N, S, S) of a batch of sources, gathered once.
+
+    The planes are Arrow fixed-shape tensor arrays sharing memory with contiguous numpy
+    arrays (``.image`` etc. are zero-copy views), so a batch can be handed to Arrow
+    consumers (IPC files, Polars) as is. ``valid`` is False on off-image and non-finite pixels.
+    """
+
+    PLANES = ("image", "variance", "mask", "valid")
+
+    def __init__(self, padded: PaddedCoadd, ix: np.ndarray, iy: np.ndarray, half: int):
+        ar = np.arange(-half, half + 1)
+        dy, dx = np.meshgrid(ar, ar, indexing="ij")
+        flat = padded.flat_index(ix, iy, dx, dy)
+        self.size = 2 * half + 1
+        self.tensors = {}
+        for p in self.PLANES:
+            stamps = padded.gather(p, flat)
+            if p == "valid":
+                stamps = stamps.view(np.uint8)  # Arrow tensors hold numbers, not bits
+            self.tensors[p] = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(stamps))
+
+    def plane(self, name: str) -> np.ndarray:
+        """Zero-copy (N, S, S) numpy view of one plane."""
+        arr = self.tensors[name].to_numpy_ndarray()
+        return arr.view(bool) if name == "valid" else arr
+
+    @property
+    def image(self) -> np.ndarray:
+        return self.plane("image")
+
+    @property
+    def variance(self) -> np.ndarray:
+        return self.plane("variance")
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.plane("mask")
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.plane("valid")
+
+    def to_arrow(self) -> pa.Table:
+        return pa.table(self.tensors)

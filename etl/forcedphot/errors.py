@@ -35,3 +35,7 @@ class MissingFootprintError(ForcedPhotError, LookupError):
 
 class QuantumError(ForcedPhotError):
     """A quantum failed; other quanta still run."""
+
+
+class QueryError(ForcedPhotError):
+    """A SQL query over the repository failed (syntax, unknown column...)."""

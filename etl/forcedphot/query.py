@@ -14,6 +14,7 @@ import polars as pl
 import pyarrow as pa
 
 from forcedphot.duck import query_arrow
+from forcedphot.errors import QueryError
 from forcedphot.repository import Repository
 from forcedphot.resources import read_sql
 from forcedphot.schema import load_schema
@@ -60,6 +61,8 @@ def sql(repo, query: str, params: dict | None = None) -> pa.Table:
     con = connect(repo)
     try:
         return query_arrow(con, query, params)
+    except duckdb.Error as exc:
+        raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
     finally:
         con.close()
 

@@ -78,7 +78,13 @@ def _run_one(root: str, config: ForcedPhotConfig, quantum: Quantum, fingerprints
 
 
 def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=None, patches=None, bands=None,
-            force: bool = False, jobs: int = 1, progress: bool = True) -> RunSummary:
+            force: bool = False, jobs: int = 1, dask: str | None = None, progress: bool = True) -> RunSummary:
+    """Run every selected quantum that is not up to date.
+
+    ``jobs > 1`` runs quanta in local worker processes; ``dask`` is the address of a Dask
+    distributed scheduler (``tcp://host:8786``) or ``"local"`` for a LocalCluster of ``jobs``
+    workers: quanta are then submitted to the cluster's workers, which must see the repository path.
+    """
     config = config or ForcedPhotConfig()
     t0 = time.perf_counter()
     summary = RunSummary()
@@ -106,7 +112,9 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
             bar.write(f"FAILED {payload}")
         bar.update()
 
-    if jobs > 1 and len(todo) > 1:
+    if dask and todo:
+        _run_on_dask(dask, jobs, repo, config, todo, record)
+    elif jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             futures = [pool.submit(_run_one, str(repo.root), config, q, fp) for q, fp in todo]
             for fut in as_completed(futures):
@@ -118,6 +126,23 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
     summary.seconds = time.perf_counter() - t0
     _write_run_log(repo, summary, config)
     return summary
+
+
+def _run_on_dask(address: str, jobs: int, repo: Repository, config: ForcedPhotConfig, todo, record) -> None:
+    try:
+        from distributed import Client, LocalCluster, as_completed as dask_completed
+    except ImportError as exc:
+        raise ForcedPhotError("--dask needs the 'distributed' package: pip install 'forcedphot[dask]'") from exc
+    cluster = LocalCluster(n_workers=max(jobs, 1), threads_per_worker=1, processes=True,
+                           dashboard_address=None) if address == "local" else None
+    try:
+        with Client(cluster or address) as client:
+            futures = [client.submit(_run_one, str(repo.root.resolve()), config, q, fp, pure=False) for q, fp in todo]
+            for fut in dask_completed(futures):
+                record(fut.result())
+    finally:
+        if cluster is not None:
+            cluster.close()
 
 
 def _write_run_log(repo: Repository, summary: RunSummary, config: ForcedPhotConfig) -> None:

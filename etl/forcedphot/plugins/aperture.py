@@ -39,20 +39,31 @@ def aperture_name(radius: float) -> str:
     return f"ap{whole:02d}" + (f"p{frac}" if frac else "")
 
 
+def _g(u: np.ndarray, r: float) -> np.ndarray:
+    """G(u) = (u sqrt(r^2 - u^2) + r^2 asin(u / r)) / 2 for |u| <= r."""
+    r2 = r * r
+    return 0.5 * (u * np.sqrt(np.maximum(r2 - u * u, 0.0)) + r2 * np.arcsin(np.clip(u / r, -1.0, 1.0)))
+
+
+def _corner_area(y, xc, g_xc, t, g_t, r):
+    """The corner function from its separable parts.
+
+    ``xc = clip(X, -r, r)`` and ``g_xc = G(xc)`` depend only on the corner's X, ``t`` and
+    ``g_t = G(t)`` only on its Y, so a batch evaluates the transcendental functions once per
+    distinct column edge and row edge. G is increasing, so G(clip(xc, -t, t)) =
+    clip(G(xc), -G(t), G(t)), G(min(xc, -t)) = min(G(xc), -G(t)), G(max(xc, t)) = max(G(xc), G(t)).
+    """
+    neg_g_t = -g_t
+    area = y * (np.clip(xc, -t, t) + t) + np.clip(g_xc, neg_g_t, g_t) + g_t
+    upper = np.minimum(g_xc, neg_g_t) + np.maximum(g_xc, g_t) + (0.25 * np.pi * r * r) + neg_g_t
+    return area + 2.0 * np.where(y > 0, upper, 0.0)
+
+
 def corner_area(X: np.ndarray, Y: np.ndarray, r: float) -> np.ndarray:
     """Area of the disk of radius r (centre 0) with u <= X and v <= Y."""
-    r2 = r * r
-
-    def g(u):
-        return 0.5 * (u * np.sqrt(np.maximum(r2 - u * u, 0.0)) + r2 * np.arcsin(np.clip(u / r, -1.0, 1.0)))
-
     xc = np.clip(X, -r, r)
-    t = np.sqrt(np.maximum(r2 - Y * Y, 0.0))
-    xt = np.clip(xc, -t, t)
-    g_mt = g(-t)
-    area = Y * (xt + t) + g(xt) - g_mt
-    upper = 2.0 * ((g(np.minimum(xc, -t)) + 0.25 * np.pi * r2) + (g(np.maximum(xc, t)) + g_mt))
-    return area + np.where(Y > 0, upper, 0.0)
+    t = np.sqrt(np.maximum(r * r - Y * Y, 0.0))
+    return _corner_area(Y, xc, _g(xc, r), t, _g(t, r), r)
 
 
 def pixel_overlap(dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
@@ -70,8 +81,10 @@ class ApertureTemplate:
     row_half: np.ndarray  # (nr,) interior half-width a: columns -a..a
     band_dx: np.ndarray  # (nb,) boundary pixels
     band_dy: np.ndarray
-    corner_x: np.ndarray  # (nc,) unique pixel corners of the band
-    corner_y: np.ndarray
+    edge_x: np.ndarray  # (nux,) distinct column edges of the band's corners
+    edge_y: np.ndarray  # (nuy,) distinct row edges
+    corner_ix: np.ndarray  # (nc,) unique corners as indices into edge_x / edge_y
+    corner_iy: np.ndarray
     corner_index: np.ndarray  # (4, nb) corners (x0y0, x1y0, x0y1, x1y1) of each band pixel
 
 
@@ -93,7 +106,9 @@ def aperture_template(radius: float) -> ApertureTemplate:
     corners = np.stack([np.r_[2 * bdx - 1, 2 * bdx + 1, 2 * bdx - 1, 2 * bdx + 1],
                         np.r_[2 * bdy - 1, 2 * bdy - 1, 2 * bdy + 1, 2 * bdy + 1]], axis=1)
     uniq, inverse = np.unique(corners, axis=0, return_inverse=True)
-    return ApertureTemplate(float(radius), row_dy, row_half, bdx, bdy, uniq[:, 0] / 2.0, uniq[:, 1] / 2.0,
+    ex, cix = np.unique(uniq[:, 0], return_inverse=True)
+    ey, ciy = np.unique(uniq[:, 1], return_inverse=True)
+    return ApertureTemplate(float(radius), row_dy, row_half, bdx, bdy, ex / 2.0, ey / 2.0, cix.ravel(), ciy.ravel(),
                             inverse.reshape(4, bdx.size))
 
 
@@ -103,8 +118,13 @@ def exact_aperture_sums(padded, ix, iy, fx, fy, radius: float, *, squared_errors
     ``ix, iy``: padded-array pixel nearest each centre; ``fx, fy``: centre minus that pixel (in [-0.5, 0.5]).
     """
     tpl = aperture_template(float(radius))
-    # boundary band: exact weights from shared corners
-    a = corner_area(tpl.corner_x[None, :] - fx[:, None], tpl.corner_y[None, :] - fy[:, None], tpl.radius)
+    # boundary band: exact weights from shared corners; transcendentals once per distinct edge
+    r = tpl.radius
+    xc = np.clip(tpl.edge_x[None, :] - fx[:, None], -r, r)
+    y = tpl.edge_y[None, :] - fy[:, None]
+    t = np.sqrt(np.maximum(r * r - y * y, 0.0))
+    cx, cy = tpl.corner_ix, tpl.corner_iy
+    a = _corner_area(y[:, cy], xc[:, cx], _g(xc, r)[:, cx], t[:, cy], _g(t, r)[:, cy], r)
     c00, c10, c01, c11 = tpl.corner_index
     w = a[:, c11] - a[:, c01] - a[:, c10] + a[:, c00]
     flat = padded.flat_index(ix, iy, tpl.band_dx, tpl.band_dy)

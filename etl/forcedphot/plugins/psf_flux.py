@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from forcedphot.cutouts import CutoutBatch
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
 
 
@@ -44,18 +45,16 @@ class PsfFlux(Plugin):
         if psf.half > ctx.padded.pad:
             raise ValueError(f"PSF images of size {psf.size} exceed the padding {ctx.padded.pad}")
         bad_bits = ctx.coadd.mask_planes.bitmask(*self.config.psf_bad_mask_planes) if self.config.psf_bad_mask_planes else 0
-        ar = np.arange(-psf.half, psf.half + 1)
-        dy, dx = np.meshgrid(ar, ar, indexing="ij")
         idx = np.flatnonzero(ctx.usable)
         ix, iy = ctx.centre_index()
         step = self.config.chunk_size
         for s in range(0, idx.size, step):
             sel = idx[s:s + step]
             p = psf.images_at(ctx.x[sel], ctx.y[sel]).reshape(sel.size, -1)
-            flat = ctx.padded.flat_index(ix[sel], iy[sel], dx, dy).reshape(sel.size, -1)
-            d = ctx.padded.gather("image", flat).astype(np.float64)
-            v = ctx.padded.gather("variance", flat).astype(np.float64)
-            good = ctx.padded.gather("valid", flat) & (ctx.padded.gather("mask", flat) & bad_bits == 0)
+            stamps = CutoutBatch(ctx.padded, ix[sel], iy[sel], psf.half)
+            d = stamps.image.reshape(sel.size, -1).astype(np.float64)
+            v = stamps.variance.reshape(sel.size, -1).astype(np.float64)
+            good = (stamps.valid & (stamps.mask & bad_bits == 0)).reshape(sel.size, -1)
             pg = np.where(good, p, 0.0)
             p2 = pg * pg
             a = p2.sum(axis=1)

@@ -168,16 +168,25 @@ def render_band(src: Sources, psf: PsfField, band: str, region: Box, *, chunk: i
     need = np.ceil(4.5 * sig)
     half = STAMP_HALF_SIZES[np.minimum(np.searchsorted(STAMP_HALF_SIZES, need), STAMP_HALF_SIZES.size - 1)]
     image = np.zeros(region.width * region.height)
-    for h in np.unique(half):
-        members = np.flatnonzero(half == h)
+    for (kind, h), members in _groups(src.gal_kind, half):
+        used = np.flatnonzero((amps_all[members] != 0).any(axis=0))  # drop padding components
         for s in range(0, members.size, chunk):
             idx = members[s:s + chunk]
             ix, iy, dx, dy = _stamp_offsets(src.x[idx], src.y[idx], int(h))
-            vals = render_mixture(dx, dy, amps_all[idx], covs_all[idx])
+            vals = render_mixture(dx, dy, amps_all[idx][:, used], covs_all[idx][:, used])
             lx, ly = ix - region.min_x, iy - region.min_y
             ok = (lx >= 0) & (lx < region.width) & (ly >= 0) & (ly < region.height)
             image += np.bincount((ly * region.width + lx)[ok], weights=vals[ok], minlength=image.size)
     return image.reshape(region.height, region.width)
+
+
+def _groups(*keys):
+    """(key tuple, member indices) for each distinct combination of the key arrays."""
+    combos = np.stack([np.unique(k, return_inverse=True)[1] for k in keys], axis=1)
+    uniq, inverse = np.unique(combos, axis=0, return_inverse=True)
+    for g in range(len(uniq)):
+        members = np.flatnonzero(inverse.ravel() == g)
+        yield tuple(k[members[0]] for k in keys), members
 
 
 def model_at(src: Sources, i: int, psf: PsfField, band: str, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
