@@ -120,4 +120,8 @@ def test_parallel_runs_give_identical_tables(tiny_repo, tmp_path):
         summary = run_all(Repository(other), progress=False, bands=["r"], **kw)
         assert summary.ok and len(summary.done) == 4
         for rel, table in want.items():
-            assert pq.read_table(other / rel).equals(table)
+            got = pq.read_table(other / rel)
+            assert got.schema.equals(table.schema)
+            for name in table.column_names:  # NaN-aware equality (failed measurements are NaN)
+                np.testing.assert_array_equal(got.column(name).to_numpy(zero_copy_only=False),
+                                              table.column(name).to_numpy(zero_copy_only=False), err_msg=name)

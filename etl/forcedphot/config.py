@@ -23,6 +23,9 @@ class ForcedPhotConfig:
 
     plugins: tuple[str, ...] = ("TransformedCentroid", "PixelFlags", "PsfFlux", "CircularApertureFlux")
     aperture_radii: tuple[float, ...] = STANDARD_APERTURE_RADII
+    # "sinc": sinc coefficients up to max_sinc_radius, naive above (Rubin); "naive"; or "exact"
+    aperture_method: str = "sinc"
+    max_sinc_radius: float = 12.0
     # error of an exact aperture: "squared" = sqrt(sum(w^2 var)) (photutils >= 3.1), or
     # "linear" = sqrt(sum(w var)) (SEP, photutils <= 3.0)
     aperture_error_weights: str = "squared"
@@ -34,6 +37,10 @@ class ForcedPhotConfig:
         bad = [r for r in self.aperture_radii if float(r) not in STANDARD_APERTURE_RADII]
         if bad:
             raise InputError(f"aperture radii {bad} are not in the forced_source schema {STANDARD_APERTURE_RADII}")
+        if self.aperture_method not in ("sinc", "naive", "exact"):
+            raise InputError(f"aperture_method must be 'sinc', 'naive' or 'exact', not {self.aperture_method!r}")
+        if self.max_sinc_radius > 12.0:
+            raise InputError(f"max_sinc_radius {self.max_sinc_radius} > 12: the schema has sinc flags up to 12 px")
         if self.aperture_error_weights not in ("squared", "linear"):
             raise InputError(f"aperture_error_weights must be 'squared' or 'linear', not {self.aperture_error_weights!r}")
         from forcedphot.plugins import PLUGINS  # late import: plugins import this module

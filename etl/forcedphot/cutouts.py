@@ -13,6 +13,7 @@ from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
+from numpy.lib.stride_tricks import sliding_window_view
 
 from forcedphot.io.coadd import Coadd
 
@@ -50,6 +51,18 @@ class PaddedCoadd:
     def gather(self, plane: str, flat: np.ndarray) -> np.ndarray:
         return np.take(getattr(self, plane).reshape(-1), flat)
 
+    def run_sums(self, plane: str, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Sum of ``plane`` over columns [lo, hi) of padded-array rows, one value per (rows, lo, hi) element.
+
+        Uses the row prefix sums: two lookups per run whatever its length. Empty runs (hi <= lo) give 0.
+        """
+        prefix = getattr(self, f"{plane}_rowsum")
+        width = prefix.shape[1]
+        hi = np.maximum(hi, lo)
+        flat = prefix.reshape(-1)
+        base = rows * width
+        return np.take(flat, base + hi) - np.take(flat, base + lo)
+
     @cached_property
     def image_rowsum(self) -> np.ndarray:
         return _row_prefix(self.image)
@@ -71,30 +84,35 @@ def _row_prefix(a: np.ndarray) -> np.ndarray:
 
 
 class CutoutBatch:
-    """Image, variance and mask stamps (N, S, S) of a batch of sources, gathered once.
+    """Stamps (N, S, S) of a batch of sources, gathered once per plane on first use.
 
-    The planes are Arrow fixed-shape tensor arrays sharing memory with contiguous numpy
-    arrays (``.image`` etc. are zero-copy views), so a batch can be handed to Arrow
-    consumers (IPC files, Polars) as is. ``valid`` is False on off-image and non-finite pixels.
+    Each plane is an Arrow fixed-shape tensor array sharing memory with a contiguous numpy
+    array (``.image`` etc. are zero-copy views), so a batch can be handed to Arrow consumers
+    (IPC files, Polars) as is. ``valid`` is False on off-image and non-finite pixels.
+    The gather is one fancy index into a sliding-window view of the padded plane.
     """
 
     PLANES = ("image", "variance", "mask", "valid")
 
     def __init__(self, padded: PaddedCoadd, ix: np.ndarray, iy: np.ndarray, half: int):
-        ar = np.arange(-half, half + 1)
-        dy, dx = np.meshgrid(ar, ar, indexing="ij")
-        flat = padded.flat_index(ix, iy, dx, dy)
+        self.padded = padded
+        self.ix = np.asarray(ix) - half
+        self.iy = np.asarray(iy) - half
         self.size = 2 * half + 1
-        self.tensors = {}
-        for p in self.PLANES:
-            stamps = padded.gather(p, flat)
-            if p == "valid":
-                stamps = stamps.view(np.uint8)  # Arrow tensors hold numbers, not bits
-            self.tensors[p] = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(stamps))
+        self.tensors: dict[str, pa.Array] = {}
+
+    def tensor(self, name: str) -> pa.Array:
+        if name not in self.tensors:
+            plane = getattr(self.padded, name)
+            if name == "valid":
+                plane = plane.view(np.uint8)  # Arrow tensors hold numbers, not bits
+            stamps = sliding_window_view(plane, (self.size, self.size))[self.iy, self.ix]
+            self.tensors[name] = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(stamps))
+        return self.tensors[name]
 
     def plane(self, name: str) -> np.ndarray:
         """Zero-copy (N, S, S) numpy view of one plane."""
-        arr = self.tensors[name].to_numpy_ndarray()
+        arr = self.tensor(name).to_numpy_ndarray()
         return arr.view(bool) if name == "valid" else arr
 
     @property
@@ -114,4 +132,4 @@ class CutoutBatch:
         return self.plane("valid")
 
     def to_arrow(self) -> pa.Table:
-        return pa.table(self.tensors)
+        return pa.table({name: self.tensor(name) for name in self.PLANES})

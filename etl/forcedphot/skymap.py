@@ -1,4 +1,8 @@
-"""Tract/patch geometry: a TAN WCS per tract, patches with inner and outer (overlap) boxes.
+"""Tract/patch geometry: a WCS per tract, patches with inner and outer (overlap) boxes.
+
+A tract's WCS is a TAN projection built from its centre and pixel scale (simulated
+surveys), or, when ``wcs_header`` is set, that FITS header verbatim (ingested images, so
+the stored geometry is the image's own WCS, distortions included).
 
 Pixel convention (as afw): pixel centres at integers, 0-based, in the tract frame.
 Boxes are inclusive ``(min_x, min_y, max_x, max_y)``.
@@ -11,6 +15,7 @@ from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
+from astropy.io import fits
 from astropy.wcs import WCS
 
 
@@ -49,6 +54,7 @@ class TractInfo:
     patch_border: int  # overlap border, pixels
     n_patch_x: int
     n_patch_y: int
+    wcs_header: str | None = None  # FITS WCS header (newline-separated cards); None: TAN from the fields above
 
     @property
     def width(self) -> int:
@@ -60,6 +66,8 @@ class TractInfo:
 
     @cached_property
     def wcs(self) -> WCS:
+        if self.wcs_header:
+            return WCS(fits.Header.fromstring(self.wcs_header, sep="\n"))
         w = WCS(naxis=2)
         w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
         w.wcs.crval = [self.ra, self.dec]
@@ -148,5 +156,6 @@ class SkyMap:
         fields = TractInfo.__dataclass_fields__
         tracts = {}
         for r in rows:
-            tracts.setdefault(r["tract"], TractInfo(**{k: r[k] for k in fields}))
+            # r.get: columns added in minor versions (wcs_header, 1.1.0) are absent from older files
+            tracts.setdefault(r["tract"], TractInfo(**{k: r.get(k) for k in fields}))
         return cls(rows[0]["skymap"], tuple(tracts[k] for k in sorted(tracts)))

@@ -129,7 +129,7 @@ class ForcedPhotCoaddTask:
         for c in declared:
             field = self.schema.column(c.name)
             if c.name in values:
-                arrays[c.name] = pa.array(values[c.name], type=field.arrow_type, from_pandas=True)
+                arrays[c.name] = pa.array(values[c.name], type=field.arrow_type)  # NaN = measured but failed
             else:  # declared by a plugin that is not configured: null
                 arrays[c.name] = pa.nulls(n, type=field.arrow_type)
         return pa.table(arrays)

@@ -16,6 +16,8 @@ import pyarrow as pa
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from forcedphot.apcorr import ApCorrMap
+from forcedphot.coadd_inputs import CoaddInputs
 from forcedphot.errors import InputError
 from forcedphot.flags import MaskPlanes
 from forcedphot.io.atomic import atomic_path
@@ -37,6 +39,8 @@ class Coadd:
     psf: PsfGrid
     photo_calib: float  # nJy per image unit
     mask_planes: MaskPlanes
+    ap_corr: ApCorrMap | None = None  # aperture-correction fields (optional)
+    inputs: CoaddInputs | None = None  # input polygons (optional)
 
     def __post_init__(self):
         shape = (self.bbox.height, self.bbox.width)
@@ -66,8 +70,11 @@ def write_coadd(coadd: Coadd, path: str | Path) -> Path:
         "mask_planes": [json.dumps(coadd.mask_planes.to_json())],
         "psf_size": [coadd.psf.size],
         "psf_grid_x": [coadd.psf.x.tolist()], "psf_grid_y": [coadd.psf.y.tolist()],
+        "ap_corr": [coadd.ap_corr.to_json() if coadd.ap_corr else None],
+        "input_polygons": [coadd.inputs.to_json() if coadd.inputs else None],
     }
-    table = pa.table({k: pa.array(v) for k, v in cols.items()})
+    table = pa.table({k: pa.array(v, type=pa.string() if k in ("ap_corr", "input_polygons") else None)
+                      for k, v in cols.items()})
     for name, arr, dtype in (("image", coadd.image, np.float32), ("mask", coadd.mask, np.int32),
                              ("variance", coadd.variance, np.float32), ("psf_images", coadd.psf.images, np.float32)):
         table = table.append_column(name, _flat(arr, dtype))
@@ -99,9 +106,11 @@ def read_coadd(path: str | Path) -> Coadd:
         raise InputError(f"{path}: not a readable Arrow IPC coadd ({exc})") from exc
     if table.num_rows != 1:
         raise InputError(f"{path}: expected one row, found {table.num_rows}")
-    row = {k: table.column(k)[0].as_py() for k in
+    # optional columns were added in minor versions: absent in older files
+    row = {k: table.column(k)[0].as_py() if k in table.column_names else None for k in
            ("tract", "patch", "band", "bbox_min_x", "bbox_min_y", "width", "height",
-            "photo_calib", "wcs_header", "mask_planes", "psf_size", "psf_grid_x", "psf_grid_y")}
+            "photo_calib", "wcs_header", "mask_planes", "psf_size", "psf_grid_x", "psf_grid_y",
+            "ap_corr", "input_polygons")}
     h, w = row["height"], row["width"]
     bbox = Box(row["bbox_min_x"], row["bbox_min_y"], row["bbox_min_x"] + w - 1, row["bbox_min_y"] + h - 1)
     planes = {n: _values(table, n) for n in ("image", "mask", "variance")}
@@ -120,4 +129,5 @@ def read_coadd(path: str | Path) -> Coadd:
         variance=planes["variance"].reshape(h, w), wcs=wcs,
         psf=PsfGrid(gx, gy, psf_images.reshape(len(gy), len(gx), k, k)),
         photo_calib=row["photo_calib"], mask_planes=MaskPlanes.from_json(json.loads(row["mask_planes"])),
+        ap_corr=ApCorrMap.from_json(row["ap_corr"]), inputs=CoaddInputs.from_json(row["input_polygons"]),
     )

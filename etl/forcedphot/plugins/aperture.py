@@ -1,35 +1,29 @@
-"""CircularApertureFlux with exact pixel/circle overlap weights, in closed form.
+"""CircularApertureFlux: fluxes in circular apertures at the configured radii.
 
-The overlap of a pixel with a disk is written with a "corner function"
-A(X, Y) = area of {u <= X, v <= Y} inside the disk of radius r centred at the origin:
+Three methods, chosen by ``aperture_method``:
 
-    t  = sqrt(max(r^2 - Y^2, 0)),  Xc = clip(X, -r, r),  Xt = clip(Xc, -t, t)
-    A  = Y (Xt + t) + H(-t, Xt) + [Y > 0] * 2 (H(-r, min(Xc, -t)) + H(t, max(Xc, t)))
-    H(a, b) = G(b) - G(a),  G(u) = (u sqrt(r^2 - u^2) + r^2 asin(u / r)) / 2
+- ``"sinc"`` (default, Rubin's): band-limited sinc coefficients for r <= ``max_sinc_radius``
+  (12 px, as obs_lsst) and the naive pixel-centre sum above (see aperture_sinc/aperture_naive);
+- ``"naive"``: pixel centres in the closed disk at every radius;
+- ``"exact"``: exact pixel/circle overlap (SEP ``subpix=0`` and photutils ``method='exact'``).
 
-and a pixel [x0, x1] x [y0, y1] overlaps the disk by A(x1, y1) - A(x0, y1) - A(x1, y0) + A(x0, y0).
-
-For a batch, every radius has a fixed template relative to the source's nearest pixel:
-the *interior* (pixels fully inside for any sub-pixel offset) is summed with row prefix
-sums, one lookup per row; only the *boundary band* (pixels within sqrt(2) of the circle)
-gets exact weights, evaluated on the shared pixel corners of all sources at once.
-
-Error: sqrt(sum(w^2 var)) by default (photutils >= 3.1), or sqrt(sum(w var)) (SEP and
-photutils <= 3.0) with ``aperture_error_weights = "linear"``. Off-image pixels contribute
-nothing (as SEP and photutils); the aperture is then flagged as truncated.
+Edges: an aperture reaching beyond the coadd is flagged ``_flag_apertureTruncated``; the
+sinc and naive methods then give no value (as Rubin), the exact method sums the on-image
+part (as SEP/photutils). Sinc coefficients reaching beyond the coadd set
+``_flag_sincCoeffsTruncated`` and are clipped. Apertures are not aperture-corrected.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
-
 import numpy as np
 
 from forcedphot.config import STANDARD_APERTURE_RADII
+from forcedphot.plugins.aperture_exact import exact_aperture_sums
+from forcedphot.plugins.aperture_naive import naive_aperture_sums
+from forcedphot.plugins.aperture_sinc import sinc_aperture_sums, sinc_width
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
 
-SQRT2 = np.sqrt(2.0)
+MAX_SINC_RADIUS_IN_SCHEMA = 12.0
 
 
 def aperture_name(radius: float) -> str:
@@ -39,110 +33,10 @@ def aperture_name(radius: float) -> str:
     return f"ap{whole:02d}" + (f"p{frac}" if frac else "")
 
 
-def _g(u: np.ndarray, r: float) -> np.ndarray:
-    """G(u) = (u sqrt(r^2 - u^2) + r^2 asin(u / r)) / 2 for |u| <= r."""
-    r2 = r * r
-    return 0.5 * (u * np.sqrt(np.maximum(r2 - u * u, 0.0)) + r2 * np.arcsin(np.clip(u / r, -1.0, 1.0)))
-
-
-def _corner_area(y, xc, g_xc, t, g_t, r):
-    """The corner function from its separable parts.
-
-    ``xc = clip(X, -r, r)`` and ``g_xc = G(xc)`` depend only on the corner's X, ``t`` and
-    ``g_t = G(t)`` only on its Y, so a batch evaluates the transcendental functions once per
-    distinct column edge and row edge. G is increasing, so G(clip(xc, -t, t)) =
-    clip(G(xc), -G(t), G(t)), G(min(xc, -t)) = min(G(xc), -G(t)), G(max(xc, t)) = max(G(xc), G(t)).
-    """
-    neg_g_t = -g_t
-    area = y * (np.clip(xc, -t, t) + t) + np.clip(g_xc, neg_g_t, g_t) + g_t
-    upper = np.minimum(g_xc, neg_g_t) + np.maximum(g_xc, g_t) + (0.25 * np.pi * r * r) + neg_g_t
-    return area + 2.0 * np.where(y > 0, upper, 0.0)
-
-
-def corner_area(X: np.ndarray, Y: np.ndarray, r: float) -> np.ndarray:
-    """Area of the disk of radius r (centre 0) with u <= X and v <= Y."""
-    xc = np.clip(X, -r, r)
-    t = np.sqrt(np.maximum(r * r - Y * Y, 0.0))
-    return _corner_area(Y, xc, _g(xc, r), t, _g(t, r), r)
-
-
-def pixel_overlap(dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
-    """Exact overlap area of unit pixels centred at (dx, dy) from a circle's centre."""
-    x0, x1, y0, y1 = dx - 0.5, dx + 0.5, dy - 0.5, dy + 0.5
-    return corner_area(x1, y1, r) - corner_area(x0, y1, r) - corner_area(x1, y0, r) + corner_area(x0, y0, r)
-
-
-@dataclass(frozen=True)
-class ApertureTemplate:
-    """Offsets, relative to a source's nearest pixel, of a radius's interior rows and boundary band."""
-
-    radius: float
-    row_dy: np.ndarray  # (nr,) interior rows
-    row_half: np.ndarray  # (nr,) interior half-width a: columns -a..a
-    band_dx: np.ndarray  # (nb,) boundary pixels
-    band_dy: np.ndarray
-    edge_x: np.ndarray  # (nux,) distinct column edges of the band's corners
-    edge_y: np.ndarray  # (nuy,) distinct row edges
-    corner_ix: np.ndarray  # (nc,) unique corners as indices into edge_x / edge_y
-    corner_iy: np.ndarray
-    corner_index: np.ndarray  # (4, nb) corners (x0y0, x1y0, x0y1, x1y1) of each band pixel
-
-
-@lru_cache(maxsize=None)
-def aperture_template(radius: float) -> ApertureTemplate:
-    r_in = radius - SQRT2 - 1e-9
-    m = int(np.ceil(radius + 2))
-    ar = np.arange(-m, m + 1)
-    dy, dx = np.meshgrid(ar, ar, indexing="ij")
-    d = np.hypot(dx, dy)
-    interior = d <= r_in
-    band = ~interior & (d <= radius + SQRT2 + 1e-9)
-    rows = [(y, int(np.floor(np.sqrt(r_in * r_in - y * y)))) for y in ar if r_in > 0 and y * y <= r_in * r_in]
-    row_dy = np.array([y for y, _ in rows], np.int64)
-    row_half = np.array([a for _, a in rows], np.int64)
-    assert interior.sum() == int(np.sum(2 * row_half + 1)) if rows else not interior.any()
-    bdx, bdy = dx[band].astype(np.int64), dy[band].astype(np.int64)
-    # corners on the doubled lattice: (2 dx +- 1, 2 dy +- 1)
-    corners = np.stack([np.r_[2 * bdx - 1, 2 * bdx + 1, 2 * bdx - 1, 2 * bdx + 1],
-                        np.r_[2 * bdy - 1, 2 * bdy - 1, 2 * bdy + 1, 2 * bdy + 1]], axis=1)
-    uniq, inverse = np.unique(corners, axis=0, return_inverse=True)
-    ex, cix = np.unique(uniq[:, 0], return_inverse=True)
-    ey, ciy = np.unique(uniq[:, 1], return_inverse=True)
-    return ApertureTemplate(float(radius), row_dy, row_half, bdx, bdy, ex / 2.0, ey / 2.0, cix.ravel(), ciy.ravel(),
-                            inverse.reshape(4, bdx.size))
-
-
-def exact_aperture_sums(padded, ix, iy, fx, fy, radius: float, *, squared_errors: bool = True):
-    """Flux, variance and invalid-pixel weight in exact circular apertures for a batch of sources.
-
-    ``ix, iy``: padded-array pixel nearest each centre; ``fx, fy``: centre minus that pixel (in [-0.5, 0.5]).
-    """
-    tpl = aperture_template(float(radius))
-    # boundary band: exact weights from shared corners; transcendentals once per distinct edge
-    r = tpl.radius
-    xc = np.clip(tpl.edge_x[None, :] - fx[:, None], -r, r)
-    y = tpl.edge_y[None, :] - fy[:, None]
-    t = np.sqrt(np.maximum(r * r - y * y, 0.0))
-    cx, cy = tpl.corner_ix, tpl.corner_iy
-    a = _corner_area(y[:, cy], xc[:, cx], _g(xc, r)[:, cx], t[:, cy], _g(t, r)[:, cy], r)
-    c00, c10, c01, c11 = tpl.corner_index
-    w = a[:, c11] - a[:, c01] - a[:, c10] + a[:, c00]
-    flat = padded.flat_index(ix, iy, tpl.band_dx, tpl.band_dy)
-    flux = np.einsum("ij,ij->i", w, padded.gather("image", flat))
-    ww = w * w if squared_errors else w
-    var = np.einsum("ij,ij->i", ww, padded.gather("variance", flat))
-    invalid = np.einsum("ij,ij->i", w, ~padded.gather("valid", flat))
-    # interior: one prefix-sum difference per row
-    if tpl.row_dy.size:
-        width = padded.shape[1] + 1
-        rows = (iy[:, None] + tpl.row_dy[None, :]) * width
-        lo = rows + (ix[:, None] - tpl.row_half[None, :])
-        hi = rows + (ix[:, None] + tpl.row_half[None, :] + 1)
-        for total, prefix in ((flux, padded.image_rowsum), (var, padded.variance_rowsum),
-                              (invalid, padded.invalid_rowsum)):
-            p = prefix.reshape(-1)
-            total += (np.take(p, hi) - np.take(p, lo)).sum(axis=1)
-    return flux, var, invalid
+def method_for(radius: float, config) -> str:
+    if config.aperture_method == "sinc":
+        return "sinc" if radius <= config.max_sinc_radius else "naive"
+    return config.aperture_method
 
 
 class CircularApertureFlux(Plugin):
@@ -154,16 +48,20 @@ class CircularApertureFlux(Plugin):
         for r in STANDARD_APERTURE_RADII:
             p = aperture_name(r)
             cols += [
-                Column(f"{p}Flux", "double", f"Flux in a circular aperture of radius {r:g} pixels (exact pixel overlap; null if not configured).", "nJy", "flux"),
-                Column(f"{p}FluxErr", "double", f"Uncertainty of {p}Flux: sqrt(sum(w^2 var)) by default (photutils >= 3.1), sqrt(sum(w var)) if configured 'linear' (SEP).", "nJy", "fluxErr"),
-                flag(f"{p}Flux_flag", f"General failure of {p}Flux: no usable centroid, or off-image, NO_DATA or non-finite pixels in the aperture."),
-                flag(f"{p}Flux_flag_apertureTruncated", f"The radius-{r:g} aperture extends beyond the coadd (off-image pixels count as zero)."),
+                Column(f"{p}Flux", "double", f"Flux in a circular aperture of radius {r:g} pixels (method per config: sinc, naive or exact; null if not configured).", "nJy", "flux"),
+                Column(f"{p}FluxErr", "double", f"Uncertainty of {p}Flux: sqrt(sum(c^2 var)) for sinc, sqrt(sum(var)) for naive, sqrt(sum(w^2 var)) for exact (or sqrt(sum(w var)) if configured 'linear', as SEP).", "nJy", "fluxErr"),
+                flag(f"{p}Flux_flag", f"General failure of {p}Flux: no usable centroid, a truncated aperture, or NO_DATA or non-finite pixels in it."),
+                flag(f"{p}Flux_flag_apertureTruncated", f"The radius-{r:g} aperture extends beyond the coadd."),
             ]
+            if r <= MAX_SINC_RADIUS_IN_SCHEMA:
+                cols.append(flag(f"{p}Flux_flag_sincCoeffsTruncated", f"The sinc coefficients of radius {r:g} extend beyond the coadd and were clipped."))
         return tuple(cols)
 
     @classmethod
     def padding(cls, config):
-        return int(np.ceil(max(config.aperture_radii, default=0) + 3))
+        pads = [int(np.ceil(r)) + 3 for r in config.aperture_radii]
+        pads += [sinc_width(r) // 2 + 1 for r in config.aperture_radii if method_for(r, config) == "sinc"]
+        return max(pads, default=0)
 
     def measure(self, ctx: MeasurementContext):
         out = {}
@@ -171,22 +69,42 @@ class CircularApertureFlux(Plugin):
         ix, iy = ctx.centre_index()
         fx = ctx.x - np.floor(ctx.x + 0.5)
         fy = ctx.y - np.floor(ctx.y + 0.5)
+        xl = ctx.x - ctx.coadd.bbox.min_x + ctx.padded.pad
+        yl = ctx.y - ctx.coadd.bbox.min_y + ctx.padded.pad
         bbox = ctx.coadd.bbox
         squared = self.config.aperture_error_weights == "squared"
         step = self.config.chunk_size
-        for r in self.config.aperture_radii:
+        radii = self.config.aperture_radii
+        sums = {r: (np.full(ctx.n, np.nan), np.full(ctx.n, np.nan), np.zeros(ctx.n), np.zeros(ctx.n, bool))
+                for r in radii}
+        sinc_radii = [r for r in radii if method_for(r, self.config) == "sinc"]
+        for s in range(0, idx.size, step):
+            sel = idx[s:s + step]
+            results = sinc_aperture_sums(ctx.padded, ix[sel], iy[sel], fx[sel], fy[sel], sinc_radii) if sinc_radii else {}
+            for r in radii:
+                method = method_for(r, self.config)
+                if method == "exact":
+                    res = (*exact_aperture_sums(ctx.padded, ix[sel], iy[sel], fx[sel], fy[sel], r,
+                                                squared_errors=squared), False)
+                elif method == "naive":
+                    res = (*naive_aperture_sums(ctx.padded, xl[sel], yl[sel], r), False)
+                else:
+                    res = results[r]
+                for total, part in zip(sums[r], res):
+                    total[sel] = part
+        for r in radii:
             p = aperture_name(r)
-            flux = np.full(ctx.n, np.nan)
-            var = np.full(ctx.n, np.nan)
-            invalid = np.zeros(ctx.n)
-            for s in range(0, idx.size, step):
-                sel = idx[s:s + step]
-                flux[sel], var[sel], invalid[sel] = exact_aperture_sums(
-                    ctx.padded, ix[sel], iy[sel], fx[sel], fy[sel], r, squared_errors=squared)
-            truncated = ((ctx.x - r < bbox.min_x - 0.5) | (ctx.x + r > bbox.max_x + 0.5)
-                         | (ctx.y - r < bbox.min_y - 0.5) | (ctx.y + r > bbox.max_y + 0.5))
+            method = method_for(r, self.config)
+            flux, var, invalid, coeffs_truncated = sums[r]
+            truncated = ctx.usable & ((ctx.x - r < bbox.min_x - 0.5) | (ctx.x + r > bbox.max_x + 0.5)
+                                      | (ctx.y - r < bbox.min_y - 0.5) | (ctx.y + r > bbox.max_y + 0.5))
+            if method != "exact":  # Rubin: a truncated sinc or naive aperture has no value
+                flux[truncated] = np.nan
+                var[truncated] = np.nan
             out[f"{p}Flux"] = flux
             out[f"{p}FluxErr"] = np.sqrt(var)
-            out[f"{p}Flux_flag_apertureTruncated"] = truncated & ctx.usable
-            out[f"{p}Flux_flag"] = ~ctx.usable | (invalid > 1e-9) | ~np.isfinite(flux)
+            out[f"{p}Flux_flag_apertureTruncated"] = truncated
+            out[f"{p}Flux_flag"] = ~ctx.usable | truncated | (invalid > 1e-9) | ~np.isfinite(flux)
+            if r <= MAX_SINC_RADIUS_IN_SCHEMA:
+                out[f"{p}Flux_flag_sincCoeffsTruncated"] = coeffs_truncated
         return out

@@ -7,7 +7,8 @@ from scipy import integrate
 from forcedphot.cutouts import PaddedCoadd
 from forcedphot.flags import MaskPlanes
 from forcedphot.io.coadd import Coadd
-from forcedphot.plugins.aperture import aperture_name, exact_aperture_sums, pixel_overlap
+from forcedphot.plugins.aperture import aperture_name
+from forcedphot.plugins.aperture_exact import exact_aperture_sums, pixel_overlap
 from forcedphot.psf import PsfGrid
 from forcedphot.skymap import Box, TractInfo
 
