@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 REPO   ?= repo
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean venv
+.PHONY: demo test clean venv
 
 venv: $(STAMP)
 
@@ -16,16 +16,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/forcedphot simulate --recipe default --repo $(REPO)
+	$(BIN)/forcedphot simulate --recipe default --repo $(REPO) --overwrite
 	$(BIN)/forcedphot run --repo $(REPO)
 	$(BIN)/forcedphot status --repo $(REPO)
 	$(BIN)/forcedphot sql --repo $(REPO) --file sql/examples/star_pulls.sql
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
-
-bench: $(STAMP)
-	$(BIN)/forcedphot bench --repo bench-repo
 
 clean:
 	rm -rf $(VENV) $(REPO) bench-repo .pytest_cache

@@ -125,3 +125,20 @@ def test_parallel_runs_give_identical_tables(tiny_repo, tmp_path):
             for name in table.column_names:  # NaN-aware equality (failed measurements are NaN)
                 np.testing.assert_array_equal(got.column(name).to_numpy(zero_copy_only=False),
                                               table.column(name).to_numpy(zero_copy_only=False), err_msg=name)
+
+
+def test_a_locked_quantum_is_not_run_twice(tiny_repo):
+    from filelock import FileLock
+
+    from forcedphot.errors import QuantumError
+
+    repo = Repository(tiny_repo)
+    quantum = plan_quanta(repo, bands=["g"], patches=[0])[0]
+    lock = repo.lock_path(quantum.data_id)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock)):
+        with pytest.raises(QuantumError, match="locked by another run"):
+            ForcedPhotCoaddTask(repo).run_quantum(quantum)
+        summary = run_all(repo, bands=["g"], patches=[0], progress=False)
+        assert [d for d, _ in summary.failed] == [str(quantum.data_id)]
+    assert run_all(repo, bands=["g"], patches=[0], progress=False).ok

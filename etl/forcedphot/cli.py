@@ -43,8 +43,16 @@ def cmd_simulate(args) -> int:
 def _config(args):
     from forcedphot.config import load_config
 
-    radii = [float(r) for r in args.radii.split(",")] if getattr(args, "radii", None) else None
-    return load_config(getattr(args, "config", None), aperture_radii=radii)
+    radii = [float(r) for r in args.radii.split(",")] if args.radii else None
+    return load_config(args.config, aperture_radii=radii, aperture_method=args.aperture_method)
+
+
+def _add_config_options(parser) -> None:
+    """Options that change results (and so decide which quanta are stale)."""
+    parser.add_argument("--config", help="TOML file of ForcedPhotConfig options")
+    parser.add_argument("--radii", help="comma-separated aperture radii in pixels (subset of the schema's radii)")
+    parser.add_argument("--aperture-method", choices=("sinc", "naive", "exact"),
+                        help="circular apertures: sinc up to 12 px then naive (default, as Rubin), naive, or exact")
 
 
 def cmd_run(args) -> int:
@@ -92,13 +100,12 @@ def cmd_sql(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from forcedphot.config import load_config
     from forcedphot.plan import plan_quanta
     from forcedphot.repository import Repository
     from forcedphot.runner import quantum_state, read_last_run
 
     repo = Repository(args.repo)
-    config = load_config(args.config)
+    config = _config(args)
     states = {}
     rows = []
     for q in plan_quanta(repo):
@@ -139,8 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Forced photometry over the repository's quanta. Up-to-date quanta are "
                                    "skipped; changed inputs or config re-run exactly the affected quanta.")
     r.add_argument("--repo", required=True, help="repository folder")
-    r.add_argument("--config", help="TOML file of ForcedPhotConfig options")
-    r.add_argument("--radii", help="comma-separated aperture radii in pixels (subset of the schema's radii)")
+    _add_config_options(r)
     r.add_argument("--tract", type=_csv_ints, help="only these tracts (comma-separated)")
     r.add_argument("--patch", type=_csv_ints, help="only these patches (comma-separated)")
     r.add_argument("--band", type=_csv_strs, help="only these bands (comma-separated)")
@@ -162,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="show which quanta are new, stale, up to date or missing inputs")
     st.add_argument("--repo", required=True, help="repository folder")
-    st.add_argument("--config", help="TOML file of ForcedPhotConfig options (staleness depends on it)")
+    _add_config_options(st)
     st.add_argument("-v", "--verbose", action="store_true", help="list every quantum")
     st.set_defaults(func=cmd_status)
     return p
@@ -180,6 +186,9 @@ def main(argv=None) -> int:
     except FileNotFoundError as exc:
         print(f"forcedphot: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # e.g. `forcedphot sql ... | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("forcedphot: interrupted; completed quanta are kept, partial outputs were not written", file=sys.stderr)
         return 130

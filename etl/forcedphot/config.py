@@ -52,6 +52,7 @@ class ForcedPhotConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("chunk_size")  # does not change results
+        d["plugins"] = sorted(d["plugins"])  # run order is fixed by the plugins, not the list
         return d
 
     def fingerprint(self) -> str:

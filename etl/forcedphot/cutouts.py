@@ -2,8 +2,8 @@
 
 The coadd planes are padded once (by the largest stamp or aperture) so that a stamp of
 any source whose centre is on the image is a plain gather with no bounds checks. Padding
-pixels carry NO_DATA and contribute zero. Non-finite pixels are zeroed in the working
-copies and marked invalid. Row prefix sums (float64) give the sum over any horizontal
+pixels carry NO_DATA and contribute zero. Non-finite and NO_DATA pixels are zeroed in the
+working copies and marked invalid. Row prefix sums (float64) give the sum over any horizontal
 run of pixels in O(1): apertures use them for their fully covered interior.
 """
 
@@ -26,7 +26,7 @@ class PaddedCoadd:
         self.shape = (h + 2 * self.pad, w + 2 * self.pad)
         no_data = coadd.mask_planes.bitmask("NO_DATA")
         p = self.pad
-        valid = np.isfinite(coadd.image) & np.isfinite(coadd.variance)
+        valid = np.isfinite(coadd.image) & np.isfinite(coadd.variance) & (coadd.mask & no_data == 0)
         self.image = np.zeros(self.shape, np.float32)
         self.image[p:p + h, p:p + w] = np.where(valid, coadd.image, 0)
         self.variance = np.zeros(self.shape, np.float32)

@@ -9,7 +9,7 @@ Layout (hive partitions, the keys are also stored as columns)::
     <root>/footprints/tract=T/patch=P/band=B/footprints.parquet
     <root>/coadd/tract=T/patch=P/band=B/coadd.arrow
     <root>/forced_source/tract=T/patch=P/band=B/forced_source.parquet
-    <root>/runs/failures.parquet                         (last run's failed quanta)
+    <root>/runs/last_run.json                            (last run: measured, skipped, failed quanta)
 """
 
 from __future__ import annotations
@@ -102,9 +102,6 @@ class Repository:
         """A glob over every file of a dataset (for DuckDB and Polars)."""
         ext = "arrow" if dataset == "coadd" else "parquet"
         return str(self.dataset_dir(dataset) / "**" / f"*.{ext}")
-
-    def failures_path(self) -> Path:
-        return self.root / "runs" / "failures.parquet"
 
     def lock_path(self, data_id: DataId) -> Path:
         return self.root / "runs" / "locks" / f"{data_id.tract}-{data_id.patch}-{data_id.band}.lock"

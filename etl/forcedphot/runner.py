@@ -14,7 +14,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 
-from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from forcedphot.config import ForcedPhotConfig
@@ -59,18 +58,12 @@ def quantum_state(repo: Repository, quantum: Quantum, config: ForcedPhotConfig) 
 
 
 def _run_one(root: str, config: ForcedPhotConfig, quantum: Quantum, fingerprints: dict) -> tuple:
-    """Worker: run one quantum under its lock; returns (data_id, status, payload)."""
-    repo = Repository(root)
+    """Worker: run one quantum (under its lock); returns (data_id, status, payload)."""
     did = str(quantum.data_id)
-    lock = FileLock(str(repo.lock_path(quantum.data_id)))
-    repo.lock_path(quantum.data_id).parent.mkdir(parents=True, exist_ok=True)
     try:
-        with lock.acquire(timeout=0):
-            task = ForcedPhotCoaddTask(repo, config)
-            res = task.run_quantum(quantum, inputs_fingerprint=fingerprints)
-            return did, "done", (res.n_rows, res.timings.get("total", 0.0), res.n_unmatched_footprints)
-    except Timeout:
-        return did, "failed", f"{did}: locked by another run ({lock.lock_file})"
+        task = ForcedPhotCoaddTask(Repository(root), config)
+        res = task.run_quantum(quantum, inputs_fingerprint=fingerprints)
+        return did, "done", (res.n_rows, res.timings.get("total", 0.0), res.n_unmatched_footprints)
     except ForcedPhotError as exc:
         return did, "failed", str(exc)
     except Exception as exc:  # a bug or an unexpected input: still only this quantum fails
@@ -109,7 +102,6 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
                 log.warning("%s: %d footprint id(s) match no reference", did, unmatched)
         else:
             summary.failed.append((did, payload))
-            bar.write(f"FAILED {payload}")
         bar.update()
 
     if dask and todo:
@@ -133,8 +125,8 @@ def _run_on_dask(address: str, jobs: int, repo: Repository, config: ForcedPhotCo
         from distributed import Client, LocalCluster, as_completed as dask_completed
     except ImportError as exc:
         raise ForcedPhotError("--dask needs the 'distributed' package: pip install 'forcedphot[dask]'") from exc
-    cluster = LocalCluster(n_workers=max(jobs, 1), threads_per_worker=1, processes=True,
-                           dashboard_address=None) if address == "local" else None
+    cluster = LocalCluster(n_workers=max(jobs, 1), threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=logging.getLogger().getEffectiveLevel()) if address == "local" else None
     try:
         with Client(cluster or address) as client:
             futures = [client.submit(_run_one, str(repo.root.resolve()), config, q, fp, pure=False) for q, fp in todo]

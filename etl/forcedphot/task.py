@@ -27,11 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+from filelock import FileLock, Timeout
 
 from forcedphot import calibrate
 from forcedphot.config import ForcedPhotConfig
 from forcedphot.cutouts import PaddedCoadd
-from forcedphot.errors import InputError
+from forcedphot.errors import InputError, QuantumError
 from forcedphot.ids import IdPacker
 from forcedphot.io.parquet import write_parquet
 from forcedphot.outputs import forced_source_columns
@@ -144,6 +145,15 @@ class ForcedPhotCoaddTask:
 
     def run_quantum(self, quantum: Quantum, *, inputs_fingerprint: dict | None = None) -> QuantumResult:
         """Load, measure, calibrate and write one quantum; raises ForcedPhotError on bad input."""
+        lock_path = self.repo.lock_path(quantum.data_id)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(str(lock_path)).acquire(timeout=0):
+                return self._run_quantum(quantum, inputs_fingerprint)
+        except Timeout:
+            raise QuantumError(f"{quantum.data_id}: locked by another run ({lock_path})") from None
+
+    def _run_quantum(self, quantum: Quantum, inputs_fingerprint: dict | None) -> QuantumResult:
         self.metadata = {"timings": {}}
         t0 = time.perf_counter()
         with self.timer("fingerprint"):

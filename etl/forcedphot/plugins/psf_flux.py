@@ -32,18 +32,12 @@ class PsfFlux(Plugin):
             flag("psfFlux_flag_edge", "The PSF box was clipped by the image edge or by bad pixels."),
         )
 
-    @classmethod
-    def padding(cls, config):
-        return 32  # half of the largest PSF image we accept (K <= 65)
-
     def measure(self, ctx: MeasurementContext):
         n = ctx.n
         out = {c.name: np.full(n, np.nan) for c in self.columns(self.config) if c.kind != "flag"}
         out["psfFlux_npixels"] = np.zeros(n, np.int32)
         out.update({c.name: np.zeros(n, bool) for c in self.columns(self.config) if c.kind == "flag"})
-        psf = ctx.coadd.psf
-        if psf.half > ctx.padded.pad:
-            raise ValueError(f"PSF images of size {psf.size} exceed the padding {ctx.padded.pad}")
+        psf = ctx.coadd.psf  # the task pads the coadd by at least psf.half + 1
         bad_bits = ctx.coadd.mask_planes.bitmask(*self.config.psf_bad_mask_planes) if self.config.psf_bad_mask_planes else 0
         idx = np.flatnonzero(ctx.usable)
         ix, iy = ctx.centre_index()
