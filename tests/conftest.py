@@ -40,17 +40,27 @@ def measured_tiny_repo(tiny_repo_master, tmp_path_factory) -> Path:
     return dst
 
 
-@pytest.fixture(scope="session")
-def star_field_repo(tmp_path_factory) -> Path:
-    """Many isolated stars and few galaxies, no artefacts: for flux-versus-truth pulls."""
-    root = tmp_path_factory.mktemp("stars") / "repo"
-    recipe = load_recipe("tiny", seed=11, patch_inner=600, n_stars=1500, n_galaxies=80, n_close_pairs=0,
-                         n_bright_stars=0, star_mag=(18.0, 23.0), isolation_radius=16.0, bad_columns=(),
-                         no_data_boxes=())
-    simulate(recipe, root, progress=False)
+STAR_FIELD = dict(seed=11, patch_inner=600, n_stars=1500, n_galaxies=80, n_close_pairs=0, n_bright_stars=0,
+                  star_mag=(18.0, 23.0), isolation_radius=16.0, bad_columns=(), no_data_boxes=())
+
+
+def _simulate_and_run(root: Path, **recipe) -> Path:
+    simulate(load_recipe("tiny", **recipe), root, progress=False)
     summary = run_all(_repo(root), ForcedPhotConfig(), progress=False)
     assert summary.ok, summary.failed
     return root
+
+
+@pytest.fixture(scope="session")
+def star_field_repo(tmp_path_factory) -> Path:
+    """Many isolated stars and few galaxies, no artefacts: for flux-versus-truth pulls."""
+    return _simulate_and_run(tmp_path_factory.mktemp("stars") / "repo", **STAR_FIELD)
+
+
+@pytest.fixture(scope="session")
+def star_field_noiseless_repo(tmp_path_factory) -> Path:
+    """The star field without pixel noise (same sources, PSFs and variance planes): the expected values."""
+    return _simulate_and_run(tmp_path_factory.mktemp("stars-noiseless") / "repo", noise=False, **STAR_FIELD)
 
 
 def _repo(root):

@@ -13,6 +13,7 @@ from forcedphot.io.parquet import read_provenance
 from forcedphot.plan import plan_quanta
 from forcedphot.repository import DataId, Repository
 from forcedphot.runner import run_all
+from forcedphot.schema import load_schema
 from forcedphot.task import ForcedPhotCoaddTask
 
 
@@ -39,7 +40,7 @@ def test_outputs_carry_schema_version_and_provenance(measured_tiny_repo):
     repo = Repository(measured_tiny_repo)
     path = repo.forced_source_path(DataId(0, 1, "r"))
     meta = pq.read_schema(path).metadata
-    assert meta[b"forcedphot.schema_version"] == b"1.0.0"
+    assert meta[b"forcedphot.schema_version"] == load_schema("forced_source").version.encode()
     prov = read_provenance(path)
     assert prov["config_fingerprint"] == ForcedPhotConfig().fingerprint()
     assert set(prov["inputs"]) == {"ref", "footprints", "coadd"}

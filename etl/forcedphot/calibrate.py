@@ -10,7 +10,7 @@ import numpy as np
 from forcedphot.plugins.base import Column
 
 AB_NJY = 31.4
-MAG_COLUMNS = {"psfFlux": "psfMag"}  # flux column -> magnitude prefix
+MAG_COLUMNS = {"psfFlux": "psfMag", "gaussianFlux": "gaussianMag", "kronFlux": "kronMag"}  # flux -> magnitude
 
 
 def columns() -> tuple[Column, ...]:
@@ -37,7 +37,9 @@ def calibrate(values: dict[str, np.ndarray], declared: tuple[Column, ...], photo
     for c in declared:
         if c.kind in ("flux", "fluxErr") and c.name in values:
             values[c.name] = values[c.name] * photo_calib
+        elif c.kind == "variance" and c.name in values:
+            values[c.name] = values[c.name] * photo_calib ** 2
     for flux, mag in MAG_COLUMNS.items():
-        if flux in values:
+        if flux in values and values[flux] is not None:
             values[mag], values[f"{mag}Err"] = njy_to_ab(values[flux], values[f"{flux}Err"])
     return values

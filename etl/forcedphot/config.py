@@ -21,7 +21,9 @@ PIXEL_FLAG_PLANES = ("BAD", "CR", "EDGE", "INTRP", "NO_DATA", "SAT", "SUSPECT",
 class ForcedPhotConfig:
     """Keyword options of a run (photutils style: everything optional has a default)."""
 
-    plugins: tuple[str, ...] = ("TransformedCentroid", "PixelFlags", "PsfFlux", "CircularApertureFlux")
+    plugins: tuple[str, ...] = ("TransformedCentroid", "SdssCentroid", "TransformedShape", "SdssShape", "InputCount",
+                                "PixelFlags", "PsfFlux", "GaussianFlux", "CircularApertureFlux", "LocalBackground",
+                                "Variance", "KronFlux", "ApCorr", "Extendedness")
     aperture_radii: tuple[float, ...] = STANDARD_APERTURE_RADII
     # "sinc": sinc coefficients up to max_sinc_radius, naive above (Rubin); "naive"; or "exact"
     aperture_method: str = "sinc"

@@ -58,7 +58,10 @@ class PaddedCoadd:
         """
         prefix = getattr(self, f"{plane}_rowsum")
         width = prefix.shape[1]
-        hi = np.maximum(hi, lo)
+        empty = hi <= lo  # empty runs may lie anywhere: park them on a valid address
+        rows = np.where(empty, 0, rows)
+        lo = np.where(empty, 0, lo)
+        hi = np.where(empty, 0, hi)
         flat = prefix.reshape(-1)
         base = rows * width
         return np.take(flat, base + hi) - np.take(flat, base + lo)
@@ -81,6 +84,26 @@ def _row_prefix(a: np.ndarray) -> np.ndarray:
     out = np.zeros((a.shape[0], a.shape[1] + 1))
     np.cumsum(a, axis=1, dtype=np.float64, out=out[:, 1:])
     return out
+
+
+STAMP_HALF_SIZES = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+
+
+def buckets(need: np.ndarray, *, sizes=STAMP_HALF_SIZES):
+    """Group sources by the smallest stamp half-size >= need: yields (half, indices).
+
+    Sources whose need is not finite or exceeds the largest size come last with half = None.
+    """
+    need = np.asarray(need, float)
+    sizes = np.asarray(sizes)
+    pos = np.searchsorted(sizes, np.where(np.isfinite(need), need, np.inf))
+    for k, half in enumerate(sizes):
+        idx = np.flatnonzero(pos == k)
+        if idx.size:
+            yield int(half), idx
+    rest = np.flatnonzero(pos >= sizes.size)
+    if rest.size:
+        yield None, rest
 
 
 class CutoutBatch:

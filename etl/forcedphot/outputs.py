@@ -15,7 +15,7 @@ from forcedphot.config import ForcedPhotConfig
 from forcedphot.plugins import PLUGINS, ordered
 from forcedphot.plugins.base import Column
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"
 
 # Copied from the reference catalog (Rubin copyColumns) and the data ID.
 IDENTITY_COLUMNS: tuple[Column, ...] = (

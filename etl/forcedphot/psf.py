@@ -20,6 +20,7 @@ class PsfGrid:
     y: np.ndarray  # (ny,)
     images: np.ndarray  # (ny, nx, K, K), each centred on its central pixel, unit sum
     _fft: np.ndarray | None = field(default=None, repr=False)
+    _moments: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self.x = np.asarray(self.x, float)
@@ -45,6 +46,29 @@ class PsfGrid:
         i = np.clip(np.searchsorted(nodes, c, side="right") - 1, 0, nodes.size - 2)
         t = (c - nodes[i]) / (nodes[i + 1] - nodes[i])
         return i, t
+
+    def node_moments(self) -> np.ndarray:
+        """(ny, nx, 2, 2) adaptive moments of the grid images (cached)."""
+        if self._moments is None:
+            from forcedphot.moments import adaptive_moments
+
+            ny, nx, k, _ = self.images.shape
+            flat = self.images.reshape(ny * nx, k, k)
+            zeros = np.zeros(ny * nx)
+            self._moments = adaptive_moments(flat, zeros, zeros).moments.reshape(ny, nx, 2, 2)
+        return self._moments
+
+    def moments_at(self, x, y) -> np.ndarray:
+        """(N, 2, 2) PSF second moments at tract (x, y), bilinear between the grid nodes' moments."""
+        x = np.asarray(x, float)
+        y = np.asarray(y, float)
+        m = self.node_moments()
+        ix, tx = self._weights(x, self.x)
+        iy, ty = self._weights(y, self.y)
+        ix1 = ix if self.x.size == 1 else ix + 1
+        iy1 = iy if self.y.size == 1 else iy + 1
+        return (((1 - tx) * (1 - ty))[:, None, None] * m[iy, ix] + (tx * (1 - ty))[:, None, None] * m[iy, ix1]
+                + ((1 - tx) * ty)[:, None, None] * m[iy1, ix] + (tx * ty)[:, None, None] * m[iy1, ix1])
 
     def fft(self) -> np.ndarray:
         if self._fft is None:

@@ -63,8 +63,8 @@ class ForcedPhotCoaddTask:
         self.schema = load_schema("forced_source")
         self.plugins = [cls(self.config) for cls in ordered(self.config.plugins)]
         self.metadata: dict = {"timings": {}}
-        skymap = repo.read_skymap()
-        self._packer = IdPacker(skymap.n_tracts, skymap.n_patches)
+        self._skymap = repo.read_skymap()
+        self._packer = IdPacker(self._skymap.n_tracts, self._skymap.n_patches)
 
     # -- Rubin-style members -------------------------------------------------------
     @contextmanager
@@ -117,8 +117,9 @@ class ForcedPhotCoaddTask:
         pad = max(pad, inputs.coadd.psf.half + 1)
         with self.timer("pad"):
             padded = PaddedCoadd(inputs.coadd, pad)
-        ctx = MeasurementContext(inputs.coadd, padded, self.config, inputs.ref)
-        values = dict(meas_cat)
+        ctx = MeasurementContext(inputs.coadd, padded, self.config, inputs.ref, ref_wcs=self._ref_wcs(inputs))
+        values = ctx.values
+        values.update(meas_cat)
         for plugin in self.plugins:
             with self.timer(plugin.name):
                 values.update(plugin.measure(ctx))
@@ -134,6 +135,10 @@ class ForcedPhotCoaddTask:
             else:  # declared by a plugin that is not configured: null
                 arrays[c.name] = pa.nulls(n, type=field.arrow_type)
         return pa.table(arrays)
+
+    def _ref_wcs(self, inputs: QuantumInputs):
+        """The WCS of the reference centroids: the skymap tract's."""
+        return self._skymap[inputs.quantum.data_id.tract].wcs
 
     def write_output(self, data_id: DataId, table: pa.Table, provenance: dict) -> str:
         path = self.repo.forced_source_path(data_id)

@@ -23,7 +23,7 @@ class Column:
     datatype: str  # Felis datatype
     description: str
     unit: str | None = None
-    kind: str = "value"  # "flux", "fluxErr", "flag" or "value"
+    kind: str = "value"  # "flux", "fluxErr", "variance" (scaled by calib^2), "flag" or "value"
 
     def __post_init__(self):
         if self.kind == "flag" and self.datatype != "boolean":
@@ -45,11 +45,29 @@ class MeasurementContext:
     x: np.ndarray | None = None  # forced centroid, tract pixels (set by TransformedCentroid)
     y: np.ndarray | None = None
     usable: np.ndarray | None = None  # finite centroid inside the padded region
+    ref_wcs: object | None = None  # WCS of the reference centroids (the skymap tract's)
+    shape: np.ndarray | None = None  # (N, 2, 2) forced shape, coadd pixels (set by TransformedShape)
+    shape_ok: np.ndarray | None = None
+    values: dict = field(default_factory=dict)  # outputs of the plugins run so far
     cache: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:
         return len(self.ref["id"])
+
+    def sub_pixel(self) -> tuple[np.ndarray, np.ndarray]:
+        """Offset of each forced centroid from its nearest pixel, in [-0.5, 0.5]."""
+        x = np.where(self.usable, self.x, 0.0)
+        y = np.where(self.usable, self.y, 0.0)
+        return x - np.floor(x + 0.5), y - np.floor(y + 0.5)
+
+    def psf_moments(self) -> np.ndarray:
+        """(N, 2, 2) PSF model moments at the forced centroids (cached)."""
+        if "psf_moments" not in self.cache:
+            x = np.where(self.usable, self.x, self.coadd.bbox.min_x)
+            y = np.where(self.usable, self.y, self.coadd.bbox.min_y)
+            self.cache["psf_moments"] = self.coadd.psf.moments_at(x, y)
+        return self.cache["psf_moments"]
 
     def centre_index(self) -> tuple[np.ndarray, np.ndarray]:
         """Padded-array pixel of every usable centroid (unusable ones parked at the padded origin)."""

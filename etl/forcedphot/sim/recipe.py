@@ -47,6 +47,7 @@ class Recipe:
     zero_point: dict = field(default_factory=lambda: {"g": 27.0, "r": 27.2, "i": 27.1, "z": 26.8, "y": 26.5, "u": 26.5})
     poisson_njy: float = 0.5  # nJy per effective photon: source Poisson variance = model * poisson_njy
     saturation_njy: float = 2.0e5  # per pixel
+    noise: bool = True  # false: images are the noiseless model (variance planes unchanged), for truth
     detection_threshold: float = 4.0  # on the noiseless multi-band SNR-per-pixel image
     # artefacts, in tract pixels
     bad_columns: tuple[int, ...] = (333, 1207)

@@ -27,6 +27,7 @@ from forcedphot.io.parquet import write_parquet
 from forcedphot.psf import PsfGrid
 from forcedphot.repository import DataId, Repository
 from forcedphot.schema import load_schema
+from forcedphot.sim.calibration_products import simulate_ap_corr, simulate_inputs
 from forcedphot.sim.profiles import covariance, ellipse_covariance, render_mixture, sersic_mixture
 from forcedphot.sim.recipe import Recipe
 from forcedphot.skymap import Box, SkyMap, TractInfo
@@ -215,11 +216,19 @@ def psf_grid(psf: PsfField, box: Box, recipe: Recipe) -> PsfGrid:
 
 
 def _moments(src: Sources, idx, psf: PsfField, band: str):
-    """Flux, centroid and PSF-convolved second moments (analytic) of sources ``idx``."""
+    """Flux, PSF-convolved second moments and Kron radius (analytic) of sources ``idx``.
+
+    The Kron radius (first moment of the radius) of a circular Gaussian of width s is
+    s sqrt(pi / 2); for a mixture it is the flux-weighted sum over components, with s the
+    determinant radius of each component (exact for circular components).
+    """
     amps, covs = source_mixtures(src, idx, psf, band)
     f = amps.sum(axis=1)
-    m = (amps[:, :, None, None] * covs).sum(axis=1) / np.where(f > 0, f, 1)[:, None, None]
-    return f, m
+    norm = np.where(f > 0, f, 1)
+    m = (amps[:, :, None, None] * covs).sum(axis=1) / norm[:, None, None]
+    det = covs[..., 0, 0] * covs[..., 1, 1] - covs[..., 0, 1] ** 2
+    kron = np.sqrt(np.pi / 2) * (amps * np.maximum(det, 0) ** 0.25).sum(axis=1) / norm
+    return f, m, kron
 
 
 def simulate(recipe: Recipe, repo_root, *, progress: bool = True) -> Repository:
@@ -235,6 +244,7 @@ def simulate(recipe: Recipe, repo_root, *, progress: bool = True) -> Repository:
     region = Box(min(p.outer.min_x for p in patches), min(p.outer.min_y for p in patches),
                  max(p.outer.max_x for p in patches), max(p.outer.max_y for p in patches))
     src = make_sources(recipe, rng, region)
+    inputs = simulate_inputs(region, np.random.default_rng([recipe.seed, 1]))
     planes = MaskPlanes()
     psfs = {b: PsfField(recipe, b) for b in recipe.bands}
 
@@ -261,7 +271,9 @@ def simulate(recipe: Recipe, repo_root, *, progress: bool = True) -> Repository:
         calib = mag_to_njy(recipe.zero_point[band])  # nJy per count
         model = models[band]
         var_njy = recipe.sky_sigma_njy[band] ** 2 + np.maximum(model, 0) * recipe.poisson_njy
-        img = model + rng.standard_normal(model.shape) * np.sqrt(var_njy)
+        # pixel noise has its own stream: a noiseless twin (noise = false) has identical sources and artefacts
+        noise_rng = np.random.default_rng([recipe.seed, 3, recipe.bands.index(band)])
+        img = model + (noise_rng.standard_normal(model.shape) * np.sqrt(var_njy) if recipe.noise else 0.0)
         mask = np.zeros(model.shape, np.int32)
         sat = model > recipe.saturation_njy
         img[sat] = recipe.saturation_njy
@@ -289,18 +301,18 @@ def simulate(recipe: Recipe, repo_root, *, progress: bool = True) -> Repository:
     tree = cKDTree(np.c_[src.x, src.y])
     n_neigh = np.array([len(v) - 1 for v in tree.query_ball_point(np.c_[src.x, src.y], recipe.isolation_radius)])
     ref_psf = psfs[recipe.ref_band]
-    flux_ref, mom = _moments(src, np.arange(len(src)), ref_psf, recipe.ref_band)
+    flux_ref, mom, kron = _moments(src, np.arange(len(src)), ref_psf, recipe.ref_band)
 
     for p in patches:
         _write_patch(repo, recipe, tract, p, packer, src, comps, labels, slices, region, images, variances,
-                     masks, models, psfs, planes, flux_ref, mom, n_neigh)
+                     masks, models, psfs, planes, flux_ref, mom, kron, n_neigh, inputs)
         bar.update()
     bar.close()
     return repo
 
 
 def _write_patch(repo, recipe, tract, p, packer, src, comps, labels, slices, region, images, variances, masks,
-                 models, psfs, planes, flux_ref, mom, n_neigh):
+                 models, psfs, planes, flux_ref, mom, kron, n_neigh, inputs):
     ref_rows, truth_rows = [], []
     fp_rows = {b: [] for b in recipe.bands}
     counter = 0
@@ -331,10 +343,13 @@ def _write_patch(repo, recipe, tract, p, packer, src, comps, labels, slices, reg
         if blended:
             d = np.c_[src.x[members] - cx, src.y[members] - cy]
             shape = (f[:, None, None] * (mom[members] + d[:, :, None] * d[:, None, :])).sum(0) / f.sum()
-            ref_rows.append(_ref_row(parent_id, 0, tract, p, cx, cy, shape, members.size, False, recipe))
+            det = shape[0, 0] * shape[1, 1] - shape[0, 1] ** 2
+            ref_rows.append(_ref_row(parent_id, 0, tract, p, cx, cy, shape, members.size, False, recipe,
+                                     kron_radius=np.sqrt(np.pi / 2) * det ** 0.25))
         for cid, i in zip(child_ids, members):
             inner = bool(p.inner.contains(src.x[i], src.y[i]))
-            ref_rows.append(_ref_row(int(cid), parent_id, tract, p, src.x[i], src.y[i], mom[i], 0, inner, recipe))
+            ref_rows.append(_ref_row(int(cid), parent_id, tract, p, src.x[i], src.y[i], mom[i], 0, inner, recipe,
+                                     kron_radius=kron[i]))
             for b in recipe.bands:
                 truth_rows.append({"id": int(cid), "tract": tract.tract, "patch": p.patch, "band": b,
                                    "source_id": int(i), "is_star": bool(src.is_star[i]),
@@ -363,18 +378,22 @@ def _write_patch(repo, recipe, tract, p, packer, src, comps, labels, slices, reg
     for b in recipe.bands:
         data_id = DataId(tract.tract, p.patch, b)
         write_parquet(pa.Table.from_pylist(fp_rows[b]), repo.footprints_path(data_id), load_schema("footprints"))
+        grid = psf_grid(psfs[b], p.outer, recipe)
+        ap_corr = simulate_ap_corr(psfs[b], psfs[recipe.ref_band], p.outer, grid.x, grid.y,
+                                   np.random.default_rng([recipe.seed, 2, p.patch, recipe.bands.index(b)]))
         coadd = Coadd(tract=tract.tract, patch=p.patch, band=b, bbox=p.outer,
                       image=images[b][oy, ox], mask=masks[b][oy, ox], variance=variances[b][oy, ox],
-                      wcs=tract.wcs, psf=psf_grid(psfs[b], p.outer, recipe),
-                      photo_calib=float(mag_to_njy(recipe.zero_point[b])), mask_planes=planes)
+                      wcs=tract.wcs, psf=grid, photo_calib=float(mag_to_njy(recipe.zero_point[b])), mask_planes=planes,
+                      ap_corr=ap_corr, inputs=inputs)
         write_coadd(coadd, repo.coadd_path(data_id))
 
 
-def _ref_row(oid, parent, tract, p, x, y, shape, n_child, inner, recipe):
+def _ref_row(oid, parent, tract, p, x, y, shape, n_child, inner, recipe, *, kron_radius=None):
     ra, dec = tract.pixel_to_sky(x, y)
     return {"id": oid, "parent": parent, "tract": tract.tract, "patch": p.patch,
             "coord_ra": float(ra), "coord_dec": float(dec), "centroid_x": float(x), "centroid_y": float(y),
             "shape_xx": float(shape[0, 0]), "shape_yy": float(shape[1, 1]), "shape_xy": float(shape[0, 1]),
+            "kron_radius": None if kron_radius is None else float(kron_radius),
             "deblend_nChild": int(n_child), "detect_isPrimary": bool(inner and n_child == 0),
             "detect_isPatchInner": bool(p.inner.contains(x, y)), "refBand": recipe.ref_band}
 

@@ -1,0 +1,28 @@
+"""InputCount: how many input images cover each forced position (the coadd's input polygons)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
+
+
+class InputCount(Plugin):
+    name = "InputCount"
+
+    @classmethod
+    def columns(cls, config):
+        return (
+            Column("inputCount", "int", "Number of input images whose valid polygon contains the forced centroid; null without input polygons."),
+            flag("inputCount_flag", "General failure: no usable centroid, no input polygons stored with the coadd, or no inputs."),
+            flag("inputCount_flag_noInputs", "No input image covers the centroid."),
+        )
+
+    def measure(self, ctx: MeasurementContext):
+        inputs = ctx.coadd.inputs
+        if inputs is None:
+            return {"inputCount": np.ma.masked_all(ctx.n, np.int32), "inputCount_flag": np.ones(ctx.n, bool),
+                    "inputCount_flag_noInputs": np.zeros(ctx.n, bool)}
+        count = np.where(ctx.usable, inputs.count(np.where(ctx.usable, ctx.x, np.nan), np.where(ctx.usable, ctx.y, np.nan)), 0)
+        none = ctx.usable & (count == 0)
+        return {"inputCount": count.astype(np.int32), "inputCount_flag": ~ctx.usable | none, "inputCount_flag_noInputs": none}
