@@ -40,7 +40,7 @@ def measured_tiny_repo(tiny_repo_master, tmp_path_factory) -> Path:
     return dst
 
 
-STAR_FIELD = dict(seed=11, patch_inner=600, n_stars=1500, n_galaxies=80, n_close_pairs=0, n_bright_stars=0,
+STAR_FIELD = dict(seed=11, patch_inner=800, n_stars=2600, n_galaxies=140, n_close_pairs=0, n_bright_stars=0,
                   star_mag=(18.0, 23.0), isolation_radius=16.0, bad_columns=(), no_data_boxes=())
 
 
