@@ -1,8 +1,9 @@
 -- The references of one patch joined to one band's footprints, in reference-file order.
 -- has_footprint is false where the band has no footprint for a reference id.
+-- Reference columns added by later minor schema versions may be absent from older files;
+-- the loader adds them as nulls.
 -- Parameters: $ref_file, $footprints_file
-SELECT r.id, r.parent, r.tract, r.patch, r.coord_ra, r.coord_dec, r.centroid_x, r.centroid_y,
-       r.shape_xx, r.shape_yy, r.shape_xy, r.kron_radius, r.deblend_nChild, r.detect_isPrimary, r.refBand,
+SELECT r.* EXCLUDE (file_row_number),
        f.id IS NOT NULL AS has_footprint,
        f.parent AS footprint_parent,
        f.span_y, f.span_x0, f.span_x1

@@ -24,8 +24,9 @@ def _quantile_sorted(sorted_vals: np.ndarray, n: np.ndarray, q: float) -> np.nda
 
 
 def clipped_mean_std(values: np.ndarray, *, n_sigma: float = 3.0, n_iter: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, std, n_used) per row of ``values`` (NaN = excluded)."""
-    vals = np.asarray(values, float)
+    """(mean, std, n_used) per row of ``values`` (NaN = excluded); float32 input is sorted as float32."""
+    vals = np.asarray(values)
+    vals = vals if vals.dtype in (np.float32, np.float64) else vals.astype(float)
     finite = np.isfinite(vals)
     n = finite.sum(axis=1)
     srt = np.sort(np.where(finite, vals, np.inf), axis=1)
@@ -40,7 +41,7 @@ def clipped_mean_std(values: np.ndarray, *, n_sigma: float = 3.0, n_iter: int = 
         used = keep.sum(axis=1)
         x = np.where(keep, vals, 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = x.sum(axis=1) / used
+            mean = x.sum(axis=1, dtype=np.float64) / used
             var = (np.where(keep, (vals - mean[:, None]) ** 2, 0.0)).sum(axis=1) / (used - 1)
         std = np.sqrt(var)
         centre, half = mean, n_sigma * std
@@ -49,7 +50,8 @@ def clipped_mean_std(values: np.ndarray, *, n_sigma: float = 3.0, n_iter: int = 
 
 def masked_median(values: np.ndarray) -> np.ndarray:
     """Median of each row ignoring NaN (NaN for empty rows)."""
-    vals = np.asarray(values, float)
+    vals = np.asarray(values)
+    vals = vals if vals.dtype in (np.float32, np.float64) else vals.astype(float)
     finite = np.isfinite(vals)
     n = finite.sum(axis=1)
     srt = np.sort(np.where(finite, vals, np.inf), axis=1)

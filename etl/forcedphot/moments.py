@@ -48,6 +48,23 @@ def gaussian_weights(dx: np.ndarray, dy: np.ndarray, winv: np.ndarray, box: np.n
     return np.where(keep, np.exp(-0.5 * np.minimum(q, MAX_EXPONENT)), 0.0)
 
 
+_CROPS = np.array([4, 6, 8, 11, 16, 22, 32, 45, 64, 90, 128, 1 << 30])
+
+
+def _weighted_sums(pixels, c, cx, cy, winv, box) -> np.ndarray:
+    """(n, 6) sums of w I times [x^2, xy, y^2, x, y, 1] over (n, 2c+1, 2c+1) pixels around each centre."""
+    ar = np.arange(-c, c + 1, dtype=float)
+    dx = ar[None, None, :] - cx[:, None, None]
+    dy = ar[None, :, None] - cy[:, None, None]
+    q = (winv[:, 0, 0, None, None] * dx * dx + 2 * winv[:, 0, 1, None, None] * dx * dy
+         + winv[:, 1, 1, None, None] * dy * dy)
+    keep = (q <= MAX_EXPONENT) & (np.abs(dx) <= box[:, None, None]) & (np.abs(dy) <= box[:, None, None])
+    wi = (np.where(keep, np.exp(-0.5 * np.minimum(q, MAX_EXPONENT)), 0.0) * pixels).reshape(cx.size, -1)
+    gy, gx = np.meshgrid(ar, ar, indexing="ij")
+    px, py = gx.ravel(), gy.ravel()
+    return wi @ np.stack([px * px, px * py, py * py, px, py, np.ones_like(px)], axis=1)
+
+
 @dataclass
 class AdaptiveMoments:
     moments: np.ndarray  # (N, 2, 2) adaptive moments (the converged Gaussian weight)
@@ -62,20 +79,35 @@ class AdaptiveMoments:
     flag_max_iter: np.ndarray
 
 
-def adaptive_moments(image: np.ndarray, fx: np.ndarray, fy: np.ndarray, *, max_iter: int = 100,
-                     tol1: float = 1e-5, tol2: float = 1e-4, max_shift: float = 2.0,
-                     initial: float = 1.5) -> AdaptiveMoments:
-    """SDSS adaptive moments of stamps (N, S, S) centred on each source's nearest pixel.
+def stamps_from_array(image: np.ndarray):
+    """A stamp provider over an (N, S, S) array: rows, c -> the central (2c+1)^2 pixels."""
+    half = image.shape[-1] // 2
 
-    ``fx, fy``: start position relative to the stamp's central pixel. Each iteration
-    measures Gaussian-weighted moments M and centroid, then sets the next weight to
-    (M^-1 - W^-1)^-1; a source stops when the ellipticity and size change by less than the
-    tolerances. Sources iterate in a shrinking active set (no per-source Python loop).
+    def provide(rows, c):
+        sl = slice(half - c, half + c + 1)
+        return image[rows, sl, sl]
+
+    return provide, half
+
+
+def adaptive_moments(image, fx: np.ndarray, fy: np.ndarray, *, max_iter: int = 100,
+                     tol1: float = 1e-5, tol2: float = 1e-4, max_shift: float = 2.0,
+                     initial: float = 1.5, half: int | None = None) -> AdaptiveMoments:
+    """SDSS adaptive moments of sources centred on their nearest pixel.
+
+    ``image`` is an (N, S, S) stamp array, or a provider ``f(rows, c) -> (n, 2c+1, 2c+1)``
+    of the pixels around sources ``rows`` (then ``half`` bounds c). ``fx, fy``: start
+    position relative to each source's central pixel. Each iteration measures
+    Gaussian-weighted moments M and centroid, then sets the next weight to (M^-1 - W^-1)^-1;
+    a source stops when the ellipticity and size change by less than the tolerances. Sources
+    iterate in a shrinking active set and are cropped to what their weight reaches.
     """
-    n, s, _ = image.shape
-    half = s // 2
+    if callable(image):
+        provide = image
+    else:
+        provide, half = stamps_from_array(np.asarray(image, float))
+    n = fx.size
     gx, gy = offsets(half)
-    img = image.astype(np.float64, copy=False)
     w_mom = np.tile(np.eye(2) * initial, (n, 1, 1))
     cx, cy = fx.astype(float).copy(), fy.astype(float).copy()
     e1_old = np.full(n, np.inf)
@@ -92,28 +124,26 @@ def adaptive_moments(image: np.ndarray, fx: np.ndarray, fy: np.ndarray, *, max_i
         a = active
         winv, det = inverse_2x2(w_mom[a])
         box = np.minimum(4 * np.sqrt(np.maximum(w_mom[a, 0, 0], w_mom[a, 1, 1])), half)
-        dx = gx[None] - cx[a, None, None]
-        dy = gy[None] - cy[a, None, None]
-        w = gaussian_weights(dx, dy, winv, box)
-        wi = w * img[a]
-        s0 = wi.sum(axis=(1, 2))
-        sx = (wi * dx).sum(axis=(1, 2))
-        sy = (wi * dy).sum(axis=(1, 2))
-        sxx = (wi * dx * dx).sum(axis=(1, 2))
-        syy = (wi * dy * dy).sum(axis=(1, 2))
-        sxy = (wi * dx * dy).sum(axis=(1, 2))
+        ca, cb = cx[a], cy[a]
+        sums = np.empty((a.size, 6))
+        # crop each source's stamp to what its weight can reach, in a few size groups
+        reach = np.minimum(np.ceil(box + np.maximum(np.abs(ca), np.abs(cb))) + 1, half).astype(int)
+        for c in np.unique(np.minimum(_CROPS[np.searchsorted(_CROPS, reach)], half)):
+            g = np.flatnonzero(np.minimum(_CROPS[np.searchsorted(_CROPS, reach)], half) == c)
+            sums[g] = _weighted_sums(provide(a[g], int(c)), int(c), ca[g], cb[g], winv[g], box[g])
+        s0 = sums[:, 5]
         n_iter[a] = it + 1
         wsum[a] = s0
         bad = ~(s0 > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            mx, my = sx / s0, sy / s0
-            mxx = sxx / s0 - mx * mx
-            myy = syy / s0 - my * my
-            mxy = sxy / s0 - mx * my
+            ux, uy = sums[:, 3] / s0, sums[:, 4] / s0  # weighted centroid, stamp frame
+            mxx = sums[:, 0] / s0 - ux * ux
+            myy = sums[:, 2] / s0 - uy * uy
+            mxy = sums[:, 1] / s0 - ux * uy
             e1 = (mxx - myy) / (mxx + myy)
             e2 = 2 * mxy / (mxx + myy)
-        cx[a] += np.where(bad, 0, mx)
-        cy[a] += np.where(bad, 0, my)
+        cx[a] = np.where(bad, ca, ux)
+        cy[a] = np.where(bad, cb, uy)
         m = np.stack([np.stack([mxx, mxy], -1), np.stack([mxy, myy], -1)], -2)
         converged = (np.abs(e1 - e1_old[a]) < tol1) & (np.abs(e2 - e2_old[a]) < tol1) & \
             (np.abs(w_mom[a, 0, 0] / s11_old[a] - 1) < tol2)
@@ -133,7 +163,7 @@ def adaptive_moments(image: np.ndarray, fx: np.ndarray, fy: np.ndarray, *, max_i
     flag_bad = np.zeros(n, bool)
     fb = np.flatnonzero(flag_unweighted | flag_max_iter)
     if fb.size:
-        im = img[fb]
+        im = np.asarray(provide(fb, half), float)
         s0 = im.sum(axis=(1, 2))
         with np.errstate(divide="ignore", invalid="ignore"):
             mx = (im * gx).sum(axis=(1, 2)) / s0

@@ -63,6 +63,12 @@ def load_refs(quantum: Quantum) -> tuple[pa.Table, np.ndarray]:
         raise InputError(f"{quantum.data_id}: cannot join {quantum.ref_file} to {quantum.footprints_file}: {exc}") from exc
     finally:
         con.close()
+    ref_schema = load_schema("ref")
+    for col in ref_schema.columns:  # columns of newer minor versions, absent from older files
+        if col.name not in table.column_names:
+            if not col.nullable:
+                raise InputError(f"{quantum.ref_file}: required column {col.name!r} is missing")
+            table = table.append_column(col.arrow_field(), pa.nulls(table.num_rows, col.arrow_type))
     return table, unmatched.column("id").to_numpy()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from forcedphot.clipped import clipped_mean_std
-from forcedphot.cutouts import CutoutBatch, buckets
 from forcedphot.moments import offsets
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
 
@@ -47,16 +46,23 @@ class LocalBackground(Plugin):
         bad_bits = ctx.coadd.mask_planes.bitmask(*[p for p in BAD_PLANES if p in ctx.coadd.mask_planes.bits])
         ix, iy = ctx.centre_index()
         fx, fy = ctx.sub_pixel()
-        need = np.where(ok, np.ceil(OUTER * sigma) + 1, np.nan)
-        for half, idx in buckets(need):
-            if half is None:
-                continue
-            stamps = CutoutBatch(ctx.padded, ix[idx], iy[idx], half)
+        # group sources by PSF width (1% steps); each group gathers only the pixels its annuli can reach
+        key = np.where(ok, np.round(np.log(np.where(ok, sigma, 1.0)) / 0.01), np.nan)
+        image = ctx.padded.image
+        usable_pixel = ctx.padded.valid & ((ctx.padded.mask & bad_bits) == 0)
+        for k in np.unique(key[np.isfinite(key)]):
+            idx = np.flatnonzero(key == k)
+            s_lo, s_hi = sigma[idx].min(), sigma[idx].max()
+            half = int(np.ceil(OUTER * s_hi)) + 1
             gx, gy = offsets(half)
-            r = np.hypot(gx[None] - fx[idx, None, None], gy[None] - fy[idx, None, None])
-            s = sigma[idx, None, None]
-            use = (r >= INNER * s) & (r <= OUTER * s) & stamps.valid & ((stamps.mask & bad_bits) == 0)
-            vals = np.where(use, stamps.image, np.nan).reshape(idx.size, -1)
+            r0 = np.hypot(gx, gy)
+            cand = (r0 >= INNER * s_lo - 0.75) & (r0 <= OUTER * s_hi + 0.75)  # any sub-pixel offset
+            cdx, cdy = gx[cand].astype(np.int64), gy[cand].astype(np.int64)
+            flat = ctx.padded.flat_index(ix[idx], iy[idx], cdx, cdy)
+            r = np.hypot(cdx[None] - fx[idx, None], cdy[None] - fy[idx, None])
+            s = sigma[idx, None]
+            use = (r >= INNER * s) & (r <= OUTER * s) & np.take(usable_pixel.reshape(-1), flat)
+            vals = np.where(use, np.take(image.reshape(-1), flat), np.float32(np.nan))
             mean[idx], std[idx], _ = clipped_mean_std(vals)
         no_good = ok & ~np.isfinite(mean)
         return {"localBackground": mean, "localBackgroundErr": std,

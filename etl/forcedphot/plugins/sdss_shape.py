@@ -9,10 +9,14 @@ of Rubin's Fisher-matrix errors); PSF moments are the PSF model's at the centroi
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from forcedphot.cutouts import CutoutBatch, buckets
 from forcedphot.moments import adaptive_moments, gaussian_weights, inverse_2x2, offsets
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
+
+
+MAX_HALF = 64  # largest stamp half-size an adaptive weight may use
 
 
 class SdssShape(Plugin):
@@ -44,7 +48,7 @@ class SdssShape(Plugin):
 
     @classmethod
     def padding(cls, config):
-        return 66
+        return MAX_HALF + 2
 
     def measure(self, ctx: MeasurementContext):
         n = ctx.n
@@ -54,39 +58,43 @@ class SdssShape(Plugin):
         ix, iy = ctx.centre_index()
         fx, fy = ctx.sub_pixel()
         psf = ctx.psf_moments()
-        # stamp size from the reference shape (or the PSF): 4 sigma of the weight plus the allowed shift
-        start = np.where((ctx.shape_ok & ctx.usable)[:, None, None], ctx.shape, psf)
-        need = np.where(ctx.usable, np.ceil(5 * np.sqrt(np.maximum(start[:, 0, 0], start[:, 1, 1]))) + 3, np.nan)
-        for half, idx in buckets(need, sizes=(8, 12, 16, 24, 32, 48, 64)):
-            if half is None:
-                half = 64
-            stamps = CutoutBatch(ctx.padded, ix[idx], iy[idx], half)
-            img = np.where(stamps.valid, stamps.image, 0.0)
-            res = adaptive_moments(img, fx[idx], fy[idx])
-            m = res.moments
-            out["sdssShape_xx"][idx], out["sdssShape_yy"][idx], out["sdssShape_xy"][idx] = m[:, 0, 0], m[:, 1, 1], m[:, 0, 1]
-            out["sdssShape_x"][idx] = ctx.x[idx] + res.dx
-            out["sdssShape_y"][idx] = ctx.y[idx] + res.dy
-            out["sdssShape_flux"][idx] = res.flux
-            # linearised errors: F = 2 sum(w I) and M = sum(w I d d^T) / sum(w I); adaptive = 2 M at convergence
-            winv, det = inverse_2x2(m)
+        idx = np.flatnonzero(ctx.usable)
+        padded = ctx.padded
+        image = np.where(padded.valid, padded.image, 0.0).astype(np.float32)
+
+        def provide(rows, c):
+            win = sliding_window_view(image, (2 * c + 1, 2 * c + 1))
+            return win[iy[idx[rows]] - c, ix[idx[rows]] - c]
+
+        res = adaptive_moments(provide, fx[idx], fy[idx], half=MAX_HALF)
+        m = res.moments
+        out["sdssShape_xx"][idx], out["sdssShape_yy"][idx], out["sdssShape_xy"][idx] = m[:, 0, 0], m[:, 1, 1], m[:, 0, 1]
+        out["sdssShape_x"][idx] = ctx.x[idx] + res.dx
+        out["sdssShape_y"][idx] = ctx.y[idx] + res.dy
+        out["sdssShape_flux"][idx] = res.flux
+        # linearised errors: F = 2 sum(w I) and M = sum(w I d d^T) / sum(w I); adaptive = 2 M at convergence
+        winv, _ = inverse_2x2(m)
+        need = np.ceil(4 * np.sqrt(np.maximum(m[:, 0, 0], m[:, 1, 1])) + np.hypot(res.dx, res.dy)) + 1
+        for half, grp in buckets(np.where(np.isfinite(need), need, 1), sizes=(4, 6, 8, 11, 16, 22, 32, 45, MAX_HALF)):
+            half = half or MAX_HALF
+            rows = idx[grp]
+            stamps = CutoutBatch(padded, ix[rows], iy[rows], half)
             gx, gy = offsets(half)
-            dx = gx[None] - (fx[idx] + res.dx)[:, None, None]
-            dy = gy[None] - (fy[idx] + res.dy)[:, None, None]
-            w = gaussian_weights(dx, dy, winv)
-            v = np.where(stamps.valid, stamps.variance, 0.0)
-            s0 = res.weighted_sum
-            w2v = w * w * v
-            out["sdssShape_fluxErr"][idx] = 2 * np.sqrt(w2v.sum(axis=(1, 2)))
+            dx = gx[None] - (fx[rows] + res.dx[grp])[:, None, None]
+            dy = gy[None] - (fy[rows] + res.dy[grp])[:, None, None]
+            w = gaussian_weights(dx, dy, winv[grp])
+            w2v = w * w * np.where(stamps.valid, stamps.variance, 0.0)
+            s0 = res.weighted_sum[grp]
+            out["sdssShape_fluxErr"][rows] = 2 * np.sqrt(w2v.sum(axis=(1, 2)))
             with np.errstate(invalid="ignore", divide="ignore"):
-                for name, term, mom in (("xx", dx * dx, m[:, 0, 0] / 2), ("yy", dy * dy, m[:, 1, 1] / 2),
-                                        ("xy", dx * dy, m[:, 0, 1] / 2)):
+                for name, term, mom in (("xx", dx * dx, m[grp, 0, 0] / 2), ("yy", dy * dy, m[grp, 1, 1] / 2),
+                                        ("xy", dx * dy, m[grp, 0, 1] / 2)):
                     dev = term - mom[:, None, None]
-                    out[f"sdssShape_{name}Err"][idx] = 2 * np.sqrt((w2v * dev * dev).sum(axis=(1, 2))) / np.abs(s0)
-            flags["sdssShape_flag_unweighted"][idx] = res.flag_unweighted
-            flags["sdssShape_flag_unweightedBad"][idx] = res.flag_unweighted_bad
-            flags["sdssShape_flag_shift"][idx] = res.flag_shift
-            flags["sdssShape_flag_maxIter"][idx] = res.flag_max_iter
+                    out[f"sdssShape_{name}Err"][rows] = 2 * np.sqrt((w2v * dev * dev).sum(axis=(1, 2))) / np.abs(s0)
+        flags["sdssShape_flag_unweighted"][idx] = res.flag_unweighted
+        flags["sdssShape_flag_unweightedBad"][idx] = res.flag_unweighted_bad
+        flags["sdssShape_flag_shift"][idx] = res.flag_shift
+        flags["sdssShape_flag_maxIter"][idx] = res.flag_max_iter
         out["sdssShape_psf_xx"], out["sdssShape_psf_yy"], out["sdssShape_psf_xy"] = psf[:, 0, 0], psf[:, 1, 1], psf[:, 0, 1]
         flags["sdssShape_flag_psf"] = ctx.usable & ~np.isfinite(psf[:, 0, 0])
         flags["sdssShape_flag"] = (~ctx.usable | flags["sdssShape_flag_unweighted"] | flags["sdssShape_flag_shift"]

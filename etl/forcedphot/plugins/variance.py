@@ -53,6 +53,6 @@ class Variance(Plugin):
             inside = (qi[:, 0, 0, None, None] * dx * dx + 2 * qi[:, 0, 1, None, None] * dx * dy
                       + qi[:, 1, 1, None, None] * dy * dy) <= 1.0
             use = inside & stamps.valid & ((stamps.mask & bits) == 0)
-            value[idx] = masked_median(np.where(use, stamps.variance, np.nan).reshape(idx.size, -1))
+            value[idx] = masked_median(np.where(use, stamps.variance, np.float32(np.nan)).reshape(idx.size, -1))
         empty = ok & ~np.isfinite(value)
         return {"localVariance": value, "localVariance_flag": ~ok | empty, "localVariance_flag_emptyFootprint": empty}
