@@ -127,6 +127,29 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_ingest_fits(args) -> int:
+    import pyarrow.parquet as pq
+
+    from forcedphot.ingest import ingest_fits
+    from forcedphot.ingest.args import specs_from_args
+
+    repo_root, bands, catalog, options = specs_from_args(args)
+    repo = ingest_fits(repo_root, bands, catalog, **options)
+    refs = sorted(repo.dataset_dir("ref").glob("tract=*/patch=*/ref.parquet"))
+    n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in refs)
+    print(f"ingested {len(bands)} band(s) ({', '.join(b.name for b in bands)}) and {n_rows} reference rows "
+          f"in {len(refs)} patch(es) into {repo.root}; next: forcedphot run --repo {repo.root}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from forcedphot.bench import main_bench
+
+    print(main_bench(args.repo, band=args.band, psf_subset=args.psf_subset, repeat=args.repeat,
+                     progress=not args.quiet, json_out=args.json))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="forcedphot", description="Forced photometry on coadds as a columnar ETL job.")
     p.add_argument("--version", action="version", version=f"forcedphot {__version__}")
@@ -166,11 +189,35 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-rows", type=int, default=40, help="rows shown in table format (-1: all)")
     q.set_defaults(func=cmd_sql)
 
+    b = sub.add_parser("bench", help="time our kernels and a whole quantum against SEP and photutils",
+                       description="Simulates the bench recipe into --repo if it is not there, then prints times "
+                                   "and ratios (needs the bench extras: SEP and photutils).")
+    b.add_argument("--repo", default="bench-repo", help="bench repository (created if missing; default bench-repo)")
+    b.add_argument("--band", default="i", help="band of the quantum to time (default i)")
+    b.add_argument("--psf-subset", type=int, default=200, help="sources fitted by photutils, scaled up (default 200)")
+    b.add_argument("--repeat", type=int, default=3, help="best of this many runs for the kernels (default 3)")
+    b.add_argument("--json", help="also write the figures to this JSON file")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_bench)
+
     st = sub.add_parser("status", help="show which quanta are new, stale, up to date or missing inputs")
     st.add_argument("--repo", required=True, help="repository folder")
     _add_config_options(st)
     st.add_argument("-v", "--verbose", action="store_true", help="list every quantum")
     st.set_defaults(func=cmd_status)
+
+    from forcedphot.ingest.args import EXAMPLE, add_fits_arguments
+
+    ing = sub.add_parser("ingest", help="create a repository from external data (FITS coadds and a catalog)",
+                         description="Create a new repository from external data.")
+    ing_sub = ing.add_subparsers(dest="ingest_format", required=True, metavar="FORMAT")
+    fi = ing_sub.add_parser("fits", help="per-band FITS images and a reference catalog",
+                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLE,
+                            description="Ingest per-band coadd FITS images (sharing one pixel grid), their noise, "
+                                        "masks and PSFs, and a reference catalog into a new repository that "
+                                        "`forcedphot run` measures.")
+    add_fits_arguments(fi)
+    fi.set_defaults(func=cmd_ingest_fits)
     return p
 
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.fft
+
+FFT_WORKERS = 2  # threads for the batched inverse FFTs
 
 
 @dataclass
@@ -104,7 +107,6 @@ class PsfGrid:
              + (tx * ty)[:, None, None] * g[iy1, ix1])
         dx = x - np.floor(x + 0.5)
         dy = y - np.floor(y + 0.5)
-        ky = np.fft.fftfreq(k)[None, :, None]
-        kx = np.fft.rfftfreq(k)[None, None, :]
-        f *= np.exp(-2j * np.pi * (ky * dy[:, None, None] + kx * dx[:, None, None]))
-        return np.fft.irfft2(f, s=(k, k), axes=(-2, -1))
+        f *= np.exp(-2j * np.pi * np.fft.fftfreq(k)[None, :] * dy[:, None])[:, :, None]  # separable phase ramp
+        f *= np.exp(-2j * np.pi * np.fft.rfftfreq(k)[None, :] * dx[:, None])[:, None, :]
+        return scipy.fft.irfft2(f, s=(k, k), axes=(-2, -1), workers=FFT_WORKERS)

@@ -95,12 +95,12 @@ class TractInfo:
         return [self.patch(i) for i in range(self.n_patches)]
 
     def sky_to_pixel(self, ra, dec) -> tuple[np.ndarray, np.ndarray]:
-        """Vectorised ICRS (deg) -> tract pixel (0-based centres)."""
-        x, y = self.wcs.wcs_world2pix(np.asarray(ra, float), np.asarray(dec, float), 0)
+        """Vectorised ICRS (deg) -> tract pixel (0-based centres), distortions (SIP) included."""
+        x, y = self.wcs.all_world2pix(np.asarray(ra, float), np.asarray(dec, float), 0)
         return x, y
 
     def pixel_to_sky(self, x, y) -> tuple[np.ndarray, np.ndarray]:
-        ra, dec = self.wcs.wcs_pix2world(np.asarray(x, float), np.asarray(y, float), 0)
+        ra, dec = self.wcs.all_pix2world(np.asarray(x, float), np.asarray(y, float), 0)
         return ra, dec
 
 

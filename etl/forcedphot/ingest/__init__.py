@@ -1,0 +1,11 @@
+"""Ingest external data into a new forcedphot repository (``forcedphot ingest ...``).
+
+:func:`ingest_fits` takes per-band FITS coadds (image, noise, optional mask, background
+and PSF) and a reference catalog, and writes the skymap, reference catalogs, footprints
+and coadds that ``forcedphot run`` measures.
+"""
+
+from forcedphot.ingest.fits import ingest_fits
+from forcedphot.ingest.specs import BandSpec, CatalogSpec
+
+__all__ = ["BandSpec", "CatalogSpec", "ingest_fits"]

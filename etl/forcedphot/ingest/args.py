@@ -1,0 +1,173 @@
+"""Command-line arguments of ``forcedphot ingest fits``: band groups, catalog columns, manifest merge.
+
+Per-band options follow their ``--band NAME`` (``--band g --image g.fits --band r --image
+r.fits``): argparse calls actions in command-line order, so a custom action appends a
+new group on ``--band`` and the per-band actions fill the most recent one. This keeps
+argparse's help, abbreviations and error messages, and rejects options given before any
+``--band`` or twice in one group.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from forcedphot.errors import InputError
+
+EXAMPLE = """\
+example:
+  forcedphot ingest fits --repo myrepo \\
+      --band g --image g.fits:SCI --invvar g.fits:WHT --psf psf_g.fits --zero-point 27 \\
+      --band r --image r.fits:SCI --invvar r.fits:WHT --psf-fwhm 0.9arcsec --zero-point 27 \\
+      --catalog objects.parquet --patch-size 2000
+  forcedphot run --repo myrepo
+
+files are FILE, FILE:HDU or FILE[HDU] (HDU = index or EXTNAME); the tract's pixel frame is
+the images' 0-based pixel frame. A TOML manifest holds the same settings:
+
+  repo = "myrepo"            # optional; relative paths are relative to the manifest
+  patch_size = 2000
+  [bands.g]
+  image = "g.fits:SCI"
+  invvar = "g.fits:WHT"
+  psf = "psf_g.fits"
+  zero_point = 27.0
+  [catalog]
+  path = "objects.parquet"
+  x = "X_IMAGE"              # column options as below, without "-col"
+"""
+
+# per-band option -> (BandSpec field, type, metavar, help)
+BAND_OPTIONS = {
+    "--image": ("image", str, "FILE[:HDU]", "image (default HDU: the first holding an image)"),
+    "--variance": ("variance", str, "FILE[:HDU]|VALUE", "variance plane (image units squared) or a constant"),
+    "--invvar": ("invvar", str, "FILE[:HDU]|VALUE", "inverse-variance (weight) plane; 0 marks unusable pixels"),
+    "--sigma": ("sigma", str, "FILE[:HDU]|VALUE", "noise sigma (RMS) plane or a constant"),
+    "--mask": ("mask", str, "FILE[:HDU]", "integer mask plane; by default any nonzero value -> BAD"),
+    "--mask-bits": ("mask_bits", str, "PLANE=BIT,...",
+                    "map input mask bits to planes instead, e.g. BAD=0,SAT=1,NO_DATA=8"),
+    "--background": ("background", str, "FILE[:HDU]|VALUE", "background to subtract: a plane or a constant"),
+    "--psf": ("psf", str, "FILE[:HDU]", "PSF image (normalised, made odd-sized and centred if needed)"),
+    "--psf-oversampling": ("psf_oversampling", int, "N", "integer oversampling of the PSF image (binned down)"),
+    "--psf-fwhm": ("psf_fwhm", str, "VALUE{arcsec|px}", "Gaussian PSF of this FWHM, e.g. 0.9arcsec or 3px"),
+    "--zero-point": ("zero_point", float, "ZP", "AB magnitude of one image unit"),
+    "--flux-unit": ("flux_unit", str, "UNIT",
+                    "unit of one image unit (astropy): nJy, uJy, mJy, Jy, nmgy, or MJy/sr, Jy/arcsec2 ..."),
+}
+
+# catalog option -> (CatalogSpec field, type, help)
+CATALOG_OPTIONS = {
+    "--catalog-format": ("format", str, "fits, parquet, csv, sextractor, votable or an astropy format "
+                                        "(default: from the file's contents)"),
+    "--ra-col": ("ra", str, "RA column, deg (default: coord_ra, ra, RA, ALPHA_J2000 ...)"),
+    "--dec-col": ("dec", str, "Dec column, deg (default: coord_dec, dec, DEC, DELTA_J2000 ...)"),
+    "--x-col": ("x", str, "x column, pixels (default: centroid_x, x, X, X_IMAGE ...)"),
+    "--y-col": ("y", str, "y column, pixels (default: centroid_y, y, Y, Y_IMAGE ...)"),
+    "--xy-origin": ("xy_origin", int, "coordinate of the first pixel's centre in x/y: 0, or 1 as in "
+                                      "SExtractor and FITS (default: 1 for SExtractor catalogs, else 0)"),
+    "--positions": ("positions", str, "auto: RA/Dec through the WCS when both exist, else x/y (default auto)"),
+    "--id-col": ("id", str, "object id column: parent links, and externalId where the ref schema has it "
+                         "(default: id, objectId, NUMBER ...)"),
+    "--parent-col": ("parent", str, "parent id column (0, -1 or null: no parent)"),
+    "--xx-col": ("xx", str, "second moment xx, pixels^2 (default: shape_xx, X2_IMAGE ...)"),
+    "--yy-col": ("yy", str, "second moment yy"),
+    "--xy-col": ("xy", str, "second moment xy"),
+    "--a-col": ("a", str, "semi-major axis sigma, pixels (default: A_IMAGE); with --b-col and --theta-col"),
+    "--b-col": ("b", str, "semi-minor axis sigma, pixels (default: B_IMAGE)"),
+    "--theta-col": ("theta", str, "position angle counter-clockwise from +x (default: THETA_IMAGE)"),
+    "--theta-unit": ("theta_unit", str, "unit of theta (default deg)"),
+    "--kron-col": ("kron", str, "Kron radius column (default: KRON_RADIUS, kron_radius)"),
+    "--kron-unit": ("kron_unit", str, "pix: sqrt(ab) in pixels; shape: in units of a and b, as SExtractor's "
+                                      "KRON_RADIUS (its default)"),
+}
+
+CHOICES = {"xy_origin": (0, 1), "positions": ("auto", "sky", "pixel"), "theta_unit": ("deg", "rad"),
+           "kron_unit": ("pix", "shape")}
+
+
+class BandGroup(argparse.Action):
+    """``--band NAME``: start a new group of per-band options."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        groups = list(getattr(namespace, self.dest, None) or [])
+        groups.append({"name": values})
+        setattr(namespace, self.dest, groups)
+
+
+class BandOption(argparse.Action):
+    """A per-band option: stored in the most recent ``--band`` group."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        groups = getattr(namespace, "bands", None)
+        if not groups:
+            parser.error(f"{option_string} must follow --band NAME (per-band options apply to the latest --band)")
+        group = groups[-1]
+        if self.dest in group:
+            parser.error(f"{option_string} given twice for band {group['name']}")
+        group[self.dest] = values
+
+
+def add_fits_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", help="repository folder to create (required unless in the manifest)")
+    p.add_argument("--manifest", metavar="FILE.toml", help="TOML file with the same settings "
+                   "([bands.NAME] tables, a [catalog] table); command-line options add to or override it")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace an existing repository at --repo")
+    b = p.add_argument_group("bands", "repeat --band for each band; the options below apply to the latest --band")
+    b.add_argument("--band", dest="bands", action=BandGroup, metavar="NAME",
+                   help="start a band (1-8 characters, e.g. g)")
+    for flag, (dest, typ, metavar, text) in BAND_OPTIONS.items():
+        b.add_argument(flag, dest=dest, action=BandOption, type=typ, metavar=metavar, help=text,
+                       default=argparse.SUPPRESS)
+    c = p.add_argument_group("reference catalog")
+    c.add_argument("--catalog", metavar="FILE[:HDU]",
+                   help="FITS table, Parquet, CSV, SExtractor ASCII or VOTable of reference objects")
+    for flag, (dest, typ, text) in CATALOG_OPTIONS.items():
+        kw = {"choices": CHOICES[dest]} if dest in CHOICES else {"metavar": "NAME" if flag.endswith("-col") else
+                                                                 "FORMAT"}
+        c.add_argument(flag, dest=f"cat_{dest}", type=typ, help=text, **kw)
+    g = p.add_argument_group("geometry")
+    g.add_argument("--patch-size", type=int, metavar="N", help="patch inner size, pixels (default: one patch)")
+    g.add_argument("--patch-border", type=int, metavar="B",
+                   help="patch overlap border, pixels (default: 0 for one patch, else min(100, N/4))")
+    g.add_argument("--pixel-scale", type=float, metavar="ARCSEC",
+                   help="pixel scale for images without a celestial WCS (a TAN WCS is made up)")
+    g.add_argument("--ref-band", metavar="NAME", help="band recorded as refBand (default: the first band)")
+
+
+def specs_from_args(args) -> tuple[str, list, object, dict]:
+    """(repo, bands, catalog, options) from parsed arguments merged over the manifest, if any."""
+    from forcedphot.ingest.manifest import load_manifest
+    from forcedphot.ingest.specs import BandSpec, CatalogSpec
+
+    repo, bands, catalog, options = (None, [], None, {})
+    if args.manifest:
+        repo, bands, catalog, options = load_manifest(args.manifest)
+    known = {b.name for b in bands}
+    for group in args.bands or []:
+        if group["name"] in known:
+            raise InputError(f"band {group['name']} is given in the manifest and on the command line")
+        if "image" not in group:
+            raise InputError(f"band {group['name']}: no --image")
+        known.add(group["name"])
+        bands.append(BandSpec(**group))
+    cat = {dest: getattr(args, f"cat_{dest}") for dest, *_ in CATALOG_OPTIONS.values()
+           if getattr(args, f"cat_{dest}") is not None}
+    if args.catalog:
+        catalog = CatalogSpec(path=args.catalog, **cat) if catalog is None else replace(catalog, path=args.catalog,
+                                                                                         **cat)
+    elif catalog is not None:
+        catalog = replace(catalog, **cat)
+    elif cat:
+        raise InputError("catalog column options need --catalog FILE")
+    if catalog is None:
+        raise InputError("no reference catalog; give --catalog FILE")
+    for key in ("patch_size", "patch_border", "pixel_scale", "ref_band", "overwrite"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    repo = args.repo or repo
+    if not repo:
+        raise InputError("no repository; give --repo FOLDER")
+    if not bands:
+        raise InputError("no bands; give --band NAME --image FILE ... for each band")
+    return repo, bands, catalog, options

@@ -1,0 +1,128 @@
+"""One band's pixels as the coadd planes: background-subtracted image, variance, mask bits.
+
+Unusable pixels keep the convention of the rest of forcedphot (and of the simulator):
+NO_DATA in the mask and a non-finite value in the image or variance, which every
+measurement treats as invalid (zero weight, flagged). That covers NaN/inf image pixels,
+inverse variance 0 and infinite or zero variance. Negative variances are errors: they
+mean a wrong plane or a wrong ``--variance/--invvar/--sigma`` choice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from forcedphot.errors import InputError
+from forcedphot.flags import MaskPlanes
+from forcedphot.ingest.calib import photo_calib
+from forcedphot.ingest.grid import Grid
+from forcedphot.ingest.images import parse_hdu_spec, read_plane
+from forcedphot.ingest.psfimage import gaussian_psf, load_psf, parse_fwhm, psf_fwhm_pixels
+from forcedphot.ingest.specs import BandSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BandData:
+    name: str
+    label: str  # the image file[HDU]
+    image: np.ndarray  # (H, W) float32, image units, background subtracted
+    variance: np.ndarray  # (H, W) float32, image units^2, NaN where unusable
+    mask: np.ndarray  # (H, W) int32 bits of MaskPlanes()
+    psf: np.ndarray  # (K, K) float64, unit sum
+    psf_fwhm: float  # pixels
+    photo_calib: float  # nJy per image unit
+
+
+def _noise_to_variance(data: np.ndarray, kind: str, label: str, usable: np.ndarray) -> np.ndarray:
+    """Variance (float32) from a variance, inverse-variance or sigma plane; NaN where unusable."""
+    d = np.asarray(data, np.float64)
+    finite = np.isfinite(d)
+    negative = finite & (d < 0) & usable
+    if negative.any():
+        raise InputError(f"{label}: {int(negative.sum())} pixels have a negative {kind} "
+                         f"(min {d[negative].min():g}); is this the right plane and option?")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if kind == "invvar":
+            var = np.where(finite & (d > 0), 1.0 / d, np.nan)
+        elif kind == "sigma":
+            var = np.where(finite & (d > 0), d * d, np.nan)
+        else:
+            var = np.where(finite & (d > 0), d, np.nan)
+    var[~np.isfinite(var)] = np.nan
+    return var.astype(np.float32)
+
+
+def _mask_bits(data: np.ndarray, mapping: dict[str, int] | None, label: str, planes: MaskPlanes) -> np.ndarray:
+    d = np.asarray(data)
+    if not np.issubdtype(d.dtype, np.integer):
+        if not (np.all(np.isfinite(d)) and np.all(d == np.round(d))):
+            raise InputError(f"{label}: mask must hold integers, found {d.dtype} values that are not")
+        d = d.astype(np.int64)
+    d = d.astype(np.int64)
+    if mapping is None:
+        return np.where(d != 0, planes.bitmask("BAD"), 0).astype(np.int32)
+    out = np.zeros(d.shape, np.int32)
+    for plane, bit in mapping.items():
+        out |= np.where((d >> bit) & 1, planes.bitmask(plane), 0).astype(np.int32)
+    return out
+
+
+def _constant(value) -> float | None:
+    """A number given instead of a plane (``--background 12.5``, ``--sigma 0.05``), else None."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return None if parse_hdu_spec(text).path.exists() else number
+
+
+def _plane_or_constant(value, *, what: str, shape, image_label: str) -> tuple[np.ndarray, str]:
+    number = _constant(value)
+    if number is not None:
+        return np.full(shape, number, np.float32), f"constant {what} {number:g}"
+    return read_plane(value, what=what, shape=shape, image_label=image_label)
+
+
+def load_band(spec: BandSpec, image: np.ndarray, image_label: str, grid: Grid) -> BandData:
+    """Read and check every plane of one band on the common grid."""
+    planes = MaskPlanes()
+    shape = grid.shape
+    img = np.array(image, dtype=np.float32)
+    if spec.background is not None:
+        img -= _plane_or_constant(spec.background, what="background", shape=shape, image_label=image_label)[0]
+    mask = np.zeros(shape, np.int32)
+    if spec.mask is not None:
+        data, mlabel = read_plane(spec.mask, what="mask", shape=shape, image_label=image_label)
+        mask |= _mask_bits(data, spec.mask_mapping(), mlabel, planes)
+    kind, noise_spec = spec.noise
+    noise, nlabel = _plane_or_constant(noise_spec, what=kind, shape=shape, image_label=image_label)
+    nlabel = nlabel if not nlabel.startswith("constant") else f"band {spec.name} {nlabel}"
+    finite_img = np.isfinite(img)
+    variance = _noise_to_variance(noise, kind, nlabel, finite_img & (mask == 0))
+    no_var = finite_img & ~np.isfinite(variance)
+    if no_var.all():
+        raise InputError(f"{nlabel}: no pixel has a positive finite {kind}")
+    if no_var.any():
+        log.warning("%s: %d pixels with zero or non-finite %s marked NO_DATA", nlabel, int(no_var.sum()), kind)
+    no_data = ~finite_img | no_var
+    if (~finite_img).any():
+        log.info("%s: %d NaN/inf image pixels marked NO_DATA", image_label, int((~finite_img).sum()))
+    img[~finite_img] = np.nan
+    variance[no_data] = np.nan
+    mask |= np.where(no_data, planes.bitmask("NO_DATA"), 0).astype(np.int32)
+    if spec.psf is not None:
+        psf = load_psf(spec.psf, oversampling=spec.psf_oversampling)
+    else:
+        fwhm = parse_fwhm(spec.psf_fwhm, unit=spec.psf_fwhm_unit, pixel_scale=grid.pixel_scale,
+                          label=f"band {spec.name}")
+        psf = gaussian_psf(fwhm, label=f"band {spec.name}")
+    calib = photo_calib(zero_point=spec.zero_point, flux_unit=spec.flux_unit, pixel_area_sr=grid.pixel_area_sr,
+                        label=f"band {spec.name} ({image_label})")
+    return BandData(spec.name, image_label, img, variance, mask, psf, psf_fwhm_pixels(psf), calib)

@@ -1,0 +1,125 @@
+"""What to ingest: one BandSpec per band and one CatalogSpec, the same for the CLI, TOML and Python.
+
+File options are ``"path"``, ``"path:HDU"`` or ``"path[HDU]"`` (HDU: index or EXTNAME).
+Catalog column options left as None are looked up among common names (see
+:mod:`forcedphot.ingest.catalog`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from forcedphot.errors import InputError
+from forcedphot.flags import DEFAULT_MASK_PLANES
+
+BAND_NAME = re.compile(r"[A-Za-z0-9_.+-]{1,8}")  # a partition value and an 8-char schema column
+
+
+@dataclass(frozen=True, kw_only=True)
+class BandSpec:
+    name: str
+    image: str | Path
+    variance: str | Path | float | None = None  # exactly one of variance, invvar, sigma (plane or constant)
+    invvar: str | Path | float | None = None
+    sigma: str | Path | float | None = None
+    mask: str | Path | None = None  # integer plane; nonzero -> BAD unless mask_bits maps bits to planes
+    mask_bits: str | dict | None = None  # "BAD=0,SAT=1" or {"BAD": 0, "SAT": 1}: plane name -> input bit
+    background: str | Path | float | None = None  # a plane to subtract, or a constant
+    psf: str | Path | None = None  # PSF image, or
+    psf_fwhm: str | float | None = None  # "1.1arcsec", "3px", or a number in psf_fwhm_unit
+    psf_fwhm_unit: str | None = None  # "arcsec" or "px" for a numeric psf_fwhm
+    psf_oversampling: int = 1  # integer oversampling of the PSF image (binned down)
+    zero_point: float | None = None  # AB magnitude of one image unit, or
+    flux_unit: str | None = None  # astropy unit of one image unit (nJy, uJy, MJy/sr...)
+
+    def __post_init__(self):
+        if not BAND_NAME.fullmatch(str(self.name)):
+            raise InputError(f"band name {self.name!r}: use 1-8 letters, digits or _.+-")
+        noise = [n for n in ("variance", "invvar", "sigma") if getattr(self, n) is not None]
+        if len(noise) != 1:
+            raise InputError(f"band {self.name} ({self.image}): give exactly one of variance, invvar or sigma "
+                             f"(got {noise or 'none'})")
+        if self.psf is not None and self.psf_fwhm is not None:
+            raise InputError(f"band {self.name}: give a PSF image or a PSF FWHM, not both")
+        if self.psf is None and self.psf_fwhm is None:
+            raise InputError(f"band {self.name} ({self.image}): no PSF; give a PSF image (--psf FILE[:HDU]) "
+                             "or a Gaussian FWHM (--psf-fwhm 1.1arcsec or 3px)")
+        if self.zero_point is not None and self.flux_unit is not None:
+            raise InputError(f"band {self.name}: give a zero point or a flux unit, not both")
+        self.mask_mapping()  # fail early on a malformed mapping
+
+    @property
+    def noise(self) -> tuple[str, str | Path]:
+        """(kind, file) of the noise plane: kind is variance, invvar or sigma."""
+        return next((n, getattr(self, n)) for n in ("variance", "invvar", "sigma") if getattr(self, n) is not None)
+
+    def mask_mapping(self) -> dict[str, int] | None:
+        """Output plane -> input bit, or None for "any nonzero bit is BAD"."""
+        return parse_mask_bits(self.mask_bits, where=f"band {self.name}")
+
+
+def parse_mask_bits(value, *, where: str) -> dict[str, int] | None:
+    if value is None or value == "" or value == {}:
+        return None
+    if isinstance(value, str):
+        items = {}
+        for part in value.split(","):
+            if not part.strip():
+                continue
+            name, sep, bit = part.partition("=")
+            if not sep:
+                raise InputError(f"{where}: mask bits {value!r}: expected PLANE=BIT pairs like BAD=0,SAT=1")
+            items[name.strip()] = bit.strip()
+        value = items
+    out = {}
+    for name, bit in dict(value).items():
+        if name not in DEFAULT_MASK_PLANES:
+            raise InputError(f"{where}: unknown mask plane {name!r}; known: {', '.join(DEFAULT_MASK_PLANES)}")
+        try:
+            b = int(bit)
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: mask bit for {name} must be an integer, not {bit!r}") from None
+        if not 0 <= b < 63:
+            raise InputError(f"{where}: mask bit {b} for {name} is outside 0..62")
+        out[name] = b
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class CatalogSpec:
+    path: str | Path  # FITS table (path[:HDU]), Parquet, CSV, SExtractor ASCII or VOTable
+    format: str | None = None  # fits, parquet, csv, sextractor, votable or any astropy format; None: sniff
+    ra: str | None = None  # column names (None: common names)
+    dec: str | None = None
+    x: str | None = None
+    y: str | None = None
+    id: str | None = None
+    parent: str | None = None  # parent's id; null, 0, -1 or "" for no parent
+    xx: str | None = None  # second moments, pixels^2 ...
+    yy: str | None = None
+    xy: str | None = None
+    a: str | None = None  # ... or semi-axes (pixels) and position angle
+    b: str | None = None
+    theta: str | None = None
+    theta_unit: str = "deg"  # of theta, counter-clockwise from +x (SExtractor THETA_IMAGE)
+    kron: str | None = None  # Kron radius column
+    kron_unit: str | None = None  # "pix" (sqrt(ab) in pixels) or "shape" (units of the shape's semi-axes,
+    #                               SExtractor KRON_RADIUS); None: "shape" for KRON_RADIUS/SExtractor, else "pix"
+    xy_origin: int | None = None  # 0 or 1 (pixel centre of the first pixel); None: 1 for SExtractor, else 0
+    positions: str = "auto"  # "sky" (ra/dec through the WCS), "pixel" (x/y) or auto
+
+    def __post_init__(self):
+        if self.xy_origin not in (None, 0, 1):
+            raise InputError(f"{self.path}: xy origin must be 0 or 1, not {self.xy_origin!r}")
+        if self.positions not in ("auto", "sky", "pixel"):
+            raise InputError(f"{self.path}: positions must be auto, sky or pixel, not {self.positions!r}")
+        if self.kron_unit not in (None, "pix", "shape"):
+            raise InputError(f"{self.path}: Kron unit must be pix or shape, not {self.kron_unit!r}")
+        if self.theta_unit not in ("deg", "rad"):
+            raise InputError(f"{self.path}: theta unit must be deg or rad, not {self.theta_unit!r}")
+
+
+BAND_FIELDS = tuple(f.name for f in fields(BandSpec))
+CATALOG_FIELDS = tuple(f.name for f in fields(CatalogSpec))
