@@ -143,3 +143,14 @@ def test_a_locked_quantum_is_not_run_twice(tiny_repo):
         summary = run_all(repo, bands=["g"], patches=[0], progress=False)
         assert [d for d, _ in summary.failed] == [str(quantum.data_id)]
     assert run_all(repo, bands=["g"], patches=[0], progress=False).ok
+
+
+def test_an_empty_patch_gives_an_empty_table(tiny_repo):
+    repo = Repository(tiny_repo)
+    for dataset_path in [repo.ref_path(0, 2)] + [repo.footprints_path(DataId(0, 2, b)) for b in "griz"]:
+        t = pq.read_table(dataset_path)
+        pq.write_table(t.slice(0, 0), dataset_path)
+    summary = run_all(repo, patches=[2], progress=False)
+    assert summary.ok and [n for _, n, _ in summary.done] == [0, 0, 0, 0]
+    out = pq.read_table(repo.forced_source_path(DataId(0, 2, "r")))
+    assert out.num_rows == 0 and out.schema.names == load_schema("forced_source").names

@@ -16,9 +16,9 @@ MAX_EXPONENT = 14.0  # pixels with x^T W^-1 x > 14 get no weight (as afw)
 
 def inverse_2x2(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(inverse, determinant) of (N, 2, 2) symmetric matrices."""
-    det = m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] ** 2
     inv = np.empty_like(m)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        det = m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] ** 2
         inv[:, 0, 0] = m[:, 1, 1] / det
         inv[:, 1, 1] = m[:, 0, 0] / det
         inv[:, 0, 1] = inv[:, 1, 0] = -m[:, 0, 1] / det

@@ -21,6 +21,7 @@ SCHEMA_VERSION = "1.1.0"
 IDENTITY_COLUMNS: tuple[Column, ...] = (
     Column("objectId", "long", "Unique id of the reference object (tract and patch packed in the high bits)."),
     Column("parentObjectId", "long", "Id of the blend parent; 0 for isolated objects and parents."),
+    Column("externalId", "long", "Id of the object in the catalog it was ingested from (null for simulated or non-integer ids)."),
     Column("tract", "long", "Tract of the quantum."),
     Column("patch", "long", "Patch of the quantum."),
     Column("band", "char", "Band of the coadd measured."),

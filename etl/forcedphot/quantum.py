@@ -18,6 +18,7 @@ from forcedphot.resources import read_sql
 from forcedphot.schema import load_schema
 
 SPAN_COLUMNS = ("span_y", "span_x0", "span_x1")
+ARROW_COLUMNS = ("externalId",)  # kept as Arrow arrays: nullable 64-bit integers do not survive numpy
 
 
 @dataclass
@@ -88,7 +89,8 @@ def load_quantum(quantum: Quantum, *, allow_missing_footprints: bool = False) ->
         raise InputError(f"{quantum.data_id}: footprint parent differs from reference parent for ids "
                          f"{ids[clash][:20].tolist()} ({quantum.footprints_file})")
     ref = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names
-           if c not in SPAN_COLUMNS and c != "footprint_parent"}
+           if c not in SPAN_COLUMNS and c not in ARROW_COLUMNS and c != "footprint_parent"}
+    ref.update({c: table.column(c).combine_chunks() for c in ARROW_COLUMNS})  # 64-bit ids with nulls stay exact
     ref["footprint_spans"] = _flatten_spans(table)
     coadd = read_coadd(quantum.coadd_file)
     if (coadd.tract, coadd.patch, coadd.band) != (quantum.data_id.tract, quantum.data_id.patch, quantum.data_id.band):

@@ -104,7 +104,7 @@ class ForcedPhotCoaddTask:
                              f"patch={d.patch} ({inputs.quantum.ref_file})")
         n = inputs.n
         return {
-            "objectId": ref["id"], "parentObjectId": ref["parent"],
+            "objectId": ref["id"], "parentObjectId": ref["parent"], "externalId": ref["externalId"],
             "tract": np.full(n, d.tract, np.int64), "patch": np.full(n, d.patch, np.int64),
             "band": np.full(n, d.band, object), "coord_ra": ref["coord_ra"], "coord_dec": ref["coord_dec"],
             "refBand": ref["refBand"], "deblend_nChild": ref["deblend_nChild"],
@@ -113,6 +113,8 @@ class ForcedPhotCoaddTask:
 
     def run(self, meas_cat: dict, inputs: QuantumInputs) -> pa.Table:
         """Run every plugin over all sources at once, calibrate, and return the output table."""
+        if inputs.n == 0:  # an empty patch: an empty, schema-complete table
+            return self.schema.arrow_schema().empty_table()
         pad = max(cls.padding(self.config) for cls in map(type, self.plugins))
         pad = max(pad, inputs.coadd.psf.half + 1)
         with self.timer("pad"):
@@ -130,7 +132,9 @@ class ForcedPhotCoaddTask:
         arrays = {}
         for c in declared:
             field = self.schema.column(c.name)
-            if c.name in values:
+            if isinstance(values.get(c.name), pa.Array):  # nullable columns passed through from Arrow
+                arrays[c.name] = values[c.name].cast(field.arrow_type)
+            elif c.name in values:
                 arrays[c.name] = pa.array(values[c.name], type=field.arrow_type)  # NaN = measured but failed
             else:  # declared by a plugin that is not configured: null
                 arrays[c.name] = pa.nulls(n, type=field.arrow_type)

@@ -332,22 +332,20 @@ def test_ingest_help(cmd, capsys):
             assert option in out
 
 
-def test_external_ids_fill_an_externalId_column_when_the_ref_schema_has_one(synthetic, tmp_path, monkeypatch):
-    """ref.yaml has no externalId yet (see the ingest report); once it does, integer catalog ids land in it."""
-    import dataclasses
+def test_external_ids_fill_the_externalId_column_and_reach_the_output(synthetic, tmp_path):
+    """Integer catalog ids land in ref.externalId and forced_source.externalId; others stay null."""
+    from forcedphot import query
+    from forcedphot.runner import run_all
 
-    import forcedphot.ingest.fits as ingest_module
-    from forcedphot.schema import ColumnDef
-
-    base = load_schema("ref")
-    extra = ColumnDef("externalId", "long", True, None, "Catalog id of the object in the ingested catalog.", False)
-    extended = dataclasses.replace(base, columns=base.columns + (extra,))
-    monkeypatch.setattr(ingest_module, "load_schema", lambda name: extended if name == "ref" else load_schema(name))
     s = synthetic
     band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px")
-    Table({"NUMBER": np.arange(s.x.size) + 500, "ra": s.ra, "dec": s.dec}).write(s.root / "int.fits")
+    big = (1 << 62) + np.arange(s.x.size)  # beyond float64's exact integers
+    Table({"NUMBER": big, "ra": s.ra, "dec": s.dec}).write(s.root / "int.fits")
     repo = ingest_fits(tmp_path / "a", [band], CatalogSpec(path=s.root / "int.fits"))
-    assert pq.read_table(repo.ref_path(0, 0)).column("externalId").to_pylist() == list(range(500, 500 + s.x.size))
+    assert pq.read_table(repo.ref_path(0, 0)).column("externalId").to_pylist() == big.tolist()
+    assert run_all(repo, progress=False).ok
+    out = query.sql(repo, "SELECT externalId FROM forced_source ORDER BY objectId").column("externalId").to_pylist()
+    assert out == big.tolist()
     Table({"name": [f"star{i}" for i in range(s.x.size)], "ra": s.ra, "dec": s.dec}).write(s.root / "str.fits")
     repo = ingest_fits(tmp_path / "b", [band], CatalogSpec(path=s.root / "str.fits", id="name"))
     assert pq.read_table(repo.ref_path(0, 0)).column("externalId").null_count == s.x.size

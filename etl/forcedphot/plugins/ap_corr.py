@@ -3,8 +3,11 @@
 For each aperture-corrected flux with a field in the coadd's ApCorr map: a = field(x, y),
 and where a is finite and positive F <- a F, err <- a err (the correction's own error is
 recorded but, as in Rubin, not propagated). Unlike Rubin (whose _apCorr columns stay
-empty), ``<flux>_apCorr`` and ``<flux>_apCorrErr`` are filled. Without a field, or where it
-is not usable, ``<flux>_flag_apCorr`` and ``<flux>_flag`` are set and the flux is left as is.
+empty), ``<flux>_apCorr`` and ``<flux>_apCorrErr`` are filled. Where the map has no usable
+value (a missing field, or a non-finite or non-positive correction), ``<flux>_flag_apCorr``
+and ``<flux>_flag`` are set and the flux is left as is (Rubin's doFlagApCorrFailures). A coadd
+with no ApCorr map at all (e.g. ingested FITS) sets only ``<flux>_flag_apCorr``: its fluxes
+are uncorrected, not failed.
 
 Extendedness = 1 if 0.985 * modelFlux >= psfFlux else 0, with gaussianFlux as the model flux
 (the plugin set has no CModel), both aperture corrected.
@@ -31,7 +34,7 @@ class ApCorr(Plugin):
             cols += [
                 Column(f"{f}_apCorr", "double", f"Aperture correction applied to {f} (multiplicative)."),
                 Column(f"{f}_apCorrErr", "double", f"Uncertainty of {f}_apCorr (not propagated into {f}Err)."),
-                flag(f"{f}_flag_apCorr", f"No usable aperture correction for {f}: it is uncorrected and {f}_flag is set."),
+                flag(f"{f}_flag_apCorr", f"No usable aperture correction for {f}: it is uncorrected (and {f}_flag is set if the coadd has an ApCorr map)."),
             ]
         return tuple(cols)
 
@@ -53,7 +56,7 @@ class ApCorr(Plugin):
             out[f"{f}_apCorr"] = np.where(good, a, np.nan)
             out[f"{f}_apCorrErr"] = np.where(good, a_err, np.nan)
             out[f"{f}_flag_apCorr"] = ~good
-            out[f"{f}_flag"] = ctx.values[f"{f}_flag"] | ~good
+            out[f"{f}_flag"] = ctx.values[f"{f}_flag"] | (~good if ap_corr is not None else False)
         return out
 
 

@@ -1,6 +1,6 @@
 """TransformedCentroid: the reference position in the coadd's pixel frame (the forced position).
 
-Sky -> pixel with the coadd's astropy WCS, vectorised over all sources.
+Sky -> pixel with the coadd's astropy WCS (including SIP distortion), vectorised over all sources.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class TransformedCentroid(Plugin):
         )
 
     def measure(self, ctx: MeasurementContext):
-        x, y = ctx.coadd.wcs.wcs_world2pix(ctx.ref["coord_ra"], ctx.ref["coord_dec"], 0)
+        x, y = ctx.coadd.wcs.all_world2pix(ctx.ref["coord_ra"], ctx.ref["coord_dec"], 0)  # honours SIP
         usable = np.isfinite(x) & np.isfinite(y) & ctx.coadd.bbox.contains(x, y)
         ctx.x, ctx.y, ctx.usable = x, y, usable
         return {"centroid_x": x, "centroid_y": y, "centroid_flag": ~usable}

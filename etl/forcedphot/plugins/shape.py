@@ -19,8 +19,8 @@ def local_jacobian(ref_wcs, wcs, x, y) -> np.ndarray:
     """(N, 2, 2) d(coadd pixel)/d(reference pixel) at reference pixels (x, y)."""
     pts_x = np.concatenate([x + STEP, x - STEP, x, x])
     pts_y = np.concatenate([y, y, y + STEP, y - STEP])
-    ra, dec = ref_wcs.wcs_pix2world(pts_x, pts_y, 0)
-    u, v = wcs.wcs_world2pix(ra, dec, 0)
+    ra, dec = ref_wcs.all_pix2world(pts_x, pts_y, 0)
+    u, v = wcs.all_world2pix(ra, dec, 0)
     n = x.size
     u, v = u.reshape(4, n), v.reshape(4, n)
     jac = np.empty((n, 2, 2))

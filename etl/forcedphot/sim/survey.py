@@ -390,7 +390,7 @@ def _write_patch(repo, recipe, tract, p, packer, src, comps, labels, slices, reg
 
 def _ref_row(oid, parent, tract, p, x, y, shape, n_child, inner, recipe, *, kron_radius=None):
     ra, dec = tract.pixel_to_sky(x, y)
-    return {"id": oid, "parent": parent, "tract": tract.tract, "patch": p.patch,
+    return {"id": oid, "parent": parent, "externalId": None, "tract": tract.tract, "patch": p.patch,
             "coord_ra": float(ra), "coord_dec": float(dec), "centroid_x": float(x), "centroid_y": float(y),
             "shape_xx": float(shape[0, 0]), "shape_yy": float(shape[1, 1]), "shape_xy": float(shape[0, 1]),
             "kron_radius": None if kron_radius is None else float(kron_radius),
