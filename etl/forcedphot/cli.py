@@ -70,6 +70,9 @@ def cmd_run(args) -> int:
           f"{len(summary.failed)} failed, in {summary.seconds:.1f} s")
     for _, cause in summary.failed:
         print(f"FAILED {cause}", file=sys.stderr)
+    if summary.unmatched_footprints:
+        print(f"{sum(summary.unmatched_footprints.values())} footprint id(s) in {len(summary.unmatched_footprints)} "
+              "quanta match no reference (not measured; see runs/last_run.json)", file=sys.stderr)
     if summary.done or summary.skipped:
         print(pl.from_arrow(sql(repo, read_sql("band_summary"))))
     return 0 if summary.ok else EXIT_FAILED_QUANTA

@@ -13,6 +13,7 @@ from forcedphot.errors import InputError
 # The forced_source schema carries a column group for each of these radii (pixels), as Rubin's
 # obs_lsst apertures.py; a run measures the configured subset and leaves the others null.
 STANDARD_APERTURE_RADII = (3.0, 4.5, 6.0, 9.0, 12.0, 17.0, 25.0, 35.0, 50.0, 70.0)
+UNDEBLENDED_PLUGINS = ("PsfFlux", "CircularApertureFlux", "KronFlux")  # undeblended copies in the schema
 PIXEL_FLAG_PLANES = ("BAD", "CR", "EDGE", "INTRP", "NO_DATA", "SAT", "SUSPECT",
                      "CLIPPED", "SENSOR_EDGE", "REJECTED", "INEXACT_PSF")
 
@@ -33,12 +34,23 @@ class ForcedPhotConfig:
     aperture_error_weights: str = "squared"
     psf_bad_mask_planes: tuple[str, ...] = ("NO_DATA",)
     pixel_flag_planes: tuple[str, ...] = PIXEL_FLAG_PLANES
+    # a reference with no footprint in the band: "error" fails the quantum (Rubin's LookupError);
+    # "reference" measures it with its nearest ancestor's footprint, or none (no replacement)
+    missing_footprints: str = "error"
+    # Rubin's NoiseReplacer: other footprints replaced by noise while each source is measured
+    noise_replacement: bool = True
+    noise_seed_multiplier: int = 1
+    noise_offset: float = 0.0
+    # plugins also run on the original image, with columns prefixed "undeblended_"
+    undeblended: tuple[str, ...] = UNDEBLENDED_PLUGINS
     chunk_size: int = 4096  # sources per vectorised batch (bounds memory)
 
     def __post_init__(self):
         bad = [r for r in self.aperture_radii if float(r) not in STANDARD_APERTURE_RADII]
         if bad:
             raise InputError(f"aperture radii {bad} are not in the forced_source schema {STANDARD_APERTURE_RADII}")
+        if self.missing_footprints not in ("error", "reference"):
+            raise InputError(f"missing_footprints must be 'error' or 'reference', not {self.missing_footprints!r}")
         if self.aperture_method not in ("sinc", "naive", "exact"):
             raise InputError(f"aperture_method must be 'sinc', 'naive' or 'exact', not {self.aperture_method!r}")
         if self.max_sinc_radius > 12.0:
@@ -48,6 +60,7 @@ class ForcedPhotConfig:
         from forcedphot.plugins import PLUGINS  # late import: plugins import this module
 
         unknown = [p for p in self.plugins if p not in PLUGINS]
+        unknown += [p for p in self.undeblended if p not in UNDEBLENDED_PLUGINS]
         if unknown:
             raise InputError(f"unknown plugin(s) {unknown}; known: {sorted(PLUGINS)}")
 

@@ -19,7 +19,8 @@ from forcedphot.io.coadd import Coadd
 
 
 class PaddedCoadd:
-    def __init__(self, coadd: Coadd, pad: int):
+    def __init__(self, coadd: Coadd, pad: int, *, image: np.ndarray | None = None):
+        """``image`` replaces the coadd's image plane (e.g. the noise-replaced image)."""
         self.coadd = coadd
         self.pad = int(pad)
         h, w = coadd.image.shape
@@ -28,7 +29,7 @@ class PaddedCoadd:
         p = self.pad
         valid = np.isfinite(coadd.image) & np.isfinite(coadd.variance) & (coadd.mask & no_data == 0)
         self.image = np.zeros(self.shape, np.float32)
-        self.image[p:p + h, p:p + w] = np.where(valid, coadd.image, 0)
+        self.image[p:p + h, p:p + w] = np.where(valid, coadd.image if image is None else image, 0)
         self.variance = np.zeros(self.shape, np.float32)
         self.variance[p:p + h, p:p + w] = np.where(valid, coadd.variance, 0)
         self.mask = np.full(self.shape, no_data, np.int32)
@@ -117,11 +118,14 @@ class CutoutBatch:
 
     PLANES = ("image", "variance", "mask", "valid")
 
-    def __init__(self, padded: PaddedCoadd, ix: np.ndarray, iy: np.ndarray, half: int):
+    def __init__(self, padded: PaddedCoadd, ix: np.ndarray, iy: np.ndarray, half: int, *, fix_image=None):
+        """``fix_image(stamps, half)`` may edit the gathered image stamps in place (noise replacement)."""
         self.padded = padded
         self.ix = np.asarray(ix) - half
         self.iy = np.asarray(iy) - half
+        self.half = half
         self.size = 2 * half + 1
+        self.fix_image = fix_image
         self.tensors: dict[str, pa.Array] = {}
 
     def tensor(self, name: str) -> pa.Array:
@@ -130,6 +134,8 @@ class CutoutBatch:
             if name == "valid":
                 plane = plane.view(np.uint8)  # Arrow tensors hold numbers, not bits
             stamps = sliding_window_view(plane, (self.size, self.size))[self.iy, self.ix]
+            if name == "image" and self.fix_image is not None:
+                stamps = self.fix_image(np.array(stamps, dtype=np.float64), self.half).astype(np.float32)
             self.tensors[name] = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(stamps))
         return self.tensors[name]
 

@@ -6,16 +6,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import yaml
 
 from forcedphot import calibrate
-from forcedphot.config import ForcedPhotConfig
+from forcedphot.config import UNDEBLENDED_PLUGINS, ForcedPhotConfig
 from forcedphot.plugins import PLUGINS, ordered
 from forcedphot.plugins.base import Column
 
 SCHEMA_VERSION = "1.1.0"
+UNDEBLENDED = "undeblended_"
 
 # Copied from the reference catalog (Rubin copyColumns) and the data ID.
 IDENTITY_COLUMNS: tuple[Column, ...] = (
@@ -41,6 +43,9 @@ def forced_source_columns() -> tuple[Column, ...]:
     cols = list(IDENTITY_COLUMNS)
     for cls in ordered(PLUGINS):
         cols += cls.columns(config)
+    for name in UNDEBLENDED_PLUGINS:
+        cols += [dataclasses.replace(c, name=UNDEBLENDED + c.name, description=f"Undeblended (original image): {c.description}")
+                 for c in PLUGINS[name].columns(config)]
     cols += calibrate.columns()
     return tuple(cols)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import platform
 from pathlib import Path
@@ -30,8 +29,7 @@ def make_provenance(*, data_id, config: ForcedPhotConfig, inputs: dict[str, str]
         "schema_version": schema_version,
         "code_version": __version__,
         "python": platform.python_version(),
-        "inputs": inputs,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": inputs,  # no wall-clock time: identical inputs and config give identical bytes
         **(extra or {}),
     }
 

@@ -24,6 +24,7 @@ class PsfGrid:
     images: np.ndarray  # (ny, nx, K, K), each centred on its central pixel, unit sum
     _fft: np.ndarray | None = field(default=None, repr=False)
     _moments: np.ndarray | None = field(default=None, repr=False)
+    flux_in_box: np.ndarray | None = field(default=None, repr=False)  # simulator's truth: PSF flux within K x K
 
     def __post_init__(self):
         self.x = np.asarray(self.x, float)

@@ -13,11 +13,12 @@ import pyarrow.parquet as pq
 from forcedphot.duck import query_arrow
 from forcedphot.errors import InputError, MissingFootprintError
 from forcedphot.io.coadd import Coadd, read_coadd
+from forcedphot.noise import HeavyFootprints
 from forcedphot.plan import Quantum
 from forcedphot.resources import read_sql
 from forcedphot.schema import load_schema
 
-SPAN_COLUMNS = ("span_y", "span_x0", "span_x1")
+SPAN_COLUMNS = ("span_y", "span_x0", "span_x1", "fp_values", "fp_min_x", "fp_min_y", "fp_max_x", "fp_max_y")
 ARROW_COLUMNS = ("externalId",)  # kept as Arrow arrays: nullable 64-bit integers do not survive numpy
 
 
@@ -41,14 +42,24 @@ def _check_version(path: str, dataset: str) -> None:
     load_schema(dataset).check_metadata(meta, where=path)
 
 
-def _flatten_spans(table: pa.Table) -> tuple[np.ndarray, ...]:
-    """(offsets (N+1,), y, x0, x1) of the list columns, null lists as empty."""
-    y = table.column("span_y").combine_chunks()
-    lengths = pc.fill_null(pc.list_value_length(y), 0).to_numpy(zero_copy_only=False)
-    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
-    flat = [pc.list_flatten(table.column(c).combine_chunks()).to_numpy(zero_copy_only=False).astype(np.int64)
-            for c in SPAN_COLUMNS]
-    return (offsets, *flat)
+def _offsets(column) -> np.ndarray:
+    lengths = pc.fill_null(pc.list_value_length(column.combine_chunks()), 0).to_numpy(zero_copy_only=False)
+    return np.r_[0, np.cumsum(lengths)].astype(np.int64)
+
+
+def _flat(column, dtype) -> np.ndarray:
+    return pc.list_flatten(column.combine_chunks()).to_numpy(zero_copy_only=False).astype(dtype)
+
+
+def _footprints(table: pa.Table, has: np.ndarray) -> HeavyFootprints:
+    """The joined footprint columns as flat arrays (null lists as empty)."""
+    bbox = np.stack([table.column(c).fill_null(0).to_numpy() for c in ("fp_min_x", "fp_min_y", "fp_max_x",
+                                                                        "fp_max_y")], axis=1).astype(np.int64)
+    return HeavyFootprints(
+        has=has, span_offsets=_offsets(table.column("span_y")),
+        span_y=_flat(table.column("span_y"), np.int64), span_x0=_flat(table.column("span_x0"), np.int64),
+        span_x1=_flat(table.column("span_x1"), np.int64), value_offsets=_offsets(table.column("fp_values")),
+        values=_flat(table.column("fp_values"), np.float32), bbox=bbox)
 
 
 def load_refs(quantum: Quantum) -> tuple[pa.Table, np.ndarray]:
@@ -91,7 +102,10 @@ def load_quantum(quantum: Quantum, *, allow_missing_footprints: bool = False) ->
     ref = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names
            if c not in SPAN_COLUMNS and c not in ARROW_COLUMNS and c != "footprint_parent"}
     ref.update({c: table.column(c).combine_chunks() for c in ARROW_COLUMNS})  # 64-bit ids with nulls stay exact
-    ref["footprint_spans"] = _flatten_spans(table)
+    footprints = _footprints(table, has)
+    footprints.check(ids, f"{quantum.data_id} ({quantum.footprints_file})")
+    ref["footprint_spans"] = (footprints.span_offsets, footprints.span_y, footprints.span_x0, footprints.span_x1)
+    ref["footprints"] = footprints
     coadd = read_coadd(quantum.coadd_file)
     if (coadd.tract, coadd.patch, coadd.band) != (quantum.data_id.tract, quantum.data_id.patch, quantum.data_id.band):
         raise InputError(f"{quantum.coadd_file}: holds tract={coadd.tract} patch={coadd.patch} band={coadd.band}, "

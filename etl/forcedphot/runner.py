@@ -9,6 +9,7 @@ worker processes with ``jobs > 1`` (each quantum is independent, as Rubin's canM
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 import logging
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -34,6 +35,7 @@ class RunSummary:
     done: list = field(default_factory=list)  # (data_id str, n_rows, seconds)
     skipped: list = field(default_factory=list)  # data_id str (up to date)
     failed: list = field(default_factory=list)  # (data_id str, one-line cause)
+    unmatched_footprints: dict = field(default_factory=dict)  # data_id str -> footprint ids with no reference
     seconds: float = 0.0
 
     @property
@@ -99,6 +101,7 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
             n_rows, seconds, unmatched = payload
             summary.done.append((did, n_rows, round(seconds, 3)))
             if unmatched:
+                summary.unmatched_footprints[did] = unmatched
                 log.warning("%s: %d footprint id(s) match no reference", did, unmatched)
         else:
             summary.failed.append((did, payload))
@@ -140,7 +143,8 @@ def _run_on_dask(address: str, jobs: int, repo: Repository, config: ForcedPhotCo
 def _write_run_log(repo: Repository, summary: RunSummary, config: ForcedPhotConfig) -> None:
     path = repo.root / "runs" / "last_run.json"
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"config_fingerprint": config.fingerprint(), **asdict(summary)}, indent=1))
+        tmp.write_text(json.dumps({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                   "config_fingerprint": config.fingerprint(), **asdict(summary)}, indent=1))
 
 
 def read_last_run(repo: Repository) -> dict | None:

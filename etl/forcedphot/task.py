@@ -21,6 +21,7 @@ canMultiprocess        :attr:`canMultiprocess` (quanta are independent processes
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from forcedphot.errors import InputError, QuantumError
 from forcedphot.ids import IdPacker
 from forcedphot.io.parquet import write_parquet
 from forcedphot.outputs import forced_source_columns
+from forcedphot.noise import NoiseReplacer
+from forcedphot.outputs import UNDEBLENDED
 from forcedphot.plan import Quantum
 from forcedphot.plugins import PLUGINS, MeasurementContext, ordered
 from forcedphot.provenance import input_fingerprints, make_provenance
@@ -91,8 +94,11 @@ class ForcedPhotCoaddTask:
         return read_coadd(quantum.coadd_file)
 
     def attach_footprints(self, quantum: Quantum) -> QuantumInputs:
-        """Load the quantum with every reference matched to its footprint (``LookupError`` otherwise)."""
-        return load_quantum(quantum)
+        """Load the quantum with every reference matched to its footprint (``LookupError`` otherwise,
+        unless ``missing_footprints = "reference"``)."""
+        inputs = load_quantum(quantum, allow_missing_footprints=self.config.missing_footprints == "reference")
+        self.metadata["n_missing_footprints"] = int((~inputs.ref["has_footprint"]).sum())
+        return inputs
 
     def generate_meas_cat(self, inputs: QuantumInputs) -> dict[str, np.ndarray]:
         """The identity columns of the output: reference ids (Rubin keeps object ids), data ID, copied columns."""
@@ -117,12 +123,29 @@ class ForcedPhotCoaddTask:
             return self.schema.arrow_schema().empty_table()
         pad = max(cls.padding(self.config) for cls in map(type, self.plugins))
         pad = max(pad, inputs.coadd.psf.half + 1)
+        coadd = inputs.coadd
+        replacer = None
+        if self.config.noise_replacement:
+            with self.timer("noiseReplacer"):
+                replacer = self.make_noise_replacer(inputs)
         with self.timer("pad"):
-            padded = PaddedCoadd(inputs.coadd, pad)
-        ctx = MeasurementContext(inputs.coadd, padded, self.config, inputs.ref, ref_wcs=self._ref_wcs(inputs))
+            original = PaddedCoadd(coadd, pad)
+            padded = original if replacer is None else PaddedCoadd(coadd, pad, image=replacer.base)
+        ctx = MeasurementContext(coadd, padded, self.config, inputs.ref, ref_wcs=self._ref_wcs(inputs),
+                                 replacement=replacer)
         values = ctx.values
         values.update(meas_cat)
-        for plugin in self.plugins:
+        measure = [p for p in self.plugins if p.order < 3]
+        after = [p for p in self.plugins if p.order >= 3]  # aperture corrections, classification
+        for plugin in measure:
+            with self.timer(plugin.name):
+                values.update(plugin.measure(ctx))
+        # undeblended copies: the same algorithms on the original image (Rubin's `undeblended` list)
+        plain = dataclasses.replace(ctx, padded=original, replacement=None, values={}, cache=dict(ctx.cache))
+        for name in self.config.undeblended:
+            with self.timer(f"undeblended_{name}"):
+                values.update({f"{UNDEBLENDED}{k}": v for k, v in PLUGINS[name](self.config).measure(plain).items()})
+        for plugin in after:
             with self.timer(plugin.name):
                 values.update(plugin.measure(ctx))
         declared = forced_source_columns()
@@ -139,6 +162,19 @@ class ForcedPhotCoaddTask:
             else:  # declared by a plugin that is not configured: null
                 arrays[c.name] = pa.nulls(n, type=field.arrow_type)
         return pa.table(arrays)
+
+    def make_noise_replacer(self, inputs: QuantumInputs) -> NoiseReplacer:
+        """Noise for every footprint, seeded by the packed (tract, patch) id: the same in every band."""
+        d = inputs.quantum.data_id
+        exposure_id = self.make_id_factory(d).catalog_id(d.tract, d.patch)
+        seed = exposure_id * self.config.noise_seed_multiplier or self.config.noise_seed_multiplier
+        coadd = inputs.coadd
+        replacer = NoiseReplacer(coadd.image, (coadd.bbox.min_x, coadd.bbox.min_y), inputs.ref["id"],
+                                 inputs.ref["parent"], inputs.ref["footprints"], seed=seed,
+                                 offset=self.config.noise_offset)
+        self.metadata["noise"] = {"seed": int(seed), "exposure_id": int(exposure_id), "mean": replacer.mean,
+                                  "sigma": replacer.sigma, "offset": self.config.noise_offset, "source": "measure"}
+        return replacer
 
     def _ref_wcs(self, inputs: QuantumInputs):
         """The WCS of the reference centroids: the skymap tract's."""
@@ -173,7 +209,8 @@ class ForcedPhotCoaddTask:
         table = self.run(meas_cat, inputs)
         prov = make_provenance(data_id=quantum.data_id, config=self.config, inputs=fingerprint,
                                schema_version=self.schema.version,
-                               extra={"n_rows": table.num_rows,
+                               extra={"n_rows": table.num_rows, "noise": self.metadata.get("noise"),
+                                      "n_missing_footprints": self.metadata.get("n_missing_footprints", 0),
                                       "n_unmatched_footprints": int(inputs.unmatched_footprint_ids.size)})
         with self.timer("write"):
             path = self.write_output(quantum.data_id, table, prov)

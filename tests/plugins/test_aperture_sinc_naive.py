@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from forcedphot.cutouts import PaddedCoadd
+from forcedphot.cutouts import CutoutBatch, PaddedCoadd
 from forcedphot.plugins.aperture_naive import naive_aperture_sums
 from forcedphot.plugins.aperture_sinc import sinc_aperture_sums, sinc_coefficients, sinc_width
 
@@ -32,7 +32,7 @@ def test_sinc_apertures_recover_enclosed_flux_of_gaussians(sigma):
         iy = np.array([int(np.floor(y0 + 0.5)) + 40])
         fx = np.array([x0 - np.floor(x0 + 0.5)])
         fy = np.array([y0 - np.floor(y0 + 0.5)])
-        results = sinc_aperture_sums(padded, ix, iy, fx, fy, (3.0, 4.5, 6.0, 9.0, 12.0))
+        results = sinc_aperture_sums(lambda h: CutoutBatch(padded, ix, iy, h), fx, fy, (3.0, 4.5, 6.0, 9.0, 12.0))
         for r, (flux, var, invalid, truncated) in results.items():
             want = 1 - np.exp(-0.5 * r * r / sigma**2)
             assert abs(flux[0] - want) < 1e-4, (sigma, r, flux[0], want)

@@ -9,6 +9,9 @@ and ``<flux>_flag`` are set and the flux is left as is (Rubin's doFlagApCorrFail
 with no ApCorr map at all (e.g. ingested FITS) sets only ``<flux>_flag_apCorr``: its fluxes
 are uncorrected, not failed.
 
+The undeblended PSF and Kron fluxes get the same correction as their algorithm (Rubin's
+proxies), without columns of their own.
+
 Extendedness = 1 if 0.985 * modelFlux >= psfFlux else 0, with gaussianFlux as the model flux
 (the plugin set has no CModel), both aperture corrected.
 """
@@ -57,6 +60,11 @@ class ApCorr(Plugin):
             out[f"{f}_apCorrErr"] = np.where(good, a_err, np.nan)
             out[f"{f}_flag_apCorr"] = ~good
             out[f"{f}_flag"] = ctx.values[f"{f}_flag"] | (~good if ap_corr is not None else False)
+            u = f"undeblended_{f}"  # Rubin's proxies: undeblended fluxes take their algorithm's correction
+            if u in ctx.values:
+                out[u] = np.where(good, ctx.values[u] * a, ctx.values[u])
+                out[f"{u}Err"] = np.where(good, ctx.values[f"{u}Err"] * a, ctx.values[f"{u}Err"])
+                out[f"{u}_flag"] = ctx.values[f"{u}_flag"] | (~good if ap_corr is not None else False)
         return out
 
 

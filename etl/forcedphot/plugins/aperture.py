@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from forcedphot.config import STANDARD_APERTURE_RADII
-from forcedphot.plugins.aperture_exact import exact_aperture_sums
+from forcedphot.plugins.aperture_exact import exact_aperture_sums, pixel_overlap
 from forcedphot.plugins.aperture_naive import naive_aperture_sums
 from forcedphot.plugins.aperture_sinc import sinc_aperture_sums, sinc_width
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
@@ -80,14 +80,19 @@ class CircularApertureFlux(Plugin):
         sinc_radii = [r for r in radii if method_for(r, self.config) == "sinc"]
         for s in range(0, idx.size, step):
             sel = idx[s:s + step]
-            results = sinc_aperture_sums(ctx.padded, ix[sel], iy[sel], fx[sel], fy[sel], sinc_radii) if sinc_radii else {}
+            results = (sinc_aperture_sums(lambda half: ctx.cutouts(sel, half), fx[sel], fy[sel], sinc_radii)
+                       if sinc_radii else {})
             for r in radii:
                 method = method_for(r, self.config)
                 if method == "exact":
-                    res = (*exact_aperture_sums(ctx.padded, ix[sel], iy[sel], fx[sel], fy[sel], r,
-                                                squared_errors=squared), False)
+                    flux, var, invalid = exact_aperture_sums(ctx.padded, ix[sel], iy[sel], fx[sel], fy[sel], r,
+                                                             squared_errors=squared)
+                    flux = flux + ctx.footprint_correction(sel, lambda o, dx, dy, r=r: pixel_overlap(dx, dy, r))
+                    res = (flux, var, invalid, False)
                 elif method == "naive":
-                    res = (*naive_aperture_sums(ctx.padded, xl[sel], yl[sel], r), False)
+                    flux, var, invalid = naive_aperture_sums(ctx.padded, xl[sel], yl[sel], r)
+                    flux = flux + ctx.footprint_correction(sel, lambda o, dx, dy, r=r: (dx * dx + dy * dy <= r * r))
+                    res = (flux, var, invalid, False)
                 else:
                     res = results[r]
                 for total, part in zip(sums[r], res):

@@ -16,8 +16,6 @@ import numpy as np
 import scipy.fft
 from scipy.special import j1
 
-from forcedphot.cutouts import CutoutBatch
-
 FFT_WORKERS = 2
 
 
@@ -51,14 +49,17 @@ def sinc_coefficients(radius: float, fx: np.ndarray, fy: np.ndarray) -> np.ndarr
     return scipy.fft.irfft2(spectrum, s=(w, w), axes=(-2, -1), workers=FFT_WORKERS)
 
 
-def sinc_aperture_sums(padded, ix, iy, fx, fy, radii) -> dict:
-    """radius -> (flux, variance, invalid weight, coefficients truncated) for a batch of sources."""
+def sinc_aperture_sums(cutouts, fx, fy, radii) -> dict:
+    """radius -> (flux, variance, invalid weight, coefficients truncated) for a batch of sources.
+
+    ``cutouts(half)`` gives the batch's CutoutBatch of that half-size.
+    """
     out = {}
     by_width: dict[int, list[float]] = {}
     for r in radii:
         by_width.setdefault(sinc_width(r), []).append(float(r))
     for w, group in by_width.items():
-        stamps = CutoutBatch(padded, ix, iy, w // 2)
+        stamps = cutouts(w // 2)
         image, variance, valid = stamps.image, stamps.variance, stamps.valid
         truncated = ~valid.all(axis=(1, 2))
         bad = np.flatnonzero(truncated)

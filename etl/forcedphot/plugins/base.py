@@ -49,6 +49,7 @@ class MeasurementContext:
     shape: np.ndarray | None = None  # (N, 2, 2) forced shape, coadd pixels (set by TransformedShape)
     shape_ok: np.ndarray | None = None
     values: dict = field(default_factory=dict)  # outputs of the plugins run so far
+    replacement: object | None = None  # NoiseReplacer: each source sees its own heavy, others as noise
     cache: dict = field(default_factory=dict)
 
     @property
@@ -68,6 +69,33 @@ class MeasurementContext:
             y = np.where(self.usable, self.y, self.coadd.bbox.min_y)
             self.cache["psf_moments"] = self.coadd.psf.moments_at(x, y)
         return self.cache["psf_moments"]
+
+    def cutouts(self, rows: np.ndarray, half: int):
+        """Stamps around sources ``rows``, each with its own footprint inserted when noise-replacing."""
+        from forcedphot.cutouts import CutoutBatch
+
+        ix, iy = self.centre_index()
+        fix = None
+        if self.replacement is not None:
+            p = self.padded.pad
+            lx, ly = ix[rows] - p, iy[rows] - p  # image-array pixel of each centre
+
+            def fix(stamps, h):
+                return self.replacement.apply_to_stamps(stamps, rows, lx, ly, h)
+
+        return CutoutBatch(self.padded, ix[rows], iy[rows], half, fix_image=fix)
+
+    def footprint_correction(self, rows: np.ndarray, weight) -> np.ndarray:
+        """sum(w * (own heavy - noise)) for sums taken over the noise-replaced image (0 without replacement).
+
+        ``weight(owner, dx, dy)``: aperture weight of pixels at offsets (dx, dy) from the centroid of
+        ``rows[owner]``.
+        """
+        if self.replacement is None:
+            return np.zeros(rows.size)
+        x = self.x[rows] - self.coadd.bbox.min_x
+        y = self.y[rows] - self.coadd.bbox.min_y
+        return self.replacement.weighted_correction(rows, x, y, weight)
 
     def centre_index(self) -> tuple[np.ndarray, np.ndarray]:
         """Padded-array pixel of every usable centroid (unusable ones parked at the padded origin)."""

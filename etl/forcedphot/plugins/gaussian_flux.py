@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.cutouts import CutoutBatch, buckets
+from forcedphot.cutouts import buckets
 from forcedphot.moments import gaussian_weights, inverse_2x2, offsets
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
 
@@ -49,7 +49,7 @@ class GaussianFlux(Plugin):
             if half is None:
                 continue
             idx = idx[ok[idx]]
-            stamps = CutoutBatch(ctx.padded, ix[idx], iy[idx], half)
+            stamps = ctx.cutouts(idx, half)
             gx, gy = offsets(half)
             dx = gx[None] - fx[idx, None, None]
             dy = gy[None] - fy[idx, None, None]

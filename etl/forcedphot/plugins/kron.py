@@ -83,6 +83,9 @@ class KronFlux(Plugin):
                 edge[idx] = True  # larger than any patch: treat as off the coadd
                 continue
             flux[idx], var[idx], invalid[idx] = ellipse_row_sums(ctx.padded, xl[idx], yl[idx], flux_ellipse[idx], half)
+            einv, _ = inverse_2x2(flux_ellipse[idx])
+            flux[idx] += ctx.footprint_correction(idx, lambda o, dx, dy: (
+                einv[o, 0, 0] * dx * dx + 2 * einv[o, 0, 1] * dx * dy + einv[o, 1, 1] * dy * dy <= 1.0))
         flux[edge] = np.nan
         var[edge] = np.nan
         failed = ~ok | edge | (invalid > 0) | ~np.isfinite(flux)

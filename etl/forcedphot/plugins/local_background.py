@@ -62,7 +62,11 @@ class LocalBackground(Plugin):
             r = np.hypot(cdx[None] - fx[idx, None], cdy[None] - fy[idx, None])
             s = sigma[idx, None]
             use = (r >= INNER * s) & (r <= OUTER * s) & np.take(usable_pixel.reshape(-1), flat)
-            vals = np.where(use, np.take(image.reshape(-1), flat), np.float32(np.nan))
+            vals = np.take(image.reshape(-1), flat)
+            if ctx.replacement is not None:  # own footprint over the noise
+                p = ctx.padded.pad
+                vals = ctx.replacement.values_at(idx, ix[idx] - p, iy[idx] - p, cdx, cdy, vals).astype(np.float32)
+            vals = np.where(use, vals, np.float32(np.nan))
             mean[idx], std[idx], _ = clipped_mean_std(vals)
         no_good = ok & ~np.isfinite(mean)
         return {"localBackground": mean, "localBackgroundErr": std,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.cutouts import CutoutBatch
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
 
 
@@ -45,7 +44,7 @@ class PsfFlux(Plugin):
         for s in range(0, idx.size, step):
             sel = idx[s:s + step]
             p = psf.images_at(ctx.x[sel], ctx.y[sel]).reshape(sel.size, -1)
-            stamps = CutoutBatch(ctx.padded, ix[sel], iy[sel], psf.half)
+            stamps = ctx.cutouts(sel, psf.half)
             d = stamps.image.reshape(sel.size, -1).astype(np.float64)
             v = stamps.variance.reshape(sel.size, -1).astype(np.float64)
             good = (stamps.valid & (stamps.mask & bad_bits == 0)).reshape(sel.size, -1)

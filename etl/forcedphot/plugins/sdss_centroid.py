@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.cutouts import CutoutBatch
 from forcedphot.moments import offsets
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
 
@@ -46,24 +45,24 @@ class SdssCentroid(Plugin):
         n = ctx.n
         m = ctx.psf_moments()
         sigma = np.where(ctx.usable, (m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] ** 2) ** 0.25, 1.0)
-        k = int(np.clip(np.ceil(3 * np.nanmax(sigma, initial=1.0)), 2, 12))
-        half = k + 1
-        ix, iy = ctx.centre_index()
-        stamps = CutoutBatch(ctx.padded, ix, iy, half)
-        img = stamps.image.astype(float)
-        var = stamps.variance.astype(float)
-        edge = ctx.usable & ~stamps.valid.all(axis=(1, 2))
-        # Gaussian kernel (unit sum) of each source's width, evaluated for the 3x3 neighbourhood
-        kx, ky = offsets(k)
-        kern = np.exp(-0.5 * (kx * kx + ky * ky)[None] / sigma[:, None, None] ** 2)
-        kern /= kern.sum(axis=(1, 2), keepdims=True)
-        smooth = np.empty((n, 3, 3))
-        smooth_var = np.empty((n, 3, 3))
-        for j, oy in enumerate((-1, 0, 1)):
-            for i, ox in enumerate((-1, 0, 1)):
-                win = (slice(None), slice(1 + oy, 1 + oy + 2 * k + 1), slice(1 + ox, 1 + ox + 2 * k + 1))
-                smooth[:, j, i] = np.einsum("nij,nij->n", kern, img[win])
-                smooth_var[:, j, i] = np.einsum("nij,nij->n", kern * kern, var[win])
+        kernel_half = np.clip(np.ceil(3 * sigma), 2, 12).astype(int)  # per source, so results do not
+        smooth = np.full((n, 3, 3), np.nan)                               # depend on the other sources
+        smooth_var = np.full((n, 3, 3), np.nan)
+        edge = np.zeros(n, bool)
+        for k in np.unique(kernel_half):
+            rows = np.flatnonzero(kernel_half == k)
+            stamps = ctx.cutouts(rows, k + 1)
+            img = stamps.image.astype(float)
+            var = stamps.variance.astype(float)
+            edge[rows] = ctx.usable[rows] & ~stamps.valid.all(axis=(1, 2))
+            kx, ky = offsets(k)
+            kern = np.exp(-0.5 * (kx * kx + ky * ky)[None] / sigma[rows, None, None] ** 2)
+            kern /= kern.sum(axis=(1, 2), keepdims=True)
+            for j, oy in enumerate((-1, 0, 1)):
+                for i, ox in enumerate((-1, 0, 1)):
+                    win = (slice(None), slice(1 + oy, 1 + oy + 2 * k + 1), slice(1 + ox, 1 + ox + 2 * k + 1))
+                    smooth[rows, j, i] = np.einsum("nij,nij->n", kern, img[win])
+                    smooth_var[rows, j, i] = np.einsum("nij,nij->n", kern * kern, var[win])
         out = {}
         dxy, err, no_d2, not_max = [], [], np.zeros(n, bool), np.zeros(n, bool)
         for axis in (0, 1):  # x uses the middle row, y the middle column

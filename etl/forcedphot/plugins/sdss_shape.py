@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from forcedphot.cutouts import CutoutBatch, buckets
+from forcedphot.cutouts import buckets
 from forcedphot.moments import adaptive_moments, gaussian_weights, inverse_2x2, offsets
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
 
@@ -63,8 +63,12 @@ class SdssShape(Plugin):
         image = np.where(padded.valid, padded.image, 0.0).astype(np.float32)
 
         def provide(rows, c):
-            win = sliding_window_view(image, (2 * c + 1, 2 * c + 1))
-            return win[iy[idx[rows]] - c, ix[idx[rows]] - c]
+            win = sliding_window_view(image, (2 * c + 1, 2 * c + 1))[iy[idx[rows]] - c, ix[idx[rows]] - c]
+            if ctx.replacement is None:
+                return win
+            p = padded.pad  # own footprint inserted over the noise (image-array frame)
+            return ctx.replacement.apply_to_stamps(win.astype(np.float64), idx[rows], ix[idx[rows]] - p,
+                                                   iy[idx[rows]] - p, c)
 
         res = adaptive_moments(provide, fx[idx], fy[idx], half=MAX_HALF)
         m = res.moments
@@ -78,7 +82,7 @@ class SdssShape(Plugin):
         for half, grp in buckets(np.where(np.isfinite(need), need, 1), sizes=(4, 6, 8, 11, 16, 22, 32, 45, MAX_HALF)):
             half = half or MAX_HALF
             rows = idx[grp]
-            stamps = CutoutBatch(padded, ix[rows], iy[rows], half)
+            stamps = ctx.cutouts(rows, half)
             gx, gy = offsets(half)
             dx = gx[None] - (fx[rows] + res.dx[grp])[:, None, None]
             dy = gy[None] - (fy[rows] + res.dy[grp])[:, None, None]

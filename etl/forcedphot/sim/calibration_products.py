@@ -30,7 +30,7 @@ def _fit(box: Box, x: np.ndarray, y: np.ndarray, values: np.ndarray) -> Chebyshe
     return ChebyshevField(box, coeffs.reshape(ORDER + 1, ORDER + 1))
 
 
-def _star_fractions(band_psf, ref_psf, x, y, rng) -> dict[str, np.ndarray]:
+def _star_fractions(band_psf, ref_psf, x, y, rng, psf_fraction) -> dict[str, np.ndarray]:
     """Expected measured/true flux of a star at (x, y) for psfFlux, gaussianFlux and kronFlux."""
     amps, covs = band_psf.components(x, y)  # (N, 2), (N, 2, 2, 2)
     covs = covs + PIXEL_VARIANCE * np.eye(2)
@@ -59,14 +59,15 @@ def _star_fractions(band_psf, ref_psf, x, y, rng) -> dict[str, np.ndarray]:
         inside = e[0, 0] * dx * dx + 2 * e[0, 1] * dx * dy + e[1, 1] * dy * dy <= 1.0
         kron[i] = (img * inside).sum(axis=(1, 2)).mean()
     # the PSF images are normalised over their box: psfFlux recovers the flux in that box
-    return {"psfFlux": np.ones(x.size), "gaussianFlux": gaussian, "kronFlux": kron}
+    return {"psfFlux": psf_fraction, "gaussianFlux": gaussian, "kronFlux": kron}
 
 
-def simulate_ap_corr(band_psf, ref_psf, box: Box, grid_x, grid_y, rng) -> ApCorrMap:
+def simulate_ap_corr(band_psf, ref_psf, box: Box, grid_x, grid_y, rng, *, psf_fraction) -> ApCorrMap:
+    """``psf_fraction``: flux of the PSF inside its image box at each grid node (row-major)."""
     xx, yy = np.meshgrid(grid_x, grid_y)
     x, y = xx.ravel(), yy.ravel()
     fields = {}
-    for name, frac in _star_fractions(band_psf, ref_psf, x, y, rng).items():
+    for name, frac in _star_fractions(band_psf, ref_psf, x, y, rng, psf_fraction).items():
         value = _fit(box, x, y, 1.0 / frac)
         resid = 1.0 / frac - value(x, y)
         error = ChebyshevField.constant(box, float(np.sqrt(np.mean(resid ** 2)) + 1e-4))

@@ -35,6 +35,10 @@ class Recipe:
     galaxy_re_arcsec: tuple[float, float] = (0.15, 1.0)  # log-uniform circularised half-light radius
     pair_separation_fwhm: tuple[float, float] = (1.0, 3.0)
     isolation_radius: float = 24.0  # pixels, for truth.n_neighbours
+    # deblending validation: only star pairs, (separation in PSF FWHM, flux ratio) cells on a grid
+    pair_grid: tuple[tuple[float, float], ...] = ()
+    pairs_per_cell: int = 10
+    pair_spacing: int = 60
     # per-band observing conditions
     psf_fwhm_arcsec: dict = field(default_factory=lambda: {"g": 0.85, "r": 0.75, "i": 0.65, "z": 0.70, "y": 0.75, "u": 0.95})
     psf_variation: float = 0.04  # fractional change of PSF width across the tract

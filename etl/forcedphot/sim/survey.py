@@ -19,6 +19,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 
+from forcedphot.errors import InputError
 from forcedphot.flags import MaskPlanes
 from forcedphot.footprint import mask_to_spans
 from forcedphot.ids import IdPacker
@@ -94,7 +95,32 @@ def _draw_mags(rng, lo, hi, n, slope):
     return np.log10(a + rng.random(n) * (b - a)) / slope
 
 
+def pair_grid_sources(recipe: Recipe, rng: np.random.Generator, region: Box) -> Sources:
+    """Isolated star pairs on a grid: every (separation in PSF FWHM, flux ratio) cell of the recipe's
+    ``pair_grid``, ``pairs_per_cell`` times, at random orientations; for deblending validation."""
+    fwhm_px = recipe.psf_fwhm_arcsec[recipe.ref_band] / recipe.pixel_scale
+    cells = [(float(sep), float(ratio)) for sep, ratio in recipe.pair_grid for _ in range(recipe.pairs_per_cell)]
+    spacing = recipe.pair_spacing
+    nx = int((region.width - 2 * spacing) // spacing)
+    if len(cells) > nx * nx:
+        raise InputError(f"recipe {recipe.name!r}: {len(cells)} pairs do not fit a {nx}x{nx} grid of spacing {spacing}")
+    gx = region.min_x + spacing + spacing * (np.arange(len(cells)) % nx)
+    gy = region.min_y + spacing + spacing * (np.arange(len(cells)) // nx)
+    sep = np.array([c[0] for c in cells]) * fwhm_px
+    ratio = np.array([c[1] for c in cells])
+    ang = rng.uniform(0, np.pi, len(cells))
+    jitter = rng.uniform(-0.5, 0.5, (2, len(cells)))
+    x = np.r_[gx + jitter[0] - 0.5 * sep * np.cos(ang), gx + jitter[0] + 0.5 * sep * np.cos(ang)]
+    y = np.r_[gy + jitter[1] - 0.5 * sep * np.sin(ang), gy + jitter[1] + 0.5 * sep * np.sin(ang)]
+    bright = mag_to_njy(rng.uniform(*recipe.star_mag, len(cells)))
+    flux = {b: np.r_[bright, bright / ratio] for b in recipe.bands}
+    n = x.size
+    return Sources(x, y, np.ones(n, bool), flux, np.full(n, ""), np.zeros((n, 2, 2)))
+
+
 def make_sources(recipe: Recipe, rng: np.random.Generator, region: Box) -> Sources:
+    if recipe.pair_grid:
+        return pair_grid_sources(recipe, rng, region)
     n_star, n_gal, n_bright = recipe.n_stars, recipe.n_galaxies, recipe.n_bright_stars
     n0 = n_star + n_gal + n_bright
     x = rng.uniform(region.min_x, region.max_x, n0)
@@ -211,8 +237,11 @@ def psf_grid(psf: PsfField, box: Box, recipe: Recipe) -> PsfGrid:
     dx = np.broadcast_to(ar[None, None, :], (xs.size, k, k)).astype(float)
     dy = np.broadcast_to(ar[None, :, None], (xs.size, k, k)).astype(float)
     img = render_mixture(dx, dy, pamp, pcov)
-    img /= img.sum(axis=(1, 2), keepdims=True)
-    return PsfGrid(gx, gy, img.reshape(ny, nx, k, k))
+    in_box = img.sum(axis=(1, 2))  # the PSF's flux inside the K x K box (wings beyond it are lost)
+    img /= in_box[:, None, None]
+    grid = PsfGrid(gx, gy, img.reshape(ny, nx, k, k))
+    grid.flux_in_box = in_box.reshape(ny, nx)
+    return grid
 
 
 def _moments(src: Sources, idx, psf: PsfField, band: str):
@@ -380,7 +409,8 @@ def _write_patch(repo, recipe, tract, p, packer, src, comps, labels, slices, reg
         write_parquet(pa.Table.from_pylist(fp_rows[b]), repo.footprints_path(data_id), load_schema("footprints"))
         grid = psf_grid(psfs[b], p.outer, recipe)
         ap_corr = simulate_ap_corr(psfs[b], psfs[recipe.ref_band], p.outer, grid.x, grid.y,
-                                   np.random.default_rng([recipe.seed, 2, p.patch, recipe.bands.index(b)]))
+                                   np.random.default_rng([recipe.seed, 2, p.patch, recipe.bands.index(b)]),
+                                   psf_fraction=grid.flux_in_box.ravel())
         coadd = Coadd(tract=tract.tract, patch=p.patch, band=b, bbox=p.outer,
                       image=images[b][oy, ox], mask=masks[b][oy, ox], variance=variances[b][oy, ox],
                       wcs=tract.wcs, psf=grid, photo_calib=float(mag_to_njy(recipe.zero_point[b])), mask_planes=planes,
