@@ -1,6 +1,7 @@
 -- Every quantum (tract, patch, band) that has a coadd or footprints, with its input files
--- and the inputs it lacks. A quantum is ready when `missing` is empty.
--- Parameters: $coadd_glob, $footprints_glob, $ref_glob, $skymap_file
+-- and the inputs it lacks (heavy footprints; the planner swaps in the scarlet model data when
+-- the run derives footprints from it). A quantum is ready when `missing` is empty.
+-- Parameters: $coadd_glob, $footprints_glob, $ref_glob, $scarlet_glob, $skymap_file
 WITH coadds AS (
     SELECT CAST(regexp_extract(file, 'tract=(-?\d+)', 1) AS BIGINT) AS tract,
            CAST(regexp_extract(file, 'patch=(\d+)', 1) AS BIGINT) AS patch,
@@ -18,6 +19,11 @@ WITH coadds AS (
            CAST(regexp_extract(file, 'patch=(\d+)', 1) AS BIGINT) AS patch,
            file AS ref_file
     FROM glob($ref_glob)
+), scarlet AS (
+    SELECT CAST(regexp_extract(file, 'tract=(-?\d+)', 1) AS BIGINT) AS tract,
+           CAST(regexp_extract(file, 'patch=(\d+)', 1) AS BIGINT) AS patch,
+           file AS scarlet_file
+    FROM glob($scarlet_glob)
 ), skymap AS (
     SELECT tract, patch FROM read_parquet($skymap_file)
 ), quanta AS (
@@ -25,7 +31,7 @@ WITH coadds AS (
            coalesce(c.band, f.band) AS band, c.coadd_file, f.footprints_file
     FROM coadds c FULL OUTER JOIN footprints f USING (tract, patch, band)
 )
-SELECT q.tract, q.patch, q.band, r.ref_file, q.footprints_file, q.coadd_file,
+SELECT q.tract, q.patch, q.band, r.ref_file, q.footprints_file, q.coadd_file, m.scarlet_file,
        [m FOR m IN [
            CASE WHEN s.patch IS NULL THEN 'skymap' END,
            CASE WHEN r.ref_file IS NULL THEN 'ref' END,
@@ -34,5 +40,6 @@ SELECT q.tract, q.patch, q.band, r.ref_file, q.footprints_file, q.coadd_file,
        ] IF m IS NOT NULL] AS missing
 FROM quanta q
 LEFT JOIN refs r USING (tract, patch)
+LEFT JOIN scarlet m USING (tract, patch)
 LEFT JOIN skymap s USING (tract, patch)
 ORDER BY q.tract, q.patch, q.band;

@@ -111,7 +111,7 @@ def cmd_status(args) -> int:
     config = _config(args)
     states = {}
     rows = []
-    for q in plan_quanta(repo):
+    for q in plan_quanta(repo, footprint_dataset=config.footprint_dataset):
         state, _ = quantum_state(repo, q, config)
         states[state] = states.get(state, 0) + 1
         rows.append({"tract": q.data_id.tract, "patch": q.data_id.patch, "band": q.data_id.band, "state": state,

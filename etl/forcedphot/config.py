@@ -34,6 +34,9 @@ class ForcedPhotConfig:
     aperture_error_weights: str = "squared"
     psf_bad_mask_planes: tuple[str, ...] = ("NO_DATA",)
     pixel_flag_planes: tuple[str, ...] = PIXEL_FLAG_PLANES
+    # "heavy": the band's stored heavy footprints; "scarlet": derived from the patch's scarlet-style
+    # model data by flux redistribution (Rubin's footprintDatasetName)
+    footprint_dataset: str = "heavy"
     # a reference with no footprint in the band: "error" fails the quantum (Rubin's LookupError);
     # "reference" measures it with its nearest ancestor's footprint, or none (no replacement)
     missing_footprints: str = "error"
@@ -49,6 +52,8 @@ class ForcedPhotConfig:
         bad = [r for r in self.aperture_radii if float(r) not in STANDARD_APERTURE_RADII]
         if bad:
             raise InputError(f"aperture radii {bad} are not in the forced_source schema {STANDARD_APERTURE_RADII}")
+        if self.footprint_dataset not in ("heavy", "scarlet"):
+            raise InputError(f"footprint_dataset must be 'heavy' or 'scarlet', not {self.footprint_dataset!r}")
         if self.missing_footprints not in ("error", "reference"):
             raise InputError(f"missing_footprints must be 'error' or 'reference', not {self.missing_footprints!r}")
         if self.aperture_method not in ("sinc", "naive", "exact"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -13,9 +14,11 @@ import pyarrow.parquet as pq
 from forcedphot.duck import query_arrow
 from forcedphot.errors import InputError, MissingFootprintError
 from forcedphot.io.coadd import Coadd, read_coadd
+from forcedphot.io.parquet import read_parquet
 from forcedphot.noise import HeavyFootprints
 from forcedphot.plan import Quantum
 from forcedphot.resources import read_sql
+from forcedphot.scarlet import derive_footprints
 from forcedphot.schema import load_schema
 
 SPAN_COLUMNS = ("span_y", "span_x0", "span_x1", "fp_values", "fp_min_x", "fp_min_y", "fp_max_x", "fp_max_y")
@@ -62,17 +65,27 @@ def _footprints(table: pa.Table, has: np.ndarray) -> HeavyFootprints:
         values=_flat(table.column("fp_values"), np.float32), bbox=bbox)
 
 
-def load_refs(quantum: Quantum) -> tuple[pa.Table, np.ndarray]:
+def read_footprints(quantum: Quantum, coadd: Coadd, footprint_dataset: str) -> pa.Table:
+    """The band's heavy footprints: stored, or derived from the patch's scarlet-style model data."""
+    if footprint_dataset == "scarlet":
+        blends = read_parquet(quantum.scarlet_file, load_schema("scarlet_models", "blends"))
+        sources_file = str(Path(quantum.scarlet_file).with_name("sources.parquet"))
+        sources = read_parquet(sources_file, load_schema("scarlet_models", "sources"))
+        return derive_footprints(blends, sources, coadd, quantum.data_id.band)
+    return read_parquet(quantum.footprints_file, load_schema("footprints"))
+
+
+def load_refs(quantum: Quantum, footprints: pa.Table) -> tuple[pa.Table, np.ndarray]:
     """References joined to the band's footprints (DuckDB), and footprint ids with no reference."""
     _check_version(quantum.ref_file, "ref")
-    _check_version(quantum.footprints_file, "footprints")
-    params = {"ref_file": quantum.ref_file, "footprints_file": quantum.footprints_file}
+    params = {"ref_file": quantum.ref_file}
     con = duckdb.connect()
     try:
+        con.register("footprints", footprints)
         table = query_arrow(con, read_sql("quantum_refs"), params)
         unmatched = query_arrow(con, read_sql("unmatched_footprints"), params)
     except duckdb.Error as exc:
-        raise InputError(f"{quantum.data_id}: cannot join {quantum.ref_file} to {quantum.footprints_file}: {exc}") from exc
+        raise InputError(f"{quantum.data_id}: cannot join {quantum.ref_file} to its footprints: {exc}") from exc
     finally:
         con.close()
     ref_schema = load_schema("ref")
@@ -84,11 +97,16 @@ def load_refs(quantum: Quantum) -> tuple[pa.Table, np.ndarray]:
     return table, unmatched.column("id").to_numpy()
 
 
-def load_quantum(quantum: Quantum, *, allow_missing_footprints: bool = False) -> QuantumInputs:
+def load_quantum(quantum: Quantum, *, allow_missing_footprints: bool = False,
+                 footprint_dataset: str = "heavy") -> QuantumInputs:
     """Load and check one quantum's inputs; raise a one-line error naming the data ID or ids."""
     if not quantum.ready:
         raise InputError(f"{quantum.data_id}: missing inputs: {', '.join(quantum.missing)}")
-    table, unmatched = load_refs(quantum)
+    coadd = read_coadd(quantum.coadd_file)
+    if (coadd.tract, coadd.patch, coadd.band) != (quantum.data_id.tract, quantum.data_id.patch, quantum.data_id.band):
+        raise InputError(f"{quantum.coadd_file}: holds tract={coadd.tract} patch={coadd.patch} band={coadd.band}, "
+                         f"expected {quantum.data_id}")
+    table, unmatched = load_refs(quantum, read_footprints(quantum, coadd, footprint_dataset))
     has = table.column("has_footprint").to_numpy(zero_copy_only=False)
     ids = table.column("id").to_numpy()
     if not allow_missing_footprints and not has.all():
@@ -106,8 +124,4 @@ def load_quantum(quantum: Quantum, *, allow_missing_footprints: bool = False) ->
     footprints.check(ids, f"{quantum.data_id} ({quantum.footprints_file})")
     ref["footprint_spans"] = (footprints.span_offsets, footprints.span_y, footprints.span_x0, footprints.span_x1)
     ref["footprints"] = footprints
-    coadd = read_coadd(quantum.coadd_file)
-    if (coadd.tract, coadd.patch, coadd.band) != (quantum.data_id.tract, quantum.data_id.patch, quantum.data_id.band):
-        raise InputError(f"{quantum.coadd_file}: holds tract={coadd.tract} patch={coadd.patch} band={coadd.band}, "
-                         f"expected {quantum.data_id}")
     return QuantumInputs(quantum, coadd, ref, unmatched)

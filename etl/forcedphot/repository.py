@@ -7,6 +7,7 @@ Layout (hive partitions, the keys are also stored as columns)::
     <root>/ref/tract=T/patch=P/ref.parquet
     <root>/truth/tract=T/patch=P/truth.parquet            (simulated surveys)
     <root>/footprints/tract=T/patch=P/band=B/footprints.parquet
+    <root>/scarlet_models/tract=T/patch=P/{blends,sources}.parquet   (deblender models, all bands)
     <root>/coadd/tract=T/patch=P/band=B/coadd.arrow
     <root>/forced_source/tract=T/patch=P/band=B/forced_source.parquet
     <root>/runs/last_run.json                            (last run: measured, skipped, failed quanta)
@@ -25,7 +26,7 @@ from forcedphot.schema import load_schema
 from forcedphot.skymap import SkyMap
 
 REPO_FORMAT = 1
-DATASETS = ("skymap", "ref", "truth", "footprints", "coadd", "forced_source")
+DATASETS = ("skymap", "ref", "truth", "footprints", "scarlet_models", "coadd", "forced_source")
 
 
 @dataclass(frozen=True, order=True)
@@ -88,6 +89,10 @@ class Repository:
 
     def truth_path(self, tract: int, patch: int) -> Path:
         return self.patch_path("truth", tract, patch)
+
+    def scarlet_path(self, tract: int, patch: int, table: str) -> Path:
+        """``blends`` or ``sources`` table of a patch's scarlet-style model data."""
+        return self.dataset_dir("scarlet_models") / f"tract={tract}" / f"patch={patch}" / f"{table}.parquet"
 
     def footprints_path(self, data_id: DataId) -> Path:
         return self.quantum_path("footprints", data_id)

@@ -47,8 +47,7 @@ def quantum_state(repo: Repository, quantum: Quantum, config: ForcedPhotConfig) 
     """('missing' | 'up-to-date' | 'stale' | 'new', input fingerprints)."""
     if not quantum.ready:
         return "missing", None
-    task_inputs = {"ref": quantum.ref_file, "footprints": quantum.footprints_file, "coadd": quantum.coadd_file}
-    fingerprints = input_fingerprints(task_inputs)
+    fingerprints = input_fingerprints(quantum.input_files(config.footprint_dataset))
     out = repo.forced_source_path(quantum.data_id)
     if not out.exists():
         return "new", fingerprints
@@ -83,7 +82,7 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
     config = config or ForcedPhotConfig()
     t0 = time.perf_counter()
     summary = RunSummary()
-    quanta = plan_quanta(repo, tracts=tracts, patches=patches, bands=bands)
+    quanta = plan_quanta(repo, tracts=tracts, patches=patches, bands=bands, footprint_dataset=config.footprint_dataset)
     todo = []
     for q in quanta:
         state, fingerprints = quantum_state(repo, q, config)

@@ -42,7 +42,7 @@ from forcedphot.outputs import UNDEBLENDED
 from forcedphot.plan import Quantum
 from forcedphot.plugins import PLUGINS, MeasurementContext, ordered
 from forcedphot.provenance import input_fingerprints, make_provenance
-from forcedphot.quantum import QuantumInputs, load_quantum, load_refs
+from forcedphot.quantum import QuantumInputs, load_quantum, load_refs, read_footprints
 from forcedphot.repository import DataId, Repository
 from forcedphot.schema import load_schema
 
@@ -86,7 +86,8 @@ class ForcedPhotCoaddTask:
         return self._packer
 
     def fetch_references(self, quantum: Quantum) -> pa.Table:
-        return load_refs(quantum)[0]
+        coadd = self.get_exposure(quantum)
+        return load_refs(quantum, read_footprints(quantum, coadd, self.config.footprint_dataset))[0]
 
     def get_exposure(self, quantum: Quantum):
         from forcedphot.io.coadd import read_coadd
@@ -96,7 +97,8 @@ class ForcedPhotCoaddTask:
     def attach_footprints(self, quantum: Quantum) -> QuantumInputs:
         """Load the quantum with every reference matched to its footprint (``LookupError`` otherwise,
         unless ``missing_footprints = "reference"``)."""
-        inputs = load_quantum(quantum, allow_missing_footprints=self.config.missing_footprints == "reference")
+        inputs = load_quantum(quantum, allow_missing_footprints=self.config.missing_footprints == "reference",
+                              footprint_dataset=self.config.footprint_dataset)
         self.metadata["n_missing_footprints"] = int((~inputs.ref["has_footprint"]).sum())
         return inputs
 
@@ -186,7 +188,7 @@ class ForcedPhotCoaddTask:
         return str(path)
 
     def input_files(self, quantum: Quantum) -> dict[str, str]:
-        return {"ref": quantum.ref_file, "footprints": quantum.footprints_file, "coadd": quantum.coadd_file}
+        return quantum.input_files(self.config.footprint_dataset)
 
     def run_quantum(self, quantum: Quantum, *, inputs_fingerprint: dict | None = None) -> QuantumResult:
         """Load, measure, calibrate and write one quantum; raises ForcedPhotError on bad input."""

@@ -29,7 +29,7 @@ from forcedphot.psf import PsfGrid
 from forcedphot.repository import DataId, Repository
 from forcedphot.schema import load_schema
 from forcedphot.sim.calibration_products import simulate_ap_corr, simulate_inputs
-from forcedphot.sim.profiles import covariance, ellipse_covariance, render_mixture, sersic_mixture
+from forcedphot.sim.profiles import PIXEL_VARIANCE, covariance, ellipse_covariance, render_mixture, sersic_mixture
 from forcedphot.sim.recipe import Recipe
 from forcedphot.skymap import Box, SkyMap, TractInfo
 
@@ -87,6 +87,19 @@ class PsfField:
     @property
     def fwhm(self) -> float:
         return 2.3548 * self.sigma0
+
+
+class ModelPsf:
+    """The deblender's model PSF: a narrow circular Gaussian, the same everywhere and in every band."""
+
+    sigma = 0.8
+    pad = 6  # morphology boxes extend the parent box by this many pixels
+
+    def components(self, x, y):
+        n = np.size(x)
+        amps = np.tile([1.0, 0.0], (n, 1))
+        covs = np.tile(np.eye(2) * self.sigma ** 2, (n, 2, 1, 1))
+        return amps, covs
 
 
 def _draw_mags(rng, lo, hi, n, slope):
@@ -344,6 +357,8 @@ def _write_patch(repo, recipe, tract, p, packer, src, comps, labels, slices, reg
                  models, psfs, planes, flux_ref, mom, kron, n_neigh, inputs):
     ref_rows, truth_rows = [], []
     fp_rows = {b: [] for b in recipe.bands}
+    blend_rows, source_rows = [], []
+    model_psf = ModelPsf()
     counter = 0
     for members in comps:
         label = labels[int(np.floor(src.y[members[0]] + 0.5)) - region.min_y,
@@ -385,6 +400,24 @@ def _write_patch(repo, recipe, tract, p, packer, src, comps, labels, slices, reg
                                    "flux": float(src.flux[b][i]), "x": float(src.x[i]), "y": float(src.y[i]),
                                    "n_neighbours": int(n_neigh[i])})
         bbox = (int(ox0), int(oy0), int(ox1), int(oy1))
+        blend_rows.append({"id": parent_id if blended else int(child_ids[0]), "tract": tract.tract, "patch": p.patch,
+                           "bands": ",".join(recipe.bands),
+                           # morphologies are point samples of profile x model PSF x pixel (variance 1/12)
+                           "model_psf_sigma": float(np.sqrt(ModelPsf.sigma ** 2 + PIXEL_VARIANCE)),
+                           "bbox_min_x": bbox[0], "bbox_min_y": bbox[1], "bbox_max_x": bbox[2], "bbox_max_y": bbox[3],
+                           "span_y": spans[0], "span_x0": spans[1], "span_x1": spans[2]})
+        if blended:  # morphologies at the model PSF over the parent box (padded), spectra in image units
+            mx0, my0 = bbox[0] - ModelPsf.pad, bbox[1] - ModelPsf.pad
+            mw, mh = bbox[2] - bbox[0] + 1 + 2 * ModelPsf.pad, bbox[3] - bbox[1] + 1 + 2 * ModelPsf.pad
+            gy, gx = np.mgrid[my0:my0 + mh, mx0:mx0 + mw]
+            for cid, i in zip(child_ids, members):
+                morph = model_at(src, i, model_psf, recipe.ref_band, gx.ravel().astype(float), gy.ravel().astype(float))
+                total = morph.sum()
+                spectrum = [float(src.flux[b][i] / mag_to_njy(recipe.zero_point[b]) * total / src.flux[recipe.ref_band][i])
+                            for b in recipe.bands]
+                source_rows.append({"id": int(cid), "parent": parent_id, "tract": tract.tract, "patch": p.patch,
+                                    "origin_x": int(mx0), "origin_y": int(my0), "width": int(mw), "height": int(mh),
+                                    "spectrum": spectrum, "morph": (morph / total).astype(np.float32)})
         for b in recipe.bands:
             values = images[b][pix]
             if blended:
@@ -402,6 +435,10 @@ def _write_patch(repo, recipe, tract, p, packer, src, comps, labels, slices, reg
 
     write_parquet(pa.Table.from_pylist(ref_rows), repo.ref_path(tract.tract, p.patch), load_schema("ref"))
     write_parquet(pa.Table.from_pylist(truth_rows), repo.truth_path(tract.tract, p.patch), load_schema("truth"))
+    for table, rows in (("blends", blend_rows), ("sources", source_rows)):
+        schema = load_schema("scarlet_models", table)
+        write_parquet(pa.Table.from_pylist(rows, schema=schema.arrow_schema()), repo.scarlet_path(tract.tract, p.patch, table),
+                      schema)
     oy = slice(p.outer.min_y - region.min_y, p.outer.max_y - region.min_y + 1)
     ox = slice(p.outer.min_x - region.min_x, p.outer.max_x - region.min_x + 1)
     for b in recipe.bands:
