@@ -45,17 +45,18 @@ class PsfFlux(Plugin):
             sel = idx[s:s + step]
             p = psf.images_at(ctx.x[sel], ctx.y[sel]).reshape(sel.size, -1)
             stamps = ctx.cutouts(sel, psf.half)
-            d = stamps.image.reshape(sel.size, -1).astype(np.float64)
-            v = stamps.variance.reshape(sel.size, -1).astype(np.float64)
+            d = stamps.image.reshape(sel.size, -1)
+            v = stamps.variance.reshape(sel.size, -1)
             good = (stamps.valid & (stamps.mask & bad_bits == 0)).reshape(sel.size, -1)
-            pg = np.where(good, p, 0.0)
-            p2 = pg * pg
-            a = p2.sum(axis=1)
+            pg = p if good.all() else np.where(good, p, 0.0)
+            inv_v = np.divide(1.0, v, out=np.zeros(v.shape), where=good & (v > 0))
+            # every sum in one pass; chi2 = sum(d^2/v) - 2 F sum(p d/v) + F^2 sum(p^2/v)
+            a = np.einsum("ij,ij->i", pg, pg)
             with np.errstate(invalid="ignore", divide="ignore"):
                 f = np.einsum("ij,ij->i", pg, d) / a
-                err = np.sqrt(np.einsum("ij,ij->i", p2, v)) / a
-                resid = np.where(good, d - f[:, None] * pg, 0.0)
-                chi2 = np.where(good & (v > 0), resid * resid / np.where(v > 0, v, 1), 0.0).sum(axis=1)
+                err = np.sqrt(np.einsum("ij,ij,ij->i", pg, pg, v)) / a
+                chi2 = (np.einsum("ij,ij,ij->i", d, d, inv_v) - 2 * f * np.einsum("ij,ij,ij->i", pg, d, inv_v)
+                        + f * f * np.einsum("ij,ij,ij->i", pg, pg, inv_v))
                 area = pg.sum(axis=1) ** 2 / a
             npix = good.sum(axis=1)
             no_good = npix == 0
