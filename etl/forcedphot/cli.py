@@ -44,7 +44,9 @@ def _config(args):
     from forcedphot.config import load_config
 
     radii = [float(r) for r in args.radii.split(",")] if args.radii else None
-    return load_config(args.config, aperture_radii=radii, aperture_method=args.aperture_method)
+    return load_config(args.config, aperture_radii=radii, aperture_method=args.aperture_method,
+                       footprint_dataset=args.footprints,
+                       noise_replacement=False if args.no_noise_replacement else None)
 
 
 def _add_config_options(parser) -> None:
@@ -53,6 +55,11 @@ def _add_config_options(parser) -> None:
     parser.add_argument("--radii", help="comma-separated aperture radii in pixels (subset of the schema's radii)")
     parser.add_argument("--aperture-method", choices=("sinc", "naive", "exact"),
                         help="circular apertures: sinc up to 12 px then naive (default, as Rubin), naive, or exact")
+    parser.add_argument("--footprints", choices=("heavy", "scarlet"),
+                        help="deblended footprints: the band's stored heavy footprints (default) or derived "
+                             "from the patch's scarlet-style model data")
+    parser.add_argument("--no-noise-replacement", action="store_true",
+                        help="measure on the original image instead of replacing other footprints by noise")
 
 
 def cmd_run(args) -> int:
