@@ -23,13 +23,17 @@ def _quantile_sorted(sorted_vals: np.ndarray, n: np.ndarray, q: float) -> np.nda
     return a + (b - a) * (pos - lo)
 
 
-def clipped_mean_std(values: np.ndarray, *, n_sigma: float = 3.0, n_iter: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, std, n_used) per row of ``values`` (NaN = excluded); float32 input is sorted as float32."""
+def _sorted_rows(values) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(values, finite mask, finite count, rows sorted with NaN last); float32 stays float32."""
     vals = np.asarray(values)
     vals = vals if vals.dtype in (np.float32, np.float64) else vals.astype(float)
     finite = np.isfinite(vals)
-    n = finite.sum(axis=1)
-    srt = np.sort(np.where(finite, vals, np.inf), axis=1)
+    return vals, finite, finite.sum(axis=1), np.sort(np.where(finite, vals, np.inf), axis=1)
+
+
+def clipped_mean_std(values: np.ndarray, *, n_sigma: float = 3.0, n_iter: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, std, n_used) per row of ``values`` (NaN = excluded)."""
+    vals, finite, n, srt = _sorted_rows(values)
     with np.errstate(invalid="ignore"):
         centre = _quantile_sorted(srt, n, 0.5)
         iqr = _quantile_sorted(srt, n, 0.75) - _quantile_sorted(srt, n, 0.25)
@@ -50,11 +54,7 @@ def clipped_mean_std(values: np.ndarray, *, n_sigma: float = 3.0, n_iter: int = 
 
 def masked_median(values: np.ndarray) -> np.ndarray:
     """Median of each row ignoring NaN (NaN for empty rows)."""
-    vals = np.asarray(values)
-    vals = vals if vals.dtype in (np.float32, np.float64) else vals.astype(float)
-    finite = np.isfinite(vals)
-    n = finite.sum(axis=1)
-    srt = np.sort(np.where(finite, vals, np.inf), axis=1)
+    _, _, n, srt = _sorted_rows(values)
     with np.errstate(invalid="ignore"):
         med = _quantile_sorted(srt, n, 0.5)
     return np.where(n > 0, med, np.nan)
