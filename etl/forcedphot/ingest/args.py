@@ -79,10 +79,17 @@ CATALOG_OPTIONS = {
     "--kron-col": ("kron", str, "Kron radius column (default: KRON_RADIUS, kron_radius)"),
     "--kron-unit": ("kron_unit", str, "pix: sqrt(ab) in pixels; shape: in units of a and b, as SExtractor's "
                                       "KRON_RADIUS (its default)"),
+    "--deblend": ("deblend", str, "peaks (default): objects whose footprints overlap form a blend with a new "
+                                  "parent row (footprint: the union, image pixels); each child's heavy footprint is "
+                                  "ratio x image with ratio = its model / the sum of the blend's models, a Gaussian of "
+                                  "the band's PSF moments (plus the catalog shape, if any, minus the PSF) scaled to "
+                                  "the image value at the object's pixel, so children add up to the parent. A simple "
+                                  "PSF-model flux split for catalogs without a deblender, not scarlet. Catalog parents "
+                                  "are kept. none: every object its own footprint with the image pixels"),
 }
 
 CHOICES = {"xy_origin": (0, 1), "positions": ("auto", "sky", "pixel"), "theta_unit": ("deg", "rad"),
-           "kron_unit": ("pix", "shape")}
+           "kron_unit": ("pix", "shape"), "deblend": ("peaks", "none")}
 
 
 class BandGroup(argparse.Action):

@@ -4,7 +4,9 @@ The repository is exactly what ``forcedphot run`` reads from a simulated survey:
 tract whose pixel frame is the images' 0-based pixel frame (its WCS is the images' WCS,
 stored in the skymap), square patches with overlapping outer boxes, and per patch a
 reference catalog, per patch and band a coadd cut from the images and one footprint per
-reference object. Everything is read and checked before anything is written, and the
+reference object. Objects whose footprints overlap are deblended by default (a new parent
+per blend, children's heavy footprints split by PSF-model ratios; see
+:mod:`forcedphot.ingest.deblend`). Everything is read and checked before anything is written, and the
 repository is assembled in a sibling folder and moved into place at the end, so a
 failed ingest never leaves a half-written (or half-overwritten) repository.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ import pyarrow as pa
 from forcedphot.errors import InputError
 from forcedphot.flags import MaskPlanes
 from forcedphot.ids import IdPacker
+from forcedphot.ingest import deblend as db
 from forcedphot.ingest.catalog import RefObjects, load_catalog
 from forcedphot.ingest.footprints import ellipse_spans, footprint_ellipses, footprint_table
 from forcedphot.ingest.grid import Grid, make_grid
@@ -45,14 +49,19 @@ __all__ = ["BandSpec", "CatalogSpec", "ingest_fits"]
 
 def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch_size: int | None = None,
                 patch_border: int | None = None, pixel_scale: float | None = None, ref_band: str | None = None,
-                overwrite: bool = False) -> Repository:
+                overwrite: bool = False, deblend: str | None = None) -> Repository:
     """Write a new repository at ``repo_root`` from per-band FITS images and a catalog.
 
     ``patch_size`` (pixels, default: one patch covering the image) and ``patch_border``
     (default: 0 for one patch, else min(100, patch_size // 4)) define the patches;
     ``pixel_scale`` (arcsec) is needed only when the images have no celestial WCS;
-    ``ref_band`` (default: the first band) is recorded as every object's refBand.
+    ``ref_band`` (default: the first band) is recorded as every object's refBand;
+    ``deblend`` ("peaks" or "none"; default: the catalog spec's, "peaks") deblends objects
+    whose footprints overlap (:mod:`forcedphot.ingest.deblend`).
     """
+    method = catalog.deblend if deblend is None else deblend
+    if method not in db.DEBLEND_METHODS:
+        raise InputError(f"deblend must be one of {', '.join(db.DEBLEND_METHODS)}, not {method!r}")
     bands = list(bands)
     if not bands:
         raise InputError("no bands to ingest; give at least one --band NAME --image FILE")
@@ -83,8 +92,9 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
         repo.write_skymap(skymap)
         packer = IdPacker(skymap.n_tracts, skymap.n_patches)
         fwhm = max(b.psf_fwhm for b in data)
+        models = _Models(data, objects, ref_band) if method == "peaks" else None
         for p in tract.patches():
-            _write_patch(repo, tract, p, packer, grid, data, objects, ref_band, fwhm)
+            _write_patch(repo, tract, p, packer, grid, data, objects, ref_band, fwhm, models)
         _move_into_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -164,14 +174,35 @@ def with_null_columns(table: pa.Table, dataset: str) -> pa.Table:
     return table
 
 
+@dataclass
+class NewParents:
+    """Blend parents made by the deblender (no catalog row): positions, shapes and child counts."""
+
+    x: np.ndarray
+    y: np.ndarray
+    ra: np.ndarray
+    dec: np.ndarray
+    shape: np.ndarray  # (m, 2, 2)
+    n_child: np.ndarray
+
+
 def ref_table(objects: RefObjects, rows: np.ndarray, ids: np.ndarray, parent_ids: np.ndarray, p: PatchInfo,
-              ref_band: str) -> pa.Table:
-    """Reference rows: the ref schema's columns (optional ones this catalog cannot fill are null)."""
-    n = rows.size
-    inner = p.inner.contains(objects.x[rows], objects.y[rows])
-    n_child = objects.n_child[rows]
-    if objects.shape is not None:
-        s = objects.shape[rows]
+              ref_band: str, *, n_child: np.ndarray | None = None, new: NewParents | None = None) -> pa.Table:
+    """Reference rows: the ref schema's columns (optional ones this catalog cannot fill are null).
+
+    ``ids`` and ``parent_ids`` cover ``rows`` then the ``new`` parents; ``n_child`` (default:
+    from the catalog's links) is the catalog rows' deblend_nChild.
+    """
+    m = 0 if new is None else new.x.size
+    n = rows.size + m
+    if new is None:
+        new = NewParents(*(np.zeros(0),) * 4, np.zeros((0, 2, 2)), np.zeros(0, np.int32))
+    x, y = np.r_[objects.x[rows], new.x], np.r_[objects.y[rows], new.y]
+    inner = p.inner.contains(x, y)
+    n_child = np.r_[objects.n_child[rows] if n_child is None else n_child, new.n_child].astype(np.int32)
+    s = np.concatenate([objects.shape[rows] if objects.shape is not None else np.full((rows.size, 2, 2), np.nan),
+                        new.shape])
+    if objects.shape is not None or m:
         shape = {k: pa.array(s[:, i, j], pa.float64(), from_pandas=True)
                  for k, (i, j) in {"shape_xx": (0, 0), "shape_yy": (1, 1), "shape_xy": (0, 1)}.items()}
     else:
@@ -179,8 +210,8 @@ def ref_table(objects: RefObjects, rows: np.ndarray, ids: np.ndarray, parent_ids
     cols = {
         "id": pa.array(ids, pa.int64()), "parent": pa.array(parent_ids, pa.int64()),
         "tract": pa.array(np.full(n, p.tract, np.int64)), "patch": pa.array(np.full(n, p.patch, np.int64)),
-        "coord_ra": pa.array(objects.ra[rows]), "coord_dec": pa.array(objects.dec[rows]),
-        "centroid_x": pa.array(objects.x[rows]), "centroid_y": pa.array(objects.y[rows]),
+        "coord_ra": pa.array(np.r_[objects.ra[rows], new.ra]), "coord_dec": pa.array(np.r_[objects.dec[rows], new.dec]),
+        "centroid_x": pa.array(x), "centroid_y": pa.array(y),
         **shape,
         "deblend_nChild": pa.array(n_child, pa.int32()),
         "detect_isPrimary": pa.array(inner & (n_child == 0)),
@@ -189,41 +220,85 @@ def ref_table(objects: RefObjects, rows: np.ndarray, ids: np.ndarray, parent_ids
     }
     names = load_schema("ref").names
     if "kron_radius" in names and objects.kron is not None:
-        cols["kron_radius"] = pa.array(objects.kron[rows], pa.float64(), from_pandas=True)
+        with np.errstate(invalid="ignore"):  # a Gaussian's Kron radius for the new parents, as the simulator's
+            det = new.shape[:, 0, 0] * new.shape[:, 1, 1] - new.shape[:, 0, 1] ** 2
+            kron = np.r_[objects.kron[rows], np.sqrt(np.pi / 2) * det ** 0.25]
+        cols["kron_radius"] = pa.array(kron, pa.float64(), from_pandas=True)
     if "externalId" in names and objects.external_id is not None:
-        cols["externalId"] = pa.array(objects.external_id[rows], pa.int64())
+        cols["externalId"] = pa.array(np.r_[objects.external_id[rows], np.zeros(m, np.int64)], pa.int64(),
+                                      mask=np.r_[np.zeros(rows.size, bool), np.ones(m, bool)])
     return with_null_columns(pa.table(cols), "ref")
 
 
+class _Models:
+    """Per-band deblender model covariances: the band's PSF moments plus the objects' intrinsic shapes."""
+
+    def __init__(self, bands: list[BandData], objects: RefObjects, ref_band: str):
+        self.psf = {b.name: db.psf_moments(b.psf, b.psf_fwhm) for b in bands}
+        self.intrinsic = db.intrinsic_shapes(objects.shape, len(objects), self.psf[ref_band])
+        self.ref_band = ref_band
+
+    def cov(self, band: str, rows: np.ndarray) -> np.ndarray:
+        return self.psf[band] + self.intrinsic[rows]
+
+
 def _write_patch(repo: Repository, tract: TractInfo, p: PatchInfo, packer: IdPacker, grid: Grid,
-                 bands: list[BandData], objects: RefObjects, ref_band: str, fwhm: float) -> None:
+                 bands: list[BandData], objects: RefObjects, ref_band: str, fwhm: float,
+                 models: _Models | None) -> None:
     rows = _members(objects, p)
     if rows.size == 0:  # nothing to measure: no quantum (run would have an empty one)
         log.info("patch %d: no reference objects; not written", p.patch)
         return
-    ids = packer.make_ids(tract.tract, p.patch, np.arange(1, rows.size + 1))
-    packed_of_row = np.zeros(len(objects), np.int64)
-    packed_of_row[rows] = ids
+    local = np.full(len(objects), -1, np.int64)
+    local[rows] = np.arange(rows.size)
     parent_rows = objects.parent[rows]
-    parent_ids = np.where(parent_rows >= 0, packed_of_row[np.maximum(parent_rows, 0)], 0)
-    write_parquet(ref_table(objects, rows, ids, parent_ids, p, ref_band), repo.ref_path(tract.tract, p.patch),
-                  load_schema("ref"))
+    local_parent = np.where(parent_rows >= 0, local[np.maximum(parent_rows, 0)], -1)
     cut = _clip(p.outer, _image_box(grid))
+    sl = np.s_[cut.min_y:cut.max_y + 1, cut.min_x:cut.max_x + 1]
     shape = objects.shape[rows] if objects.shape is not None else None
     kron = objects.kron[rows] if objects.kron is not None else None
     q = footprint_ellipses(shape, kron, rows.size, fwhm)
     spans = ellipse_spans(objects.x[rows], objects.y[rows], q, cut)
-    sl = np.s_[cut.min_y:cut.max_y + 1, cut.min_x:cut.max_x + 1]
+    blends = db.plan_blends(local_parent, spans, cut) if models is not None else db.no_blends(local_parent, spans)
+    ids = packer.make_ids(tract.tract, p.patch, np.arange(1, blends.n_rows + 1))
+    parent_ids = np.where(blends.parent >= 0, ids[np.maximum(blends.parent, 0)], 0)
+    x, y = objects.x[rows], objects.y[rows]
+    ratios, new = {}, None  # ratios: the reference band's, kept for its footprints; other bands' one at a time
+    if blends.n_blends:
+        ref = next(b for b in bands if b.name == ref_band)
+        ratios[ref_band] = db.weights(blends, x, y, models.cov(ref_band, rows), ref.image[sl], cut)
+        flux = db.child_fluxes(blends, ratios[ref_band], ref.image[sl], cut)
+        nx, ny, nshape = db.new_parent_geometry(blends, x, y, models.cov(ref_band, rows), flux)
+        nra, ndec = grid.wcs.all_pix2world(nx, ny, 0) if nx.size else (np.zeros(0), np.zeros(0))
+        new = NewParents(nx, ny, np.asarray(nra, float), np.asarray(ndec, float), nshape,
+                         blends.n_child[blends.n_members:])
+        log.info("patch %d: %d blends (%d new parents), the largest with %d children", p.patch, blends.n_blends,
+                 blends.n_new, int(np.diff(blends.child_offsets).max()))
+    if blends.n_untouched:
+        log.warning("patch %d: %d groups of catalog families and the objects overlapping them hold several families "
+                    "or a hierarchy deeper than parent-child; not deblended (each object keeps its own footprint)",
+                    p.patch, blends.n_untouched)
+    if blends.n_skipped:
+        log.warning("patch %d: %d blends exceed the deblender's limits (%d children, %d pixels, %d pixels x children; "
+                    "the largest has %d children); not deblended (each object keeps its own footprint)", p.patch,
+                    blends.n_skipped, db.MAX_CHILDREN, db.MAX_AREA, db.MAX_AREA_TIMES_CHILDREN, blends.largest_skipped)
+    write_parquet(ref_table(objects, rows, ids, parent_ids, p, ref_band, n_child=blends.n_child[:rows.size], new=new),
+                  repo.ref_path(tract.tract, p.patch), load_schema("ref"))
     planes = MaskPlanes()
     for b in bands:
         data_id = DataId(tract.tract, p.patch, b.name)
+        scale = None
+        if blends.n_blends:
+            w = ratios.pop(b.name) if b.name in ratios else db.weights(blends, x, y, models.cov(b.name, rows),
+                                                                         b.image[sl], cut)
+            scale = db.row_scale(blends, w)
+            del w
         fp = footprint_table(ids=ids, parents=parent_ids, tract=tract.tract, patch=p.patch, band=b.name,
-                             spans=spans, image=b.image[sl], image_box=cut)
+                             spans=blends.spans, image=b.image[sl], image_box=cut, scale=scale)
         write_parquet(with_null_columns(fp, "footprints"), repo.footprints_path(data_id), load_schema("footprints"))
         psf = PsfGrid([(cut.min_x + cut.max_x) / 2], [(cut.min_y + cut.max_y) / 2], b.psf[None, None])
         write_coadd(Coadd(tract=tract.tract, patch=p.patch, band=b.name, bbox=cut, image=b.image[sl],
                           mask=b.mask[sl], variance=b.variance[sl], wcs=tract.wcs, psf=psf,
                           photo_calib=b.photo_calib, mask_planes=planes),
                     repo.coadd_path(data_id))
-    log.info("patch %d: %d objects", p.patch, rows.size)
-
+    log.info("patch %d: %d objects", p.patch, blends.n_rows)

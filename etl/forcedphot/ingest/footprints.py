@@ -87,12 +87,19 @@ def _list(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
 
 
 def footprint_table(*, ids, parents, tract: int, patch: int, band: str, spans, image: np.ndarray,
-                    image_box: Box) -> pa.Table:
-    """Footprint rows (heavy values = the band's image pixels) in the footprints schema's columns."""
+                    image_box: Box, scale: np.ndarray | None = None) -> pa.Table:
+    """Footprint rows in the footprints schema's columns.
+
+    Heavy values are the band's image pixels, times ``scale`` (one factor per footprint
+    pixel, in row and span order: the deblender's ratios for children) when given.
+    """
     offsets, sy, sx0, sx1 = spans
     n = offsets.size - 1
     ys, xs = spans_to_pixels(sy, sx0, sx1)
-    values = np.asarray(image[ys - image_box.min_y, xs - image_box.min_x], np.float32)
+    values = image[ys - image_box.min_y, xs - image_box.min_x]
+    if scale is not None:
+        values = np.asarray(values, np.float64) * scale
+    values = np.asarray(values, np.float32)
     npix = (sx1.astype(np.int64) - sx0 + 1)
     pix_offsets = np.r_[0, np.cumsum(npix)][offsets]
     starts = offsets[:-1]

@@ -109,6 +109,8 @@ class CatalogSpec:
     #                               SExtractor KRON_RADIUS); None: "shape" for KRON_RADIUS/SExtractor, else "pix"
     xy_origin: int | None = None  # 0 or 1 (pixel centre of the first pixel); None: 1 for SExtractor, else 0
     positions: str = "auto"  # "sky" (ra/dec through the WCS), "pixel" (x/y) or auto
+    deblend: str = "peaks"  # "peaks": split overlapping footprints by PSF-model ratios (forcedphot.ingest.deblend),
+    #                         "none": every object its own footprint with the image pixels
 
     def __post_init__(self):
         if self.xy_origin not in (None, 0, 1):
@@ -117,6 +119,8 @@ class CatalogSpec:
             raise InputError(f"{self.path}: positions must be auto, sky or pixel, not {self.positions!r}")
         if self.kron_unit not in (None, "pix", "shape"):
             raise InputError(f"{self.path}: Kron unit must be pix or shape, not {self.kron_unit!r}")
+        if self.deblend not in ("peaks", "none"):
+            raise InputError(f"{self.path}: deblend must be peaks or none, not {self.deblend!r}")
         if self.theta_unit not in ("deg", "rad"):
             raise InputError(f"{self.path}: theta unit must be deg or rad, not {self.theta_unit!r}")
 
