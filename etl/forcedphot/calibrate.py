@@ -17,7 +17,7 @@ def columns() -> tuple[Column, ...]:
     cols = []
     for flux, mag in MAG_COLUMNS.items():
         cols += [
-            Column(mag, "double", f"AB magnitude of {flux}: -2.5 log10({flux} / nJy) + 31.4; null if {flux} <= 0.", "mag"),
+            Column(mag, "double", f"AB magnitude of {flux}: -2.5 log10({flux} / nJy) + 31.4; NaN if {flux} <= 0 or failed.", "mag"),
             Column(f"{mag}Err", "double", f"Uncertainty of {mag}: (2.5 / ln 10) {flux}Err / {flux}.", "mag"),
         ]
     return tuple(cols)

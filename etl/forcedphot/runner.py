@@ -127,6 +127,8 @@ def _run_on_dask(address: str, jobs: int, repo: Repository, config: ForcedPhotCo
         from distributed import Client, LocalCluster, as_completed as dask_completed
     except ImportError as exc:
         raise ForcedPhotError("--dask needs the 'distributed' package: pip install 'forcedphot[dask]'") from exc
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:  # quiet unless -v
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     cluster = LocalCluster(n_workers=max(jobs, 1), threads_per_worker=1, processes=True, dashboard_address=None,
                            silence_logs=logging.getLogger().getEffectiveLevel()) if address == "local" else None
     try:

@@ -56,6 +56,14 @@ def test_sep_image_apertures_reproduce_sextractor(tmp_path, capsys):
     n = sql(repo, "SELECT count(*) AS n, count(*) FILTER (WHERE centroid_flag) AS off FROM forced_source "
                   "WHERE deblend_nChild = 0")
     assert n.to_pylist() == [{"n": len(cat), "off": 0}]
+    # forced Kron on the original image reproduces SExtractor's FLUX_AUTO (its ellipse is KRON_RADIUS x (A, B))
+    t = sql(repo, "SELECT externalId, undeblended_kronFlux / ? AS kron, kronFlux_flag FROM forced_source "
+                  "WHERE deblend_nChild = 0".replace("?", repr(coadd.photo_calib))).to_pandas()
+    t = t.merge(cat.to_pandas()[["NUMBER", "FLUX_AUTO", "FLAGS"]], left_on="externalId", right_on="NUMBER")
+    t = t[(t.FLAGS == 0) & ~t.kronFlux_flag.astype(bool)]
+    kron_ratio = np.median(t.kron / t.FLUX_AUTO)
+    print(f"Kron / FLUX_AUTO median {kron_ratio:.6f} over {len(t)} objects")
+    assert len(t) > 40 and 0.999 <= kron_ratio <= 1.001
 
 
 def test_hsc_blend_five_bands(tmp_path):

@@ -317,8 +317,15 @@ def load_catalog(spec: CatalogSpec, grid: Grid) -> RefObjects:
         external_id=ext[keep] if ext is not None else None, parent=parent, label=label)
 
 
+SEXTRACTOR_KRON_FACTOR = 2.5  # PHOT_AUTOPARAMS k, folded into KRON_RADIUS
+
+
 def _kron(columns, spec: CatalogSpec, fmt: str, shape: np.ndarray | None, label: str) -> np.ndarray | None:
-    """Kron radius sqrt(ab) in pixels; SExtractor's KRON_RADIUS is in units of the shape's A and B."""
+    """Kron radius sqrt(ab) in pixels, before the 2.5 aperture factor (the ref convention).
+
+    SExtractor's KRON_RADIUS is in units of the shape's A and B and already includes its
+    PHOT_AUTOPARAMS factor (2.5): its FLUX_AUTO ellipse is KRON_RADIUS x (A, B), so it is divided by 2.5.
+    """
     name = find_column(columns, "kron", spec.kron, label)
     if name is None:
         return None
@@ -332,4 +339,4 @@ def _kron(columns, spec: CatalogSpec, fmt: str, shape: np.ndarray | None, label:
         return None
     with np.errstate(invalid="ignore"):
         sqrt_ab = (shape[:, 0, 0] * shape[:, 1, 1] - shape[:, 0, 1] ** 2) ** 0.25
-    return value * sqrt_ab
+    return value * sqrt_ab / SEXTRACTOR_KRON_FACTOR

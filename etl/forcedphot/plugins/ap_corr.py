@@ -35,7 +35,7 @@ class ApCorr(Plugin):
         cols = []
         for f in AP_CORR_FLUXES:
             cols += [
-                Column(f"{f}_apCorr", "double", f"Aperture correction applied to {f} (multiplicative)."),
+                Column(f"{f}_apCorr", "double", f"Aperture correction applied to {f} (multiplicative); NaN where none was applied."),
                 Column(f"{f}_apCorrErr", "double", f"Uncertainty of {f}_apCorr (not propagated into {f}Err)."),
                 flag(f"{f}_flag_apCorr", f"No usable aperture correction for {f}: it is uncorrected (and {f}_flag is set if the coadd has an ApCorr map)."),
             ]
@@ -75,7 +75,7 @@ class Extendedness(Plugin):
     @classmethod
     def columns(cls, config):
         return (
-            Column("extendedness", "float", "1 if 0.985 gaussianFlux >= psfFlux (extended), 0 otherwise; null if either is flagged or missing."),
+            Column("extendedness", "float", "1 if 0.985 gaussianFlux >= psfFlux (extended), 0 otherwise; NaN if either is flagged or not finite."),
             flag("extendedness_flag", "psfFlux or gaussianFlux is flagged or not finite."),
         )
 

@@ -1,6 +1,6 @@
 """Variance: median of the variance plane in an ellipse 5x the forced shape (Rubin's base_Variance).
 
-Pixels with DETECTED, DETECTED_NEGATIVE, BAD or SAT set are excluded. Scaled to nJy^2.
+Pixels with DETECTED, DETECTED_NEGATIVE, BAD, SAT or NO_DATA set are excluded. Scaled to nJy^2.
 """
 
 from __future__ import annotations
