@@ -67,3 +67,27 @@ def make_synthetic(root: Path, *, seed: int = 3, n: int = 12, wcs: bool = True) 
                       fits.ImageHDU(np.full(SHAPE, SIGMA_SKY ** 2, np.float32), name="VARIANCE")]).writeto(path)
         files[band] = {"image": f"{path}:0", "variance": f"{path}:VARIANCE"}
     return Synthetic(root, x, y, ra, dec, counts, tan, files)
+
+
+def ingest_hsc_npz(npz_path, tmp_path, *, extra_args=()) -> tuple[Path, np.ndarray]:
+    """Write an HSC deblender blend (grizy, inverse-variance weights, PSFs, zero point 27) as FITS
+    files and ingest them with its peaks as the catalog; returns (repository root, peaks)."""
+    from astropy.io import fits as _fits
+    import pyarrow as _pa
+    import pyarrow.csv as _pacsv
+
+    from forcedphot.cli import main
+
+    data = np.load(npz_path)
+    images, weights, peaks, psfs = data["images"], data["weights"], data["peaks"], data["psfs"]
+    root = tmp_path / "repo"
+    argv = ["ingest", "fits", "--repo", str(root), "--pixel-scale", "0.168", *extra_args]
+    for i, band in enumerate("grizy"):
+        path = tmp_path / f"{band}.fits"
+        _fits.HDUList([_fits.PrimaryHDU(images[i]), _fits.ImageHDU(weights[i], name="WEIGHT")]).writeto(path)
+        _fits.writeto(tmp_path / f"psf_{band}.fits", psfs[i])
+        argv += ["--band", band, "--image", str(path), "--invvar", f"{path}:WEIGHT",
+                 "--psf", str(tmp_path / f"psf_{band}.fits"), "--zero-point", "27"]
+    _pacsv.write_csv(_pa.table({"x": peaks[:, 0], "y": peaks[:, 1]}), tmp_path / "peaks.csv")
+    assert main([*argv, "--catalog", str(tmp_path / "peaks.csv")]) == 0
+    return root, peaks

@@ -8,8 +8,6 @@ the footprints Parquet, ``forcedphot run`` and SQL. Real: the HSC COSMOS blends 
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
@@ -26,7 +24,7 @@ from forcedphot.ingest.grid import make_tan
 from forcedphot.query import sql
 from forcedphot.repository import DataId, Repository
 from forcedphot.skymap import Box
-from tests.ingest.synth import REAL_DATA, gaussian_image
+from tests.ingest.synth import REAL_DATA, gaussian_image, ingest_hsc_npz
 
 SHAPE = (64, 80)
 FWHM = {"g": 3.0, "r": 2.6}
@@ -221,18 +219,8 @@ needs_real = pytest.mark.skipif(not HSC.is_dir(), reason=f"real test data not fo
 @needs_real
 @pytest.mark.parametrize("name, n_peaks", [("43158172147389364", 88), ("43158172147386355", 8)])
 def test_hsc_blends_conserve_flux_in_every_band(tmp_path, name, n_peaks):
-    data = np.load(HSC / f"deblender_{name}.npz")
-    images, weights_, peaks, psfs = data["images"], data["weights"], data["peaks"], data["psfs"]
+    _, peaks = ingest_hsc_npz(HSC / f"deblender_{name}.npz", tmp_path)
     assert len(peaks) == n_peaks
-    argv = ["ingest", "fits", "--repo", str(tmp_path / "repo"), "--pixel-scale", "0.168"]
-    for i, band in enumerate("grizy"):
-        path = tmp_path / f"{band}.fits"
-        fits.HDUList([fits.PrimaryHDU(images[i]), fits.ImageHDU(weights_[i], name="WEIGHT")]).writeto(path)
-        fits.writeto(tmp_path / f"psf_{band}.fits", psfs[i])
-        argv += ["--band", band, "--image", str(path), "--invvar", f"{path}:WEIGHT",
-                 "--psf", str(tmp_path / f"psf_{band}.fits"), "--zero-point", "27"]
-    pacsv.write_csv(pa.table({"x": peaks[:, 0], "y": peaks[:, 1]}), tmp_path / "peaks.csv")
-    assert main([*argv, "--catalog", str(tmp_path / "peaks.csv")]) == 0
     repo = Repository(tmp_path / "repo")
     ref = pq.read_table(repo.ref_path(0, 0)).to_pandas()
     parents = ref[ref.deblend_nChild > 0]

@@ -7,16 +7,14 @@ when it is absent.
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import pytest
-from astropy.io import ascii, fits
+from astropy.io import ascii
 
 from forcedphot.cli import main
 from forcedphot.io.coadd import read_coadd
 from forcedphot.query import sql
 from forcedphot.repository import DataId, Repository
-from tests.ingest.synth import REAL_DATA
+from tests.ingest.synth import REAL_DATA, ingest_hsc_npz
 
 try:
     from forcedphot.plugins.aperture import aperture_photometry
@@ -67,18 +65,7 @@ def test_sep_image_apertures_reproduce_sextractor(tmp_path, capsys):
 
 
 def test_hsc_blend_five_bands(tmp_path):
-    data = np.load(HSC_BLEND)
-    images, weights, peaks, psfs = data["images"], data["weights"], data["peaks"], data["psfs"]
-    argv = ["ingest", "fits", "--repo", str(tmp_path / "repo"), "--pixel-scale", "0.168"]
-    for i, band in enumerate("grizy"):
-        path = tmp_path / f"{band}.fits"
-        fits.HDUList([fits.PrimaryHDU(images[i]), fits.ImageHDU(weights[i], name="WEIGHT")]).writeto(path)
-        fits.writeto(tmp_path / f"psf_{band}.fits", psfs[i])
-        argv += ["--band", band, "--image", str(path), "--invvar", f"{path}:WEIGHT",
-                 "--psf", str(tmp_path / f"psf_{band}.fits"), "--zero-point", "27"]
-    pacsv.write_csv(pa.table({"x": peaks[:, 0], "y": peaks[:, 1]}), tmp_path / "peaks.csv")
-    argv += ["--catalog", str(tmp_path / "peaks.csv")]
-    assert main(argv) == 0
+    _, peaks = ingest_hsc_npz(HSC_BLEND, tmp_path)
     assert main(["run", "--repo", str(tmp_path / "repo"), "-q"]) == 0
     rows = sql(tmp_path / "repo", """
         SELECT band, count(*) AS n, count(*) FILTER (WHERE isfinite(psfFlux) AND psfFluxErr > 0) AS n_finite
