@@ -28,3 +28,10 @@ def spans_to_pixels(y: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> tuple[np.n
     starts = np.repeat(np.asarray(x0) - np.cumsum(np.r_[0, lengths[:-1]]), lengths)
     xs = starts + np.arange(lengths.sum())
     return ys, xs
+
+
+def spans_to_owned_pixels(offsets: np.ndarray, y: np.ndarray, x0: np.ndarray, x1: np.ndarray):
+    """(owner, ys, xs) of every pixel of many footprints whose spans are grouped by ``offsets`` (N+1,)."""
+    span_owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    ys, xs = spans_to_pixels(y, x0, x1)
+    return np.repeat(span_owner, np.asarray(x1) - np.asarray(x0) + 1), ys, xs

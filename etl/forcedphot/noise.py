@@ -23,6 +23,7 @@ import numpy as np
 
 from forcedphot.clipped import IQR_TO_SIGMA
 from forcedphot.errors import InputError
+from forcedphot.footprint import spans_to_owned_pixels
 
 
 def clipped_stats_1d(values: np.ndarray, *, n_sigma: float = 3.0, n_iter: int = 3) -> tuple[float, float]:
@@ -57,12 +58,7 @@ class HeavyFootprints:
 
     def pixels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(owner, y, x, pixel offsets (N+1,)) of every footprint pixel, in span order."""
-        lengths = self.span_x1 - self.span_x0 + 1
-        span_owner = np.repeat(np.arange(self.has.size), np.diff(self.span_offsets))
-        owner = np.repeat(span_owner, lengths)
-        ys = np.repeat(self.span_y, lengths)
-        run_start = np.cumsum(np.r_[0, lengths[:-1]])
-        xs = np.repeat(self.span_x0 - run_start, lengths) + np.arange(lengths.sum())
+        owner, ys, xs = spans_to_owned_pixels(self.span_offsets, self.span_y, self.span_x0, self.span_x1)
         counts = np.bincount(owner, minlength=self.has.size)
         return owner, ys, xs, np.r_[0, np.cumsum(counts)]
 

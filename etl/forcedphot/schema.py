@@ -6,7 +6,6 @@ name and version into the file metadata; readers refuse a major version they do 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -153,7 +152,3 @@ def load_schema(dataset: str, table: str | None = None, *, schema_dir: Path = SC
         for c in chosen["columns"]
     )
     return TableSchema(dataset=dataset, table=chosen["name"], version=str(version), columns=cols)
-
-
-def describe(table: TableSchema) -> str:
-    return json.dumps({"dataset": table.dataset, "table": table.table, "version": table.version})

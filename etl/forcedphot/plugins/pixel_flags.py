@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from forcedphot.config import PIXEL_FLAG_PLANES
+from forcedphot.footprint import spans_to_owned_pixels
 from forcedphot.plugins.base import MeasurementContext, Plugin, flag
 
 FLAG_NAMES = {"BAD": "bad", "CR": "cr", "EDGE": "edge", "INTRP": "interpolated", "NO_DATA": "nodata",
@@ -62,12 +63,7 @@ class PixelFlags(Plugin):
         result = np.zeros(n, np.int32)
         if sy.size == 0:
             return result
-        lengths = sx1 - sx0 + 1
-        span_source = np.repeat(np.arange(n), np.diff(offsets))
-        pix_source = np.repeat(span_source, lengths)
-        ys = np.repeat(sy, lengths)
-        run_start = np.cumsum(np.r_[0, lengths[:-1]])
-        xs = np.repeat(sx0 - run_start, lengths) + np.arange(lengths.sum())
+        pix_source, ys, xs = spans_to_owned_pixels(offsets, sy, sx0, sx1)
         pc = ctx.padded
         px = np.clip(xs - ctx.coadd.bbox.min_x + pc.pad, 0, pc.shape[1] - 1)
         py = np.clip(ys - ctx.coadd.bbox.min_y + pc.pad, 0, pc.shape[0] - 1)
