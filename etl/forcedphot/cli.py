@@ -62,6 +62,16 @@ def _add_config_options(parser) -> None:
                         help="measure on the original image instead of replacing other footprints by noise")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}")
+    return value
+
+
 def cmd_run(args) -> int:
     from forcedphot.query import sql
     from forcedphot.repository import Repository
@@ -71,7 +81,7 @@ def cmd_run(args) -> int:
     repo = Repository(args.repo)
     config = _config(args)
     summary = run_all(repo, config, tracts=args.tract, patches=args.patch, bands=args.band, force=args.force,
-                      jobs=args.jobs, dask=args.dask, progress=not args.quiet)
+                      jobs=args.jobs, dask=args.dask, progress=not args.quiet, n_threads=args.threads)
     rows = sum(n for _, n, _ in summary.done)
     print(f"{len(summary.done)} quanta measured ({rows} rows), {len(summary.skipped)} up to date, "
           f"{len(summary.failed)} failed, in {summary.seconds:.1f} s")
@@ -187,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-j", "--jobs", type=int, default=1, help="worker processes (default 1)")
     r.add_argument("--dask", metavar="ADDRESS", help="run quanta on a Dask distributed scheduler "
                    "(tcp://host:8786), or 'local' for a LocalCluster of --jobs workers")
+    r.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="threads per quantum (default: cores / quanta running at once); results do not depend on it")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 import logging
+import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
+from forcedphot import threads
 from forcedphot.config import ForcedPhotConfig
 from forcedphot.errors import ForcedPhotError
 from forcedphot.io.atomic import atomic_path
@@ -58,10 +60,12 @@ def quantum_state(repo: Repository, quantum: Quantum, config: ForcedPhotConfig) 
     return "stale", fingerprints
 
 
-def _run_one(root: str, config: ForcedPhotConfig, quantum: Quantum, fingerprints: dict) -> tuple:
+def _run_one(root: str, config: ForcedPhotConfig, quantum: Quantum, fingerprints: dict,
+             n_threads: int | None = None) -> tuple:
     """Worker: run one quantum (under its lock); returns (data_id, status, payload)."""
     did = str(quantum.data_id)
     try:
+        threads.configure(n_threads)
         task = ForcedPhotCoaddTask(Repository(root), config)
         res = task.run_quantum(quantum, inputs_fingerprint=fingerprints)
         return did, "done", (res.n_rows, res.timings.get("total", 0.0), res.n_unmatched_footprints)
@@ -72,12 +76,15 @@ def _run_one(root: str, config: ForcedPhotConfig, quantum: Quantum, fingerprints
 
 
 def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=None, patches=None, bands=None,
-            force: bool = False, jobs: int = 1, dask: str | None = None, progress: bool = True) -> RunSummary:
+            force: bool = False, jobs: int = 1, dask: str | None = None, progress: bool = True,
+            n_threads: int | None = None) -> RunSummary:
     """Run every selected quantum that is not up to date.
 
     ``jobs > 1`` runs quanta in local worker processes; ``dask`` is the address of a Dask
     distributed scheduler (``tcp://host:8786``) or ``"local"`` for a LocalCluster of ``jobs``
     workers: quanta are then submitted to the cluster's workers, which must see the repository path.
+    ``n_threads``: threads per quantum (default: cores / quanta running at once, see
+    :mod:`forcedphot.threads`); results are the same for any count.
     """
     config = config or ForcedPhotConfig()
     t0 = time.perf_counter()
@@ -106,23 +113,27 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
             summary.failed.append((did, payload))
         bar.update()
 
+    concurrent = max(1, min(jobs, len(todo))) if (dask or jobs > 1) else 1
+    n_threads = n_threads or threads.default_threads(concurrent)
     if dask and todo:
-        _run_on_dask(dask, jobs, repo, config, todo, record)
+        _run_on_dask(dask, jobs, repo, config, todo, record, n_threads)
     elif jobs > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(_run_one, str(repo.root), config, q, fp) for q, fp in todo]
+        # spawned (not forked) workers: a fork of a process with live thread pools is unsafe
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_one, str(repo.root), config, q, fp, n_threads) for q, fp in todo]
             for fut in as_completed(futures):
                 record(fut.result())
     else:
         for q, fp in todo:
-            record(_run_one(str(repo.root), config, q, fp))
+            record(_run_one(str(repo.root), config, q, fp, n_threads))
     bar.close()
     summary.seconds = time.perf_counter() - t0
     _write_run_log(repo, summary, config)
     return summary
 
 
-def _run_on_dask(address: str, jobs: int, repo: Repository, config: ForcedPhotConfig, todo, record) -> None:
+def _run_on_dask(address: str, jobs: int, repo: Repository, config: ForcedPhotConfig, todo, record,
+                 n_threads: int) -> None:
     try:
         from distributed import Client, LocalCluster, as_completed as dask_completed
     except ImportError as exc:
@@ -133,7 +144,8 @@ def _run_on_dask(address: str, jobs: int, repo: Repository, config: ForcedPhotCo
                            silence_logs=logging.getLogger().getEffectiveLevel()) if address == "local" else None
     try:
         with Client(cluster or address) as client:
-            futures = [client.submit(_run_one, str(repo.root.resolve()), config, q, fp, pure=False) for q, fp in todo]
+            futures = [client.submit(_run_one, str(repo.root.resolve()), config, q, fp, n_threads,
+                                     pure=False) for q, fp in todo]
             for fut in dask_completed(futures):
                 record(fut.result())
     finally:

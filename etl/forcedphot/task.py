@@ -45,6 +45,7 @@ from forcedphot.provenance import input_fingerprints, make_provenance
 from forcedphot.quantum import QuantumInputs, load_quantum, load_refs, read_footprints
 from forcedphot.repository import DataId, Repository
 from forcedphot.schema import load_schema
+from forcedphot.stages import SourcePixels
 
 
 @dataclass
@@ -133,8 +134,11 @@ class ForcedPhotCoaddTask:
         with self.timer("pad"):
             original = PaddedCoadd(coadd, pad)
             padded = original if replacer is None else PaddedCoadd(coadd, pad, image=replacer.base)
+        with self.timer("pixels"):
+            pixels = SourcePixels.build(coadd, inputs.n, replacer=replacer, footprints=inputs.ref["footprints"])
+        same_pass = tuple(n for n in self.config.undeblended if PLUGINS[n].measures_undeblended)
         ctx = MeasurementContext(coadd, padded, self.config, inputs.ref, ref_wcs=self._ref_wcs(inputs),
-                                 replacement=replacer)
+                                 replacement=replacer, pixels=pixels, undeblended=same_pass)
         values = ctx.values
         values.update(meas_cat)
         measure = [p for p in self.plugins if p.order < 3]
@@ -143,8 +147,11 @@ class ForcedPhotCoaddTask:
             with self.timer(plugin.name):
                 values.update(plugin.measure(ctx))
         # undeblended copies: the same algorithms on the original image (Rubin's `undeblended` list)
-        plain = dataclasses.replace(ctx, padded=original, replacement=None, values={}, cache=dict(ctx.cache))
+        plain = dataclasses.replace(ctx, padded=original, replacement=None, values={}, cache=dict(ctx.cache),
+                                    pixels=dataclasses.replace(pixels, image=pixels.original, fp=pixels.fp_none))
         for name in self.config.undeblended:
+            if name in same_pass:
+                continue
             with self.timer(f"undeblended_{name}"):
                 values.update({f"{UNDEBLENDED}{k}": v for k, v in PLUGINS[name](self.config).measure(plain).items()})
         for plugin in after:

@@ -15,6 +15,7 @@ import numpy as np
 from forcedphot.config import ForcedPhotConfig
 from forcedphot.cutouts import PaddedCoadd
 from forcedphot.io.coadd import Coadd
+from forcedphot.stages import ForcedCentres, SourcePixels
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,19 @@ class MeasurementContext:
     values: dict = field(default_factory=dict)  # outputs of the plugins run so far
     replacement: object | None = None  # NoiseReplacer: each source sees its own heavy, others as noise
     cache: dict = field(default_factory=dict)
+    pixels: SourcePixels | None = None  # the planes and own footprints compiled kernels read
+    undeblended: tuple[str, ...] = ()  # plugins that also measure the original image in the same pass
 
     @property
     def n(self) -> int:
         return len(self.ref["id"])
+
+    def centres(self) -> ForcedCentres:
+        """The forced centroids in coadd-local pixels, as kernels read them (cached)."""
+        if "centres" not in self.cache:
+            b = self.coadd.bbox
+            self.cache["centres"] = ForcedCentres.build(self.x, self.y, self.usable, b.min_x, b.min_y)
+        return self.cache["centres"]
 
     def sub_pixel(self) -> tuple[np.ndarray, np.ndarray]:
         """Offset of each forced centroid from its nearest pixel, in [-0.5, 0.5]."""
@@ -113,6 +123,9 @@ class Plugin:
     name: str = ""
     order: float = 2.0  # Rubin execution order: centroid 0, shape 1, flux 2, apCorr 3
     pad: int = 0  # padding this plugin needs around the image
+    # True: measure() also returns the "undeblended_" columns when ctx.undeblended names the plugin,
+    # from the same pass (per-source products such as PSF images or sinc coefficients made once)
+    measures_undeblended: bool = False
 
     @classmethod
     def columns(cls, config: ForcedPhotConfig) -> tuple[Column, ...]:
