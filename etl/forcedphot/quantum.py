@@ -21,7 +21,8 @@ from forcedphot.resources import read_sql
 from forcedphot.scarlet import derive_footprints
 from forcedphot.schema import load_schema
 
-SPAN_COLUMNS = ("span_y", "span_x0", "span_x1", "fp_values", "fp_min_x", "fp_min_y", "fp_max_x", "fp_max_y")
+SPAN_COLUMNS = ("fp_row", "fp_min_x", "fp_min_y", "fp_max_x", "fp_max_y")  # footprint columns of the join
+LIST_COLUMNS = ("span_y", "span_x0", "span_x1", "values")  # ragged footprint columns, gathered by fp_row
 ARROW_COLUMNS = ("externalId",)  # kept as Arrow arrays: nullable 64-bit integers do not survive numpy
 
 
@@ -45,24 +46,29 @@ def _check_version(path: str, dataset: str) -> None:
     load_schema(dataset).check_metadata(meta, where=path)
 
 
-def _offsets(column) -> np.ndarray:
-    lengths = pc.fill_null(pc.list_value_length(column.combine_chunks()), 0).to_numpy(zero_copy_only=False)
-    return np.r_[0, np.cumsum(lengths)].astype(np.int64)
+def _ragged(column) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, flat values) of a list column, zero-copy where Arrow allows (one chunk, no nulls)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if arr.null_count:
+        arr = pc.fill_null(arr, pa.scalar([], arr.type))
+    offsets = arr.offsets.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    values = arr.values.to_numpy(zero_copy_only=False)
+    return offsets, values
 
 
-def _flat(column, dtype) -> np.ndarray:
-    return pc.list_flatten(column.combine_chunks()).to_numpy(zero_copy_only=False).astype(dtype)
+def _footprints(table: pa.Table, footprints: pa.Table, has: np.ndarray) -> HeavyFootprints:
+    """Each reference's footprint in reference order, gathered once from the band's footprint table."""
+    from forcedphot.kernels.csr import gather_rows
 
-
-def _footprints(table: pa.Table, has: np.ndarray) -> HeavyFootprints:
-    """The joined footprint columns as flat arrays (null lists as empty)."""
+    rows = np.where(has, table.column("fp_row").fill_null(-1).to_numpy(zero_copy_only=False), -1).astype(np.int64)
     bbox = np.stack([table.column(c).fill_null(0).to_numpy() for c in ("fp_min_x", "fp_min_y", "fp_max_x",
                                                                         "fp_max_y")], axis=1).astype(np.int64)
+    flat = {}
+    for name, dtype in zip(LIST_COLUMNS, (np.int64, np.int64, np.int64, np.float32)):
+        flat[name] = gather_rows(*_ragged(footprints.column(name)), rows, dtype)
     return HeavyFootprints(
-        has=has, span_offsets=_offsets(table.column("span_y")),
-        span_y=_flat(table.column("span_y"), np.int64), span_x0=_flat(table.column("span_x0"), np.int64),
-        span_x1=_flat(table.column("span_x1"), np.int64), value_offsets=_offsets(table.column("fp_values")),
-        values=_flat(table.column("fp_values"), np.float32), bbox=bbox)
+        has=has, span_offsets=flat["span_y"][0], span_y=flat["span_y"][1], span_x0=flat["span_x0"][1],
+        span_x1=flat["span_x1"][1], value_offsets=flat["values"][0], values=flat["values"][1], bbox=bbox)
 
 
 def read_footprints(quantum: Quantum, coadd: Coadd, footprint_dataset: str) -> pa.Table:
@@ -79,9 +85,11 @@ def load_refs(quantum: Quantum, footprints: pa.Table) -> tuple[pa.Table, np.ndar
     """References joined to the band's footprints (DuckDB), and footprint ids with no reference."""
     _check_version(quantum.ref_file, "ref")
     params = {"ref_file": quantum.ref_file}
+    keys = footprints.select([c for c in footprints.column_names if c not in LIST_COLUMNS])
+    keys = keys.append_column("fp_row", pa.array(np.arange(footprints.num_rows, dtype=np.int64)))
     con = duckdb.connect()
     try:
-        con.register("footprints", footprints)
+        con.register("footprints", keys)  # ids and boxes only: the ragged columns never pass through SQL
         table = query_arrow(con, read_sql("quantum_refs"), params)
         unmatched = query_arrow(con, read_sql("unmatched_footprints"), params)
     except duckdb.Error as exc:
@@ -106,7 +114,8 @@ def load_quantum(quantum: Quantum, *, allow_missing_footprints: bool = False,
     if (coadd.tract, coadd.patch, coadd.band) != (quantum.data_id.tract, quantum.data_id.patch, quantum.data_id.band):
         raise InputError(f"{quantum.coadd_file}: holds tract={coadd.tract} patch={coadd.patch} band={coadd.band}, "
                          f"expected {quantum.data_id}")
-    table, unmatched = load_refs(quantum, read_footprints(quantum, coadd, footprint_dataset))
+    footprint_table = read_footprints(quantum, coadd, footprint_dataset)
+    table, unmatched = load_refs(quantum, footprint_table)
     has = table.column("has_footprint").to_numpy(zero_copy_only=False)
     ids = table.column("id").to_numpy()
     if not allow_missing_footprints and not has.all():
@@ -120,7 +129,8 @@ def load_quantum(quantum: Quantum, *, allow_missing_footprints: bool = False,
     ref = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names
            if c not in SPAN_COLUMNS and c not in ARROW_COLUMNS and c != "footprint_parent"}
     ref.update({c: table.column(c).combine_chunks() for c in ARROW_COLUMNS})  # 64-bit ids with nulls stay exact
-    footprints = _footprints(table, has)
+    footprints = _footprints(table, footprint_table, has)
+    del footprint_table
     footprints.check(ids, f"{quantum.data_id} ({quantum.footprints_file})")
     ref["footprint_spans"] = (footprints.span_offsets, footprints.span_y, footprints.span_x0, footprints.span_x1)
     ref["footprints"] = footprints

@@ -160,16 +160,22 @@ class ForcedPhotCoaddTask:
         declared = forced_source_columns()
         with self.timer("calibrate"):
             calibrate.calibrate(values, declared, inputs.coadd.photo_calib)
-        n = inputs.n
+        return self._to_table(values, declared, inputs.n)
+
+    def _to_table(self, values: dict, declared, n: int) -> pa.Table:
+        """Columns in schema order, each converted and released in turn (one copy at a time, not two)."""
         arrays = {}
         for c in declared:
             field = self.schema.column(c.name)
-            if isinstance(values.get(c.name), pa.Array):  # nullable columns passed through from Arrow
-                arrays[c.name] = values[c.name].cast(field.arrow_type)
-            elif c.name in values:
-                arrays[c.name] = pa.array(values[c.name], type=field.arrow_type)  # NaN = measured but failed
+            value = values.pop(c.name, None)
+            if isinstance(value, pa.Array):  # nullable columns passed through from Arrow
+                arrays[c.name] = value.cast(field.arrow_type)
+            elif value is not None:
+                arrays[c.name] = pa.array(value, type=field.arrow_type)  # NaN = measured but failed
             else:  # declared by a plugin that is not configured: null
                 arrays[c.name] = pa.nulls(n, type=field.arrow_type)
+            del value
+        values.clear()
         return pa.table(arrays)
 
     def make_noise_replacer(self, inputs: QuantumInputs) -> NoiseReplacer:

@@ -1,0 +1,62 @@
+"""One place sets threads; results do not depend on the thread count or the chunk size."""
+
+import numba
+import pyarrow as pa
+import pytest
+
+from forcedphot import threads
+from forcedphot.config import ForcedPhotConfig
+from forcedphot.plan import plan_quanta
+from forcedphot.repository import DataId, Repository
+from forcedphot.task import ForcedPhotCoaddTask
+
+
+def _table(root, config, n_threads):
+    threads.configure(n_threads)
+    repo = Repository(root)
+    quantum = next(q for q in plan_quanta(repo, bands=["i"]) if q.data_id == DataId(0, 0, "i"))
+    task = ForcedPhotCoaddTask(repo, config)
+    inputs = task.attach_footprints(quantum)
+    return task.run(task.generate_meas_cat(inputs), inputs)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs at least 2 cores to compare thread counts")
+def test_quantum_is_bit_identical_for_any_thread_count_and_chunk_size(tiny_repo_master):
+    try:
+        one = _table(tiny_repo_master, ForcedPhotConfig(), 1)
+        two = _table(tiny_repo_master, ForcedPhotConfig(), 2)
+        small_chunks = _table(tiny_repo_master, ForcedPhotConfig(chunk_size=7), 2)
+    finally:
+        threads.configure()
+    assert one.num_rows > 50
+    for name in one.column_names:
+        assert _bytes(one, name) == _bytes(two, name), name
+        assert _bytes(one, name) == _bytes(small_chunks, name), name
+
+
+def _bytes(table, name) -> bytes:
+    """The column's Arrow IPC bytes: equal only if every value is bit-identical (NaN payloads included)."""
+    column = table.select([name]).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, column.schema) as writer:
+        writer.write_table(column)
+    return sink.getvalue().to_pybytes()
+
+
+def test_default_threads_share_the_cores_between_concurrent_quanta():
+    cores = threads.available_cores()
+    assert threads.default_threads(1) == cores
+    assert threads.default_threads(cores) == 1
+    assert threads.default_threads(4 * cores) == 1
+    assert threads.worker_environment(3)["OMP_NUM_THREADS"] == "3"
+
+
+def test_configure_sets_numba_and_refuses_nonsense():
+    try:
+        assert threads.configure(1) == 1
+        assert numba.get_num_threads() == 1 and threads.threads() == 1
+        with pytest.raises(ValueError):
+            threads.configure(-2)
+    finally:
+        threads.configure()
+    assert numba.get_num_threads() == min(threads.available_cores(), numba.config.NUMBA_NUM_THREADS)
