@@ -46,14 +46,16 @@ def _check_version(path: str, dataset: str) -> None:
     load_schema(dataset).check_metadata(meta, where=path)
 
 
-def _ragged(column) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, flat values) of a list column, zero-copy where Arrow allows (one chunk, no nulls)."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if arr.null_count:
-        arr = pc.fill_null(arr, pa.scalar([], arr.type))
-    offsets = arr.offsets.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    values = arr.values.to_numpy(zero_copy_only=False)
-    return offsets, values
+def _ragged(column: pa.ChunkedArray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A list column as (offsets, flat values) per chunk, zero-copy where Arrow allows (no nulls)."""
+    pieces = []
+    for chunk in column.chunks:
+        if chunk.null_count:
+            chunk = pc.fill_null(chunk, pa.scalar([], chunk.type))
+        offsets = chunk.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+        # values of a sliced chunk are the whole buffer: offsets index into it as they are
+        pieces.append((offsets, chunk.values.to_numpy(zero_copy_only=False)))
+    return pieces
 
 
 def _footprints(table: pa.Table, footprints: pa.Table, has: np.ndarray) -> HeavyFootprints:
@@ -65,7 +67,7 @@ def _footprints(table: pa.Table, footprints: pa.Table, has: np.ndarray) -> Heavy
                                                                         "fp_max_y")], axis=1).astype(np.int64)
     flat = {}
     for name, dtype in zip(LIST_COLUMNS, (np.int64, np.int64, np.int64, np.float32)):
-        flat[name] = gather_rows(*_ragged(footprints.column(name)), rows, dtype)
+        flat[name] = gather_rows(_ragged(footprints.column(name)), rows, dtype)
     return HeavyFootprints(
         has=has, span_offsets=flat["span_y"][0], span_y=flat["span_y"][1], span_x0=flat["span_x0"][1],
         span_x1=flat["span_x1"][1], value_offsets=flat["values"][0], values=flat["values"][1], bbox=bbox)

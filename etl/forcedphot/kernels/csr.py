@@ -7,33 +7,45 @@ from numba import njit
 
 
 @njit(cache=True)
-def csr_lengths(offsets, rows):
-    """Element count of each selected row (-1: an empty row)."""
-    out = np.zeros(rows.size, np.int64)
+def csr_lengths(offsets, rows, first, lengths):
+    """Element counts of the selected rows that fall in this chunk (rows first .. first + len(offsets) - 2)."""
+    n_rows = offsets.size - 1
     for i in range(rows.size):
-        r = rows[i]
-        if r >= 0:
-            out[i] = offsets[r + 1] - offsets[r]
-    return out
+        r = rows[i] - first
+        if 0 <= r < n_rows:
+            lengths[i] = offsets[r + 1] - offsets[r]
 
 
 @njit(cache=True)
-def csr_gather(offsets, values, rows, new_offsets, out):
-    """out[new_offsets[i]:new_offsets[i+1]] = values of row rows[i] (nothing for rows[i] < 0)."""
+def csr_gather(offsets, values, rows, first, new_offsets, out):
+    """out[new_offsets[i]:new_offsets[i+1]] = values of row rows[i], for the rows in this chunk."""
+    n_rows = offsets.size - 1
     for i in range(rows.size):
-        r = rows[i]
-        if r >= 0:
+        r = rows[i] - first
+        if 0 <= r < n_rows:
             start = offsets[r]
             dst = new_offsets[i]
             for k in range(offsets[r + 1] - start):
                 out[dst + k] = values[start + k]
 
 
-def gather_rows(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets (len(rows)+1,), values) of the ragged column's rows ``rows`` (-1: empty), cast to ``dtype``."""
-    lengths = csr_lengths(offsets, rows)
+def gather_rows(chunks, rows: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets (len(rows)+1,), values) of rows ``rows`` (-1: empty) of a ragged column, cast to ``dtype``.
+
+    ``chunks``: the column as consecutive (offsets, values) pieces (an Arrow list column's chunks,
+    zero-copy), so the column is never concatenated first.
+    """
+    rows = np.ascontiguousarray(rows, np.int64)
+    lengths = np.zeros(rows.size, np.int64)
+    first = 0
+    for offsets, _ in chunks:
+        csr_lengths(offsets, rows, first, lengths)
+        first += offsets.size - 1
     new_offsets = np.zeros(rows.size + 1, np.int64)
     np.cumsum(lengths, out=new_offsets[1:])
     out = np.empty(int(new_offsets[-1]), dtype)
-    csr_gather(offsets, values, rows, new_offsets, out)
+    first = 0
+    for offsets, values in chunks:
+        csr_gather(offsets, values, rows, first, new_offsets, out)
+        first += offsets.size - 1
     return new_offsets, out
