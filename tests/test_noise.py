@@ -20,6 +20,7 @@ from forcedphot.quantum import load_quantum
 from forcedphot.repository import DataId, Repository
 from forcedphot.runner import run_all
 from forcedphot.sim import load_recipe, simulate
+from forcedphot.stages import SourcePixels
 from forcedphot.task import ForcedPhotCoaddTask
 
 COMPARED = {  # plugin -> output columns compared
@@ -81,7 +82,8 @@ def _measure(inputs, image, rows, config, replacement=None, ref_wcs=None):
     ref = {k: (v[rows] if isinstance(v, np.ndarray) else v) for k, v in inputs.ref.items()
            if k not in ("footprints", "footprint_spans", "externalId")}
     ref["footprint_spans"] = (np.zeros(rows.size + 1, int), *(np.zeros(0, int),) * 3)
-    ctx = MeasurementContext(coadd, PaddedCoadd(coadd, 132), config, ref, ref_wcs=ref_wcs, replacement=replacement)
+    ctx = MeasurementContext(coadd, PaddedCoadd(coadd, 132), config, ref, ref_wcs=ref_wcs, replacement=replacement,
+                             pixels=SourcePixels.build(coadd, rows.size))
     out = {}
     for name in ["TransformedCentroid", "TransformedShape", *COMPARED]:
         out.update(PLUGINS[name](config).measure(ctx))
@@ -103,8 +105,9 @@ def test_vectorised_noise_replacement_equals_the_sequential_noise_replacer(crowd
     # vectorised: all sources at once on the noise image plus sparse corrections
     everyone = np.arange(n)
     ref_all = {k: v for k, v in inputs.ref.items()}
+    pixels = SourcePixels.build(inputs.coadd, n, replacer=replacer, footprints=inputs.ref["footprints"])
     ctx = MeasurementContext(inputs.coadd, PaddedCoadd(inputs.coadd, 132, image=replacer.base), config, ref_all,
-                             ref_wcs=wcs, replacement=replacer)
+                             ref_wcs=wcs, replacement=replacer, pixels=pixels)
     fast = {}
     for name in ["TransformedCentroid", "TransformedShape", *COMPARED]:
         fast.update(PLUGINS[name](config).measure(ctx))

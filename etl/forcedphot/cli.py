@@ -166,7 +166,9 @@ def cmd_bench(args) -> int:
     from forcedphot.bench import main_bench
 
     print(main_bench(args.repo, band=args.band, psf_subset=args.psf_subset, repeat=args.repeat,
-                     progress=not args.quiet, json_out=args.json))
+                     progress=not args.quiet, json_out=args.json, threads=args.threads,
+                     table=True if args.table else None, growth=args.growth, growth_sizes=args.growth_sizes,
+                     growth_rss_limit_gb=args.growth_rss_limit, scaling=args.scaling))
     return 0
 
 
@@ -211,14 +213,28 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-rows", type=int, default=40, help="rows shown in table format (-1: all)")
     q.set_defaults(func=cmd_sql)
 
-    b = sub.add_parser("bench", help="time our kernels and a whole quantum against SEP and photutils",
+    b = sub.add_parser("bench", help="time our kernels and a whole quantum against SEP and photutils; growth; scaling",
                        description="Simulates the bench recipe into --repo if it is not there, then prints times "
-                                   "and ratios (needs the bench extras: SEP and photutils).")
+                                   "and ratios (needs the bench extras: SEP and photutils). --growth and --scaling "
+                                   "time whole quanta instead (recipes simulated into sub-folders of --repo).")
     b.add_argument("--repo", default="bench-repo", help="bench repository (created if missing; default bench-repo)")
     b.add_argument("--band", default="i", help="band of the quantum to time (default i)")
     b.add_argument("--psf-subset", type=int, default=200, help="sources fitted by photutils, scaled up (default 200)")
     b.add_argument("--repeat", type=int, default=3, help="best of this many runs for the kernels (default 3)")
-    b.add_argument("--json", help="also write the figures to this JSON file")
+    b.add_argument("--threads", type=_csv_ints, default=[1, 2],
+                   help="thread counts our rows run at (comma-separated, default 1,2; capped at the cores)")
+    b.add_argument("--table", action="store_true", help="the side-by-side table (the default unless --growth or "
+                   "--scaling is given)")
+    b.add_argument("--growth", action="store_true", help="one whole quantum per object count, each in a child "
+                   "process: time, peak RSS and the exponent of time ~ N^a")
+    b.add_argument("--growth-sizes", type=_csv_ints, default=[5000, 20000, 80000], metavar="N,N,...",
+                   help="object counts of the bench sky for --growth (default 5000,20000,80000; simulated into "
+                        "REPO/growth-N when missing, which takes minutes for large N)")
+    b.add_argument("--growth-rss-limit", type=float, metavar="GB",
+                   help="kill a --growth child above this RSS (default 80%% of the memory available at start)")
+    b.add_argument("--scaling", action="store_true", help="8 quanta (recipe scaling, in REPO/scaling) with "
+                   "run_all serially, in 2 processes and on a local Dask cluster of 2 workers")
+    b.add_argument("--json", help="also write every figure to this JSON file")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
 

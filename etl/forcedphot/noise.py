@@ -4,11 +4,19 @@ Rubin's NoiseReplacer (meas_base) fills every footprint with Gaussian noise of t
 clipped mean and sigma, then for each source in turn inserts its own heavy footprint,
 measures, and puts the noise back. Here the noise image B is built once (footprints in
 catalogue order, each with a noise draw the size of its bounding box, the last writer
-winning where footprints overlap), and a source's image is B plus a sparse correction,
-delta = heavy - B on the pixels of the footprint it uses: its own heavy (children: their
-deblended pixels; parents and isolated objects: the original pixels), else its nearest
-ancestor's. Plugins read stamps with the correction added (:meth:`apply_to_stamps`) or add
-sum(w * delta) to sums over B (:meth:`weighted_correction`). No Python loop over sources.
+winning where footprints overlap), and a source's image is B with the heavy values of the
+footprint it uses put back: its own heavy (children: their deblended pixels; parents and
+isolated objects: the original pixels), else its nearest ancestor's. Compiled kernels read
+that footprint from ``SourcePixels.fp`` (:mod:`forcedphot.kernels.pixels`); numpy plugins
+use the sparse correction delta = heavy - B (:meth:`apply_to_stamps`, :meth:`weighted_correction`,
+:meth:`values_at`), whose per-pixel arrays are made only when one of them is first called.
+
+Building B works from the spans: the clipped statistics of the image are compiled
+(:func:`forcedphot.kernels.background.clipped_stats_flat`, equal to the numpy recipe bit for
+bit), the normals are drawn in chunks of footprints of bounded size from one generator
+(consecutive ``standard_normal`` calls continue one stream, so the values are those of one
+big draw) and written span by span (:func:`forcedphot.kernels.footprints.write_noise`); a thread
+draws the next chunks while the statistics run and the previous chunk is written.
 
 The noise comes from numpy's PCG64 seeded with the packed (tract, patch) id times
 ``noise_seed_multiplier``: every band of a patch gets the same stream, and runs repeat
@@ -17,30 +25,28 @@ exactly. (Rubin uses GSL's MT19937 with the same seed rule; the draws differ.)
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-from forcedphot.clipped import IQR_TO_SIGMA
 from forcedphot.errors import InputError
 from forcedphot.footprint import spans_to_owned_pixels
 
+DRAW_CHUNK = 1 << 22  # normals drawn at once (32 MB); a larger footprint bounding box is drawn alone
+
 
 def clipped_stats_1d(values: np.ndarray, *, n_sigma: float = 3.0, n_iter: int = 3) -> tuple[float, float]:
-    """afw MEANCLIP / STDEVCLIP of one large sample (quantiles by partition, not a full sort)."""
-    v = values[np.isfinite(values)].astype(np.float64)
-    if v.size < 2:
-        return float("nan"), float("nan")
-    q25, q50, q75 = np.quantile(v, [0.25, 0.5, 0.75])
-    centre, half = q50, n_sigma * IQR_TO_SIGMA * (q75 - q25)
-    mean = std = float("nan")
-    for _ in range(n_iter):
-        kept = v[np.abs(v - centre) <= half]
-        if kept.size < 2:
-            break
-        mean, std = float(kept.mean()), float(kept.std(ddof=1))
-        centre, half = mean, n_sigma * std
-    return mean, std
+    """afw MEANCLIP / STDEVCLIP of one large sample: quantile clip, then mean +- n_sigma std (compiled).
+
+    Equal bit for bit to the numpy recipe: np.quantile (linear) of the finite values, then
+    ``kept.mean()`` and ``kept.std(ddof=1)`` of the values within the clip, ``n_iter`` times.
+    """
+    from forcedphot.kernels.background import clipped_stats_flat
+
+    return clipped_stats_flat(values, n_sigma=n_sigma, n_iter=n_iter)
 
 
 @dataclass
@@ -57,75 +63,85 @@ class HeavyFootprints:
     bbox: np.ndarray  # (N, 4) min_x, min_y, max_x, max_y
 
     def pixels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(owner, y, x, pixel offsets (N+1,)) of every footprint pixel, in span order."""
+        """(owner, y, x, pixel offsets (N+1,)) of every footprint pixel, in span order.
+
+        Per-pixel arrays: only for tests and the lazy corrections of :class:`NoiseReplacer`.
+        """
         owner, ys, xs = spans_to_owned_pixels(self.span_offsets, self.span_y, self.span_x0, self.span_x1)
         counts = np.bincount(owner, minlength=self.has.size)
         return owner, ys, xs, np.r_[0, np.cumsum(counts)]
 
+    def span_pixels(self) -> np.ndarray:
+        """(N,) number of span pixels of each footprint (from the spans, no per-pixel arrays)."""
+        lengths = np.asarray(self.span_x1, np.int64) - self.span_x0 + 1
+        cum = np.r_[0, np.cumsum(lengths)]
+        return cum[self.span_offsets[1:]] - cum[self.span_offsets[:-1]]
+
+    def draw_offsets(self) -> np.ndarray:
+        """(N+1,) start of each footprint's noise draw: one bounding box of normals per footprint."""
+        bw = self.bbox[:, 2] - self.bbox[:, 0] + 1
+        bh = self.bbox[:, 3] - self.bbox[:, 1] + 1
+        return np.r_[0, np.cumsum(np.where(self.has, bw * bh, 0))].astype(np.int64)
+
     def check(self, ids: np.ndarray, where: str) -> None:
         """Spans and heavy values must agree in size; spans must lie in the bounding box."""
-        owner, ys, xs, pix_off = self.pixels()
-        n_pix = np.diff(pix_off)
+        n_pix = self.span_pixels()
         n_val = np.diff(self.value_offsets)
         bad = self.has & (n_pix != n_val)
         if bad.any():
             raise InputError(f"{where}: footprints of ids {ids[bad][:20].tolist()} have {n_pix[bad][:20].tolist()} "
                              f"span pixels but {n_val[bad][:20].tolist()} heavy values")
-        b = self.bbox[owner]
-        outside = (xs < b[:, 0]) | (xs > b[:, 2]) | (ys < b[:, 1]) | (ys > b[:, 3])
+        span_owner = np.repeat(np.arange(self.has.size), np.diff(self.span_offsets))  # per span
+        b = self.bbox[span_owner]
+        outside = ((self.span_x1 >= self.span_x0)
+                   & ((self.span_x0 < b[:, 0]) | (self.span_x1 > b[:, 2]) | (self.span_y < b[:, 1])
+                      | (self.span_y > b[:, 3])))
         if outside.any():
             raise InputError(f"{where}: footprint spans outside their bounding box for ids "
-                             f"{np.unique(ids[owner[outside]])[:20].tolist()}")
+                             f"{np.unique(ids[span_owner[outside]])[:20].tolist()}")
 
 
 class NoiseReplacer:
-    """The noise image B of a quantum and each source's sparse correction (see module docstring)."""
+    """The noise image B of a quantum and the footprint each source is measured with (module docstring)."""
 
     def __init__(self, image: np.ndarray, origin: tuple[int, int], ids: np.ndarray, parents: np.ndarray,
                  footprints: HeavyFootprints, *, seed: int, offset: float = 0.0):
         self.origin = origin  # tract (x, y) of image[0, 0]
-        h, w = image.shape
-        self.mean, self.sigma = clipped_stats_1d(image.reshape(-1))
-        self.mean += offset
-        owner, ys, xs, pix_off = footprints.pixels()
-        lx, ly = xs - origin[0], ys - origin[1]
-        on = (lx >= 0) & (lx < w) & (ly >= 0) & (ly < h)
-        # one noise draw per footprint bbox, in catalogue order, from one generator
-        bw = footprints.bbox[:, 2] - footprints.bbox[:, 0] + 1
-        bh = footprints.bbox[:, 3] - footprints.bbox[:, 1] + 1
-        area = np.where(footprints.has, bw * bh, 0)
-        draw_off = np.r_[0, np.cumsum(area)]
-        z = np.random.default_rng(np.random.PCG64(seed)).standard_normal(int(draw_off[-1]))
-        b = footprints.bbox[owner]
-        noise_at = z[draw_off[owner] + (ys - b[:, 1]) * bw[owner] + (xs - b[:, 0])] * self.sigma + self.mean
-        flat = ly * w + lx
-        base = np.array(image, dtype=np.float32, copy=True)
-        # last writer wins where footprints overlap: keep the last occurrence of every pixel
-        keep = np.flatnonzero(on)
-        rev = keep[::-1]
-        _, first_in_rev = np.unique(flat[rev], return_index=True)
-        last = rev[first_in_rev]
-        base.reshape(-1)[flat[last]] = noise_at[last]
-        self.base = base
-        # each footprint's correction: heavy - B on its (on-image) pixels
-        heavy = footprints.values.astype(np.float64)
-        delta = np.where(on, heavy - base.reshape(-1)[np.where(on, flat, 0)], 0.0)
-        self._pix_off, self._lx, self._ly, self._delta = pix_off, lx, ly, delta
-        self._on = on
+        self.footprints = footprints
+        draws = _Prefetch(noise_draws(footprints, seed))  # drawn while the (compiled) statistics run
+        try:
+            self.mean, self.sigma = clipped_stats_1d(image)
+            self.mean += offset
+            self.base = noise_image(image, origin, footprints, draws, self.mean, self.sigma)
+        finally:
+            draws.close()
         self.used = _used_footprints(ids, parents, footprints.has)
+
+    @cached_property
+    def _pixels(self):
+        """(pixel offsets, local x, local y, delta, on-image) of every footprint pixel: made on first use."""
+        h, w = self.base.shape
+        owner, ys, xs, pix_off = self.footprints.pixels()
+        lx, ly = xs - self.origin[0], ys - self.origin[1]
+        on = (lx >= 0) & (lx < w) & (ly >= 0) & (ly < h)
+        flat = ly * w + lx
+        heavy = self.footprints.values.astype(np.float64)
+        delta = np.where(on, heavy - self.base.reshape(-1)[np.where(on, flat, 0)], 0.0)
+        return pix_off, lx, ly, delta, on
 
     def _segments(self, rows: np.ndarray):
         """(position in rows, local x, local y, delta) of the footprint pixels each row uses."""
+        pix_off, all_lx, all_ly, all_delta, all_on = self._pixels
         fp = self.used[rows]
         has = fp >= 0
         pos = np.flatnonzero(has)
         fp = fp[has]
-        starts, ends = self._pix_off[fp], self._pix_off[fp + 1]
+        starts, ends = pix_off[fp], pix_off[fp + 1]
         lengths = ends - starts
         idx = np.repeat(starts - np.cumsum(np.r_[0, lengths[:-1]]), lengths) + np.arange(lengths.sum())
-        keep = self._on[idx]
+        keep = all_on[idx]
         idx = idx[keep]
-        return np.repeat(pos, lengths)[keep], self._lx[idx], self._ly[idx], self._delta[idx]
+        return np.repeat(pos, lengths)[keep], all_lx[idx], all_ly[idx], all_delta[idx]
 
     def apply_to_stamps(self, stamps: np.ndarray, rows: np.ndarray, cx: np.ndarray, cy: np.ndarray, half: int):
         """Add each row's correction to its stamp (n, 2h+1, 2h+1) centred on image pixel (cx, cy)."""
@@ -158,6 +174,81 @@ class NoiseReplacer:
         out = base_values.astype(np.float64, copy=True)
         np.add.at(out, (owner[hit], col[hit]), delta[hit])
         return out
+
+
+def noise_draws(footprints: HeavyFootprints, seed: int):
+    """Yield (f0, f1, z): consecutive footprints f0..f1-1 and their normals, one bounding box each.
+
+    One PCG64 stream in catalogue order; a chunk draws <= DRAW_CHUNK normals (a larger box alone).
+    """
+    draw_off = footprints.draw_offsets()
+    n = footprints.has.size
+    rng = np.random.default_rng(np.random.PCG64(seed))
+    cuts = np.unique(np.r_[0, np.searchsorted(draw_off, np.arange(0, draw_off[-1], DRAW_CHUNK), side="right") - 1, n])
+    for f0, f1 in zip(cuts[:-1], cuts[1:]):
+        yield int(f0), int(f1), rng.standard_normal(int(draw_off[f1] - draw_off[f0]))
+
+
+def noise_image(image: np.ndarray, origin: tuple[int, int], footprints: HeavyFootprints, draws, mean: float,
+                sigma: float) -> np.ndarray:
+    """B: a float32 copy of ``image`` with every footprint's pixels replaced by noise (module docstring).
+
+    ``draws``: the chunks of :func:`noise_draws` (a seed: draw them here).
+    """
+    from forcedphot.kernels.footprints import write_noise
+
+    if isinstance(draws, (int, np.integer)):
+        draws = noise_draws(footprints, int(draws))
+    base = np.array(image, dtype=np.float32, copy=True)
+    draw_off = footprints.draw_offsets()
+    has = np.ascontiguousarray(footprints.has, np.uint8)
+    bbox = np.ascontiguousarray(footprints.bbox, np.int64)
+    for f0, f1, z in draws:
+        write_noise(base, z, draw_off[f0], draw_off, bbox, has, footprints.span_offsets, footprints.span_y,
+                    footprints.span_x0, footprints.span_x1, f0, f1, origin[0], origin[1], float(mean), float(sigma))
+    return base
+
+
+class _Prefetch:
+    """Iterate ``items`` up to ``depth`` steps ahead in a thread (numpy's draws and the compiled
+    statistics both release the GIL, so the draws overlap the statistics)."""
+
+    def __init__(self, items, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(items,), daemon=True)
+        self._thread.start()
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def _run(self, items):
+        try:
+            for item in items:
+                if not self._put(("item", item)):
+                    return
+            self._put(("end", None))
+        except BaseException as exc:  # handed to the consumer
+            self._put(("error", exc))
+
+    def __iter__(self):
+        while True:
+            kind, item = self._queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _used_footprints(ids: np.ndarray, parents: np.ndarray, has: np.ndarray) -> np.ndarray:

@@ -1,10 +1,10 @@
 """A PSF model stored as a grid of PSF images across the patch.
 
 Evaluation at many positions at once: bilinear interpolation between the four nearest
-grid nodes (clamped at the grid's edge), then a sub-pixel shift to each position.
-The shift is done in Fourier space (a phase ramp): the exact band-limited (sinc)
-interpolation that Rubin's lanczos5 kernel approximates. Since the interpolation is
-linear, both steps are done on the grid's FFTs, computed once per quantum.
+grid nodes (clamped at the grid's edge), then a sub-pixel shift to each position by the
+exact band-limited (sinc) interpolation that Rubin's lanczos5 kernel approximates: a
+Fourier phase ramp, done in real space as two circulant (Dirichlet kernel) matrix products
+(K is odd). The compiled kernels are in :mod:`forcedphot.kernels.psf`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.fft
-
-FFT_WORKERS = 2  # threads for the batched inverse FFTs
 
 
 @dataclass
@@ -22,7 +19,7 @@ class PsfGrid:
     x: np.ndarray  # (nx,) node positions, tract pixels, increasing
     y: np.ndarray  # (ny,)
     images: np.ndarray  # (ny, nx, K, K), each centred on its central pixel, unit sum
-    _fft: np.ndarray | None = field(default=None, repr=False)
+    _images64: np.ndarray | None = field(default=None, repr=False)
     _moments: np.ndarray | None = field(default=None, repr=False)
     flux_in_box: np.ndarray | None = field(default=None, repr=False)  # simulator's truth: PSF flux within K x K
 
@@ -74,40 +71,21 @@ class PsfGrid:
         return (((1 - tx) * (1 - ty))[:, None, None] * m[iy, ix] + (tx * (1 - ty))[:, None, None] * m[iy, ix1]
                 + ((1 - tx) * ty)[:, None, None] * m[iy1, ix] + (tx * ty)[:, None, None] * m[iy1, ix1])
 
-    def fft(self) -> np.ndarray:
-        if self._fft is None:
-            self._fft = np.fft.rfft2(self.images.astype(np.float64), axes=(-2, -1))
-        return self._fft
+    def node_images(self) -> np.ndarray:
+        """The node images as C-contiguous float64 (ny, nx, K, K), as the kernels read them (cached)."""
+        if self._images64 is None:
+            self._images64 = np.array(self.images, np.float64, order="C")
+        return self._images64
 
-    def images_at(self, x, y, *, chunk: int = 4096) -> np.ndarray:
+    def images_at(self, x, y) -> np.ndarray:
         """PSF images (N, K, K) float64 for sources at tract pixel (x, y).
 
         Image pixel (i, j) of source n lies at tract pixel
         ``(round(y[n]) - K//2 + i, round(x[n]) - K//2 + j)``.
         """
-        x = np.asarray(x, float)
-        y = np.asarray(y, float)
-        out = np.empty((x.size, self.size, self.size))
-        for s in range(0, x.size, chunk):
-            out[s:s + chunk] = self._images_at(x[s:s + chunk], y[s:s + chunk])
-        return out
+        from forcedphot.kernels.psf import NO_PLANES, psf_images
 
-    def _images_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        k = self.size
-        g = self.fft()
-        ix, tx = self._weights(x, self.x)
-        iy, ty = self._weights(y, self.y)
-        if self.x.size == 1:
-            ix1 = ix
-        else:
-            ix1 = ix + 1
-        iy1 = iy if self.y.size == 1 else iy + 1
-        f = (((1 - tx) * (1 - ty))[:, None, None] * g[iy, ix]
-             + (tx * (1 - ty))[:, None, None] * g[iy, ix1]
-             + ((1 - tx) * ty)[:, None, None] * g[iy1, ix]
-             + (tx * ty)[:, None, None] * g[iy1, ix1])
-        dx = x - np.floor(x + 0.5)
-        dy = y - np.floor(y + 0.5)
-        f *= np.exp(-2j * np.pi * np.fft.fftfreq(k)[None, :] * dy[:, None])[:, :, None]  # separable phase ramp
-        f *= np.exp(-2j * np.pi * np.fft.rfftfreq(k)[None, :] * dx[:, None])[:, None, :]
-        return scipy.fft.irfft2(f, s=(k, k), axes=(-2, -1), workers=FFT_WORKERS)
+        x = np.array(x, np.float64).reshape(-1)
+        y = np.array(y, np.float64).reshape(-1)
+        return psf_images(self.node_images(), self.x, self.y, x, y, x - np.floor(x + 0.5), y - np.floor(y + 0.5),
+                          NO_PLANES)

@@ -32,7 +32,6 @@ from filelock import FileLock, Timeout
 
 from forcedphot import calibrate
 from forcedphot.config import ForcedPhotConfig
-from forcedphot.cutouts import PaddedCoadd
 from forcedphot.errors import InputError, QuantumError
 from forcedphot.ids import IdPacker
 from forcedphot.io.parquet import write_parquet
@@ -124,20 +123,16 @@ class ForcedPhotCoaddTask:
         """Run every plugin over all sources at once, calibrate, and return the output table."""
         if inputs.n == 0:  # an empty patch: an empty, schema-complete table
             return self.schema.arrow_schema().empty_table()
-        pad = max(cls.padding(self.config) for cls in map(type, self.plugins))
-        pad = max(pad, inputs.coadd.psf.half + 1)
         coadd = inputs.coadd
         replacer = None
         if self.config.noise_replacement:
             with self.timer("noiseReplacer"):
                 replacer = self.make_noise_replacer(inputs)
-        with self.timer("pad"):
-            original = PaddedCoadd(coadd, pad)
-            padded = original if replacer is None else PaddedCoadd(coadd, pad, image=replacer.base)
         with self.timer("pixels"):
             pixels = SourcePixels.build(coadd, inputs.n, replacer=replacer, footprints=inputs.ref["footprints"])
+        # plugins that measure the original image in their own pass (sharing per-source products)
         same_pass = tuple(n for n in self.config.undeblended if PLUGINS[n].measures_undeblended)
-        ctx = MeasurementContext(coadd, padded, self.config, inputs.ref, ref_wcs=self._ref_wcs(inputs),
+        ctx = MeasurementContext(coadd, None, self.config, inputs.ref, ref_wcs=self._ref_wcs(inputs),
                                  replacement=replacer, pixels=pixels, undeblended=same_pass)
         values = ctx.values
         values.update(meas_cat)
@@ -146,14 +141,14 @@ class ForcedPhotCoaddTask:
         for plugin in measure:
             with self.timer(plugin.name):
                 values.update(plugin.measure(ctx))
-        # undeblended copies: the same algorithms on the original image (Rubin's `undeblended` list)
-        plain = dataclasses.replace(ctx, padded=original, replacement=None, values={}, cache=dict(ctx.cache),
-                                    pixels=dataclasses.replace(pixels, image=pixels.original, fp=pixels.fp_none))
-        for name in self.config.undeblended:
-            if name in same_pass:
-                continue
-            with self.timer(f"undeblended_{name}"):
-                values.update({f"{UNDEBLENDED}{k}": v for k, v in PLUGINS[name](self.config).measure(plain).items()})
+        # other undeblended copies: the same algorithm again on the original image (Rubin's `undeblended`)
+        separate = [n for n in self.config.undeblended if n not in same_pass]
+        if separate:
+            plain = dataclasses.replace(ctx, replacement=None, values={}, cache=dict(ctx.cache),
+                                        pixels=dataclasses.replace(pixels, image=pixels.original, fp=pixels.fp_none))
+            for name in separate:
+                with self.timer(f"undeblended_{name}"):
+                    values.update({f"{UNDEBLENDED}{k}": v for k, v in PLUGINS[name](self.config).measure(plain).items()})
         for plugin in after:
             with self.timer(plugin.name):
                 values.update(plugin.measure(ctx))

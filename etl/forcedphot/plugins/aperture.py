@@ -9,8 +9,12 @@ Three methods, chosen by ``aperture_method``:
 
 Edges: an aperture reaching beyond the coadd is flagged ``_flag_apertureTruncated``; the
 sinc and naive methods then give no value (as Rubin), the exact method sums the on-image
-part (as SEP/photutils). Sinc coefficients reaching beyond the coadd set
-``_flag_sincCoeffsTruncated`` and are clipped. Apertures are not aperture-corrected.
+part (as SEP/photutils). Sinc coefficients reaching beyond the coadd (or onto invalid pixels)
+set ``_flag_sincCoeffsTruncated`` and are clipped. Apertures are not aperture-corrected.
+
+The compiled kernels (:mod:`forcedphot.kernels.apertures`) measure every radius of a method in
+one pass per source, and the undeblended image in the same pass when the task asks for it
+(``measures_undeblended``).
 """
 
 from __future__ import annotations
@@ -18,12 +22,12 @@ from __future__ import annotations
 import numpy as np
 
 from forcedphot.config import STANDARD_APERTURE_RADII
-from forcedphot.plugins.aperture_exact import exact_aperture_sums, pixel_overlap
-from forcedphot.plugins.aperture_naive import naive_aperture_sums
-from forcedphot.plugins.aperture_sinc import sinc_aperture_sums, sinc_width
+from forcedphot.plugins.aperture_naive import naive_apertures
+from forcedphot.plugins.aperture_sinc import sinc_apertures, sinc_width
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
 
 MAX_SINC_RADIUS_IN_SCHEMA = 12.0
+UNDEBLENDED = "undeblended_"
 
 
 def aperture_name(radius: float) -> str:
@@ -31,6 +35,17 @@ def aperture_name(radius: float) -> str:
     whole = int(radius)
     frac = round((radius - whole) * 10)
     return f"ap{whole:02d}" + (f"p{frac}" if frac else "")
+
+
+def source_pixels(ctx: MeasurementContext):
+    """ctx.pixels, or (a context built without them) the planes and own footprints made from ctx."""
+    if ctx.pixels is None:
+        from forcedphot.stages import SourcePixels
+
+        fps = ctx.ref.get("footprints") if ctx.replacement is not None else None
+        ctx.pixels = SourcePixels.build(ctx.coadd, ctx.n, replacer=ctx.replacement if fps is not None else None,
+                                        footprints=fps)
+    return ctx.pixels
 
 
 def method_for(radius: float, config) -> str:
@@ -41,6 +56,7 @@ def method_for(radius: float, config) -> str:
 
 class CircularApertureFlux(Plugin):
     name = "CircularApertureFlux"
+    measures_undeblended = True
 
     @classmethod
     def columns(cls, config):
@@ -64,52 +80,55 @@ class CircularApertureFlux(Plugin):
         return max(pads, default=0)
 
     def measure(self, ctx: MeasurementContext):
-        out = {}
-        idx = np.flatnonzero(ctx.usable)
-        ix, iy = ctx.centre_index()
-        fx = ctx.x - np.floor(ctx.x + 0.5)
-        fy = ctx.y - np.floor(ctx.y + 0.5)
-        xl = ctx.x - ctx.coadd.bbox.min_x + ctx.padded.pad
-        yl = ctx.y - ctx.coadd.bbox.min_y + ctx.padded.pad
+        n = ctx.n
+        both = self.name in ctx.undeblended
+        pixels = source_pixels(ctx)
+        image, variance, _, valid, fp = pixels.planes()
+        original = pixels.original if both else image
+        c = ctx.centres()
+        usable = c.usable.astype(bool)
         bbox = ctx.coadd.bbox
-        squared = self.config.aperture_error_weights == "squared"
-        step = self.config.chunk_size
-        radii = self.config.aperture_radii
-        sums = {r: (np.full(ctx.n, np.nan), np.full(ctx.n, np.nan), np.zeros(ctx.n), np.zeros(ctx.n, bool))
-                for r in radii}
-        sinc_radii = [r for r in radii if method_for(r, self.config) == "sinc"]
-        for s in range(0, idx.size, step):
-            sel = idx[s:s + step]
-            results = (sinc_aperture_sums(lambda half: ctx.cutouts(sel, half), fx[sel], fy[sel], sinc_radii)
-                       if sinc_radii else {})
-            for r in radii:
-                method = method_for(r, self.config)
-                if method == "exact":
-                    flux, var, invalid = exact_aperture_sums(ctx.padded, ix[sel], iy[sel], fx[sel], fy[sel], r,
-                                                             squared_errors=squared)
-                    flux = flux + ctx.footprint_correction(sel, lambda o, dx, dy, r=r: pixel_overlap(dx, dy, r))
-                    res = (flux, var, invalid, False)
-                elif method == "naive":
-                    flux, var, invalid = naive_aperture_sums(ctx.padded, xl[sel], yl[sel], r)
-                    flux = flux + ctx.footprint_correction(sel, lambda o, dx, dy, r=r: (dx * dx + dy * dy <= r * r))
-                    res = (flux, var, invalid, False)
-                else:
-                    res = results[r]
-                for total, part in zip(sums[r], res):
-                    total[sel] = part
+        radii = tuple(float(r) for r in self.config.aperture_radii)
+        truncated = {r: usable & ((ctx.x - r < bbox.min_x - 0.5) | (ctx.x + r > bbox.max_x + 0.5)
+                                  | (ctx.y - r < bbox.min_y - 0.5) | (ctx.y + r > bbox.max_y + 0.5)) for r in radii}
+        # per radius: (flux, flux on the original image, variance, invalid weight, sinc coefficients truncated)
+        sums = {}
+        by_method = {}
+        for r in radii:
+            by_method.setdefault(method_for(r, self.config), []).append(r)
+        if "sinc" in by_method:
+            group = by_method["sinc"]
+            todo = np.stack([usable & ~truncated[r] for r in group], axis=1)
+            res = sinc_apertures(image, original, variance, valid, fp, c.cx, c.cy, c.fx, c.fy, todo, group, both=both)
+            for k, r in enumerate(group):
+                # a truncated aperture's coefficients always reach off the coadd (W/2 > r + 1)
+                sums[r] = tuple(a[:, k] for a in res[:4]) + (res[4][:, k].astype(bool) | truncated[r],)
+        if "naive" in by_method:
+            group = by_method["naive"]
+            todo = np.stack([usable & ~truncated[r] for r in group], axis=1)
+            res = naive_apertures(image, original, variance, valid, fp, c.xl, c.yl, todo, group, both=both)
+            for k, r in enumerate(group):
+                sums[r] = tuple(a[:, k] for a in res) + (np.zeros(n, bool),)
+        if "exact" in by_method:
+            group = by_method["exact"]
+            from forcedphot.kernels.apertures import exact_fluxes
+
+            todo = np.repeat(c.usable[:, None], len(group), axis=1)
+            res = exact_fluxes(image, original, variance, valid, fp, c.cx, c.cy, c.fx, c.fy, todo, group,
+                               self.config.aperture_error_weights == "squared", both)
+            for k, r in enumerate(group):
+                sums[r] = tuple(a[:, k] for a in res) + (np.zeros(n, bool),)
+        out = {}
         for r in radii:
             p = aperture_name(r)
-            method = method_for(r, self.config)
-            flux, var, invalid, coeffs_truncated = sums[r]
-            truncated = ctx.usable & ((ctx.x - r < bbox.min_x - 0.5) | (ctx.x + r > bbox.max_x + 0.5)
-                                      | (ctx.y - r < bbox.min_y - 0.5) | (ctx.y + r > bbox.max_y + 0.5))
-            if method != "exact":  # Rubin: a truncated sinc or naive aperture has no value
-                flux[truncated] = np.nan
-                var[truncated] = np.nan
-            out[f"{p}Flux"] = flux
-            out[f"{p}FluxErr"] = np.sqrt(var)
-            out[f"{p}Flux_flag_apertureTruncated"] = truncated
-            out[f"{p}Flux_flag"] = ~ctx.usable | truncated | (invalid > 1e-9) | ~np.isfinite(flux)
-            if r <= MAX_SINC_RADIUS_IN_SCHEMA:
-                out[f"{p}Flux_flag_sincCoeffsTruncated"] = coeffs_truncated
+            flux, flux_u, var, invalid, coeffs_truncated = sums[r]
+            bad = ~usable | truncated[r] | (invalid > 1e-9)
+            images = [("", flux)] + ([(UNDEBLENDED, flux_u)] if both else [])
+            for prefix, f in images:  # every column its own array
+                out[f"{prefix}{p}Flux"] = f
+                out[f"{prefix}{p}FluxErr"] = np.sqrt(var)
+                out[f"{prefix}{p}Flux_flag_apertureTruncated"] = truncated[r].copy()
+                out[f"{prefix}{p}Flux_flag"] = bad | ~np.isfinite(f)
+                if r <= MAX_SINC_RADIUS_IN_SCHEMA:
+                    out[f"{prefix}{p}Flux_flag_sincCoeffsTruncated"] = coeffs_truncated.copy()
         return out

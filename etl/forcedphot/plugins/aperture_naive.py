@@ -1,25 +1,33 @@
 """Naive circular apertures: the sum of pixels whose centres lie in the closed disk.
 
 As afw's PixelRegion: for each row y, columns ceil(xc - d) .. floor(xc + d) with
-d = sqrt(r^2 - (y - yc)^2). Each row is one run, summed with the row prefix sums, so the
-cost per source grows with the radius, not its square. F = sum(I), err = sqrt(sum(V)).
+d = sqrt(r^2 - (y - yc)^2). Each row is one run, summed with the float64 prefix sums of that
+image row, made once per stripe of sources and shared by every source whose disk crosses it
+(:func:`forcedphot.kernels.apertures.naive_aperture_kernel`): the cost per source grows with
+the radius, not its square, and no prefix sums over whole planes are kept.
+F = sum(I), err = sqrt(sum(V)).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+ROWS_PER_STRIPE = 256  # image rows of sources per stripe (each stripe sweeps its rows +- the radius once)
 
-def naive_aperture_sums(padded, x_local: np.ndarray, y_local: np.ndarray, radius: float):
-    """(flux, variance, invalid pixel count) for centres in padded-array coordinates."""
-    iy0 = np.floor(y_local + 0.5).astype(np.int64)
-    m = int(np.ceil(radius)) + 1
-    dy = np.arange(-m, m + 1)
-    rows = iy0[:, None] + dy[None, :]
-    d2 = radius * radius - (rows - y_local[:, None]) ** 2
-    inside = d2 >= 0
-    d = np.sqrt(np.where(inside, d2, 0.0))
-    lo = np.ceil(x_local[:, None] - d).astype(np.int64)
-    hi = np.floor(x_local[:, None] + d).astype(np.int64) + 1
-    hi = np.where(inside, hi, lo)  # empty run
-    return tuple(padded.run_sums(p, rows, lo, hi).sum(axis=1) for p in ("image", "variance", "invalid"))
+
+def naive_apertures(image, original, variance, valid, fp, xl, yl, todo, radii, *, both: bool = False,
+                    rows_per_stripe: int = ROWS_PER_STRIPE):
+    """(flux, flux_original, variance, invalid pixel count), each (N, R), at local positions (xl, yl)."""
+    from forcedphot.kernels.apertures import naive_aperture_kernel, read_only, row_stripes
+
+    image, original, variance, valid = read_only(image, original, variance, valid)
+    radii = np.asarray(radii, np.float64)
+    up = np.argsort(radii, kind="stable")  # the kernel takes radii ascending
+    todo = np.ascontiguousarray(np.asarray(todo)[:, up], np.uint8)
+    xl = np.ascontiguousarray(xl, np.float64)
+    yl = np.ascontiguousarray(yl, np.float64)
+    order, start = row_stripes(yl, todo.any(axis=1), image.shape[0], rows_per_stripe)
+    res = naive_aperture_kernel(image, original, variance, valid, fp, xl, yl, todo, np.ascontiguousarray(radii[up]),
+                                order, start, bool(both))
+    back = np.argsort(up)
+    return tuple(a[:, back] for a in res)

@@ -3,9 +3,15 @@
 The coefficients of radius R are the top-hat disk band-limited at Nyquist: on a W x W grid,
 W = 2h - 1 with h = 2^max(3, ceil(log2(2R))), their Fourier transform is the disk's,
 D(k) = R J1(2 pi R |k|) / |k| (pi R^2 at k = 0), so they sum to pi R^2. They are shifted to
-each source's sub-pixel centre by a Fourier phase ramp: the exact shift of a band-limited
-image, which Rubin approximates with a lanczos5 kernel. F = sum(c I), err = sqrt(sum(c^2 V)).
-Radii sharing a grid width share one gather of the image stamps.
+each source's sub-pixel centre exactly (the Fourier shift of a band-limited image, which Rubin
+approximates with a lanczos5 kernel). D is real and even in each axis, so with M = W // 2,
+m_0 = 1, m_k = 2 (k > 0) and (fx, fy) the centre's offset from its nearest pixel
+
+    c[y, x] = (1/W^2) sum_{a,b=0..M} m_a m_b D(a, b) cos(2 pi a (y - h - fy)/W) cos(2 pi b (x - h - fx)/W)
+
+i.e. C = Ay D' Ax^T, the inverse real FFT of the phase-ramped spectrum without an FFT
+(:func:`forcedphot.kernels.apertures.sinc_aperture_kernel` makes each source's coefficients
+once). F = sum(c I), err = sqrt(sum(c^2 V)).
 """
 
 from __future__ import annotations
@@ -13,10 +19,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import scipy.fft
 from scipy.special import j1
-
-FFT_WORKERS = 2
 
 
 def sinc_width(radius: float) -> int:
@@ -37,37 +40,71 @@ def disk_transform(radius: float) -> np.ndarray:
     return d
 
 
+@lru_cache(maxsize=None)
+def weighted_quarter(radius: float) -> np.ndarray:
+    """D' = m_a m_b D(a, b) / W^2 on the quarter grid a, b = 0..W//2, (M+1, M+1) row-major."""
+    w = sinc_width(radius)
+    nf = w // 2 + 1
+    mult = np.where(np.arange(nf) == 0, 1.0, 2.0)
+    return np.ascontiguousarray(disk_transform(radius)[:nf, :nf] * mult[:, None] * mult[None, :] / (w * w))
+
+
+@lru_cache(maxsize=None)
+def cosine_tables(width: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin(2 pi a (x - h) / W) for a = 0..W//2, x = 0..W-1, (M+1, W), from exact integer phases."""
+    h = width // 2
+    a = np.arange(h + 1)[:, None]
+    u = np.arange(width)[None, :] - h
+    phase = 2 * np.pi * np.mod(a * u, width) / width
+    return np.ascontiguousarray(np.cos(phase)), np.ascontiguousarray(np.sin(phase))
+
+
+def sinc_tables(radii) -> tuple:
+    """Kernel arguments for radii grouped by width (widest first): (widths, dq, tc, ts, tct, tst).
+
+    widths (R,); dq (R, M+1, M+1) the weighted quarter spectra; tc, ts (R, M+1, W) the cosine
+    tables and tct, tst (R, W, M+1) their transposes, sized by the largest width (each radius's
+    arrays fill the top-left corner).
+    """
+    widths = np.array([sinc_width(r) for r in radii], np.int64)
+    wm = int(widths.max(initial=15))
+    nfm = wm // 2 + 1
+    dq = np.zeros((len(radii), nfm, nfm))
+    tc = np.zeros((len(radii), nfm, wm))
+    ts = np.zeros((len(radii), nfm, wm))
+    for k, (r, w) in enumerate(zip(radii, widths)):
+        nf = int(w) // 2 + 1
+        dq[k, :nf, :nf] = weighted_quarter(float(r))
+        tc[k, :nf, :w], ts[k, :nf, :w] = cosine_tables(int(w))
+    return (widths, dq, tc, ts, np.ascontiguousarray(tc.transpose(0, 2, 1)),
+            np.ascontiguousarray(ts.transpose(0, 2, 1)))
+
+
 def sinc_coefficients(radius: float, fx: np.ndarray, fy: np.ndarray) -> np.ndarray:
     """(N, W, W) coefficients shifted by (fx, fy); element [W//2, W//2] is the source's nearest pixel."""
+    from forcedphot.kernels.apertures import sinc_coefficient_images
+
     w = sinc_width(radius)
-    half = w // 2
-    # separable phase ramp; the extra W//2 shift puts the centre in the middle (no fftshift)
-    py = np.exp(-2j * np.pi * np.fft.fftfreq(w)[None, :] * (fy[:, None] + half))
-    px = np.exp(-2j * np.pi * np.fft.rfftfreq(w)[None, :] * (fx[:, None] + half))
-    spectrum = disk_transform(radius)[None] * py[:, :, None]
-    spectrum *= px[:, None, :]
-    return scipy.fft.irfft2(spectrum, s=(w, w), axes=(-2, -1), workers=FFT_WORKERS)
+    tc, ts = cosine_tables(w)
+    return sinc_coefficient_images(np.ascontiguousarray(fx, np.float64), np.ascontiguousarray(fy, np.float64), w,
+                                   weighted_quarter(float(radius)), tc, ts)
 
 
-def sinc_aperture_sums(cutouts, fx, fy, radii) -> dict:
-    """radius -> (flux, variance, invalid weight, coefficients truncated) for a batch of sources.
+def sinc_apertures(image, original, variance, valid, fp, cx, cy, fx, fy, todo, radii, *, both: bool = False):
+    """(flux, flux_original, variance, invalid weight, coefficients truncated), each (N, R) in ``radii`` order.
 
-    ``cutouts(half)`` gives the batch's CutoutBatch of that half-size.
+    ``todo`` (N, R): which sources to measure at each radius (the others get NaN).
     """
-    out = {}
-    by_width: dict[int, list[float]] = {}
-    for r in radii:
-        by_width.setdefault(sinc_width(r), []).append(float(r))
-    for w, group in by_width.items():
-        stamps = cutouts(w // 2)
-        image, variance, valid = stamps.image, stamps.variance, stamps.valid
-        truncated = ~valid.all(axis=(1, 2))
-        bad = np.flatnonzero(truncated)
-        for r in group:
-            c = sinc_coefficients(r, fx, fy)
-            flux = np.einsum("nij,nij->n", c, image)
-            var = np.einsum("nij,nij->n", c * c, variance)
-            invalid = np.zeros(flux.size)
-            invalid[bad] = np.einsum("nij,nij->n", np.abs(c[bad]), ~valid[bad])
-            out[r] = (flux, var, invalid, truncated)
-    return out
+    from forcedphot.kernels.apertures import read_only, sinc_aperture_kernel, spatial_order
+
+    image, original, variance, valid = read_only(image, original, variance, valid)
+    radii = [float(r) for r in radii]
+    order = sorted(range(len(radii)), key=lambda k: (-sinc_width(radii[k]), radii[k]))  # widest first
+    todo = np.ascontiguousarray(np.asarray(todo)[:, order], np.uint8)
+    cx = np.ascontiguousarray(cx, np.int64)
+    cy = np.ascontiguousarray(cy, np.int64)
+    res = sinc_aperture_kernel(image, original, variance, valid, fp, cx, cy, np.ascontiguousarray(fx, np.float64),
+                               np.ascontiguousarray(fy, np.float64), todo, *sinc_tables([radii[k] for k in order]),
+                               bool(both), spatial_order(cx, cy, todo.any(axis=1)))
+    back = np.argsort(order)
+    return tuple(a[:, back] for a in res)

@@ -3,41 +3,28 @@
 As Rubin's forced ext_photometryKron_KronFlux: no new radius is measured. The ellipse has
 the reference shape's axis ratio and orientation with sqrt(ab) = R_K, is transformed to
 the coadd frame with the shape, and is scaled by nRadiusForFlux = 2.5. The flux is the naive
-sum of pixels whose centres lie in the ellipse (one row run per pixel row, summed with
-prefix sums); Rubin uses sinc coefficients for ellipses with b <= 10 px, which this
-implementation does not. F = sum(I), err = sqrt(sum(V)). Aperture corrected.
+sum of pixels whose centres lie in the ellipse (one row run per pixel row, summed directly by
+:func:`forcedphot.kernels.apertures.ellipse_kernel`); Rubin uses sinc coefficients for
+ellipses with b <= 10 px, which this implementation does not. F = sum(I), err = sqrt(sum(V)).
+Aperture corrected. The undeblended flux comes from the same pass (``measures_undeblended``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.cutouts import buckets
 from forcedphot.moments import inverse_2x2
+from forcedphot.plugins.aperture import source_pixels
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
 
 N_RADIUS_FOR_FLUX = 2.5
-MAX_HALF = 512
-
-
-def ellipse_row_sums(padded, xl, yl, ellipse, half):
-    """Naive sums over pixel centres with d^T ellipse^-1 d <= 1, rows -half..half around yl."""
-    a_inv, _ = inverse_2x2(ellipse)
-    a, b, c = a_inv[:, 0, 0, None], a_inv[:, 0, 1, None], a_inv[:, 1, 1, None]
-    iy0 = np.floor(yl + 0.5).astype(np.int64)
-    rows = iy0[:, None] + np.arange(-half, half + 1)[None, :]
-    dy = rows - yl[:, None]
-    disc = b * b * dy * dy - a * (c * dy * dy - 1.0)
-    inside = disc >= 0
-    root = np.sqrt(np.where(inside, disc, 0.0))
-    lo = np.ceil(xl[:, None] + (-b * dy - root) / a).astype(np.int64)
-    hi = np.floor(xl[:, None] + (-b * dy + root) / a).astype(np.int64) + 1
-    hi = np.where(inside, hi, lo)
-    return tuple(padded.run_sums(p, rows, lo, hi).sum(axis=1) for p in ("image", "variance", "invalid"))
+MAX_HALF = 512  # ellipses taller than this many rows either side are treated as off the coadd
+UNDEBLENDED = "undeblended_"
 
 
 class KronFlux(Plugin):
     name = "KronFlux"
+    measures_undeblended = True
 
     @classmethod
     def columns(cls, config):
@@ -56,8 +43,10 @@ class KronFlux(Plugin):
         return 8
 
     def measure(self, ctx: MeasurementContext):
+        from forcedphot.kernels.apertures import ellipse_sums
+
         n = ctx.n
-        flux, var, invalid = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n)
+        both = self.name in ctx.undeblended
         r_k = np.asarray(ctx.ref.get("kron_radius", np.full(n, np.nan)), float)
         bad_radius = ~(np.isfinite(r_k) & (r_k > np.finfo(float).eps))
         bad_shape = ~ctx.shape_ok
@@ -73,22 +62,25 @@ class KronFlux(Plugin):
         bbox = ctx.coadd.bbox
         edge = ok & ((ctx.x - ext_x < bbox.min_x - 0.5) | (ctx.x + ext_x > bbox.max_x + 0.5)
                      | (ctx.y - ext_y < bbox.min_y - 0.5) | (ctx.y + ext_y > bbox.max_y + 0.5))
+        with np.errstate(invalid="ignore"):
+            half = np.where(ok & ~edge, np.ceil(ext_y) + 1, 0)
+        # larger than any patch: treated as off the coadd; like every source not measured (as before:
+        # unusable centroid, bad radius or shape also set the edge flag)
+        edge |= (half > MAX_HALF) | ~ok
         measure = ok & ~edge
-        xl = ctx.x - bbox.min_x + ctx.padded.pad
-        yl = ctx.y - bbox.min_y + ctx.padded.pad
-        need = np.where(measure, np.ceil(ext_y) + 1, np.nan)
-        sizes = tuple(int(s) for s in np.unique(np.r_[np.geomspace(2, MAX_HALF, 24).astype(int), MAX_HALF]))
-        for half, idx in buckets(need, sizes=sizes):
-            if half is None:
-                edge[idx] = True  # larger than any patch: treat as off the coadd
-                continue
-            flux[idx], var[idx], invalid[idx] = ellipse_row_sums(ctx.padded, xl[idx], yl[idx], flux_ellipse[idx], half)
-            einv, _ = inverse_2x2(flux_ellipse[idx])
-            flux[idx] += ctx.footprint_correction(idx, lambda o, dx, dy: (
-                einv[o, 0, 0] * dx * dx + 2 * einv[o, 0, 1] * dx * dy + einv[o, 1, 1] * dy * dy <= 1.0))
-        flux[edge] = np.nan
-        var[edge] = np.nan
-        failed = ~ok | edge | (invalid > 0) | ~np.isfinite(flux)
-        return {"kronFlux": flux, "kronFluxErr": np.sqrt(var), "kronRad": kron_rad, "kronFlux_flag": failed,
-                "kronFlux_flag_edge": edge, "kronFlux_flag_bad_radius": bad_radius & ctx.usable,
-                "kronFlux_flag_bad_shape": bad_shape & ctx.usable}
+        einv, _ = inverse_2x2(flux_ellipse)
+        pixels = source_pixels(ctx)
+        image, variance, _, valid, fp = pixels.planes()
+        c = ctx.centres()
+        flux, flux_u, var, invalid = ellipse_sums(
+            image, pixels.original if both else image, variance, valid, fp, c.cx, c.cy, c.xl, c.yl,
+            einv[:, 0, 0], einv[:, 0, 1], einv[:, 1, 1], np.where(measure, half, 0), measure, both)
+        out = {"kronRad": kron_rad, "kronFlux_flag_edge": edge, "kronFlux_flag_bad_radius": bad_radius & ctx.usable,
+               "kronFlux_flag_bad_shape": bad_shape & ctx.usable}
+        failed = ~ok | edge | (invalid > 0)
+        out.update({"kronFlux": flux, "kronFluxErr": np.sqrt(var), "kronFlux_flag": failed | ~np.isfinite(flux)})
+        if both:
+            out = out | {UNDEBLENDED + k: v.copy() for k, v in out.items()}
+            out[UNDEBLENDED + "kronFlux"] = flux_u
+            out[UNDEBLENDED + "kronFlux_flag"] = failed | ~np.isfinite(flux_u)
+        return out

@@ -6,6 +6,10 @@ base_PsfFlux::
 
     F = sum(P D) / sum(P^2)       err = sqrt(sum(P^2 V)) / sum(P^2)
     chi2 = sum((D - F P)^2 / V)   area = (sum P)^2 / sum(P^2)
+
+One compiled pass (:func:`forcedphot.kernels.psf.psf_flux`) builds each source's PSF image once
+and fits it to the noise-replaced image with the source's own footprint and, when the task
+asks for the undeblended copy (``ctx.undeblended``), to the original image.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from __future__ import annotations
 import numpy as np
 
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
+from forcedphot.stages import SourcePixels
 
 
 class PsfFlux(Plugin):
     name = "PsfFlux"
+    measures_undeblended = True  # one kernel pass: each PSF image fits the deblended and the original image
 
     @classmethod
     def columns(cls, config):
@@ -32,42 +38,26 @@ class PsfFlux(Plugin):
         )
 
     def measure(self, ctx: MeasurementContext):
-        n = ctx.n
-        out = {c.name: np.full(n, np.nan) for c in self.columns(self.config) if c.kind != "flag"}
-        out["psfFlux_npixels"] = np.zeros(n, np.int32)
-        out.update({c.name: np.zeros(n, bool) for c in self.columns(self.config) if c.kind == "flag"})
-        psf = ctx.coadd.psf  # the task pads the coadd by at least psf.half + 1
-        bad_bits = ctx.coadd.mask_planes.bitmask(*self.config.psf_bad_mask_planes) if self.config.psf_bad_mask_planes else 0
-        idx = np.flatnonzero(ctx.usable)
-        ix, iy = ctx.centre_index()
-        step = self.config.chunk_size
-        for s in range(0, idx.size, step):
-            sel = idx[s:s + step]
-            p = psf.images_at(ctx.x[sel], ctx.y[sel]).reshape(sel.size, -1)
-            stamps = ctx.cutouts(sel, psf.half)
-            d = stamps.image.reshape(sel.size, -1)
-            v = stamps.variance.reshape(sel.size, -1)
-            good = (stamps.valid & (stamps.mask & bad_bits == 0)).reshape(sel.size, -1)
-            pg = p if good.all() else np.where(good, p, 0.0)
-            inv_v = np.divide(1.0, v, out=np.zeros(v.shape), where=good & (v > 0))
-            # every sum in one pass; chi2 = sum(d^2/v) - 2 F sum(p d/v) + F^2 sum(p^2/v)
-            a = np.einsum("ij,ij->i", pg, pg)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                f = np.einsum("ij,ij->i", pg, d) / a
-                err = np.sqrt(np.einsum("ij,ij,ij->i", pg, pg, v)) / a
-                chi2 = (np.einsum("ij,ij,ij->i", d, d, inv_v) - 2 * f * np.einsum("ij,ij,ij->i", pg, d, inv_v)
-                        + f * f * np.einsum("ij,ij,ij->i", pg, pg, inv_v))
-                area = pg.sum(axis=1) ** 2 / a
-            npix = good.sum(axis=1)
-            no_good = npix == 0
-            edge = (~good).any(axis=1) & ~no_good
-            out["psfFlux"][sel] = np.where(no_good, np.nan, f)
-            out["psfFluxErr"][sel] = np.where(no_good, np.nan, err)
-            out["psfFlux_chi2"][sel] = np.where(no_good, np.nan, chi2)
-            out["psfFlux_area"][sel] = np.where(no_good, np.nan, area)
-            out["psfFlux_npixels"][sel] = npix
-            out["psfFlux_flag_noGoodPixels"][sel] = no_good
-            out["psfFlux_flag_edge"][sel] = edge
-        nonfinite = ~np.isfinite(out["psfFlux"]) | ~np.isfinite(out["psfFluxErr"])
-        out["psfFlux_flag"] = ~ctx.usable | out["psfFlux_flag_noGoodPixels"] | out["psfFlux_flag_edge"] | nonfinite
+        from forcedphot.kernels.psf import frozen, good_pixels, psf_flux
+        from forcedphot.outputs import UNDEBLENDED
+
+        pixels = ctx.pixels if ctx.pixels is not None else SourcePixels.build(ctx.coadd, ctx.n)
+        image, variance, mask, valid, fp = pixels.planes()
+        planes = self.config.psf_bad_mask_planes
+        bad = ctx.coadd.mask_planes.bitmask(*planes) if planes else 0
+        # valid already excludes NO_DATA: a plane of good pixels is only made for other bad bits
+        good = valid if bad & ~pixels.no_data == 0 else good_pixels(frozen(valid), frozen(mask), np.int32(bad))
+        c = ctx.centres()
+        psf = ctx.coadd.psf
+        both = self.name in ctx.undeblended
+        res = psf_flux(psf.node_images(), psf.x, psf.y, np.where(ctx.usable, ctx.x, 0.0), np.where(ctx.usable, ctx.y, 0.0),
+                       c.cx, c.cy, c.fx, c.fy, c.usable, frozen(image), frozen(pixels.original), frozen(variance),
+                       frozen(good), fp, both)
+        out = {}
+        for a, prefix in enumerate(("", UNDEBLENDED) if both else ("",)):
+            flux, err, chi2, area, npix, no_good, edge, failed = (r[a] for r in res)
+            out.update({f"{prefix}psfFlux": flux, f"{prefix}psfFluxErr": err, f"{prefix}psfFlux_chi2": chi2,
+                        f"{prefix}psfFlux_npixels": npix, f"{prefix}psfFlux_area": area,
+                        f"{prefix}psfFlux_flag": failed, f"{prefix}psfFlux_flag_noGoodPixels": no_good,
+                        f"{prefix}psfFlux_flag_edge": edge})
         return out

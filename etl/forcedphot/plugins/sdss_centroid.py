@@ -5,14 +5,17 @@ around the forced position with a Gaussian of the PSF's width, then fit a parabo
 through the 3x3 smoothed values at the nearest pixel: d2 = 2 I0 - I- - I+,
 s = (I+ - I-) / 2, offset = s / d2. Errors propagate the pixel variances through the same
 linear sums. The binning loop and quartic refinement of the C++ code are not reproduced;
-flags keep Rubin's names and meanings.
+flags keep Rubin's names and meanings. The smoothed values come from the compiled kernel
+:func:`forcedphot.kernels.centroid.smoothed_cross`, on each source's own image (noise
+replacement: its own heavy footprint over the noise).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.moments import offsets
+from forcedphot.kernels.centroid import smoothed_cross
+from forcedphot.kernels.moments import read_only, spatial_order
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
 
 MAX_DIST_TO_PEAK = 1.0
@@ -37,37 +40,23 @@ class SdssCentroid(Plugin):
             flag("sdssCentroid_flag_badError", "The centroid error is not finite."),
         )
 
-    @classmethod
-    def padding(cls, config):
-        return 16
-
     def measure(self, ctx: MeasurementContext):
         n = ctx.n
         m = ctx.psf_moments()
         sigma = np.where(ctx.usable, (m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] ** 2) ** 0.25, 1.0)
-        kernel_half = np.clip(np.ceil(3 * sigma), 2, 12).astype(int)  # per source, so results do not
-        smooth = np.full((n, 3, 3), np.nan)                               # depend on the other sources
-        smooth_var = np.full((n, 3, 3), np.nan)
-        edge = np.zeros(n, bool)
-        for k in np.unique(kernel_half):
-            rows = np.flatnonzero(kernel_half == k)
-            stamps = ctx.cutouts(rows, k + 1)
-            img = stamps.image.astype(float)
-            var = stamps.variance.astype(float)
-            edge[rows] = ctx.usable[rows] & ~stamps.valid.all(axis=(1, 2))
-            kx, ky = offsets(k)
-            kern = np.exp(-0.5 * (kx * kx + ky * ky)[None] / sigma[rows, None, None] ** 2)
-            kern /= kern.sum(axis=(1, 2), keepdims=True)
-            for j, oy in enumerate((-1, 0, 1)):
-                for i, ox in enumerate((-1, 0, 1)):
-                    win = (slice(None), slice(1 + oy, 1 + oy + 2 * k + 1), slice(1 + ox, 1 + ox + 2 * k + 1))
-                    smooth[rows, j, i] = np.einsum("nij,nij->n", kern, img[win])
-                    smooth_var[rows, j, i] = np.einsum("nij,nij->n", kern * kern, var[win])
+        # kernel half-size per source, so results do not depend on the other sources (NaN sigma:
+        # NaN smoothed values, hence a bad error)
+        kernel_half = np.clip(np.ceil(3 * np.where(np.isfinite(sigma), sigma, 1.0)), 2, 12).astype(np.int64)
+        c = ctx.centres()
+        image, variance, _, valid, fp = ctx.pixels.planes()
+        image, variance, valid = read_only(image, variance, valid)
+        sx, sy, vx, vy, edge = smoothed_cross(image, variance, valid, fp, c.cx, c.cy, c.usable,
+                                              np.ascontiguousarray(sigma, np.float64), kernel_half,
+                                              spatial_order(c.cx, c.cy))
+        edge = ctx.usable & (edge != 0)
         out = {}
         dxy, err, no_d2, not_max = [], [], np.zeros(n, bool), np.zeros(n, bool)
-        for axis in (0, 1):  # x uses the middle row, y the middle column
-            line = smooth[:, 1, :] if axis == 0 else smooth[:, :, 1]
-            lvar = smooth_var[:, 1, :] if axis == 0 else smooth_var[:, :, 1]
+        for line, lvar in ((sx, vx), (sy, vy)):  # x uses the middle row, y the middle column
             d2 = 2 * line[:, 1] - line[:, 0] - line[:, 2]
             s = 0.5 * (line[:, 2] - line[:, 0])
             with np.errstate(divide="ignore", invalid="ignore"):
