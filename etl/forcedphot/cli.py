@@ -78,8 +78,13 @@ def cmd_run(args) -> int:
     from forcedphot.resources import read_sql
     from forcedphot.runner import run_all
 
+    from forcedphot.kernels.compile import ensure_compiled
+
     repo = Repository(args.repo)
     config = _config(args)
+    seconds = ensure_compiled(say=lambda line: print(line, file=sys.stderr))  # once per machine, before workers
+    if seconds is not None:
+        print(f"kernels compiled in {seconds:.0f} s", file=sys.stderr)
     summary = run_all(repo, config, tracts=args.tract, patches=args.patch, bands=args.band, force=args.force,
                       jobs=args.jobs, dask=args.dask, progress=not args.quiet, n_threads=args.threads)
     rows = sum(n for _, n, _ in summary.done)

@@ -31,7 +31,11 @@ def spans_to_pixels(y: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> tuple[np.n
 
 
 def spans_to_owned_pixels(offsets: np.ndarray, y: np.ndarray, x0: np.ndarray, x1: np.ndarray):
-    """(owner, ys, xs) of every pixel of many footprints whose spans are grouped by ``offsets`` (N+1,)."""
+    """(owner, ys, xs) of every pixel of many footprints whose spans are grouped by ``offsets`` (N+1,).
+
+    Per-pixel int64 arrays: for tests and the lazy corrections of ``NoiseReplacer``; the measurement
+    kernels work from the spans (:mod:`forcedphot.kernels.footprints`).
+    """
     span_owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
     ys, xs = spans_to_pixels(y, x0, x1)
     return np.repeat(span_owner, np.asarray(x1) - np.asarray(x0) + 1), ys, xs

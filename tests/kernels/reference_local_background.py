@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.moments import offsets
 from forcedphot.plugins.base import MeasurementContext
 from forcedphot.plugins.local_background import BAD_PLANES, INNER, OUTER, LocalBackground
 from tests.kernels.reference_clipped import clipped_mean_std
+
+
+def offsets(half: int) -> tuple[np.ndarray, np.ndarray]:
+    """(dx, dy) integer pixel offsets of a (2 half + 1)^2 stamp, as (S, S) arrays."""
+    ar = np.arange(-half, half + 1, dtype=float)
+    dy, dx = np.meshgrid(ar, ar, indexing="ij")
+    return dx, dy
 
 
 class ReferenceLocalBackground(LocalBackground):

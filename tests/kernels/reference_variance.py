@@ -8,10 +8,27 @@ from __future__ import annotations
 import numpy as np
 
 from forcedphot.cutouts import CutoutBatch, buckets
-from forcedphot.moments import inverse_2x2, offsets
 from forcedphot.plugins.base import MeasurementContext
 from forcedphot.plugins.variance import EXCLUDED, SCALE, Variance
 from tests.kernels.reference_clipped import masked_median
+
+
+def offsets(half: int) -> tuple[np.ndarray, np.ndarray]:
+    """(dx, dy) integer pixel offsets of a (2 half + 1)^2 stamp, as (S, S) arrays."""
+    ar = np.arange(-half, half + 1, dtype=float)
+    dy, dx = np.meshgrid(ar, ar, indexing="ij")
+    return dx, dy
+
+
+def inverse_2x2(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(inverse, determinant) of (N, 2, 2) symmetric matrices."""
+    inv = np.empty_like(m)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        det = m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] ** 2
+        inv[:, 0, 0] = m[:, 1, 1] / det
+        inv[:, 1, 1] = m[:, 0, 0] / det
+        inv[:, 0, 1] = inv[:, 1, 0] = -m[:, 0, 1] / det
+    return inv, det
 
 
 class ReferenceVariance(Variance):

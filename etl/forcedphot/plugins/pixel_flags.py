@@ -41,10 +41,11 @@ class PixelFlags(Plugin):
         c = ctx.centres()
         registry = ctx.coadd.mask_planes
         offsets, sy, sx0, sx1 = ctx.ref["footprint_spans"]
+        px = ctx.pixels
         fp_any, c_any, c_all = footprint_mask_or(
-            ctx.coadd.mask, _valid_plane(ctx), np.int32(registry.bitmask("NO_DATA")),
-            np.ascontiguousarray(offsets, np.int64), sy, sx0, sx1, ctx.coadd.bbox.min_x, ctx.coadd.bbox.min_y,
-            np.ascontiguousarray(ctx.ref["has_footprint"], np.uint8), c.cx, c.cy)
+            px.mask, px.valid, np.int32(px.no_data), np.ascontiguousarray(offsets, np.int64), sy, sx0, sx1,
+            ctx.coadd.bbox.min_x, ctx.coadd.bbox.min_y, np.ascontiguousarray(ctx.ref["has_footprint"], np.uint8),
+            c.cx, c.cy)
         out = {"pixelFlags_offimage": ~usable}
         for plane in self.config.pixel_flag_planes:
             name = FLAG_NAMES[plane]
@@ -54,11 +55,3 @@ class PixelFlags(Plugin):
             out[f"pixelFlags_{name}CenterAll"] = usable & (bit != 0) & ((c_all & bit) == bit)
         return out
 
-
-def _valid_plane(ctx: MeasurementContext) -> np.ndarray:
-    if ctx.pixels is not None:
-        return ctx.pixels.valid
-    from forcedphot.stages import valid_plane
-
-    coadd = ctx.coadd
-    return valid_plane(coadd.image, coadd.variance, coadd.mask, coadd.mask_planes.bitmask("NO_DATA"))

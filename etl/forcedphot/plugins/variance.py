@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.cutouts import STAMP_HALF_SIZES
-from forcedphot.moments import inverse_2x2
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
 
 SCALE = 5.0
+MAX_HALF = 128  # largest pixel offset an ellipse may reach (the numpy version's largest stamp)
 EXCLUDED = ("DETECTED", "DETECTED_NEGATIVE", "BAD", "SAT", "NO_DATA")
 
 
@@ -36,16 +35,17 @@ class Variance(Plugin):
 
         ok = ctx.usable & ctx.shape_ok
         q = np.where(ok[:, None, None], ctx.shape, np.eye(2)) * SCALE ** 2
-        qinv, _ = inverse_2x2(q)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            det = q[:, 0, 0] * q[:, 1, 1] - q[:, 0, 1] ** 2
+            qi_xx, qi_xy, qi_yy = q[:, 1, 1] / det, -q[:, 0, 1] / det, q[:, 0, 0] / det
         planes = ctx.coadd.mask_planes
         bits = planes.bitmask(*[p for p in EXCLUDED if p in planes.bits])
-        # pixel offsets the ellipse can reach; beyond the largest stamp (128 px) the source is not measured
+        # pixel offsets the ellipse can reach; beyond MAX_HALF the source is not measured
         need = np.where(ok, np.ceil(np.sqrt(np.maximum(q[:, 0, 0], q[:, 1, 1]))), np.inf)
-        half = np.where(need <= STAMP_HALF_SIZES[-1], need, -1).astype(np.int64)
+        half = np.where(need <= MAX_HALF, need, -1).astype(np.int64)
         _, variance, mask, valid, _ = ctx.pixels.planes()
         c = ctx.centres()
         value = ellipse_median(variance, good_pixels(valid, mask, np.int32(bits)), c.cx, c.cy, c.fx, c.fy,
-                               np.ascontiguousarray(qinv[:, 0, 0]), np.ascontiguousarray(qinv[:, 0, 1]),
-                               np.ascontiguousarray(qinv[:, 1, 1]), half)
+                               qi_xx, qi_xy, qi_yy, half)
         empty = ok & ~np.isfinite(value)
         return {"localVariance": value, "localVariance_flag": ~ok | empty, "localVariance_flag_emptyFootprint": empty}
