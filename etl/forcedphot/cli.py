@@ -82,11 +82,14 @@ def cmd_run(args) -> int:
 
     repo = Repository(args.repo)
     config = _config(args)
-    seconds = ensure_compiled(say=lambda line: print(line, file=sys.stderr))  # once per machine, before workers
-    if seconds is not None:
-        print(f"kernels compiled in {seconds:.0f} s", file=sys.stderr)
+    def compile_kernels():  # once per machine, after the inputs are known good and before any worker starts
+        seconds = ensure_compiled(say=lambda line: print(line, file=sys.stderr))
+        if seconds is not None:
+            print(f"kernels compiled in {seconds:.0f} s", file=sys.stderr)
+
     summary = run_all(repo, config, tracts=args.tract, patches=args.patch, bands=args.band, force=args.force,
-                      jobs=args.jobs, dask=args.dask, progress=not args.quiet, n_threads=args.threads)
+                      jobs=args.jobs, dask=args.dask, progress=not args.quiet, n_threads=args.threads,
+                      before_measuring=compile_kernels)
     rows = sum(n for _, n, _ in summary.done)
     print(f"{len(summary.done)} quanta measured ({rows} rows), {len(summary.skipped)} up to date, "
           f"{len(summary.failed)} failed, in {summary.seconds:.1f} s")

@@ -77,14 +77,15 @@ def _run_one(root: str, config: ForcedPhotConfig, quantum: Quantum, fingerprints
 
 def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=None, patches=None, bands=None,
             force: bool = False, jobs: int = 1, dask: str | None = None, progress: bool = True,
-            n_threads: int | None = None) -> RunSummary:
+            n_threads: int | None = None, before_measuring=None) -> RunSummary:
     """Run every selected quantum that is not up to date.
 
     ``jobs > 1`` runs quanta in local worker processes; ``dask`` is the address of a Dask
     distributed scheduler (``tcp://host:8786``) or ``"local"`` for a LocalCluster of ``jobs``
     workers: quanta are then submitted to the cluster's workers, which must see the repository path.
     ``n_threads``: threads per quantum (default: cores / quanta running at once, see
-    :mod:`forcedphot.threads`); results are the same for any count.
+    :mod:`forcedphot.threads`); results are the same for any count. ``before_measuring()`` is called
+    once, when there is a quantum to measure, before any is started (the CLI compiles the kernels there).
     """
     config = config or ForcedPhotConfig()
     t0 = time.perf_counter()
@@ -99,6 +100,8 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
             summary.skipped.append(str(q.data_id))
         else:
             todo.append((q, fingerprints))
+    if todo and before_measuring is not None:
+        before_measuring()
     bar = tqdm(total=len(todo), desc="forced photometry", unit="quantum", disable=not progress)
 
     def record(result):

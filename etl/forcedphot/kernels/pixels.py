@@ -107,7 +107,7 @@ def footprint_deltas(fp, src, image, valid, xs, ys, deltas):
                 if valid[y, x]:
                     xs[n] = x
                     ys[n] = y
-                    deltas[n] = values[k + x - x0] - image[y, x]
+                    deltas[n] = np.float64(values[k + x - x0]) - np.float64(image[y, x])  # not in float32
                     n += 1
         k += x1 - x0 + 1
     return n
