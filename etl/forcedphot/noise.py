@@ -73,9 +73,13 @@ class HeavyFootprints:
 
     def span_pixels(self) -> np.ndarray:
         """(N,) number of span pixels of each footprint (from the spans, no per-pixel arrays)."""
-        lengths = np.asarray(self.span_x1, np.int64) - self.span_x0 + 1
-        cum = np.r_[0, np.cumsum(lengths)]
-        return cum[self.span_offsets[1:]] - cum[self.span_offsets[:-1]]
+        return self._span_checks()[0]
+
+    def _span_checks(self) -> tuple[np.ndarray, np.ndarray]:
+        from forcedphot.kernels.footprints import span_checks
+
+        return span_checks(np.ascontiguousarray(self.span_offsets, np.int64), self.span_y, self.span_x0,
+                           self.span_x1, np.ascontiguousarray(self.bbox, np.int64))
 
     def draw_offsets(self) -> np.ndarray:
         """(N+1,) start of each footprint's noise draw: one bounding box of normals per footprint."""
@@ -85,20 +89,15 @@ class HeavyFootprints:
 
     def check(self, ids: np.ndarray, where: str) -> None:
         """Spans and heavy values must agree in size; spans must lie in the bounding box."""
-        n_pix = self.span_pixels()
+        n_pix, outside = self._span_checks()
         n_val = np.diff(self.value_offsets)
         bad = self.has & (n_pix != n_val)
         if bad.any():
             raise InputError(f"{where}: footprints of ids {ids[bad][:20].tolist()} have {n_pix[bad][:20].tolist()} "
                              f"span pixels but {n_val[bad][:20].tolist()} heavy values")
-        span_owner = np.repeat(np.arange(self.has.size), np.diff(self.span_offsets))  # per span
-        b = self.bbox[span_owner]
-        outside = ((self.span_x1 >= self.span_x0)
-                   & ((self.span_x0 < b[:, 0]) | (self.span_x1 > b[:, 2]) | (self.span_y < b[:, 1])
-                      | (self.span_y > b[:, 3])))
         if outside.any():
             raise InputError(f"{where}: footprint spans outside their bounding box for ids "
-                             f"{np.unique(ids[span_owner[outside]])[:20].tolist()}")
+                             f"{np.unique(ids[outside.astype(bool)])[:20].tolist()}")
 
 
 class NoiseReplacer:

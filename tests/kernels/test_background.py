@@ -63,7 +63,7 @@ def test_local_background_sees_the_source_alone(contexts):
 def test_an_annulus_off_the_coadd_has_no_good_pixels(contexts):
     ctx, _ = contexts
     x, y = ctx.x.copy(), ctx.y.copy()
-    x[0] = ctx.coadd.bbox.min_x - 60.0  # usable (inside the padded region), annulus off the image
+    x[0] = ctx.coadd.bbox.min_x - 60.0  # still flagged usable: the whole annulus off the image
     moved = dataclasses.replace(ctx, x=x, y=y, cache={})
     out = _compare("LocalBackground", moved)
     assert out["localBackground_flag_noGoodPixels"][0] and out["localBackground_flag"][0]

@@ -97,3 +97,18 @@ def good_pixels(valid, mask, bits):
         for x in range(w):
             out[y, x] = valid[y, x] and (mask[y, x] & bits) == 0
     return out
+
+
+@njit(cache=True)
+def span_checks(span_off, span_y, span_x0, span_x1, bbox):
+    """(pixel count of each footprint's spans, 1 where a footprint has a pixel outside its bbox)."""
+    n = span_off.size - 1
+    pixels = np.zeros(n, np.int64)
+    outside = np.zeros(n, np.uint8)
+    for f in range(n):
+        for s in range(span_off[f], span_off[f + 1]):
+            x0, x1, y = span_x0[s], span_x1[s], span_y[s]
+            pixels[f] += x1 - x0 + 1
+            if x1 >= x0 and (x0 < bbox[f, 0] or x1 > bbox[f, 2] or y < bbox[f, 1] or y > bbox[f, 3]):
+                outside[f] = 1
+    return pixels, outside
