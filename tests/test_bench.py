@@ -77,12 +77,14 @@ def _growth():
 
 
 def _scaling():
-    runs = [{"mode": "jobs=1", "wall_s": 40.0, "quanta": 8, "rows": 28000, "quantum_s": [5.0] * 8, "speedup": 1.0},
-            {"mode": "jobs=2 (processes)", "wall_s": 21.0, "quanta": 8, "rows": 28000, "quantum_s": [5.2] * 8,
-             "speedup": 40 / 21},
-            {"mode": "dask local, 2 workers", "wall_s": 25.0, "quanta": 8, "rows": 28000, "quantum_s": [5.2] * 8,
-             "speedup": 1.6}]
-    return {"root": "r/scaling", "runs": runs, "floor": 1.8, "compile": {}, "primed_s": None}
+    def run(mode, thr, wall, parallel):
+        return {"mode": mode, "threads_per_quantum": thr, "wall_s": wall, "quanta": 8, "rows": 28000,
+                "quantum_s": [wall / 8] * 8, "speedup": 40.0 / wall, "parallel": parallel}
+
+    runs = [run("jobs=1, 1 thread", 1, 40.0, False), run("jobs=1, 2 threads", 2, 25.0, False),
+            run("jobs=2 (processes)", 1, 21.0, True), run("dask local, 2 workers", 1, 25.0, True)]
+    return {"root": "r/scaling", "runs": runs, "floor": 1.8, "compile": {}, "primed_s": None,
+            "reference": "jobs=1, 1 thread"}
 
 
 def test_format_growth_and_scaling():
@@ -93,7 +95,11 @@ def test_format_growth_and_scaling():
     assert g[4].split()[:3] == ["80000", "93000", "killed"] and "> 16.0" in g[4] and "(after 700 s)" in g[4]
     assert g[5].startswith("time ~ N^a (rows, least squares on log-log): a = ")
     s = bench.format_scaling(_scaling()).splitlines()
-    assert ">= 1.8x yes" in s[3] and ">= 1.8x NO" in s[4] and s[2].split()[1] == "8"
+    assert s[0].split()[:3] == ["mode", "thr", "quanta"]
+    assert s[2].split()[3:5] == ["1", "8"] and s[2].rstrip().endswith("1.00")  # the reference: no target
+    assert s[3].rstrip().endswith("1.60")  # threads alone: shown, no floor
+    assert ">= 1.8x yes" in s[4] and ">= 1.8x NO" in s[5]
+    assert "speed-up over jobs=1, 1 thread" in s[6]
 
 
 def test_json_keys(tmp_path, monkeypatch):
@@ -116,7 +122,7 @@ def test_json_keys(tmp_path, monkeypatch):
     doc = json.loads(out.read_text())
     assert set(doc) == {"growth", "scaling"}
     assert {"runs", "exponent", "step_exponents", "threads", "band"} <= set(doc["growth"])
-    assert {"runs", "floor", "root"} <= set(doc["scaling"]) and doc["scaling"]["runs"][1]["speedup"] > 1.8
+    assert {"runs", "floor", "root", "reference"} <= set(doc["scaling"]) and doc["scaling"]["runs"][2]["speedup"] > 1.8
     bench.main_bench(tmp_path, json_out=out, growth=True, table=True)
     assert set(json.loads(out.read_text())) == {"bench", "growth"}
 
@@ -139,6 +145,8 @@ def test_child_reports_one_quantum(tiny_repo):
     assert "band=i" in r["data_id"]
     killed = bench.run_child(tiny_repo, "i", 1, rss_limit=1)  # above the limit: killed, reported as such
     assert killed["killed"] and killed["polled_peak_rss_bytes"] > 1
+    res = bench._run_module(["run_all", tiny_repo, json.dumps({"jobs": 1, "n_threads": 1, "bands": ["i"]})])
+    assert len(res["done"]) == 4 and not res["failed"] and res["wall_s"] > 0  # the scaling child: 4 patches, band i
 
 
 def test_kernel_cache_check(tmp_path, monkeypatch):
@@ -167,21 +175,99 @@ def test_kernel_cache_check(tmp_path, monkeypatch):
 
         WARMUP = [lambda: kern(np.zeros(2))]
     """))
+    (pkg / "nw.py").write_text(textwrap.dedent("""
+        import numpy as np
+        from numba import njit, prange
+
+        @njit(cache=True, parallel=True)
+        def used(a):
+            out = np.empty(a.size)
+            for i in prange(a.size):
+                out[i] = 2 * a[i]
+            return out
+
+        @njit(cache=True, parallel=True)
+        def unused(a):
+            out = np.empty(a.size)
+            for i in prange(a.size):
+                out[i] = 3 * a[i]
+            return out
+    """))
     (pkg / "broken.py").write_text("raise ImportError('being edited')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     modules, errors = kc.kernel_modules(("fpk_demo",))
-    assert [m.__name__ for m in modules] == ["fpk_demo.k"] and list(errors) == ["fpk_demo.broken"]
+    assert [m.__name__ for m in modules] == ["fpk_demo.k", "fpk_demo.nw"] and list(errors) == ["fpk_demo.broken"]
     status = kc.cache_status(modules)
-    assert [(k.name, k.state, k.parallel, k.counted) for k in status] == [
-        ("fpk_demo.k.helper", "cold", False, True), ("fpk_demo.k.kern", "cold", True, True)]
+    assert [(k.name, k.state, k.parallel, k.counted, k.warm_up) for k in status] == [
+        ("fpk_demo.k.helper", "cold", False, False, True), ("fpk_demo.k.kern", "cold", True, True, True),
+        ("fpk_demo.nw.unused", "cold", True, True, False), ("fpk_demo.nw.used", "cold", True, True, False)]
     assert not kc.is_warm(status)
     msg = kc.compile_message(status)
-    assert msg == "compiling the measurement kernels once (~5 s); later runs load them from the cache"
-    assert kc.warm_up(modules) > 0
+    assert msg == "compiling the measurement kernels once (~24 s); later runs load them from the cache"
+    assert kc.warm_up(modules) > 0  # compiles fpk_demo.k through its WARMUP; nw has none
     status = kc.cache_status(modules)
-    assert all(k.state == "warm" and k.signatures >= 1 for k in status) and kc.is_warm(status)
-    assert kc.compile_message(status) is None
-    del sys.modules["fpk_demo.k"], sys.modules["fpk_demo"]
+    assert [k.state for k in status] == ["warm", "warm", "cold", "cold"] and status[1].signatures == 1
+    assert not kc.is_warm(status)
+    modules[1].used(np.zeros(2))  # a run uses one kernel of the module without WARMUP ...
+    status = kc.cache_status(modules)
+    assert [(k.state, k.counted) for k in status[2:]] == [("cold", False), ("warm", True)]
+    assert kc.is_warm(status) and kc.compile_message(status) is None  # ... the other one is not waited for
+    for name in ("fpk_demo.k", "fpk_demo.nw", "fpk_demo"):
+        del sys.modules[name]
+
+
+def test_helper_change_outdates_cached_kernel(tmp_path, monkeypatch):
+    """numba does not notice a helper from another file changing; cache_status does, warm_up recompiles."""
+    import importlib
+    import os
+
+    pkg = tmp_path / "fpk_dep"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    helper = pkg / "helper.py"
+    helper.write_text("from numba import njit\n\n@njit(cache=True, nogil=True)\ndef h(x):\n    return x + 1.0\n")
+    (pkg / "kern.py").write_text(textwrap.dedent("""
+        import numpy as np
+        from numba import njit, prange
+
+        from fpk_dep import helper
+        from fpk_dep.helper import h
+
+        @njit(cache=True, parallel=True)
+        def k(a):
+            out = np.empty(a.size)
+            for i in prange(a.size):
+                out[i] = h(a[i]) + helper.h(0.0)
+            return out
+
+        WARMUP = [lambda: k(np.zeros(1))]
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def load():
+        for name in ("fpk_dep.kern", "fpk_dep.helper", "fpk_dep"):
+            sys.modules.pop(name, None)
+        return [importlib.import_module("fpk_dep.helper"), importlib.import_module("fpk_dep.kern")]
+
+    modules = load()
+    assert kc.called_dispatchers(modules[1].k) == [modules[0].h]  # found once, by name and as helper.h
+    kc.warm_up(modules)
+    assert modules[1].k(np.zeros(1))[0] == 2.0
+    assert [k.state for k in kc.cache_status(modules)] == ["warm", "warm"]
+    helper.write_text(helper.read_text().replace("x + 1.0", "x + 100.0"))
+    index = modules[1].k._cache._cache_file._index_path
+    earlier = os.path.getmtime(helper) - 10  # the kernel was cached before the helper's edit
+    os.utime(index, (earlier, earlier))
+    modules = load()
+    status = kc.cache_status(modules)
+    assert [(k.name, k.state, k.counted) for k in status] == [("fpk_dep.helper.h", "stale", False),
+                                                             ("fpk_dep.kern.k", "outdated", True)]
+    assert not kc.is_warm(status)
+    kc.warm_up(modules)
+    assert modules[1].k(np.zeros(1))[0] == 200.0  # the helper's new code, not the cached 2.0
+    assert kc.is_warm(kc.cache_status(modules))
+    for name in ("fpk_dep.kern", "fpk_dep.helper", "fpk_dep"):
+        del sys.modules[name]
 
 
 def test_package_kernels_discovered():

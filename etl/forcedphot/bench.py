@@ -12,8 +12,9 @@ Three modes, each printing a table (``--json`` writes every figure; nothing here
 * ``--growth``: the bench sky simulated at several object counts; one whole quantum per size in
   a child process: wall time, peak and baseline RSS, memory per byte of coadd planes, and the
   exponent a of time ~ N^a.
-* ``--scaling``: the 8 quanta of the ``scaling`` recipe end to end with ``run_all`` serially,
-  in 2 processes and on a local Dask cluster of 2 workers.
+* ``--scaling``: the 8 quanta of the ``scaling`` recipe end to end with ``run_all`` (each call
+  from a fresh interpreter): one process at 1 thread (the reference) and at every core, 2 worker
+  processes, and a local Dask cluster of 2 workers.
 """
 
 from __future__ import annotations
@@ -398,18 +399,15 @@ def _available_bytes() -> int:
     return 0
 
 
-def run_child(root: str | Path, band: str, threads: int, *, rss_limit: int = 0, poll: float = 0.1) -> dict:
-    """One whole quantum in a fresh interpreter (``python -m forcedphot.bench child``); its figures.
+def _run_module(args: list[str], *, env: dict | None = None, rss_limit: int = 0, poll: float = 0.1) -> dict:
+    """``python -m forcedphot.bench ARGS`` in a fresh interpreter; the figures it prints.
 
     The parent polls the child's RSS and kills it above ``rss_limit`` bytes (0: no limit).
     """
-    from forcedphot.threads import worker_environment
-
-    cmd = [sys.executable, "-m", "forcedphot.bench", "child", str(root), band, str(threads)]
-    env = os.environ | worker_environment(threads)
+    cmd = [sys.executable, "-m", "forcedphot.bench", *map(str, args)]
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:  # no pipe to fill
-        proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, text=True, env=env)
+        proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, text=True, env=os.environ | (env or {}))
         polled, killed = 0, False
         while proc.poll() is None:
             polled = max(polled, _rss_bytes(proc.pid))
@@ -428,10 +426,21 @@ def run_child(root: str | Path, band: str, threads: int, *, rss_limit: int = 0, 
     lines = [ln for ln in out.splitlines() if ln.startswith(CHILD_TAG)]
     if proc.returncode or not lines:
         tail = (err.strip().splitlines() or ["no output"])[-1]
-        raise ForcedPhotError(f"bench child on {root} failed (exit {proc.returncode}): {tail}")
+        raise ForcedPhotError(f"bench child {' '.join(map(str, args))} failed (exit {proc.returncode}): {tail}")
     res = json.loads(lines[-1][len(CHILD_TAG):])
     res.update(killed=False, polled_peak_rss_bytes=polled, child_elapsed_s=elapsed)
     return res
+
+
+def run_child(root: str | Path, band: str, threads: int, *, rss_limit: int = 0, poll: float = 0.1) -> dict:
+    """One whole quantum in a fresh interpreter (``python -m forcedphot.bench child``); its figures.
+
+    The parent polls the child's RSS and kills it above ``rss_limit`` bytes (0: no limit).
+    """
+    from forcedphot.threads import worker_environment
+
+    return _run_module(["child", root, band, threads], env=worker_environment(threads), rss_limit=rss_limit,
+                       poll=poll)
 
 
 def _child_main(root: str, band: str, threads: str) -> dict:
@@ -463,6 +472,15 @@ def _child_main(root: str, band: str, threads: str) -> dict:
             "warm_up_s": warm_s, "baseline_rss_bytes": baseline, "baseline_maxrss_bytes": baseline_max,
             "peak_rss_bytes": peak, "plane_bytes": plane_bytes, "threads": pools.threads(),
             "stages": res.timings}
+
+
+def _run_all_main(root: str, options: str) -> dict:
+    """In a child: ``run_all(force=True, **options)`` from a fresh interpreter (imports done, no kernel loaded)."""
+    from forcedphot.repository import Repository
+    from forcedphot.runner import run_all
+
+    summary = run_all(Repository(root), force=True, progress=False, **json.loads(options))
+    return {"wall_s": summary.seconds, "done": summary.done, "failed": summary.failed}
 
 
 def run_growth(repo_root: str | Path, *, sizes=GROWTH_SIZES, band: str = "i", threads: int = 2,
@@ -526,11 +544,17 @@ def format_growth(g: dict) -> str:
 # -- scaling: 8 quanta end to end, serial, 2 processes, 2 Dask workers ---------------------------
 
 def run_scaling(root: str | Path, *, progress: bool = True) -> dict:
-    """Simulate the ``scaling`` recipe into ``root`` when missing; time run_all three ways (force=True)."""
+    """Simulate the ``scaling`` recipe into ``root`` when missing; time run_all four ways (force=True).
+
+    Each ``run_all`` call runs in a fresh interpreter (imports done, kernels loaded from the cache
+    as the quanta need them), so one process and the workers start from the same state; this
+    process only compiles (when the cache is cold) beforehand.
+    """
     from forcedphot.kernels.compile import is_warm
     from forcedphot.repository import Repository
     from forcedphot.runner import run_all
     from forcedphot.sim import load_recipe, simulate
+    from forcedphot.threads import default_threads
 
     repo = Repository(root)
     if not repo.exists():
@@ -543,32 +567,47 @@ def run_scaling(root: str | Path, *, progress: bool = True) -> dict:
         q = next(q for q in plan_quanta(repo) if q.ready)
         primed, _ = _timed(lambda: run_all(repo, force=True, progress=False, patches=[q.data_id.patch],
                                            bands=[q.data_id.band]))
-    modes = (("jobs=1", {"jobs": 1}), ("jobs=2 (processes)", {"jobs": 2}), ("dask local, 2 workers", {"dask": "local", "jobs": 2}))
+    # the reference is one process at one thread per quantum, as each of 2 workers gets; one process
+    # at every core's thread shows what threads alone give (the compiled kernels use them all)
+    cores = default_threads(1)
+    modes = [("jobs=1, 1 thread", {"jobs": 1, "n_threads": 1}, 1)]
+    if cores > 1:
+        modes.append((f"jobs=1, {cores} threads", {"jobs": 1}, cores))
+    modes += [("jobs=2 (processes)", {"jobs": 2}, default_threads(2)),
+              ("dask local, 2 workers", {"dask": "local", "jobs": 2}, default_threads(2))]
     runs = []
-    for label, kw in modes:
-        summary = run_all(repo, force=True, progress=False, **kw)
-        if summary.failed:
-            raise ForcedPhotError(f"scaling run {label}: {len(summary.failed)} quanta failed: {summary.failed[0][1]}")
-        runs.append({"mode": label, **kw, "wall_s": summary.seconds, "quanta": len(summary.done),
-                     "rows": sum(n for _, n, _ in summary.done),
-                     "quantum_s": [s for _, _, s in summary.done]})
+    for label, kw, nt in modes:  # each from a fresh interpreter, as `forcedphot run` would be
+        res = _run_module(["run_all", repo.root, json.dumps(kw)])
+        if res["failed"]:
+            raise ForcedPhotError(f"scaling run {label}: {len(res['failed'])} quanta failed: {res['failed'][0][1]}")
+        runs.append({"mode": label, **kw, "threads_per_quantum": nt, "wall_s": res["wall_s"],
+                     "child_elapsed_s": res["child_elapsed_s"], "quanta": len(res["done"]),
+                     "rows": sum(n for _, n, _ in res["done"]), "quantum_s": [s for _, _, s in res["done"]],
+                     "parallel": kw["jobs"] > 1})
     for r in runs:
         r["speedup"] = runs[0]["wall_s"] / r["wall_s"]
-    return {"root": str(repo.root), "compile": compiled, "primed_s": primed, "runs": runs, "floor": SCALING_FLOOR}
+    return {"root": str(repo.root), "compile": compiled, "primed_s": primed, "runs": runs, "floor": SCALING_FLOOR,
+            "reference": runs[0]["mode"]}
 
 
 def format_scaling(s: dict) -> str:
-    lines = [f"{'mode':24s} {'quanta':>6s} {'rows':>7s} {'wall (s)':>9s} {'sum of quanta (s)':>18s} "
-             f"{'speed-up':>9s}  target", "-" * 96]
+    lines = [f"{'mode':24s} {'thr':>3s} {'quanta':>6s} {'rows':>7s} {'wall (s)':>9s} {'sum of quanta (s)':>18s} "
+             f"{'speed-up':>9s}  target", "-" * 100]
     for r in s["runs"]:
-        target = "" if r["mode"] == "jobs=1" else f">= {s['floor']}x {'yes' if r['speedup'] >= s['floor'] else 'NO'}"
-        lines.append(f"{r['mode']:24s} {r['quanta']:6d} {r['rows']:7d} {r['wall_s']:9.2f} {sum(r['quantum_s']):18.2f} "
-                     f"{r['speedup']:9.2f}  {target}")
-    lines.append(f"(run_all(force=True) on {s['root']}; wall includes starting workers)")
+        target = f">= {s['floor']}x {'yes' if r['speedup'] >= s['floor'] else 'NO'}" if r.get("parallel") else ""
+        lines.append(f"{r['mode']:24s} {r.get('threads_per_quantum', 0):3d} {r['quanta']:6d} {r['rows']:7d} "
+                     f"{r['wall_s']:9.2f} {sum(r['quantum_s']):18.2f} {r['speedup']:9.2f}  {target}")
+    lines.append(f"(run_all(force=True) from a fresh interpreter on {s['root']}; speed-up over "
+                 f"{s.get('reference', s['runs'][0]['mode'])}; thr: threads per quantum; wall includes starting "
+                 "workers and loading the kernels)")
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m forcedphot.bench child ROOT BAND THREADS (used by --growth)
-    if len(sys.argv) != 5 or sys.argv[1] != "child":
-        sys.exit("usage: python -m forcedphot.bench child ROOT BAND THREADS")
-    print(CHILD_TAG + json.dumps(_child_main(*sys.argv[2:]), default=_json_default), flush=True)
+if __name__ == "__main__":  # the children of --growth and --scaling
+    if len(sys.argv) == 5 and sys.argv[1] == "child":  # python -m forcedphot.bench child ROOT BAND THREADS
+        out = _child_main(*sys.argv[2:])
+    elif len(sys.argv) == 4 and sys.argv[1] == "run_all":  # python -m forcedphot.bench run_all ROOT OPTIONS_JSON
+        out = _run_all_main(*sys.argv[2:])
+    else:
+        sys.exit("usage: python -m forcedphot.bench child ROOT BAND THREADS | run_all ROOT OPTIONS_JSON")
+    print(CHILD_TAG + json.dumps(out, default=_json_default), flush=True)

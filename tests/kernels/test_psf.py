@@ -12,7 +12,6 @@ from forcedphot.psf import PsfGrid
 from tests.kernels.context import quantum_context
 from tests.kernels.reference_psf import ReferencePsfFlux, reference_images_at
 
-FLUXES = ("psfFlux",)
 FLAGS = ("psfFlux_flag", "psfFlux_flag_noGoodPixels", "psfFlux_flag_edge", "psfFlux_npixels")
 
 
