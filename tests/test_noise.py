@@ -65,7 +65,8 @@ def _insert(image, inputs, fp_row):
     """Put footprint ``fp_row``'s heavy values into a copy of the image."""
     coadd, fps = inputs.coadd, inputs.ref["footprints"]
     out = image.copy()
-    values = fps.values[fps.value_offsets[fp_row]:fps.value_offsets[fp_row + 1]]
+    value_offsets, all_values = fps.heavy()
+    values = all_values[value_offsets[fp_row]:value_offsets[fp_row + 1]]
     k = 0
     for s in range(fps.span_offsets[fp_row], fps.span_offsets[fp_row + 1]):
         y, a, b = fps.span_y[s], fps.span_x0[s], fps.span_x1[s]

@@ -51,16 +51,35 @@ def clipped_stats_1d(values: np.ndarray, *, n_sigma: float = 3.0, n_iter: int = 
 
 @dataclass
 class HeavyFootprints:
-    """Footprints of a quantum's references (row i = reference i), flattened CSR-style."""
+    """Footprints of a quantum's references (row i = reference i), flattened CSR-style.
+
+    The heavy values are either in memory (``value_offsets``, ``values``) or in a
+    :class:`~forcedphot.footprint_values.HeavyValueStore` that chunks gather from (the loader's way).
+    """
 
     has: np.ndarray  # (N,) bool
     span_offsets: np.ndarray  # (N+1,)
     span_y: np.ndarray
     span_x0: np.ndarray
     span_x1: np.ndarray
-    value_offsets: np.ndarray  # (N+1,)
-    values: np.ndarray  # heavy pixel values, span order
     bbox: np.ndarray  # (N, 4) min_x, min_y, max_x, max_y
+    value_offsets: np.ndarray | None = None  # (N+1,)
+    values: np.ndarray | None = None  # heavy pixel values, span order
+    store: object | None = None  # HeavyValueStore, when the values are not in memory
+    # (span pixels, spans outside the bbox, stored value count differs) per footprint, when the
+    # loader computed them while gathering
+    checked: tuple | None = None
+
+    def heavy(self, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(value offsets, values) of footprints ``rows`` (default: all, in row order), CSR."""
+        from forcedphot.kernels.csr import gather_rows
+
+        if rows is None and self.values is not None:
+            return self.value_offsets, self.values
+        rows = np.arange(self.has.size) if rows is None else np.asarray(rows, np.int64)
+        if self.store is not None:
+            return self.store.gather(rows)
+        return gather_rows([(np.asarray(self.value_offsets, np.int64), self.values)], rows, np.float32)
 
     def pixels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(owner, y, x, pixel offsets (N+1,)) of every footprint pixel, in span order.
@@ -78,6 +97,8 @@ class HeavyFootprints:
     def _span_checks(self) -> tuple[np.ndarray, np.ndarray]:
         from forcedphot.kernels.footprints import span_checks
 
+        if self.checked is not None:
+            return self.checked[:2]
         return span_checks(np.ascontiguousarray(self.span_offsets, np.int64), self.span_y, self.span_x0,
                            self.span_x1, np.ascontiguousarray(self.bbox, np.int64))
 
@@ -89,12 +110,15 @@ class HeavyFootprints:
 
     def check(self, ids: np.ndarray, where: str) -> None:
         """Spans and heavy values must agree in size; spans must lie in the bounding box."""
-        n_pix, outside = self._span_checks()
-        n_val = np.diff(self.value_offsets)
-        bad = self.has & (n_pix != n_val)
+        if self.checked is None:
+            n_pix, outside = self._span_checks()
+            bad = self.has & (n_pix != np.diff(self.heavy()[0]))
+        else:
+            n_pix, outside, bad = self.checked
+            bad = self.has & bad
         if bad.any():
             raise InputError(f"{where}: footprints of ids {ids[bad][:20].tolist()} have {n_pix[bad][:20].tolist()} "
-                             f"span pixels but {n_val[bad][:20].tolist()} heavy values")
+                             "span pixels but a different number of heavy values")
         if outside.any():
             raise InputError(f"{where}: footprint spans outside their bounding box for ids "
                              f"{np.unique(ids[outside.astype(bool)])[:20].tolist()}")
@@ -124,7 +148,7 @@ class NoiseReplacer:
         lx, ly = xs - self.origin[0], ys - self.origin[1]
         on = (lx >= 0) & (lx < w) & (ly >= 0) & (ly < h)
         flat = ly * w + lx
-        heavy = self.footprints.values.astype(np.float64)
+        heavy = self.footprints.heavy()[1].astype(np.float64)
         delta = np.where(on, heavy - self.base.reshape(-1)[np.where(on, flat, 0)], 0.0)
         return pix_off, lx, ly, delta, on
 

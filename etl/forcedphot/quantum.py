@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 from forcedphot.duck import query_arrow
 from forcedphot.errors import InputError, MissingFootprintError
 from forcedphot.io.coadd import Coadd, read_coadd
-from forcedphot.io.parquet import read_parquet
+from forcedphot.io.parquet import READ_BATCH_ROWS, STREAM_READ, read_parquet
+from forcedphot.footprint_values import HeavyValueStore
 from forcedphot.noise import HeavyFootprints
 from forcedphot.plan import Quantum
 from forcedphot.resources import read_sql
@@ -46,41 +47,57 @@ def _check_version(path: str, dataset: str) -> None:
     load_schema(dataset).check_metadata(meta, where=path)
 
 
-def _ragged(column: pa.ChunkedArray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """A list column as (offsets, flat values) per chunk, zero-copy where Arrow allows (no nulls)."""
-    pieces = []
-    for chunk in column.chunks:
-        if chunk.null_count:
-            chunk = pc.fill_null(chunk, pa.scalar([], chunk.type))
-        offsets = chunk.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
-        # values of a sliced chunk are the whole buffer: offsets index into it as they are
-        pieces.append((offsets, chunk.values.to_numpy(zero_copy_only=False)))
-    return pieces
+def _ragged(column) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A list column (chunked or not) as (offsets, flat values) per chunk, zero-copy where Arrow allows."""
+    return [_ragged_chunk(chunk) for chunk in getattr(column, "chunks", [column])]
 
 
-def _footprints(table: pa.Table, footprints: pa.Table, has: np.ndarray) -> HeavyFootprints:
-    """Each reference's footprint in reference order, gathered once from the band's footprint table."""
+def _ragged_chunk(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    if chunk.null_count:
+        chunk = pc.fill_null(chunk, pa.scalar([], chunk.type))
+    offsets = chunk.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+    # values of a sliced chunk are the whole buffer: offsets index into it as they are
+    return offsets, chunk.values.to_numpy(zero_copy_only=False)
+
+
+def _footprints(table: pa.Table, footprints: pa.Table, has: np.ndarray, values_file: str | None) -> HeavyFootprints:
+    """Each reference's footprint in reference order: spans gathered into memory, heavy values
+    decoded once into a :class:`HeavyValueStore` (batch by batch from ``values_file`` when the
+    table was read without them) that measurement chunks gather from."""
     from forcedphot.kernels.csr import gather_rows
+    from forcedphot.kernels.footprints import span_checks
 
     rows = np.where(has, table.column("fp_row").fill_null(-1).to_numpy(zero_copy_only=False), -1).astype(np.int64)
     bbox = np.stack([table.column(c).fill_null(0).to_numpy() for c in ("fp_min_x", "fp_min_y", "fp_max_x",
                                                                         "fp_max_y")], axis=1).astype(np.int64)
-    flat = {}
-    for name, dtype in zip(LIST_COLUMNS, (np.int64, np.int64, np.int64, np.float32)):
-        flat[name] = gather_rows(_ragged(footprints.column(name)), rows, dtype)
-    return HeavyFootprints(
-        has=has, span_offsets=flat["span_y"][0], span_y=flat["span_y"][1], span_x0=flat["span_x0"][1],
-        span_x1=flat["span_x1"][1], value_offsets=flat["values"][0], values=flat["values"][1], bbox=bbox)
+    spans = {name: gather_rows(_ragged(footprints.column(name)), rows, np.int32) for name in LIST_COLUMNS[:3]}
+    span_offsets = spans["span_y"][0]
+    n_pix, outside = span_checks(span_offsets, spans["span_y"][1], spans["span_x0"][1], spans["span_x1"][1], bbox)
+    if values_file is None:
+        chunks = _ragged(footprints.column("values"))
+    else:
+        chunks = (_ragged_chunk(batch.column(0)) for batch in pq.ParquetFile(values_file, **STREAM_READ).iter_batches(
+            batch_size=READ_BATCH_ROWS, columns=["values"], use_threads=False))
+    store = HeavyValueStore.from_chunks(chunks, rows)
+    fp = HeavyFootprints(has=has, span_offsets=span_offsets, span_y=spans["span_y"][1], span_x0=spans["span_x0"][1],
+                         span_x1=spans["span_x1"][1], bbox=bbox, store=store)
+    fp.checked = (n_pix, outside, store.lengths() != n_pix)
+    return fp
 
 
-def read_footprints(quantum: Quantum, coadd: Coadd, footprint_dataset: str) -> pa.Table:
-    """The band's heavy footprints: stored, or derived from the patch's scarlet-style model data."""
+def read_footprints(quantum: Quantum, coadd: Coadd, footprint_dataset: str, *, values: bool = True) -> pa.Table:
+    """The band's heavy footprints: stored, or derived from the patch's scarlet-style model data.
+
+    ``values=False``: stored footprints without their heavy values (the loader streams them).
+    """
     if footprint_dataset == "scarlet":
         blends = read_parquet(quantum.scarlet_file, load_schema("scarlet_models", "blends"))
         sources_file = str(Path(quantum.scarlet_file).with_name("sources.parquet"))
         sources = read_parquet(sources_file, load_schema("scarlet_models", "sources"))
         return derive_footprints(blends, sources, coadd, quantum.data_id.band)
-    return read_parquet(quantum.footprints_file, load_schema("footprints"))
+    schema = load_schema("footprints")
+    columns = None if values else [c.name for c in schema.columns if c.name != "values"]
+    return read_parquet(quantum.footprints_file, schema, columns=columns)
 
 
 def load_refs(quantum: Quantum, footprints: pa.Table) -> tuple[pa.Table, np.ndarray]:
@@ -116,7 +133,8 @@ def load_quantum(quantum: Quantum, *, allow_missing_footprints: bool = False,
     if (coadd.tract, coadd.patch, coadd.band) != (quantum.data_id.tract, quantum.data_id.patch, quantum.data_id.band):
         raise InputError(f"{quantum.coadd_file}: holds tract={coadd.tract} patch={coadd.patch} band={coadd.band}, "
                          f"expected {quantum.data_id}")
-    footprint_table = read_footprints(quantum, coadd, footprint_dataset)
+    streamed = footprint_dataset != "scarlet"  # stored values are read after the join, batch by batch
+    footprint_table = read_footprints(quantum, coadd, footprint_dataset, values=not streamed)
     table, unmatched = load_refs(quantum, footprint_table)
     has = table.column("has_footprint").to_numpy(zero_copy_only=False)
     ids = table.column("id").to_numpy()
@@ -131,9 +149,10 @@ def load_quantum(quantum: Quantum, *, allow_missing_footprints: bool = False,
     ref = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names
            if c not in SPAN_COLUMNS and c not in ARROW_COLUMNS and c != "footprint_parent"}
     ref.update({c: table.column(c).combine_chunks() for c in ARROW_COLUMNS})  # 64-bit ids with nulls stay exact
-    footprints = _footprints(table, footprint_table, has)
+    footprints = _footprints(table, footprint_table, has, quantum.footprints_file if streamed else None)
     del footprint_table
     footprints.check(ids, f"{quantum.data_id} ({quantum.footprints_file})")
+    pa.default_memory_pool().release_unused()  # decoded Parquet pages: back to the system, not kept by the pool
     ref["footprint_spans"] = (footprints.span_offsets, footprints.span_y, footprints.span_x0, footprints.span_x1)
     ref["footprints"] = footprints
     return QuantumInputs(quantum, coadd, ref, unmatched)

@@ -8,7 +8,7 @@ centroids as kernels want them: nearest local pixel and sub-pixel offset.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,14 +28,23 @@ class SourcePixels:
     fp_none: tuple  # no footprints: the undeblended image
 
     @classmethod
-    def build(cls, coadd: Coadd, n: int, *, replacer=None, footprints=None) -> "SourcePixels":
+    def build(cls, coadd: Coadd, n: int, *, replacer=None, footprints=None, chunked: bool = False) -> "SourcePixels":
+        """``chunked``: leave ``fp`` to :meth:`chunk` (the task measures chunk by chunk)."""
         no_data = coadd.mask_planes.bitmask("NO_DATA")
         valid = valid_plane(coadd.image, coadd.variance, coadd.mask, no_data)
         none = no_footprints(n)
         if replacer is None:
             return cls(coadd.image, coadd.image, coadd.variance, coadd.mask, valid, no_data, none, none)
-        fp = local_footprints(footprints, replacer.used, coadd.bbox.min_x, coadd.bbox.min_y)
+        fp = None if chunked else local_footprints(footprints, replacer.used, coadd.bbox.min_x, coadd.bbox.min_y)
         return cls(replacer.base, coadd.image, coadd.variance, coadd.mask, valid, no_data, fp, none)
+
+    def chunk(self, start: int, stop: int, *, replacer=None, footprints=None, coadd: Coadd) -> "SourcePixels":
+        """These planes for sources start..stop-1, with their own footprints (see :func:`chunk_footprints`)."""
+        none = no_footprints(stop - start)
+        if replacer is None:
+            return replace(self, fp=none, fp_none=none)
+        fp = chunk_footprints(footprints, replacer.used, start, stop, coadd.bbox.min_x, coadd.bbox.min_y)
+        return replace(self, fp=fp, fp_none=none)
 
     def planes(self, *, undeblended: bool = False) -> tuple:
         """(image, variance, mask, valid, fp) for the deblended or the undeblended measurement."""
@@ -51,11 +60,32 @@ def valid_plane(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, no_da
 
 
 def local_footprints(footprints, used: np.ndarray, min_x: int, min_y: int) -> tuple:
-    """The ``fp`` tuple in coadd-local pixels (int32 spans), as kernels read it."""
+    """The ``fp`` tuple of every source in coadd-local pixels (int32 spans), as kernels read it."""
+    value_offsets, values = footprints.heavy()
     return (np.ascontiguousarray(used, np.int64), np.ascontiguousarray(footprints.span_offsets, np.int64),
             (footprints.span_y - min_y).astype(np.int32), (footprints.span_x0 - min_x).astype(np.int32),
-            (footprints.span_x1 - min_x).astype(np.int32), np.ascontiguousarray(footprints.value_offsets, np.int64),
-            np.ascontiguousarray(footprints.values, np.float32))
+            (footprints.span_x1 - min_x).astype(np.int32), np.ascontiguousarray(value_offsets, np.int64),
+            np.ascontiguousarray(values, np.float32))
+
+
+def chunk_footprints(footprints, used: np.ndarray, start: int, stop: int, min_x: int, min_y: int) -> tuple:
+    """The ``fp`` tuple of sources start..stop-1: only the footprints they use (their own or an
+    ancestor's), re-indexed, with their heavy values gathered now (one chunk in memory at a time)."""
+    from forcedphot.kernels.csr import gather_rows
+
+    u = np.asarray(used[start:stop], np.int64)
+    rows, local = np.unique(u[u >= 0], return_inverse=True)
+    used_local = np.full(u.size, -1, np.int64)
+    used_local[u >= 0] = local
+    offsets = np.ascontiguousarray(footprints.span_offsets, np.int64)
+    span_off, sy = gather_rows([(offsets, footprints.span_y)], rows, np.int32)
+    _, sx0 = gather_rows([(offsets, footprints.span_x0)], rows, np.int32)
+    _, sx1 = gather_rows([(offsets, footprints.span_x1)], rows, np.int32)
+    sy -= np.int32(min_y)
+    sx0 -= np.int32(min_x)
+    sx1 -= np.int32(min_x)
+    value_offsets, values = footprints.heavy(rows)
+    return used_local, span_off, sy, sx0, sx1, value_offsets, values
 
 
 @dataclass(frozen=True)

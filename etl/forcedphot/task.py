@@ -120,7 +120,7 @@ class ForcedPhotCoaddTask:
         }
 
     def run(self, meas_cat: dict, inputs: QuantumInputs) -> pa.Table:
-        """Run every plugin over all sources at once, calibrate, and return the output table."""
+        """Run every plugin over all sources (chunk by chunk where pixels are read), calibrate, return the table."""
         if inputs.n == 0:  # an empty patch: an empty, schema-complete table
             return self.schema.arrow_schema().empty_table()
         coadd = inputs.coadd
@@ -129,7 +129,8 @@ class ForcedPhotCoaddTask:
             with self.timer("noiseReplacer"):
                 replacer = self.make_noise_replacer(inputs)
         with self.timer("pixels"):
-            pixels = SourcePixels.build(coadd, inputs.n, replacer=replacer, footprints=inputs.ref["footprints"])
+            pixels = SourcePixels.build(coadd, inputs.n, replacer=replacer, footprints=inputs.ref["footprints"],
+                                        chunked=True)
         # plugins that measure the original image in their own pass (sharing per-source products)
         same_pass = tuple(n for n in self.config.undeblended if PLUGINS[n].measures_undeblended)
         ctx = MeasurementContext(coadd, None, self.config, inputs.ref, ref_wcs=self._ref_wcs(inputs),
@@ -139,8 +140,10 @@ class ForcedPhotCoaddTask:
         measure = [p for p in self.plugins if p.order < 3]
         after = [p for p in self.plugins if p.order >= 3]  # aperture corrections, classification
         for plugin in measure:
-            with self.timer(plugin.name):
-                values.update(plugin.measure(ctx))
+            if not plugin.reads_pixels:
+                with self.timer(plugin.name):
+                    values.update(plugin.measure(ctx))
+        self._measure_chunks(ctx, [p for p in measure if p.reads_pixels], inputs, replacer)
         # other undeblended copies: the same algorithm again on the original image (Rubin's `undeblended`)
         separate = [n for n in self.config.undeblended if n not in same_pass]
         if separate:
@@ -156,6 +159,29 @@ class ForcedPhotCoaddTask:
         with self.timer("calibrate"):
             calibrate.calibrate(values, declared, inputs.coadd.photo_calib)
         return self._to_table(values, declared, inputs.n)
+
+    def _measure_chunks(self, ctx: MeasurementContext, plugins: list, inputs: QuantumInputs, replacer) -> None:
+        """Run ``plugins`` over chunks of ``chunk_size`` sources, each chunk holding only the heavy
+        values of the footprints its sources use; results go into whole-quantum columns."""
+        n, step = inputs.n, self.config.chunk_size
+        out: dict = {}
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            with self.timer("footprints"):
+                pixels = ctx.pixels.chunk(start, stop, replacer=replacer, footprints=inputs.ref["footprints"],
+                                          coadd=inputs.coadd)
+            part = ctx.chunk(start, stop, pixels=pixels)
+            for plugin in plugins:
+                with self.timer(plugin.name):
+                    result = plugin.measure(part)
+                part.values.update(result)
+                for name, value in result.items():
+                    if name not in out:
+                        value = np.asarray(value)
+                        out[name] = np.empty((n,) + value.shape[1:], value.dtype)
+                    out[name][start:stop] = value
+            del part, pixels
+        ctx.values.update(out)
 
     def _to_table(self, values: dict, declared, n: int) -> pa.Table:
         """Columns in schema order, each converted and released in turn (one copy at a time, not two)."""

@@ -75,14 +75,15 @@ def test_lazy_corrections_still_serve_numpy_plugins(blended_inputs):
     c = inputs.coadd
     # sum of delta = heavy - B over each used footprint's on-image pixels, against a direct loop
     got = r.weighted_correction(rows, np.zeros(rows.size), np.zeros(rows.size), lambda o, dx, dy: np.ones(o.size))
+    value_offsets, values = fp.heavy()
     for k, row in enumerate(rows):
         f = r.used[row]
-        total, p = 0.0, fp.value_offsets[f]
+        total, p = 0.0, value_offsets[f]
         for s in range(fp.span_offsets[f], fp.span_offsets[f + 1]):
             for x in range(fp.span_x0[s], fp.span_x1[s] + 1):
                 ly, lx = fp.span_y[s] - c.bbox.min_y, x - c.bbox.min_x
                 if 0 <= ly < r.base.shape[0] and 0 <= lx < r.base.shape[1]:
-                    total += float(fp.values[p]) - float(r.base[ly, lx])
+                    total += float(values[p]) - float(r.base[ly, lx])
                 p += 1
         assert got[k] == pytest.approx(total, rel=1e-9, abs=1e-9)
 

@@ -14,6 +14,9 @@ from forcedphot.schema import TableSchema
 
 META_PROVENANCE = b"forcedphot.provenance"
 READ_BATCH_ROWS = 8192
+# buffered, page-by-page column reads: without them a column chunk is read whole before decoding
+# (a 200 MB heavy-values chunk held next to the decoded batches)
+STREAM_READ = {"buffer_size": 1 << 20, "pre_buffer": False}
 
 
 def write_parquet(table: pa.Table, path: str | Path, schema: TableSchema, *, provenance: dict | None = None) -> Path:
@@ -35,7 +38,7 @@ def read_parquet(path: str | Path, schema: TableSchema, *, columns: list[str] | 
     if not path.exists():
         raise InputError(f"{path}: file not found")
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, **STREAM_READ)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from exc
     schema.check_metadata(pf.schema_arrow.metadata, where=str(path))

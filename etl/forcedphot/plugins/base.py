@@ -59,6 +59,17 @@ class MeasurementContext:
     def n(self) -> int:
         return len(self.ref["id"])
 
+    def chunk(self, start: int, stop: int, *, pixels: SourcePixels) -> "MeasurementContext":
+        """This context for sources start..stop-1 (views; ``pixels`` holds their own footprints)."""
+        sl = slice(start, stop)
+        return MeasurementContext(
+            self.coadd, self.padded, self.config, {k: _rows(v, start, stop) for k, v in self.ref.items()
+                                                   if k != "footprints"},
+            x=_rows(self.x, start, stop), y=_rows(self.y, start, stop), usable=_rows(self.usable, start, stop),
+            ref_wcs=self.ref_wcs, shape=None if self.shape is None else self.shape[sl],
+            shape_ok=_rows(self.shape_ok, start, stop), values={k: _rows(v, start, stop) for k, v in self.values.items()},
+            replacement=self.replacement, pixels=pixels, undeblended=self.undeblended)
+
     def centres(self) -> ForcedCentres:
         """The forced centroids in coadd-local pixels, as kernels read them (cached)."""
         if "centres" not in self.cache:
@@ -117,6 +128,19 @@ class MeasurementContext:
         return self.cache[key]
 
 
+def _rows(value, start: int, stop: int):
+    """Rows start..stop-1 of a per-source value: an array, an Arrow array, or a CSR tuple (offsets, *flat)."""
+    if value is None:
+        return None
+    if isinstance(value, tuple):  # e.g. ref["footprint_spans"]: (offsets (N+1,), y, x0, x1)
+        offsets = value[0]
+        a, b = offsets[start], offsets[stop]
+        return (offsets[start:stop + 1] - a, *(v[a:b] for v in value[1:]))
+    if hasattr(value, "slice") and not isinstance(value, np.ndarray):  # pyarrow.Array
+        return value.slice(start, stop - start)
+    return value[start:stop]
+
+
 class Plugin:
     """Base class: ``name``, ``columns(config)`` and ``measure(ctx)``."""
 
@@ -126,6 +150,9 @@ class Plugin:
     # True: measure() also returns the "undeblended_" columns when ctx.undeblended names the plugin,
     # from the same pass (per-source products such as PSF images or sinc coefficients made once)
     measures_undeblended: bool = False
+    # False: needs no pixels (reference positions and shapes only); runs once over the whole
+    # quantum before the chunks that read pixels and footprints
+    reads_pixels: bool = True
 
     @classmethod
     def columns(cls, config: ForcedPhotConfig) -> tuple[Column, ...]:

@@ -13,6 +13,7 @@ from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
 class TransformedCentroid(Plugin):
     name = "TransformedCentroid"
     order = 0.0
+    reads_pixels = False
 
     @classmethod
     def columns(cls, config):

@@ -34,6 +34,7 @@ def local_jacobian(ref_wcs, wcs, x, y) -> np.ndarray:
 class TransformedShape(Plugin):
     name = "TransformedShape"
     order = 1.0
+    reads_pixels = False
 
     @classmethod
     def columns(cls, config):

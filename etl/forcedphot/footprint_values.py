@@ -1,0 +1,60 @@
+"""Heavy footprint values of a quantum, decoded once and gathered chunk by chunk.
+
+The heavy values are the bulk of a quantum's inputs (4 bytes per footprint pixel; children of a
+blend each carry the pixels of their parent's footprint, so a crowded patch holds several times
+its own pixel count). They are decoded from Parquet once, batch by batch, into an unnamed
+scratch file (unlinked at creation: nothing is left behind, even when the process is killed),
+and each measurement chunk gathers the values of the footprints its sources use. The process
+then holds one chunk's values at a time; the rest stays in the operating system's file cache.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+
+
+class HeavyValueStore:
+    """Values of every stored footprint in file order, and each reference's footprint row."""
+
+    def __init__(self, file, row_offsets: np.ndarray, ref_rows: np.ndarray):
+        self._file = file
+        self.row_offsets = row_offsets  # (n_footprints + 1,) int64: values of footprint row f
+        self.ref_rows = ref_rows  # (N,) int64: footprint row of reference i, -1 when it has none
+
+    @classmethod
+    def from_chunks(cls, chunks, ref_rows: np.ndarray) -> "HeavyValueStore":
+        """``chunks``: (offsets, values) of consecutive footprint rows (e.g. decoded Parquet batches)."""
+        file = tempfile.TemporaryFile(prefix="forcedphot-heavy-")
+        parts, total = [np.zeros(1, np.int64)], 0
+        for offsets, values in chunks:
+            offsets = np.asarray(offsets, np.int64)
+            piece = np.ascontiguousarray(values[offsets[0]:offsets[-1]], np.float32)
+            file.write(memoryview(piece))
+            parts.append(offsets[1:] - offsets[0] + total)
+            total += piece.size
+        file.flush()
+        return cls(file, np.concatenate(parts), np.ascontiguousarray(ref_rows, np.int64))
+
+    def lengths(self) -> np.ndarray:
+        """(N,) number of stored values of each reference's footprint (0 without one)."""
+        r = np.maximum(self.ref_rows, 0)
+        return np.where(self.ref_rows >= 0, self.row_offsets[r + 1] - self.row_offsets[r], 0)
+
+    def gather(self, refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets (len(refs)+1,), values float32) of the footprints of references ``refs``, CSR."""
+        from forcedphot.kernels.csr import gather_rows
+
+        rows = self.ref_rows[np.asarray(refs, np.int64)]
+        total = int(self.row_offsets[-1])
+        if total == 0:
+            return np.zeros(rows.size + 1, np.int64), np.zeros(0, np.float32)
+        mapped = np.memmap(self._file, dtype=np.float32, mode="r", shape=(total,))
+        try:  # a plain view of the mapping for the compiled gather; unmapped right after
+            return gather_rows([(self.row_offsets, mapped.view(np.ndarray))], rows, np.float32)
+        finally:
+            del mapped
+
+    def close(self) -> None:
+        self._file.close()
