@@ -50,39 +50,3 @@ def gather_rows(chunks, rows: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray
         first += offsets.size - 1
     return new_offsets, out
 
-
-@njit(cache=True)
-def csr_gather_checked(offsets, values, rows, first, new_offsets, out, bad):
-    """:func:`csr_gather` of rows whose length is already known (``new_offsets``): a row of this
-    chunk whose length differs is marked in ``bad`` and not copied (it would overrun its slot)."""
-    n_rows = offsets.size - 1
-    for i in range(rows.size):
-        r = rows[i] - first
-        if 0 <= r < n_rows:
-            start = offsets[r]
-            dst = new_offsets[i]
-            m = offsets[r + 1] - start
-            if m != new_offsets[i + 1] - dst:
-                bad[i] = True
-                continue
-            for k in range(m):
-                out[dst + k] = values[start + k]
-
-
-def gather_rows_known(chunks, rows: np.ndarray, lengths: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(offsets, values, bad) of rows ``rows`` (-1: empty) whose lengths are known beforehand.
-
-    ``chunks`` may be a generator (batches decoded one at a time from a file): the output is
-    allocated once from ``lengths`` and each chunk is copied into place and dropped, so the
-    column is never held twice. ``bad`` (len(rows),) marks rows whose stored length differs.
-    """
-    rows = np.ascontiguousarray(rows, np.int64)
-    new_offsets = np.zeros(rows.size + 1, np.int64)
-    np.cumsum(np.where(rows >= 0, lengths, 0), out=new_offsets[1:])
-    out = np.empty(int(new_offsets[-1]), dtype)
-    bad = np.zeros(rows.size, np.bool_)
-    first = 0
-    for offsets, values in chunks:
-        csr_gather_checked(offsets, values, rows, first, new_offsets, out, bad)
-        first += offsets.size - 1
-    return new_offsets, out, bad
