@@ -132,7 +132,8 @@ def read_coadd(path: str | Path) -> Coadd:
         raise InputError(f"{path}: expected one row, found {table.num_rows}")
     row = _row(table)
     recorded = (reader.schema.metadata or {}).get(META_CHECKSUM)
-    if recorded is not None and recorded.decode() != _content_digest(row, {n: _values(table, n) for n in PLANE_COLUMNS}):
+    planes = {n: _values(table, n) for n in PLANE_COLUMNS}
+    if recorded is not None and recorded.decode() != _content_digest(row, planes):
         from forcedphot.io.parquet import ChecksumError
 
         raise ChecksumError(f"{path}: content checksum mismatch (the file was corrupted or modified after it was "
