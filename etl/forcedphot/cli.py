@@ -40,10 +40,23 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def _radii(text: str | None) -> list[float] | None:
+    from forcedphot.config import ConfigError
+
+    if not text:
+        return None
+    try:
+        return [float(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        raise ConfigError(f"command line: option --radii = {text!r}: expected comma-separated numbers "
+                          "(pixels), e.g. 3,6,12", "aperture_radii") from None
+
+
 def _config(args):
+    """The validated config of the file and options (a ConfigError, exit 2, before any quantum runs)."""
     from forcedphot.config import load_config
 
-    radii = [float(r) for r in args.radii.split(",")] if args.radii else None
+    radii = _radii(args.radii)
     return load_config(args.config, aperture_radii=radii, aperture_method=args.aperture_method,
                        footprint_dataset=args.footprints,
                        noise_replacement=False if args.no_noise_replacement else None)
@@ -155,6 +168,13 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    from forcedphot.config import render_toml
+
+    print(render_toml(None if args.template else _config(args)), end="")
+    return 0
+
+
 def cmd_ingest_fits(args) -> int:
     import pyarrow.parquet as pq
 
@@ -251,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(st)
     st.add_argument("-v", "--verbose", action="store_true", help="list every quantum")
     st.set_defaults(func=cmd_status)
+
+    c = sub.add_parser("config", help="print a commented TOML config that --config accepts",
+                       description="Print the default config (--template) or the validated config of --config "
+                                   "and the options, as a commented TOML file that `run --config` accepts.")
+    c.add_argument("--template", action="store_true", help="the defaults, ignoring any other option")
+    _add_config_options(c)
+    c.set_defaults(func=cmd_config)
 
     from forcedphot.ingest.args import EXAMPLE, add_fits_arguments
 

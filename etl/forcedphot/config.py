@@ -1,12 +1,22 @@
-"""Configuration of a forced-photometry run; its fingerprint decides which quanta are stale."""
+"""Configuration of a run; its fingerprint decides which quanta are stale.
+
+:class:`ForcedPhotConfig` is the public, frozen dataclass (keyword options, ``fingerprint()``,
+``dataclasses.replace``). Types and ranges of every option live in one place, the pydantic model
+:class:`ConfigSchema`: every construction (TOML file, command line, Python) is validated by it,
+and a bad value is one line naming the option (:class:`ConfigError`, exit 2 in the CLI).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from forcedphot.errors import InputError
 
@@ -16,6 +26,86 @@ STANDARD_APERTURE_RADII = (3.0, 4.5, 6.0, 9.0, 12.0, 17.0, 25.0, 35.0, 50.0, 70.
 UNDEBLENDED_PLUGINS = ("PsfFlux", "CircularApertureFlux", "KronFlux")  # undeblended copies in the schema
 PIXEL_FLAG_PLANES = ("BAD", "CR", "EDGE", "INTRP", "NO_DATA", "SAT", "SUSPECT",
                      "CLIPPED", "SENSOR_EDGE", "REJECTED", "INEXACT_PSF")
+
+
+class ConfigError(InputError):
+    """A configuration option of the wrong type or out of range (one line naming the option)."""
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option
+
+
+Float = Annotated[float, Strict()]  # an int or a float; never a string or a boolean
+Int = Annotated[int, Strict()]
+Str = Annotated[str, Strict()]
+Names = tuple[Str, ...]  # a TOML array (a string is not a list of names)
+
+
+class ConfigSchema(BaseModel):
+    """Types, ranges and descriptions of the options (the ``config --template`` comments)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    plugins: Names = Field(description="measurement plugins to run (the centroid and shape slots always run)")
+    aperture_radii: tuple[Float, ...] = Field(
+        description=f"circular aperture radii in pixels: a subset of the schema's {list(STANDARD_APERTURE_RADII)}")
+    aperture_method: Literal["sinc", "naive", "exact"] = Field(
+        description='"sinc" (sinc coefficients up to max_sinc_radius, naive above, as Rubin), "naive" or "exact"')
+    max_sinc_radius: Float = Field(gt=0, le=12.0, description="largest sinc aperture radius (pixels, <= 12)")
+    aperture_error_weights: Literal["squared", "linear"] = Field(
+        description='error of an exact aperture: "squared" = sqrt(sum(w^2 V)) or "linear" = sqrt(sum(w V)) (SEP)')
+    psf_bad_mask_planes: Names = Field(description="mask planes whose pixels the PSF fit leaves out")
+    pixel_flag_planes: Names = Field(description=f"mask planes of the pixelFlags columns: a subset of "
+                                                 f"{list(PIXEL_FLAG_PLANES)}")
+    footprint_dataset: Literal["heavy", "scarlet"] = Field(
+        description='"heavy": the stored heavy footprints; "scarlet": derived from the scarlet-style models')
+    missing_footprints: Literal["error", "reference"] = Field(
+        description='a reference without a footprint: "error" fails the quantum; "reference" uses its nearest '
+                    "ancestor's footprint, or none")
+    noise_replacement: Annotated[bool, Strict()] = Field(
+        description="replace other objects' footprints by noise while measuring each source (true or false)")
+    noise_seed_multiplier: Int = Field(ge=1, description="noise seed = packed (tract, patch) id x this (>= 1)")
+    noise_offset: Float = Field(allow_inf_nan=False, description="added to the noise mean (image units)")
+    undeblended: tuple[Literal[UNDEBLENDED_PLUGINS], ...] = Field(
+        description=f"plugins also measured on the original image (undeblended_ columns): a subset of "
+                    f"{list(UNDEBLENDED_PLUGINS)}")
+    chunk_size: Int = Field(gt=0, description="sources per vectorised batch (> 0; does not change any number)")
+
+    @field_validator("aperture_radii")
+    @classmethod
+    def _radii_in_schema(cls, radii):
+        bad = [r for r in radii if float(r) not in STANDARD_APERTURE_RADII]
+        if bad:
+            raise ValueError(f"radii {bad} are not in the forced_source schema {list(STANDARD_APERTURE_RADII)}")
+        return tuple(float(r) for r in radii)
+
+    @field_validator("plugins")
+    @classmethod
+    def _known_plugins(cls, names):
+        from forcedphot.plugins import PLUGINS  # late import: plugins import this module
+
+        unknown = [p for p in names if p not in PLUGINS]
+        if unknown:
+            raise ValueError(f"unknown plugin(s) {unknown}; known: {sorted(PLUGINS)}")
+        return names
+
+    @field_validator("pixel_flag_planes")
+    @classmethod
+    def _known_planes(cls, names):
+        unknown = [p for p in names if p not in PIXEL_FLAG_PLANES]
+        if unknown:
+            raise ValueError(f"planes {unknown} have no pixelFlags columns; known: {list(PIXEL_FLAG_PLANES)}")
+        return names
+
+
+def _one_line(exc: ValidationError, where: str) -> ConfigError:
+    err = exc.errors()[0]
+    option = str(err["loc"][0]) if err["loc"] else None
+    index = "".join(f"[{i}]" for i in err["loc"][1:])
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more error(s))" if exc.error_count() > 1 else ""
+    return ConfigError(f"{where}: option {option}{index} = {err.get('input')!r}: {msg}{more}", option)
 
 
 @dataclass(frozen=True)
@@ -49,25 +139,12 @@ class ForcedPhotConfig:
     chunk_size: int = 4096  # sources per vectorised batch (bounds memory)
 
     def __post_init__(self):
-        bad = [r for r in self.aperture_radii if float(r) not in STANDARD_APERTURE_RADII]
-        if bad:
-            raise InputError(f"aperture radii {bad} are not in the forced_source schema {STANDARD_APERTURE_RADII}")
-        if self.footprint_dataset not in ("heavy", "scarlet"):
-            raise InputError(f"footprint_dataset must be 'heavy' or 'scarlet', not {self.footprint_dataset!r}")
-        if self.missing_footprints not in ("error", "reference"):
-            raise InputError(f"missing_footprints must be 'error' or 'reference', not {self.missing_footprints!r}")
-        if self.aperture_method not in ("sinc", "naive", "exact"):
-            raise InputError(f"aperture_method must be 'sinc', 'naive' or 'exact', not {self.aperture_method!r}")
-        if self.max_sinc_radius > 12.0:
-            raise InputError(f"max_sinc_radius {self.max_sinc_radius} > 12: the schema has sinc flags up to 12 px")
-        if self.aperture_error_weights not in ("squared", "linear"):
-            raise InputError(f"aperture_error_weights must be 'squared' or 'linear', not {self.aperture_error_weights!r}")
-        from forcedphot.plugins import PLUGINS  # late import: plugins import this module
-
-        unknown = [p for p in self.plugins if p not in PLUGINS]
-        unknown += [p for p in self.undeblended if p not in UNDEBLENDED_PLUGINS]
-        if unknown:
-            raise InputError(f"unknown plugin(s) {unknown}; known: {sorted(PLUGINS)}")
+        try:
+            valid = ConfigSchema.model_validate({f.name: getattr(self, f.name) for f in fields(self)})
+        except ValidationError as exc:
+            raise _one_line(exc, "config") from None
+        for f in fields(self):  # normalised: lists become tuples, radii floats (so fingerprints agree)
+            object.__setattr__(self, f.name, getattr(valid, f.name))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -83,7 +160,8 @@ class ForcedPhotConfig:
 
 
 def load_config(path: str | Path | None = None, **overrides) -> ForcedPhotConfig:
-    """Defaults, then a TOML file's keys, then keyword overrides."""
+    """Defaults, then a TOML file's keys, then keyword overrides (the command line); a bad option
+    raises :class:`ConfigError` naming the file (or the command line) and the option."""
     values: dict = {}
     if path is not None:
         path = Path(path)
@@ -91,13 +169,39 @@ def load_config(path: str | Path | None = None, **overrides) -> ForcedPhotConfig
             with open(path, "rb") as f:
                 values.update(tomllib.load(f))
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise InputError(f"{path}: cannot read config ({exc})") from exc
-    values.update({k: v for k, v in overrides.items() if v is not None})
+            raise ConfigError(f"{path}: cannot read config ({exc})") from exc
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
     known = {f.name for f in fields(ForcedPhotConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise InputError(f"{path or 'config'}: unknown option(s) {unknown}; known: {sorted(known)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    if "aperture_radii" in values:
-        values["aperture_radii"] = tuple(float(r) for r in values["aperture_radii"])
-    return ForcedPhotConfig(**values)
+        raise ConfigError(f"{path or 'config'}: unknown option(s) {unknown}; known: {sorted(known)}")
+    try:
+        return ForcedPhotConfig(**values)
+    except ConfigError as exc:
+        where = "command line" if exc.option in given else str(path) if path is not None else "config"
+        raise ConfigError(str(exc).replace("config: ", f"{where}: ", 1), exc.option) from None
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else "nan"
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string
+    return str(value)
+
+
+def render_toml(config: ForcedPhotConfig | None = None, *, comments: bool = True) -> str:
+    """``config`` (default: the defaults) as a TOML file that ``--config`` accepts, each option commented."""
+    config = config or ForcedPhotConfig()
+    lines = ["# forcedphot run configuration (forcedphot run --config FILE.toml); command-line options override it.",
+             "# Every option changes the config fingerprint (so which quanta are stale) except chunk_size."]
+    for f in fields(config):
+        if comments:
+            lines += ["", f"# {ConfigSchema.model_fields[f.name].description}"]
+        lines.append(f"{f.name} = {_toml_value(getattr(config, f.name))}")
+    return "\n".join(lines) + "\n"

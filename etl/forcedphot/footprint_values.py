@@ -18,8 +18,10 @@ import numpy as np
 class HeavyValueStore:
     """Values of every stored footprint in file order, and each reference's footprint row."""
 
-    def __init__(self, file, row_offsets: np.ndarray, ref_rows: np.ndarray):
+    def __init__(self, file, row_offsets: np.ndarray, ref_rows: np.ndarray, nonfinite: np.ndarray | None = None):
         self._file = file
+        # file-order indices of the non-finite values (found while decoding; checks.check_pixels)
+        self.nonfinite = np.zeros(0, np.int64) if nonfinite is None else nonfinite
         self.row_offsets = row_offsets  # (n_footprints + 1,) int64: values of footprint row f
         self.ref_rows = ref_rows  # (N,) int64: footprint row of reference i, -1 when it has none
 
@@ -27,15 +29,27 @@ class HeavyValueStore:
     def from_chunks(cls, chunks, ref_rows: np.ndarray) -> "HeavyValueStore":
         """``chunks``: (offsets, values) of consecutive footprint rows (e.g. decoded Parquet batches)."""
         file = tempfile.TemporaryFile(prefix="forcedphot-heavy-")
-        parts, total = [np.zeros(1, np.int64)], 0
+        parts, bad, total = [np.zeros(1, np.int64)], [np.zeros(0, np.int64)], 0
         for offsets, values in chunks:
             offsets = np.asarray(offsets, np.int64)
             piece = np.ascontiguousarray(values[offsets[0]:offsets[-1]], np.float32)
             file.write(memoryview(piece))
             parts.append(offsets[1:] - offsets[0] + total)
+            bad.append(np.flatnonzero(~np.isfinite(piece)) + total)
             total += piece.size
         file.flush()
-        return cls(file, np.concatenate(parts), np.ascontiguousarray(ref_rows, np.int64))
+        return cls(file, np.concatenate(parts), np.ascontiguousarray(ref_rows, np.int64), np.concatenate(bad))
+
+    def nonfinite_by_reference(self) -> tuple[np.ndarray, np.ndarray]:
+        """(value offsets in reference order, reference-order indices of the non-finite values)."""
+        value_offsets = np.r_[0, np.cumsum(self.lengths())].astype(np.int64)
+        f = np.searchsorted(self.row_offsets, self.nonfinite, side="right") - 1
+        ref_of_row = np.full(self.row_offsets.size - 1, -1, np.int64)
+        has = self.ref_rows >= 0
+        ref_of_row[self.ref_rows[has]] = np.flatnonzero(has)
+        r = ref_of_row[f]
+        keep = r >= 0  # values of footprints no reference uses are never measured
+        return value_offsets, value_offsets[r[keep]] + (self.nonfinite - self.row_offsets[f])[keep]
 
     def lengths(self) -> np.ndarray:
         """(N,) number of stored values of each reference's footprint (0 without one)."""

@@ -81,6 +81,14 @@ class HeavyFootprints:
             return self.store.gather(rows)
         return gather_rows([(np.asarray(self.value_offsets, np.int64), self.values)], rows, np.float32)
 
+    def nonfinite_values(self) -> tuple[np.ndarray, np.ndarray]:
+        """(value offsets, indices of the non-finite heavy values), both in reference (row) order."""
+        if self.store is not None:
+            return self.store.nonfinite_by_reference()
+        block = 1 << 22
+        bad = [np.flatnonzero(~np.isfinite(self.values[i:i + block])) + i for i in range(0, self.values.size, block)]
+        return self.value_offsets, np.concatenate(bad) if bad else np.zeros(0, np.int64)
+
     def pixels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(owner, y, x, pixel offsets (N+1,)) of every footprint pixel, in span order.
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from forcedphot import checks
 from forcedphot.duck import query_arrow
 from forcedphot.errors import InputError, MissingFootprintError
 from forcedphot.io.coadd import Coadd, read_coadd
@@ -129,6 +130,7 @@ def load_quantum(quantum: Quantum, *, allow_missing_footprints: bool = False,
     """Load and check one quantum's inputs; raise a one-line error naming the data ID or ids."""
     if not quantum.ready:
         raise InputError(f"{quantum.data_id}: missing inputs: {', '.join(quantum.missing)}")
+    checks.verify_files(quantum)
     coadd = read_coadd(quantum.coadd_file)
     if (coadd.tract, coadd.patch, coadd.band) != (quantum.data_id.tract, quantum.data_id.patch, quantum.data_id.band):
         raise InputError(f"{quantum.coadd_file}: holds tract={coadd.tract} patch={coadd.patch} band={coadd.band}, "
@@ -136,6 +138,7 @@ def load_quantum(quantum: Quantum, *, allow_missing_footprints: bool = False,
     streamed = footprint_dataset != "scarlet"  # stored values are read after the join, batch by batch
     footprint_table = read_footprints(quantum, coadd, footprint_dataset, values=not streamed)
     table, unmatched = load_refs(quantum, footprint_table)
+    checks.check_references(quantum, footprint_table, table)
     has = table.column("has_footprint").to_numpy(zero_copy_only=False)
     ids = table.column("id").to_numpy()
     if not allow_missing_footprints and not has.all():
@@ -152,6 +155,7 @@ def load_quantum(quantum: Quantum, *, allow_missing_footprints: bool = False,
     footprints = _footprints(table, footprint_table, has, quantum.footprints_file if streamed else None)
     del footprint_table
     footprints.check(ids, f"{quantum.data_id} ({quantum.footprints_file})")
+    checks.check_pixels(quantum, coadd, footprints, ids)
     pa.default_memory_pool().release_unused()  # decoded Parquet pages: back to the system, not kept by the pool
     ref["footprint_spans"] = (footprints.span_offsets, footprints.span_y, footprints.span_x0, footprints.span_x1)
     ref["footprints"] = footprints

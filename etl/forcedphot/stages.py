@@ -22,7 +22,7 @@ class SourcePixels:
     original: np.ndarray  # (H, W) float32: the coadd's image (undeblended measurements)
     variance: np.ndarray  # (H, W) float32
     mask: np.ndarray  # (H, W) int32
-    valid: np.ndarray  # (H, W) uint8: finite image and variance, NO_DATA not set
+    valid: np.ndarray  # (H, W) uint8: finite image, finite positive variance, NO_DATA not set
     no_data: int  # the NO_DATA bit
     fp: tuple  # own footprints (kernels.pixels layout); every used = -1 without noise replacement
     fp_none: tuple  # no footprints: the undeblended image

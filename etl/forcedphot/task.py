@@ -40,6 +40,7 @@ from forcedphot.noise import NoiseReplacer
 from forcedphot.outputs import UNDEBLENDED
 from forcedphot.plan import Quantum
 from forcedphot.plugins import PLUGINS, MeasurementContext, ordered
+from forcedphot.plugins.validity import flag_invalid
 from forcedphot.provenance import input_fingerprints, make_provenance
 from forcedphot.quantum import QuantumInputs, load_quantum, load_refs, read_footprints
 from forcedphot.repository import DataId, Repository
@@ -152,12 +153,14 @@ class ForcedPhotCoaddTask:
             for name in separate:
                 with self.timer(f"undeblended_{name}"):
                     values.update({f"{UNDEBLENDED}{k}": v for k, v in PLUGINS[name](self.config).measure(plain).items()})
+        flag_invalid(values)  # every number carries its flag (plugins/validity.py), before ApCorr reads them
         for plugin in after:
             with self.timer(plugin.name):
                 values.update(plugin.measure(ctx))
         declared = forced_source_columns()
         with self.timer("calibrate"):
             calibrate.calibrate(values, declared, inputs.coadd.photo_calib)
+            flag_invalid(values)  # again on the final numbers (corrected and calibrated)
         return self._to_table(values, declared, inputs.n)
 
     def _measure_chunks(self, ctx: MeasurementContext, plugins: list, inputs: QuantumInputs, replacer) -> None:

@@ -25,12 +25,11 @@ def test_parquet_writer_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "truth.parquet"
     fp_parquet.write_parquet(pa.Table.from_pylist([row]), path, schema)
 
-    def dying_write(table, where, **kw):
-        with open(where, "wb") as f:
-            f.write(b"PAR1 partial")
+    def dying_writer(sink, schema, **kw):  # the writer dies after writing a few bytes
+        sink.write(b"PAR1 partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(fp_parquet.pq, "write_table", dying_write)
+    monkeypatch.setattr(fp_parquet.pq, "ParquetWriter", dying_writer)
     with pytest.raises(OSError, match="disk full"):
         fp_parquet.write_parquet(pa.Table.from_pylist([{**row, "flux": 99.0}]), path, schema)
     monkeypatch.undo()

@@ -7,6 +7,7 @@ the mask-plane registry. Columns follow ``schemas/coadd.yaml``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,12 @@ from forcedphot.io.atomic import atomic_path
 from forcedphot.psf import PsfGrid
 from forcedphot.schema import load_schema
 from forcedphot.skymap import Box
+
+
+META_CHECKSUM = b"forcedphot.sha256"  # of the row's values and planes (see _content_digest)
+ROW_COLUMNS = ("tract", "patch", "band", "bbox_min_x", "bbox_min_y", "width", "height", "photo_calib", "wcs_header",
+               "mask_planes", "psf_size", "psf_grid_x", "psf_grid_y", "ap_corr", "input_polygons")
+PLANE_COLUMNS = ("image", "mask", "variance", "psf_images")
 
 
 @dataclass
@@ -79,6 +86,9 @@ def write_coadd(coadd: Coadd, path: str | Path) -> Path:
                              ("variance", coadd.variance, np.float32), ("psf_images", coadd.psf.images, np.float32)):
         table = table.append_column(name, _flat(arr, dtype))
     table = schema.conform(table, where=str(path))
+    meta = dict(table.schema.metadata or {})
+    meta[META_CHECKSUM] = _content_digest(_row(table), {n: _values(table, n) for n in PLANE_COLUMNS}).encode()
+    table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
@@ -89,6 +99,20 @@ def _values(table: pa.Table, name: str) -> np.ndarray:
     """Zero-copy numpy view of a one-row list column's values."""
     chunk = table.column(name).chunk(0)
     return chunk.values.to_numpy(zero_copy_only=True)
+
+
+def _row(table: pa.Table) -> dict:
+    # optional columns were added in minor versions: absent in older files
+    return {k: table.column(k)[0].as_py() if k in table.column_names else None for k in ROW_COLUMNS}
+
+
+def _content_digest(row: dict, planes: dict) -> str:
+    """sha256 of the row's values and the plane bytes: stored in the file's schema metadata, so it
+    moves with the file in the atomic rename (an Arrow IPC file cannot carry a digest of its own bytes)."""
+    digest = hashlib.sha256(json.dumps(row, sort_keys=True).encode())
+    for name in PLANE_COLUMNS:
+        digest.update(memoryview(np.ascontiguousarray(planes[name])).cast("B"))
+    return digest.hexdigest()
 
 
 def read_coadd(path: str | Path) -> Coadd:
@@ -106,11 +130,14 @@ def read_coadd(path: str | Path) -> Coadd:
         raise InputError(f"{path}: not a readable Arrow IPC coadd ({exc})") from exc
     if table.num_rows != 1:
         raise InputError(f"{path}: expected one row, found {table.num_rows}")
-    # optional columns were added in minor versions: absent in older files
-    row = {k: table.column(k)[0].as_py() if k in table.column_names else None for k in
-           ("tract", "patch", "band", "bbox_min_x", "bbox_min_y", "width", "height",
-            "photo_calib", "wcs_header", "mask_planes", "psf_size", "psf_grid_x", "psf_grid_y",
-            "ap_corr", "input_polygons")}
+    row = _row(table)
+    recorded = (reader.schema.metadata or {}).get(META_CHECKSUM)
+    planes = {n: _values(table, n) for n in PLANE_COLUMNS}
+    if recorded is not None and recorded.decode() != _content_digest(row, planes):
+        from forcedphot.io.parquet import ChecksumError
+
+        raise ChecksumError(f"{path}: content checksum mismatch (the file was corrupted or modified after it was "
+                            "written); re-create it with the tool that wrote it")
     h, w = row["height"], row["width"]
     bbox = Box(row["bbox_min_x"], row["bbox_min_y"], row["bbox_min_x"] + w - 1, row["bbox_min_y"] + h - 1)
     planes = {n: _values(table, n) for n in ("image", "mask", "variance")}

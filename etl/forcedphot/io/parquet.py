@@ -1,8 +1,17 @@
-"""Schema-checked Parquet I/O: conform on write, stamp version and provenance, check on read."""
+"""Schema-checked Parquet I/O: conform on write, stamp version and provenance, check on read.
+
+Every file carries two checksums, both verified on read: Parquet page CRCs
+(``write_page_checksum``) and a sha256 of all bytes before the footer, stored in the footer's
+key-value metadata (``forcedphot.sha256``). The digest lives inside the file, so the atomic
+rename moves data and checksum together (no sidecar or manifest can go out of step), and it
+covers what page CRCs do not: page headers, dictionary pages and the page layout.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,10 +22,29 @@ from forcedphot.io.atomic import atomic_path
 from forcedphot.schema import TableSchema
 
 META_PROVENANCE = b"forcedphot.provenance"
+META_CHECKSUM = b"forcedphot.sha256"  # "<bytes>:<sha256 hex>" of the file before its footer
 READ_BATCH_ROWS = 8192
 # buffered, page-by-page column reads: without them a column chunk is read whole before decoding
-# (a 200 MB heavy-values chunk held next to the decoded batches)
-STREAM_READ = {"buffer_size": 1 << 20, "pre_buffer": False}
+# (a 200 MB heavy-values chunk held next to the decoded batches); page CRCs verified
+STREAM_READ = {"buffer_size": 1 << 20, "pre_buffer": False, "page_checksum_verification": True}
+HASH_BLOCK = 1 << 22
+
+
+class ChecksumError(InputError):
+    """A file's bytes differ from those its writer recorded: corrupted or modified after writing."""
+
+
+def _sha256_prefix(path: Path, n_bytes: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = n_bytes
+        while left > 0:
+            block = f.read(min(HASH_BLOCK, left))
+            if not block:
+                break
+            digest.update(block)
+            left -= len(block)
+    return digest.hexdigest()
 
 
 def write_parquet(table: pa.Table, path: str | Path, schema: TableSchema, *, provenance: dict | None = None) -> Path:
@@ -28,8 +56,39 @@ def write_parquet(table: pa.Table, path: str | Path, schema: TableSchema, *, pro
         meta[META_PROVENANCE] = json.dumps(provenance, sort_keys=True).encode()
     table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", write_statistics=True)
+        with pa.OSFile(str(tmp), "wb") as sink:
+            writer = pq.ParquetWriter(sink, table.schema, compression="zstd", write_statistics=True,
+                                      write_page_checksum=True)
+            try:
+                writer.write_table(table)
+                n_bytes = sink.tell()  # every row group is written: only the footer follows
+                writer.add_key_value_metadata({META_CHECKSUM: f"{n_bytes}:{_sha256_prefix(tmp, n_bytes)}"})
+            finally:
+                writer.close()
     return path
+
+
+def verify_checksum(path: str | Path, metadata=None) -> bool:
+    """Check the file's bytes against the sha256 its writer recorded; False if none was recorded
+    (files of older versions). Raises :class:`ChecksumError` naming the file on a mismatch."""
+    path = Path(path)
+    try:
+        metadata = metadata if metadata is not None else pq.read_metadata(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({exc})") from exc
+    recorded = (metadata.metadata or {}).get(META_CHECKSUM)
+    if recorded is None:
+        return False
+    try:
+        n_text, expected = recorded.decode().split(":")
+        n_bytes = int(n_text)
+    except ValueError:
+        raise ChecksumError(f"{path}: unreadable content checksum {recorded[:80]!r} (corrupted footer)") from None
+    footer_start = os.path.getsize(path) - 8 - metadata.serialized_size
+    if n_bytes != footer_start or _sha256_prefix(path, n_bytes) != expected:
+        raise ChecksumError(f"{path}: content checksum mismatch (the file was corrupted or modified after it "
+                            "was written); re-create it with the tool that wrote it")
+    return True
 
 
 def read_parquet(path: str | Path, schema: TableSchema, *, columns: list[str] | None = None) -> pa.Table:
@@ -42,9 +101,13 @@ def read_parquet(path: str | Path, schema: TableSchema, *, columns: list[str] | 
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from exc
     schema.check_metadata(pf.schema_arrow.metadata, where=str(path))
+    verify_checksum(path, pf.metadata)
     # batch by batch: decoding a whole column chunk of ragged lists at once costs ~5x the table in scratch
     arrow_schema = pf.schema_arrow if columns is None else pa.schema([pf.schema_arrow.field(c) for c in columns])
-    batches = pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns, use_threads=False)
+    try:
+        batches = list(pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns, use_threads=False))
+    except (pa.ArrowInvalid, OSError) as exc:  # a page CRC mismatch, or pages that do not decode
+        raise ChecksumError(f"{path}: corrupted Parquet pages ({exc})") from exc
     return pa.Table.from_batches(batches, schema=arrow_schema).replace_schema_metadata(pf.schema_arrow.metadata)
 
 

@@ -11,12 +11,17 @@ from numba import njit, prange
 
 @njit(cache=True, parallel=True)
 def valid_pixels(image, variance, mask, no_data):
-    """uint8 plane: 1 where image and variance are finite and NO_DATA is not set."""
+    """uint8 plane: 1 where the image is finite, the variance finite and positive, and NO_DATA is not set.
+
+    A pixel of zero or negative variance would give errors of 0 or NaN: it is invalid, as NO_DATA,
+    so every measurement that touches it is flagged (checked at load by :mod:`forcedphot.checks`).
+    """
     h, w = image.shape
     out = np.empty((h, w), np.uint8)
     for y in prange(h):
         for x in range(w):
-            out[y, x] = np.isfinite(image[y, x]) and np.isfinite(variance[y, x]) and (mask[y, x] & no_data) == 0
+            v = variance[y, x]
+            out[y, x] = np.isfinite(image[y, x]) and np.isfinite(v) and v > 0 and (mask[y, x] & no_data) == 0
     return out
 
 

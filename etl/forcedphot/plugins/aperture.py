@@ -15,6 +15,11 @@ set ``_flag_sincCoeffsTruncated`` and are clipped. Apertures are not aperture-co
 The compiled kernels (:mod:`forcedphot.kernels.apertures`) measure every radius of a method in
 one pass per source, and the undeblended image in the same pass when the task asks for it
 (``measures_undeblended``).
+
+The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
+``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever an
+aperture flux or its error is not finite or the error is <= 0 (deblended and undeblended); this
+plugin sets its specific flags.
 """
 
 from __future__ import annotations

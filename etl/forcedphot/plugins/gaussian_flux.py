@@ -9,6 +9,11 @@ pixel grid under-samples them (Qxx or Qyy < 0.25, det Q < 0.0625) are measured w
 sub-pixel samples (averaged; Rubin sums them without dividing by 16). Each source is measured
 on its own image (noise replacement: its own heavy footprint over the noise) by the compiled
 kernel :func:`forcedphot.kernels.moments.gaussian_flux`.
+
+The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
+``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever
+gaussianFlux or gaussianFluxErr is not finite or gaussianFluxErr <= 0; this plugin sets its
+specific flags.
 """
 
 from __future__ import annotations

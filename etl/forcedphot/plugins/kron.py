@@ -7,6 +7,11 @@ sum of pixels whose centres lie in the ellipse (one row run per pixel row, summe
 :func:`forcedphot.kernels.apertures.ellipse_kernel`); Rubin uses sinc coefficients for
 ellipses with b <= 10 px, which this implementation does not. F = sum(I), err = sqrt(sum(V)).
 Aperture corrected. The undeblended flux comes from the same pass (``measures_undeblended``).
+
+The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
+``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever
+kronFlux or kronFluxErr is not finite or kronFluxErr <= 0 (deblended and undeblended); this plugin
+sets its specific flags.
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ determinant radius at the centre), pixel centres, ignoring BAD, SAT and NO_DATA 
 (noise replacement: its footprint over the noise); one compiled pass over the sources
 (:func:`forcedphot.kernels.background.annulus_clipped_stats`), the statistics of
 :func:`forcedphot.clipped.clipped_mean_std`.
+
+The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
+``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever
+localBackground or localBackgroundErr is not finite or localBackgroundErr <= 0; this plugin sets
+its specific flags.
 """
 
 from __future__ import annotations

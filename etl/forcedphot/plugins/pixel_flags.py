@@ -3,7 +3,7 @@
 As Rubin's base_PixelFlags: ``pixelFlags_<plane>`` (any pixel of the source's own footprint;
 the 3x3 box for a source without one), ``pixelFlags_<plane>Center`` (any pixel of the 3x3 box at
 the centre) and ``pixelFlags_<plane>CenterAll`` (every pixel of that box). Invalid pixels (non-finite
-image or variance) count as NO_DATA, and so do pixels off the coadd. One compiled pass over the
+image, variance not finite and positive) count as NO_DATA, and so do pixels off the coadd. One compiled pass over the
 spans (:func:`forcedphot.kernels.footprints.footprint_mask_or`).
 """
 

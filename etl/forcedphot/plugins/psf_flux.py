@@ -10,6 +10,11 @@ base_PsfFlux::
 One compiled pass (:func:`forcedphot.kernels.psf.psf_flux`) builds each source's PSF image once
 and fits it to the noise-replaced image with the source's own footprint and, when the task
 asks for the undeblended copy (``ctx.undeblended``), to the original image.
+
+The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
+``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever
+psfFlux or psfFluxErr is not finite or psfFluxErr <= 0 (deblended and undeblended); this plugin
+sets its specific flags.
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ its own image (noise replacement: its own heavy footprint over the noise) within
 of the stamp. Errors propagate the pixel variances through the final weighted moments (a
 linearised version of Rubin's Fisher-matrix errors); PSF moments are the PSF model's at the
 centroid.
+
+The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
+``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever
+sdssShape_flux or sdssShape_fluxErr is not finite or sdssShape_fluxErr <= 0 (``sdssShape_flag``);
+this plugin sets its specific flags.
 """
 
 from __future__ import annotations

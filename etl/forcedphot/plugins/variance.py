@@ -5,6 +5,10 @@ Pixels with DETECTED, DETECTED_NEGATIVE, BAD, SAT or NO_DATA set are excluded, a
 is not measured (flagged empty). One compiled pass over the sources
 (:func:`forcedphot.kernels.background.ellipse_median`), the median of
 :func:`forcedphot.clipped.masked_median`.
+
+The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
+``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever
+localVariance is not finite or <= 0; this plugin sets its specific flags.
 """
 
 from __future__ import annotations
