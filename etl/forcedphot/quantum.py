@@ -15,7 +15,7 @@ from forcedphot import checks
 from forcedphot.duck import query_arrow
 from forcedphot.errors import InputError, MissingFootprintError
 from forcedphot.io.coadd import Coadd, read_coadd
-from forcedphot.io.parquet import READ_BATCH_ROWS, STREAM_READ, read_parquet
+from forcedphot.io.parquet import iter_column, read_parquet
 from forcedphot.footprint_values import HeavyValueStore
 from forcedphot.noise import HeavyFootprints
 from forcedphot.plan import Quantum
@@ -77,8 +77,7 @@ def _footprints(table: pa.Table, footprints: pa.Table, has: np.ndarray, values_f
     if values_file is None:
         chunks = _ragged(footprints.column("values"))
     else:
-        chunks = (_ragged_chunk(batch.column(0)) for batch in pq.ParquetFile(values_file, **STREAM_READ).iter_batches(
-            batch_size=READ_BATCH_ROWS, columns=["values"], use_threads=False))
+        chunks = (_ragged_chunk(column) for column in iter_column(values_file, "values"))
     store = HeavyValueStore.from_chunks(chunks, rows)
     fp = HeavyFootprints(has=has, span_offsets=span_offsets, span_y=spans["span_y"][1], span_x0=spans["span_x0"][1],
                          span_x1=spans["span_x1"][1], bbox=bbox, store=store)

@@ -111,6 +111,20 @@ def read_parquet(path: str | Path, schema: TableSchema, *, columns: list[str] | 
     return pa.Table.from_batches(batches, schema=arrow_schema).replace_schema_metadata(pf.schema_arrow.metadata)
 
 
+def iter_column(path: str | Path, column: str):
+    """Decoded batches of one column of a file :func:`read_parquet` has already checked, one at a time.
+
+    For a column too large to hold twice (heavy footprint values): the caller copies each batch
+    where it belongs and drops it. A page that fails its CRC or does not decode is one line.
+    """
+    try:
+        for batch in pq.ParquetFile(path, **STREAM_READ).iter_batches(batch_size=READ_BATCH_ROWS, columns=[column],
+                                                                       use_threads=False):
+            yield batch.column(0)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ChecksumError(f"{path}: corrupted Parquet pages ({exc})") from exc
+
+
 def read_provenance(path: str | Path) -> dict | None:
     """Provenance stored by :func:`write_parquet`, or None if absent/unreadable."""
     try:
