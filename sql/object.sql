@@ -3,7 +3,8 @@
 -- after them alphabetically): @band_columns@ repeats the `band_columns` section once per band with
 -- @band@ the band name, @colour_columns@ repeats `colour_columns` for each pair of consecutive bands
 -- @b1@, @b2@; @primary@ is `detect_isPrimary` (each object once, from the patch whose inner region holds
--- it) or `true` (one row per object and patch it was measured in). A band without a measurement of the
+-- it; no deblended parents) or `true` (every object measured; an objectId belongs to one patch, so
+-- a source in a patch overlap is then one row per patch). A band without a measurement of the
 -- object gives NULL columns. The per-band columns are forced_source columns; see their descriptions
 -- in schemas/forced_source.yaml (or `query.object_columns()`).
 

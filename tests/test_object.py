@@ -82,8 +82,24 @@ def test_sql_view_equals_the_loader_and_the_documented_columns(measured_tiny_rep
         assert family.replace("<b>_", "") in readme, family
 
 
-def test_all_patches_gives_a_row_per_object_and_patch(measured_tiny_repo, long):
+def test_all_objects_includes_the_non_primary_ones(measured_tiny_repo, long):
     every = query.load_object(measured_tiny_repo, primary_only=False)
     assert every.height == long.select("objectId", "patch").unique().height
     assert every.select("objectId", "patch").is_duplicated().sum() == 0
     assert every.height > every.filter(pl.col("detect_isPrimary")).height > 0
+
+
+def test_astropy_backend_carries_the_schema_units(measured_tiny_repo, objects):
+    import astropy.units as u
+
+    table = query.load_object(measured_tiny_repo, backend="astropy")
+    assert len(table) == objects.height
+    assert table["g_psfFlux"].unit == u.nJy and table["g_psfMag"].unit == u.ABmag
+    assert table["g_psfMagErr"].unit == u.mag and table["coord_ra"].unit == u.deg
+    flux = table["r_psfFlux"].to_value(u.nJy)
+    assert ((flux == objects["r_psfFlux"].to_numpy()) | (flux != flux)).all()
+    fs = query.load_forced_source(measured_tiny_repo, band="g", columns=["psfFlux", "psfMag", "centroid_x"],
+                                  backend="astropy")
+    assert fs["centroid_x"].unit == u.pix and fs["psfMag"].unit == u.ABmag
+    with pytest.raises(ValueError, match="backend must be one of polars, pandas, astropy"):
+        query.load_object(measured_tiny_repo, backend="arrow")

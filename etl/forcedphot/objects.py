@@ -61,7 +61,7 @@ def _render(template: str, **tokens: str) -> str:
 
 
 def object_select(bands, *, primary_only: bool = True) -> str:
-    """The SELECT of the object table for ``bands`` (primary objects only, or one row per object and patch)."""
+    """The SELECT of the object table for ``bands`` (primary objects only, or every object)."""
     sections = _sections()
     for band in bands:
         if not _BAND_NAME.match(band):

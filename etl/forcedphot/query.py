@@ -20,10 +20,11 @@ import pyarrow.parquet as pq
 
 from forcedphot.duck import query_arrow, refuse_unless_read_only, sandboxed_connection
 from forcedphot.errors import InputError, QueryError
-from forcedphot.objects import object_select, repository_bands
+from forcedphot.objects import object_columns, object_select, repository_bands
 from forcedphot.repository import Repository
 from forcedphot.resources import read_sql
 from forcedphot.schema import META_SCHEMA, load_schema
+from forcedphot.tables import convert
 
 _FILES = re.compile(r"@files\((\w+)\)@")
 PARTITION_KEYS = {"tract": int, "patch": int, "band": str}
@@ -154,22 +155,20 @@ def scan_forced_source(repo, *, tract=None, patch=None, band=None) -> pl.LazyFra
 
 
 def load_forced_source(repo, *, tract=None, patch=None, band=None, columns=None, backend: str = "polars"):
-    """Collect the forced-source table (optionally filtered) as a Polars or pandas DataFrame."""
+    """Collect the forced-source table (optionally filtered): Polars, pandas or an astropy QTable with units."""
     lf = scan_forced_source(repo, tract=tract, patch=patch, band=band)
     if columns:
         lf = lf.select(columns)
-    df = lf.collect()
-    if backend == "pandas":
-        return df.to_pandas()
-    if backend != "polars":
-        raise ValueError(f"backend must be 'polars' or 'pandas', not {backend!r}")
-    return df
+    units = {c.name: c.unit for c in load_schema("forced_source").columns}
+    return convert(lf.collect(), backend, units)
 
 
 def load_object(repo, *, tract=None, patch=None, primary_only: bool = True, backend: str = "polars"):
-    """The object table (one row per primary object, ``<band>_<column>`` columns; see sql/object.sql).
+    """The object table (one row per primary object, ``<band>_<column>`` columns; see sql/object.sql):
+    Polars, pandas or an astropy QTable with units.
 
-    ``primary_only=False`` gives one row per object and patch it was measured in (patch overlaps included).
+    ``primary_only=False`` keeps the objects that are not primary too (the copies of a source in patch
+    overlaps, deblended parents).
     """
     repo = _as_repository(repo)
     con = sandboxed_connection()
@@ -179,8 +178,5 @@ def load_object(repo, *, tract=None, patch=None, primary_only: bool = True, back
                             + "\nORDER BY objectId, tract, patch")
     finally:
         con.close()
-    if backend == "pandas":
-        return table.to_pandas()
-    if backend != "polars":
-        raise ValueError(f"backend must be 'polars' or 'pandas', not {backend!r}")
-    return pl.from_arrow(table)
+    units = {c.name: c.unit for c in object_columns(repository_bands(repo))}
+    return convert(pl.from_arrow(table), backend, units)
