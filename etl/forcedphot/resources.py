@@ -13,7 +13,11 @@ from pathlib import Path
 
 def _folder(name: str) -> Path:
     # Installed packages are plain folders (the package is never imported from a zip file).
-    return Path(str(files(f"forcedphot.{name}")))
+    try:
+        return Path(str(files(f"forcedphot.{name}")))
+    except ModuleNotFoundError as exc:  # an editable install made before setup.py mapped the folders
+        raise ImportError(f"forcedphot.{name} is not installed; reinstall forcedphot (`make venv` or "
+                          "`pip install -e .`)") from exc
 
 
 SQL_DIR = _folder("sql")
