@@ -107,4 +107,6 @@ def test_loader_filters_name_the_valid_values(repo):
         query.load_forced_source(repo, tract="0")
     with pytest.raises(InputError, match=r"band must be a str .* has band \['g', 'i', 'r', 'z'\]"):
         query.load_forced_source(repo, band=["g", 3])
+    with pytest.raises(InputError, match=r"forced_source has no column\(s\) \['psf_flux'\]"):
+        query.load_forced_source(repo, columns=["objectId", "psf_flux"])
     assert set(query.load_forced_source(repo, tract=0, patch=(1, 2), band="g")["patch"]) == {1, 2}

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 PROJECT = Path(__file__).resolve().parents[1]
+BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "etl", "sql", "schemas", "datasets")
+IGNORED = shutil.ignore_patterns("__pycache__", "*.egg-info")
 
 
 def _run(cmd, *, cwd, env, check=True) -> subprocess.CompletedProcess:
@@ -34,7 +36,14 @@ def wheel_venv(tmp_path_factory):
     """(forcedphot executable, python executable, environment) of a fresh venv holding only the wheel."""
     root = tmp_path_factory.mktemp("wheel")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", root / "dist", PROJECT], cwd=root, env=env)
+    source = root / "source"  # a clean copy: an in-tree build would leave build/ (and stale files) in the project
+    source.mkdir()
+    for name in BUILD_INPUTS:
+        if (PROJECT / name).is_dir():
+            shutil.copytree(PROJECT / name, source / name, ignore=IGNORED)
+        else:
+            shutil.copy2(PROJECT / name, source / name)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", root / "dist", source], cwd=root, env=env)
     [wheel] = (root / "dist").glob("forcedphot-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for shipped in ("forcedphot/sql/views.sql", "forcedphot/sql/examples/star_pulls.sql",

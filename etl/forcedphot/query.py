@@ -157,9 +157,12 @@ def scan_forced_source(repo, *, tract=None, patch=None, band=None) -> pl.LazyFra
 def load_forced_source(repo, *, tract=None, patch=None, band=None, columns=None, backend: str = "polars"):
     """Collect the forced-source table (optionally filtered): Polars, pandas or an astropy QTable with units."""
     lf = scan_forced_source(repo, tract=tract, patch=patch, band=band)
-    if columns:
-        lf = lf.select(columns)
     units = {c.name: c.unit for c in load_schema("forced_source").columns}
+    if columns:
+        unknown = [c for c in columns if c not in units]
+        if unknown:
+            raise InputError(f"forced_source has no column(s) {unknown}; see schemas/forced_source.yaml")
+        lf = lf.select(columns)
     return convert(lf.collect(), backend, units)
 
 
