@@ -51,7 +51,7 @@ def check_file(path: Path, dataset: str) -> None:
     """Raise ``InputError`` (one line naming ``path``) unless it is a forcedphot ``dataset`` file this code reads."""
     schema = load_schema(dataset)
     try:
-        metadata = pq.read_schema(path).metadata or {}
+        metadata = pq.read_metadata(path).metadata or {}
     except (pa.ArrowException, OSError) as exc:
         cause = " ".join(str(exc).split())
         raise InputError(f"{path}: not a readable Parquet file ({cause}); move it out of the repository") from exc
