@@ -110,3 +110,13 @@ def test_loader_filters_name_the_valid_values(repo):
     with pytest.raises(InputError, match=r"forced_source has no column\(s\) \['psf_flux'\]"):
         query.load_forced_source(repo, columns=["objectId", "psf_flux"])
     assert set(query.load_forced_source(repo, tract=0, patch=(1, 2), band="g")["patch"]) == {1, 2}
+
+
+def test_a_view_cannot_read_a_path(repo, monkeypatch):
+    views = {"ledger": "CREATE VIEW ledger AS SELECT * FROM read_parquet(@root@ || '/runs/*.parquet')"}
+    monkeypatch.setattr(query, "view_statements", lambda: views)
+    with pytest.raises(QueryError, match="view ledger reads files by path"):
+        query.sql(repo, "SELECT 1")
+    views["ledger"] = "CREATE VIEW ledger AS SELECT * FROM @files(no_such_dataset)@"
+    with pytest.raises(ForcedPhotError, match="no_such_dataset.yaml: schema file not found"):
+        query.sql(repo, "SELECT 1")

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from forcedphot.duck import query_arrow, refuse_unless_read_only, sandboxed_connection
 from forcedphot.errors import InputError, QueryError
 from forcedphot.objects import object_columns, object_select, repository_bands
-from forcedphot.repository import Repository
+from forcedphot.repository import DATASETS, Repository
 from forcedphot.resources import read_sql
 from forcedphot.schema import META_SCHEMA, load_schema
 from forcedphot.tables import convert
@@ -41,6 +41,14 @@ def _as_repository(repo) -> Repository:
     repo = repo if isinstance(repo, Repository) else Repository(repo)
     repo.check()
     return repo
+
+
+def _dataset_folder(repo: Repository, dataset: str) -> Path:
+    """A repository dataset's folder; any other ``<root>/<name>`` folder with a ``schemas/<name>.yaml`` too."""
+    if dataset in DATASETS:
+        return repo.dataset_dir(dataset)
+    load_schema(dataset)  # SchemaError naming the missing schema file
+    return repo.root / dataset
 
 
 def _partition_values(path: Path) -> dict[str, str]:
@@ -66,7 +74,7 @@ def dataset_files(repo, dataset: str, **partitions) -> list[Path]:
     repo = _as_repository(repo)
     wanted = _partition_filter(repo, dataset, partitions)
     files = []
-    for path in sorted(repo.dataset_dir(dataset).glob("**/*.parquet")):
+    for path in sorted(_dataset_folder(repo, dataset).glob("**/*.parquet")):
         keys = _partition_values(path.relative_to(repo.root))
         if all(keys.get(k) in values for k, values in wanted.items()):
             check_file(path, dataset)
@@ -89,7 +97,7 @@ def _partition_filter(repo: Repository, dataset: str, partitions: dict) -> dict[
         bad = [v for v in values if not isinstance(v, kind) or isinstance(v, bool)]
         if bad or not values:
             present = sorted({kind(_partition_values(p.relative_to(repo.root))[key])
-                              for p in repo.dataset_dir(dataset).glob(f"**/{key}=*/**/*.parquet")})
+                              for p in _dataset_folder(repo, dataset).glob(f"**/{key}=*/**/*.parquet")})
             raise InputError(f"{key} must be {'an int' if kind is int else 'a str'} or a list of them, not "
                              f"{value!r}; {dataset} in {repo.root} has {key} {present}")
         wanted[key] = {str(v) for v in values}
@@ -108,6 +116,9 @@ def connect(repo: Repository | str | Path) -> duckdb.DuckDBPyConnection:
     con = sandboxed_connection()
     replacements = {"@object_select@": lambda: object_select(repository_bands(repo))}
     for name, stmt in view_statements().items():
+        if "@root@" in stmt:
+            raise QueryError(f"sql/views.sql: view {name} reads files by path (@root@); read them with "
+                             "@files(NAME)@ (the query connection opens no file)")
         for dataset in dict.fromkeys(_FILES.findall(stmt)):
             con.register(f"_files_{dataset}", arrow_dataset(repo, dataset))
         stmt = _FILES.sub(lambda m: f"_files_{m.group(1)}", stmt)
