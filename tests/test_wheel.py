@@ -84,6 +84,9 @@ def test_installed_wheel_runs_every_command_from_another_folder(wheel_venv, meas
                   "SELECT count(*) AS n FROM forced_source WHERE band = 'g'"], cwd=tmp_path, env=env)
     n_g = int(count.stdout.split()[1])
     assert n_g > 0
+    depth = _run([forcedphot, "sql", "--repo", "measured", "--format", "json", "--example", "depth_5sigma"],
+                 cwd=tmp_path, env=env)  # sql/examples/ ships too
+    assert {json.loads(line)["band"] for line in depth.stdout.splitlines()} == {"g", "r", "i", "z"}
 
     loader = _run([python, "-c", "from forcedphot.query import load_forced_source; "
                    "print(load_forced_source('measured', band='g').height)"], cwd=tmp_path, env=env)
