@@ -116,19 +116,43 @@ def cmd_run(args) -> int:
     return 0 if summary.ok else EXIT_FAILED_QUANTA
 
 
+def _sql_param(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` of ``--param``: VALUE as an int, else a float, else the string."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, not {text!r}")
+    for kind in (int, float):
+        try:
+            return name, kind(value)
+        except ValueError:
+            pass
+    return name, value
+
+
+def _example_path(name: str):
+    from forcedphot.resources import EXAMPLES_DIR
+
+    path = EXAMPLES_DIR / f"{name}.sql"
+    if not path.exists():
+        known = sorted(p.stem for p in EXAMPLES_DIR.glob("*.sql"))
+        raise ForcedPhotError(f"{name}: no such example; known examples: {', '.join(known)}")
+    return path
+
+
 def cmd_sql(args) -> int:
     from forcedphot.query import sql
 
-    if (args.query is None) == (args.file is None):
-        raise ForcedPhotError("give either a SQL query or --file, not both or neither")
-    if args.file:
+    if sum(x is not None for x in (args.query, args.file, args.example)) != 1:
+        raise ForcedPhotError("give one of a SQL query, --file or --example")
+    path = args.file or (_example_path(args.example) if args.example else None)
+    if path:
         try:
-            query = open(args.file).read()
+            query = open(path).read()
         except OSError as exc:
-            raise ForcedPhotError(f"{args.file}: cannot read SQL file ({exc.strerror})") from exc
+            raise ForcedPhotError(f"{path}: cannot read SQL file ({exc.strerror})") from exc
     else:
         query = args.query
-    table = sql(args.repo, query)
+    table = sql(args.repo, query, dict(args.param) or None)
     df = pl.from_arrow(table)
     if args.format == "csv":
         sys.stdout.write(df.write_csv())
@@ -233,9 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     q = sub.add_parser("sql", help="run a DuckDB SQL query over the repository",
-                       description="Views: forced_source, ref, truth, skymap (hive-partitioned Parquet).")
+                       description="Read-only queries (SELECT, EXPLAIN) over the views forced_source, ref, truth, "
+                                   "skymap and object; DuckDB reads the repository's datasets and no other file.")
     q.add_argument("query", nargs="?", help='SQL, e.g. "SELECT band, count(*) FROM forced_source GROUP BY band"')
     q.add_argument("--file", help="read the query from a .sql file (e.g. sql/examples/star_pulls.sql)")
+    q.add_argument("--example", metavar="NAME", help="run sql/examples/NAME.sql as installed with forcedphot "
+                   "(e.g. depth_5sigma, cone_search)")
+    q.add_argument("--param", type=_sql_param, action="append", default=[], metavar="NAME=VALUE",
+                   help="value of the query's $NAME parameter (repeatable; numbers are passed as numbers)")
     q.add_argument("--repo", required=True, help="repository folder")
     q.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     q.add_argument("--max-rows", type=int, default=40, help="rows shown in table format (-1: all)")

@@ -1,7 +1,10 @@
-"""The query surface: DuckDB views over the repository, Polars LazyFrames and pandas.
+"""The query surface: sandboxed DuckDB views over the repository, Polars LazyFrames and pandas.
 
-Views come from ``sql/views.sql``; a dataset with no files yet gets an empty view with the
-columns of its schema, so queries are valid before the first run.
+DuckDB gets no file access at all (``duck.sandboxed_connection``): the views of ``sql/views.sql``
+read each dataset's Parquet files through an Arrow dataset built here, after every file was checked
+(readable Parquet, written by forcedphot for that dataset, a schema major version this code reads).
+So a query reads the repository's datasets and nothing else, and writes, attaches, installs or loads
+nothing; a corrupt or foreign file is one error line naming it.
 """
 
 from __future__ import annotations
@@ -12,52 +15,128 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
-from forcedphot.duck import query_arrow
-from forcedphot.errors import QueryError
-from forcedphot.repository import Repository
+from forcedphot.duck import query_arrow, refuse_unless_read_only, sandboxed_connection
+from forcedphot.errors import InputError, QueryError
+from forcedphot.objects import object_columns, object_select, repository_bands
+from forcedphot.repository import DATASETS, Repository
 from forcedphot.resources import read_sql
-from forcedphot.schema import load_schema
+from forcedphot.schema import META_SCHEMA, load_schema
+from forcedphot.tables import convert
 
-_DUCK_TYPES = {"boolean": "BOOLEAN", "byte": "TINYINT", "short": "SMALLINT", "int": "INTEGER", "long": "BIGINT",
-               "float": "FLOAT", "double": "DOUBLE", "char": "VARCHAR", "string": "VARCHAR", "unicode": "VARCHAR",
-               "text": "VARCHAR", "binary": "BLOB"}
-
-
-def _sql_literal(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
+_FILES = re.compile(r"@files\((\w+)\)@")
+PARTITION_KEYS = {"tract": int, "patch": int, "band": str}
 
 
 def view_statements() -> dict[str, str]:
-    """``-- name: X`` sections of sql/views.sql."""
+    """``-- name: X`` sections of sql/views.sql, in file order."""
     text = read_sql("views")
     parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.M)
     return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
 
 
-def _empty_view(name: str) -> str:
-    cols = ", ".join(f"CAST(NULL AS {_DUCK_TYPES[c.datatype]}{'[]' if c.is_array else ''}) AS \"{c.name}\""
-                     for c in load_schema(name).columns)
-    return f"CREATE OR REPLACE VIEW {name} AS SELECT {cols} WHERE false"
-
-
-def connect(repo: Repository | str | Path, *, con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with views forced_source, ref, truth and skymap."""
+def _as_repository(repo) -> Repository:
     repo = repo if isinstance(repo, Repository) else Repository(repo)
     repo.check()
-    con = con or duckdb.connect()
-    root = _sql_literal(str(repo.root.resolve()))
+    return repo
+
+
+def _dataset_folder(repo: Repository, dataset: str) -> Path:
+    """A repository dataset's folder; any other ``<root>/<name>`` folder with a ``schemas/<name>.yaml`` too."""
+    if dataset in DATASETS:
+        return repo.dataset_dir(dataset)
+    load_schema(dataset)  # SchemaError naming the missing schema file
+    return repo.root / dataset
+
+
+def _partition_values(path: Path) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in path.parts if "=" in part)
+
+
+def check_file(path: Path, dataset: str) -> None:
+    """Raise ``InputError`` (one line naming ``path``) unless it is a forcedphot ``dataset`` file this code reads."""
+    schema = load_schema(dataset)
+    try:
+        metadata = pq.read_metadata(path).metadata or {}
+    except (pa.ArrowException, OSError) as exc:
+        cause = " ".join(str(exc).split())
+        raise InputError(f"{path}: not a readable Parquet file ({cause}); move it out of the repository") from exc
+    stamped = metadata.get(META_SCHEMA, b"").decode() or None
+    if stamped is not None and stamped != f"{schema.dataset}.{schema.table}":
+        raise InputError(f"{path}: a {stamped} file in the {dataset} dataset; move it out of the repository")
+    schema.check_metadata(metadata, where=str(path))
+
+
+def dataset_files(repo, dataset: str, **partitions) -> list[Path]:
+    """The checked Parquet files of ``dataset``, optionally only those of some partitions (tract/patch/band)."""
+    repo = _as_repository(repo)
+    wanted = _partition_filter(repo, dataset, partitions)
+    files = []
+    for path in sorted(_dataset_folder(repo, dataset).glob("**/*.parquet")):
+        keys = _partition_values(path.relative_to(repo.root))
+        if all(keys.get(k) in values for k, values in wanted.items()):
+            check_file(path, dataset)
+            files.append(path)
+    return files
+
+
+def _partition_filter(repo: Repository, dataset: str, partitions: dict) -> dict[str, set[str]]:
+    """{key: accepted values as path strings}; a wrongly typed value raises naming the valid values."""
+    wanted = {}
+    for key, value in partitions.items():
+        if value is None:
+            continue
+        kind = PARTITION_KEYS[key]
+        values = [value] if isinstance(value, (int, str)) else value
+        try:
+            values = list(values)
+        except TypeError:
+            values = [value]
+        bad = [v for v in values if not isinstance(v, kind) or isinstance(v, bool)]
+        if bad or not values:
+            present = sorted({kind(_partition_values(p.relative_to(repo.root))[key])
+                              for p in _dataset_folder(repo, dataset).glob(f"**/{key}=*/**/*.parquet")})
+            raise InputError(f"{key} must be {'an int' if kind is int else 'a str'} or a list of them, not "
+                             f"{value!r}; {dataset} in {repo.root} has {key} {present}")
+        wanted[key] = {str(v) for v in values}
+    return wanted
+
+
+def arrow_dataset(repo, dataset: str, **partitions) -> pads.Dataset:
+    """The checked files of ``dataset`` as a pyarrow dataset with the columns of its schema (empty if none)."""
+    files = [str(p) for p in dataset_files(repo, dataset, **partitions)]
+    return pads.dataset(files, schema=load_schema(dataset).arrow_schema(), format="parquet")
+
+
+def connect(repo: Repository | str | Path) -> duckdb.DuckDBPyConnection:
+    """A sandboxed DuckDB connection with the views of sql/views.sql (forced_source, ref, truth, skymap, object)."""
+    repo = _as_repository(repo)
+    con = sandboxed_connection()
+    replacements = {"@object_select@": lambda: object_select(repository_bands(repo))}
     for name, stmt in view_statements().items():
-        files = list(repo.dataset_dir(name).glob("**/*.parquet"))
-        if files:
-            con.execute(stmt.replace("@root@", root))
-        else:
-            con.execute(_empty_view(name))
+        if "@root@" in stmt:
+            raise QueryError(f"sql/views.sql: view {name} reads files by path (@root@); read them with "
+                             "@files(NAME)@ (the query connection opens no file)")
+        for dataset in dict.fromkeys(_FILES.findall(stmt)):
+            con.register(f"_files_{dataset}", arrow_dataset(repo, dataset))
+        stmt = _FILES.sub(lambda m: f"_files_{m.group(1)}", stmt)
+        for token, render in replacements.items():
+            if token in stmt:
+                stmt = stmt.replace(token, render())
+        con.execute(stmt)
     return con
 
 
 def sql(repo, query: str, params: dict | None = None) -> pa.Table:
-    """Run one SQL query over the repository views; returns Arrow."""
+    """Run a read-only SQL query (SELECT or EXPLAIN statements) over the repository views; returns Arrow."""
+    try:
+        refuse_unless_read_only(query)
+    except ValueError as exc:
+        raise QueryError(f"SQL refused: {exc}") from exc
+    except duckdb.Error as exc:
+        raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
     con = connect(repo)
     try:
         return query_arrow(con, query, params)
@@ -72,30 +151,46 @@ def forced_source_schema() -> pl.Schema:
 
 
 def scan_forced_source(repo, *, tract=None, patch=None, band=None) -> pl.LazyFrame:
-    """The forced-source table as a Polars LazyFrame; filters on tract/patch/band prune partitions."""
-    repo = repo if isinstance(repo, Repository) else Repository(repo)
-    repo.check()
+    """The forced-source table as a Polars LazyFrame; tract/patch/band select the partitions' files."""
+    repo = _as_repository(repo)
+    files = dataset_files(repo, "forced_source", tract=tract, patch=patch, band=band)
     schema = forced_source_schema()
-    pattern = str(repo.dataset_dir("forced_source") / "**" / "*.parquet")
-    if not list(repo.dataset_dir("forced_source").glob("**/*.parquet")):
+    if not files:
         return pl.LazyFrame(schema=schema)
-    lf = pl.scan_parquet(pattern, hive_partitioning=True, schema=schema, missing_columns="insert",
+    lf = pl.scan_parquet(files, hive_partitioning=False, schema=schema, missing_columns="insert",
                          extra_columns="ignore")
     for col, val in (("tract", tract), ("patch", patch), ("band", band)):
         if val is not None:
-            vals = [val] if isinstance(val, (int, str)) else list(val)
-            lf = lf.filter(pl.col(col).is_in(vals))
+            lf = lf.filter(pl.col(col).is_in([val] if isinstance(val, (int, str)) else list(val)))
     return lf
 
 
 def load_forced_source(repo, *, tract=None, patch=None, band=None, columns=None, backend: str = "polars"):
-    """Collect the forced-source table (optionally filtered) as a Polars or pandas DataFrame."""
+    """Collect the forced-source table (optionally filtered): Polars, pandas or an astropy QTable with units."""
     lf = scan_forced_source(repo, tract=tract, patch=patch, band=band)
+    units = {c.name: c.unit for c in load_schema("forced_source").columns}
     if columns:
+        unknown = [c for c in columns if c not in units]
+        if unknown:
+            raise InputError(f"forced_source has no column(s) {unknown}; see schemas/forced_source.yaml")
         lf = lf.select(columns)
-    df = lf.collect()
-    if backend == "pandas":
-        return df.to_pandas()
-    if backend != "polars":
-        raise ValueError(f"backend must be 'polars' or 'pandas', not {backend!r}")
-    return df
+    return convert(lf.collect(), backend, units)
+
+
+def load_object(repo, *, tract=None, patch=None, primary_only: bool = True, backend: str = "polars"):
+    """The object table (one row per primary object, ``<band>_<column>`` columns; see sql/object.sql):
+    Polars, pandas or an astropy QTable with units.
+
+    ``primary_only=False`` keeps the objects that are not primary too (the copies of a source in patch
+    overlaps, deblended parents).
+    """
+    repo = _as_repository(repo)
+    con = sandboxed_connection()
+    try:
+        con.register("forced_source", arrow_dataset(repo, "forced_source", tract=tract, patch=patch))
+        table = query_arrow(con, object_select(repository_bands(repo), primary_only=primary_only)
+                            + "\nORDER BY objectId, tract, patch")
+    finally:
+        con.close()
+    units = {c.name: c.unit for c in object_columns(repository_bands(repo))}
+    return convert(pl.from_arrow(table), backend, units)

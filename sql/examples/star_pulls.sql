@@ -1,5 +1,7 @@
--- How well do PSF fluxes recover the truth? Isolated, unflagged simulated stars, per band.
--- pull = (psfFlux - true flux) / psfFluxErr should have mean ~0 and standard deviation ~1.
+-- Answers: how well do PSF fluxes recover the truth? Isolated, unflagged simulated stars, per band:
+--   pull = (psfFlux - true flux) / psfFluxErr should have mean ~0 and standard deviation ~1.
+-- Parameters: none.
+-- Run: forcedphot sql --repo repo --example star_pulls
 SELECT f.band,
        count(*) AS n_stars,
        round(avg((f.psfFlux - t.flux) / f.psfFluxErr), 3) AS mean_pull,

@@ -18,8 +18,7 @@ ISOLATED_STAR = ("t.is_star AND t.n_neighbours = 0 AND f.detect_isPrimary AND f.
 
 def _joined(noisy, noiseless, columns):
     con = query.connect(noisy)
-    glob = str(noiseless / "forced_source" / "**" / "*.parquet")
-    con.execute(f"CREATE VIEW twin AS SELECT * FROM read_parquet('{glob}', hive_partitioning = true)")
+    con.register("twin", query.arrow_dataset(noiseless, "forced_source"))  # the connection opens no file itself
     sel = ", ".join(f"f.{c} AS {c}, f.{c}Err AS {c}Err, z.{c} AS {c}_twin, f.{c}_flag AS {c}_flag" for c in columns)
     return con.sql(f"""SELECT f.band, t.flux AS true_flux, {sel}
                        FROM forced_source f JOIN twin z USING (objectId, band)
