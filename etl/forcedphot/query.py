@@ -28,21 +28,25 @@ def _sql_literal(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def view_statements() -> dict[str, str]:
-    """``-- name: X`` sections of sql/views.sql."""
-    text = read_sql("views")
+def view_statements(sql_file: str = "views") -> dict[str, str]:
+    """``-- name: X`` sections of sql/views.sql (or another sql/*.sql file of views)."""
+    text = read_sql(sql_file)
     parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.M)
     return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
 
 
 def _empty_view(name: str) -> str:
+    return empty_view_sql(name, load_schema(name))
+
+
+def empty_view_sql(name: str, schema) -> str:
     cols = ", ".join(f"CAST(NULL AS {_DUCK_TYPES[c.datatype]}{'[]' if c.is_array else ''}) AS \"{c.name}\""
-                     for c in load_schema(name).columns)
+                     for c in schema.columns)
     return f"CREATE OR REPLACE VIEW {name} AS SELECT {cols} WHERE false"
 
 
 def connect(repo: Repository | str | Path, *, con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with views forced_source, ref, truth and skymap."""
+    """A DuckDB connection with views forced_source, ref, truth, skymap, runs and quanta."""
     repo = repo if isinstance(repo, Repository) else Repository(repo)
     repo.check()
     con = con or duckdb.connect()
@@ -53,6 +57,9 @@ def connect(repo: Repository | str | Path, *, con: duckdb.DuckDBPyConnection | N
             con.execute(stmt.replace("@root@", root))
         else:
             con.execute(_empty_view(name))
+    from forcedphot.ledger import create_views  # runs and quanta: the run ledger
+
+    create_views(con, repo.root, root)
     return con
 
 
