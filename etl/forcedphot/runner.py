@@ -262,9 +262,7 @@ class _Dask:
             yield _result(fut, self.data_ids[fut.key])
 
     def stop(self, *, interrupted: bool) -> None:
-        if interrupted:
-            self.client.cancel(self.futures, force=True)
-        if self.cluster is not None and interrupted:  # kill the workers, do not wait for their quanta
+        if self.cluster is not None and interrupted:  # kill our workers, do not wait for their quanta
             for worker in list(self.cluster.workers.values()):
                 proc = getattr(getattr(worker, "process", None), "process", None)
                 if proc is not None and proc.pid:
@@ -272,6 +270,8 @@ class _Dask:
                         os.kill(proc.pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
+        elif interrupted:  # a shared scheduler: cancel what this run submitted
+            self.client.cancel(self.futures, force=True)
         self.client.close(timeout=2 if interrupted else None)
         if self.cluster is not None:
             self.cluster.close(timeout=2 if interrupted else None)
