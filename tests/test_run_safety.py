@@ -250,7 +250,8 @@ def test_killing_the_parent_leaves_no_orphan_worker(measured_copy):
     while _alive(workers) and time.monotonic() - t0 < 3.0:
         time.sleep(0.05)
     assert not _alive(workers), "orphan workers"
-    # no orphan holds a lock: the next run measures every quantum it needs (none fails as locked)
-    rerun = subprocess.run(_run_cmd(measured_copy), capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr
-    assert "running elsewhere" not in rerun.stdout
+    # no orphan holds a lock: the next run decides every quantum itself (none left to a "live" holder)
+    from forcedphot.runner import run_all
+
+    rerun = run_all(Repository(measured_copy), progress=False)
+    assert rerun.ok and not rerun.elsewhere and len(rerun.done) + len(rerun.skipped) == 16

@@ -283,7 +283,7 @@ def _result(fut, data_id: str | None = None) -> tuple:
         return fut.result()
     except Exception as exc:
         did = data_id or fut.data_id
-        return did, "failed", f"{did}: worker died: {type(exc).__name__}: {exc}"
+        return did, "worker-died", f"{did}: worker died: {type(exc).__name__}: {exc}"
 
 
 def _start_workers(jobs: int, dask: str | None):
@@ -363,8 +363,13 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
         bar = tqdm(total=len(ready), desc="forced photometry", unit="quantum", disable=not progress)
         futures = [workers.submit(_run_one, Job(str(repo.root.resolve()), summary.run_id, config, q, force, wait,
                                                 started, n_threads)) for q in ready]
-        for result in workers.completed(futures):
-            _record(summary, result)
+        by_id = {str(q.data_id): q.data_id for q in ready}
+        for did, status, payload in workers.completed(futures):
+            if status == "worker-died":  # it could not record its quantum: the parent does
+                status = "failed"
+                ledger.record_quantum(repo.root, summary.run_id, by_id[did], status=status,
+                                      started=ledger.utc_now(), seconds=0.0, error=payload)
+            _record(summary, (did, status, payload))
             bar.update()
         interrupted = False
     finally:
