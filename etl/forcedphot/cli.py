@@ -14,8 +14,15 @@ import polars as pl
 from forcedphot import __version__
 from forcedphot.errors import ForcedPhotError
 
+EXIT_OK = 0  # every selected quantum done or up to date (or left to a live run holding it)
 EXIT_FAILED_QUANTA = 1
-EXIT_ERROR = 2
+EXIT_ERROR = 2  # bad input or usage
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM
+
+
+def _progress(args) -> bool:
+    """Progress bars only on a terminal (not in cron or systemd logs)."""
+    return not args.quiet and sys.stderr.isatty()
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -35,7 +42,7 @@ def cmd_simulate(args) -> int:
         raise ForcedPhotError(f"{repo.root}: repository exists; pass --overwrite to simulate into it again")
     overrides = {"seed": args.seed} if args.seed is not None else {}
     recipe = load_recipe(args.recipe, **overrides)
-    simulate(recipe, repo.root, progress=not args.quiet)
+    simulate(recipe, repo.root, progress=_progress(args))
     print(f"simulated recipe {recipe.name!r} (seed {recipe.seed}) into {repo.root}")
     return 0
 
@@ -101,11 +108,17 @@ def cmd_run(args) -> int:
             print(f"kernels compiled in {seconds:.0f} s", file=sys.stderr)
 
     summary = run_all(repo, config, tracts=args.tract, patches=args.patch, bands=args.band, force=args.force,
-                      jobs=args.jobs, dask=args.dask, progress=not args.quiet, n_threads=args.threads,
-                      before_measuring=compile_kernels)
+                      jobs=args.jobs, dask=args.dask, progress=_progress(args), n_threads=args.threads,
+                      before_measuring=compile_kernels, wait=args.wait, command=["forcedphot", *sys.argv[1:]])
+    if summary.removed:
+        print(f"removed the outputs of {len(summary.removed)} quanta that no longer exist: "
+              f"{', '.join(summary.removed)}", file=sys.stderr)
     rows = sum(n for _, n, _ in summary.done)
-    print(f"{len(summary.done)} quanta measured ({rows} rows), {len(summary.skipped)} up to date, "
-          f"{len(summary.failed)} failed, in {summary.seconds:.1f} s")
+    elsewhere = f"{len(summary.elsewhere)} running elsewhere, " if summary.elsewhere else ""
+    print(f"{len(summary.done)} quanta measured ({rows} rows), {len(summary.skipped)} up to date, {elsewhere}"
+          f"{len(summary.failed)} failed, in {summary.seconds:.1f} s (run {summary.run_id})")
+    for did in summary.elsewhere:
+        print(f"RUNNING ELSEWHERE {did} (locked by another live run; --wait waits for it)", file=sys.stderr)
     for _, cause in summary.failed:
         print(f"FAILED {cause}", file=sys.stderr)
     if summary.unmatched_footprints:
@@ -152,6 +165,8 @@ def cmd_sql(args) -> int:
             raise ForcedPhotError(f"{path}: cannot read SQL file ({exc.strerror})") from exc
     else:
         query = args.query
+    if not query.strip():
+        raise ForcedPhotError(f"{path or 'query'}: empty SQL query")
     table = sql(args.repo, query, dict(args.param) or None)
     df = pl.from_arrow(table)
     if args.format == "csv":
@@ -183,6 +198,9 @@ def cmd_status(args) -> int:
     if args.verbose and rows:
         with pl.Config(tbl_rows=-1):
             print(pl.DataFrame(rows))
+    if args.history:
+        _print_history(repo, args.history)
+        return 0
     last = read_last_run(repo)
     if last:
         print(f"last run: {len(last['done'])} measured, {len(last['skipped'])} up to date, "
@@ -197,6 +215,26 @@ def cmd_config(args) -> int:
 
     print(render_toml(None if args.template else _config(args)), end="")
     return 0
+
+
+def _print_history(repo, limit: int) -> None:
+    """The latest runs from the ledger; an unfinished run is 'running' while its process lives, else 'killed'."""
+    from forcedphot.io.atomic import writer_alive
+    from forcedphot.query import sql
+    from forcedphot.resources import read_sql
+
+    df = pl.from_arrow(sql(repo, read_sql("run_history"), {"limit": limit}))
+    if df.is_empty():
+        print("no run recorded yet (runs/ledger/ is empty)")
+        return
+    alive = [writer_alive(h, p, s) for h, p, s in zip(df["host"], df["pid"], df["process_start"])]
+    df = df.with_columns(pl.Series("alive", alive)).with_columns(
+        pl.when(pl.col("outcome") != "unfinished").then(pl.col("outcome"))
+        .when(pl.col("alive")).then(pl.lit("running")).otherwise(pl.lit("killed")).alias("outcome"))
+    print(f"last {df.height} run(s) of {repo.root} (newest first; all of them: forcedphot sql --repo {repo.root} "
+          "'SELECT * FROM runs'):")
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=40):
+        print(df.drop("alive", "host", "pid", "process_start", "command"))
 
 
 def cmd_ingest_fits(args) -> int:
@@ -218,16 +256,34 @@ def cmd_bench(args) -> int:
     from forcedphot.bench import main_bench
 
     print(main_bench(args.repo, band=args.band, psf_subset=args.psf_subset, repeat=args.repeat,
-                     progress=not args.quiet, json_out=args.json, threads=args.threads,
+                     progress=_progress(args), json_out=args.json, threads=args.threads,
                      table=True if args.table else None, growth=args.growth, growth_sizes=args.growth_sizes,
                      growth_rss_limit_gb=args.growth_rss_limit, scaling=args.scaling))
     return 0
 
 
+def _add_verbose(parser, help: str = "log more") -> None:
+    # SUPPRESS: absent after the command, the value given before it (or False) stands
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=help)
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (systemd stop, a scheduler's kill) ends a run like Ctrl-C: workers stopped, exit 130."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        pass
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="forcedphot", description="Forced photometry on coadds as a columnar ETL job.")
     p.add_argument("--version", action="version", version=f"forcedphot {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more (also accepted after the command)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("simulate", help="simulate a survey into a new repository",
@@ -236,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repo", required=True, help="repository folder to create")
     s.add_argument("--seed", type=int, help="override the recipe's seed")
     s.add_argument("--overwrite", action="store_true", help="simulate into an existing repository")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar (there is none off a terminal)")
+    _add_verbose(s)
     s.set_defaults(func=cmd_simulate)
 
     r = sub.add_parser("run", help="measure every ready quantum that is not up to date",
@@ -248,12 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--patch", type=_csv_ints, help="only these patches (comma-separated)")
     r.add_argument("--band", type=_csv_strs, help="only these bands (comma-separated)")
     r.add_argument("--force", action="store_true", help="re-run quanta that are up to date")
-    r.add_argument("-j", "--jobs", type=int, default=1, help="worker processes (default 1)")
+    r.add_argument("-j", "--jobs", type=_positive_int, default=1, help="worker processes (default 1)")
     r.add_argument("--dask", metavar="ADDRESS", help="run quanta on a Dask distributed scheduler "
                    "(tcp://host:8786), or 'local' for a LocalCluster of --jobs workers")
     r.add_argument("--threads", type=_positive_int, metavar="N",
                    help="threads per quantum (default: cores / quanta running at once); results do not depend on it")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--wait", action="store_true", help="wait for quanta another live run is measuring instead of "
+                   "leaving them to it (reported as running elsewhere)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar (there is none off a terminal)")
+    _add_verbose(r, help="log more: one line per quantum")
     r.set_defaults(func=cmd_run)
 
     q = sub.add_parser("sql", help="run a DuckDB SQL query over the repository",
@@ -268,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--repo", required=True, help="repository folder")
     q.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     q.add_argument("--max-rows", type=int, default=40, help="rows shown in table format (-1: all)")
+    _add_verbose(q)
     q.set_defaults(func=cmd_sql)
 
     b = sub.add_parser("bench", help="time our kernels and a whole quantum against SEP and photutils; growth; scaling",
@@ -292,13 +353,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scaling", action="store_true", help="8 quanta (recipe scaling, in REPO/scaling) with "
                    "run_all serially, in 2 processes and on a local Dask cluster of 2 workers")
     b.add_argument("--json", help="also write every figure to this JSON file")
-    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar (there is none off a terminal)")
     b.set_defaults(func=cmd_bench)
 
     st = sub.add_parser("status", help="show which quanta are new, stale, up to date or missing inputs")
     st.add_argument("--repo", required=True, help="repository folder")
     _add_config_options(st)
-    st.add_argument("-v", "--verbose", action="store_true", help="list every quantum")
+    _add_verbose(st, help="list every quantum (and log more)")
+    st.add_argument("--history", type=_positive_int, nargs="?", const=10, metavar="N",
+                    help="the last N runs from the run ledger (default 10) instead of the quanta")
     st.set_defaults(func=cmd_status)
 
     c = sub.add_parser("config", help="print a commented TOML config that --config accepts",
@@ -319,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "masks and PSFs, and a reference catalog into a new repository that "
                                         "`forcedphot run` measures.")
     add_fits_arguments(fi)
+    _add_verbose(fi)
     fi.set_defaults(func=cmd_ingest_fits)
     return p
 
@@ -327,6 +391,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    _interrupt_on_sigterm()
     try:
         return args.func(args)
     except ForcedPhotError as exc:
@@ -340,4 +405,4 @@ def main(argv=None) -> int:
         return 0
     except KeyboardInterrupt:
         print("forcedphot: interrupted; completed quanta are kept, partial outputs were not written", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

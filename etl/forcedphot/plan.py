@@ -55,6 +55,8 @@ def plan_quanta(repo: Repository, *, tracts=None, patches=None, bands=None,
             "scarlet_glob": str(repo.dataset_dir("scarlet_models") / "tract=*" / "patch=*" / "blends.parquet"),
             "skymap_file": str(repo.skymap_path()),
         }).fetchall()
+    except duckdb.Error as exc:  # e.g. a truncated skymap or ref file
+        raise InputError(f"{repo.root}: cannot plan quanta: {str(exc).splitlines()[0]}") from None
     finally:
         con.close()
     out = []

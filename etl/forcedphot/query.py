@@ -30,9 +30,9 @@ _FILES = re.compile(r"@files\((\w+)\)@")
 PARTITION_KEYS = {"tract": int, "patch": int, "band": str}
 
 
-def view_statements() -> dict[str, str]:
-    """``-- name: X`` sections of sql/views.sql, in file order."""
-    text = read_sql("views")
+def view_statements(sql_file: str = "views") -> dict[str, str]:
+    """``-- name: X`` sections of sql/views.sql (or another sql/*.sql file of views), in file order."""
+    text = read_sql(sql_file)
     parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.M)
     return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
 
@@ -126,6 +126,9 @@ def connect(repo: Repository | str | Path) -> duckdb.DuckDBPyConnection:
             if token in stmt:
                 stmt = stmt.replace(token, render())
         con.execute(stmt)
+    from forcedphot.ledger import create_views  # runs and quanta: the run ledger
+
+    create_views(con, repo)
     return con
 
 

@@ -11,6 +11,8 @@ Layout (hive partitions, the keys are also stored as columns)::
     <root>/coadd/tract=T/patch=P/band=B/coadd.arrow
     <root>/forced_source/tract=T/patch=P/band=B/forced_source.parquet
     <root>/runs/last_run.json                            (last run: measured, skipped, failed quanta)
+    <root>/runs/ledger/{run_start,run_end,quanta}/...    (append-only run history, see ledger.py)
+    <root>/runs/locks/T-P-B.lock                         (a quantum's lock while a run decides or measures it)
 """
 
 from __future__ import annotations
@@ -63,7 +65,11 @@ class Repository:
         if not self.exists():
             raise InputError(f"{self.root}: not a forcedphot repository (no repository.json); "
                              "create one with `forcedphot simulate` or `forcedphot ingest`")
-        fmt = json.loads(self.manifest_path.read_text()).get("format")
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+            fmt = manifest.get("format") if isinstance(manifest, dict) else None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{self.manifest_path}: not a readable repository manifest ({exc})") from None
         if fmt != REPO_FORMAT:
             raise InputError(f"{self.manifest_path}: repository format {fmt}, this forcedphot reads {REPO_FORMAT}")
 

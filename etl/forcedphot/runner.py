@@ -1,35 +1,47 @@
-"""Run forced photometry over many quanta: skip up-to-date ones, lock, isolate failures, report.
+"""Run forced photometry over many quanta: lock, skip up-to-date ones, isolate failures, report.
 
 A quantum is skipped when its output's provenance shows the same config fingerprint, the
-same input contents and the same schema major version. A failed quantum leaves any
-previous output untouched (writes are atomic) and does not stop the others. Quanta run in
-worker processes with ``jobs > 1`` (each quantum is independent, as Rubin's canMultiprocess).
+same input contents and the same schema major version. That decision is taken by the worker
+*after* it holds the quantum's lock, so concurrent runs never measure a quantum twice: one
+finished by another run is up to date, one another live run holds is "running elsewhere"
+(or waited for with ``wait=True``). A failed quantum leaves any previous output untouched
+(writes are atomic) and does not stop the others. Workers (``jobs > 1``, or Dask) start
+before planning, and exit when the run's process dies; every decision goes to the run
+ledger (:mod:`forcedphot.ledger`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import json
-from datetime import datetime, timezone
 import logging
 import multiprocessing
+import os
+import signal
+import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from forcedphot import threads
+from forcedphot import ledger, threads
 from forcedphot.config import ForcedPhotConfig
-from forcedphot.errors import ForcedPhotError
-from forcedphot.io.atomic import atomic_path
+from forcedphot.errors import ForcedPhotError, InputError
+from forcedphot.io.atomic import atomic_path, sweep_temp
 from forcedphot.io.parquet import read_provenance
 from forcedphot.plan import Quantum, plan_quanta
-from forcedphot.provenance import input_fingerprints, is_up_to_date
-from forcedphot.repository import Repository
+from forcedphot.provenance import file_digest, input_fingerprints, is_up_to_date
+from forcedphot.repository import DataId, Repository
 from forcedphot.schema import load_schema
-from forcedphot.task import ForcedPhotCoaddTask
 
 log = logging.getLogger(__name__)
+
+WATCH_SECONDS = 0.5  # how often a worker checks that the run's process is alive
 
 
 @dataclass
@@ -37,12 +49,27 @@ class RunSummary:
     done: list = field(default_factory=list)  # (data_id str, n_rows, seconds)
     skipped: list = field(default_factory=list)  # data_id str (up to date)
     failed: list = field(default_factory=list)  # (data_id str, one-line cause)
+    elsewhere: list = field(default_factory=list)  # data_id str (locked by another live run)
+    removed: list = field(default_factory=list)  # outputs of quanta that no longer exist
     unmatched_footprints: dict = field(default_factory=dict)  # data_id str -> footprint ids with no reference
     seconds: float = 0.0
+    run_id: str = ""
 
     @property
     def ok(self) -> bool:
         return not self.failed
+
+
+def output_state(repo: Repository, quantum: Quantum, config: ForcedPhotConfig, fingerprints: dict) -> str:
+    """'new' | 'up-to-date' | 'stale' for a ready quantum whose inputs have these fingerprints."""
+    out = repo.forced_source_path(quantum.data_id)
+    if not out.exists():
+        return "new"
+    stored = read_provenance(out)
+    schema_version = load_schema("forced_source").version
+    if is_up_to_date(stored, config=config, inputs=fingerprints, schema_version=schema_version):
+        return "up-to-date"
+    return "stale"
 
 
 def quantum_state(repo: Repository, quantum: Quantum, config: ForcedPhotConfig) -> tuple[str, dict | None]:
@@ -50,110 +77,335 @@ def quantum_state(repo: Repository, quantum: Quantum, config: ForcedPhotConfig) 
     if not quantum.ready:
         return "missing", None
     fingerprints = input_fingerprints(quantum.input_files(config.footprint_dataset))
-    out = repo.forced_source_path(quantum.data_id)
-    if not out.exists():
-        return "new", fingerprints
-    stored = read_provenance(out)
-    schema_version = load_schema("forced_source").version
-    if is_up_to_date(stored, config=config, inputs=fingerprints, schema_version=schema_version):
-        return "up-to-date", fingerprints
-    return "stale", fingerprints
+    return output_state(repo, quantum, config, fingerprints), fingerprints
 
 
-def _run_one(root: str, config: ForcedPhotConfig, quantum: Quantum, fingerprints: dict,
-             n_threads: int | None = None) -> tuple:
-    """Worker: run one quantum (under its lock); returns (data_id, status, payload)."""
-    did = str(quantum.data_id)
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs to decide and measure one quantum."""
+
+    root: str
+    run_id: str
+    config: ForcedPhotConfig
+    quantum: Quantum
+    force: bool
+    wait: bool
+    run_started: float  # time.time() at the run's start: outputs newer than this were written during it
+    n_threads: int | None
+    watch_pid: int | None = None  # Dask workers of a LocalCluster: exit when this process dies
+
+
+def _run_one(job: Job) -> tuple:
+    """Worker: under the quantum's lock, decide (up to date?) and measure; returns (data_id, status, payload)."""
+    if job.watch_pid is not None:
+        watch_parent(job.watch_pid)
+    q = job.quantum
+    did = str(q.data_id)
+    repo = Repository(job.root)
+    started, t0 = ledger.utc_now(), time.perf_counter()
+    lock_path = repo.lock_path(q.data_id)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path))
+    note = dict(status="failed", payload=None, inputs=None, checksum=None, n_rows=None, timings=None)
     try:
-        threads.configure(n_threads)
-        task = ForcedPhotCoaddTask(Repository(root), config)
-        res = task.run_quantum(quantum, inputs_fingerprint=fingerprints)
-        return did, "done", (res.n_rows, res.timings.get("total", 0.0), res.n_unmatched_footprints)
-    except ForcedPhotError as exc:
-        return did, "failed", str(exc)
-    except Exception as exc:  # a bug or an unexpected input: still only this quantum fails
-        return did, "failed", f"{did}: {type(exc).__name__}: {exc}"
+        lock.acquire(timeout=-1 if job.wait else 0)
+    except Timeout:
+        note.update(status="running-elsewhere", payload=f"{did}: locked by another run ({lock_path})")
+    else:
+        try:
+            _decide_and_measure(job, repo, note)
+        except ForcedPhotError as exc:
+            note.update(status="failed", payload=str(exc))
+        except Exception as exc:  # a bug or an unexpected input: still only this quantum fails
+            note.update(status="failed", payload=f"{did}: {type(exc).__name__}: {exc}")
+        finally:
+            lock.release()
+    ledger.record_quantum(job.root, job.run_id, q.data_id, status=note["status"], started=started,
+                          seconds=time.perf_counter() - t0, n_rows=note["n_rows"], timings=note["timings"],
+                          inputs=note["inputs"], output_checksum=note["checksum"],
+                          error=note["payload"] if note["status"] in ("failed", "running-elsewhere") else None)
+    return did, note["status"], note["payload"]
+
+
+def _decide_and_measure(job: Job, repo: Repository, note: dict) -> None:
+    from forcedphot.task import ForcedPhotCoaddTask
+
+    q = job.quantum
+    fingerprints = input_fingerprints(q.input_files(job.config.footprint_dataset))
+    note["inputs"] = fingerprints
+    out = repo.forced_source_path(q.data_id)
+    state = output_state(repo, q, job.config, fingerprints)
+    # --force re-measures what was up to date when the run started, not what another run just wrote
+    if state == "up-to-date" and (not job.force or out.stat().st_mtime >= job.run_started):
+        note.update(status="up-to-date", checksum=file_digest(out))
+        return
+    threads.configure(job.n_threads)
+    res = ForcedPhotCoaddTask(repo, job.config).run_quantum(q, inputs_fingerprint=fingerprints, locked=True)
+    note.update(status="done", payload=(res.n_rows, res.timings.get("total", 0.0), res.n_unmatched_footprints),
+                checksum=file_digest(res.path), n_rows=res.n_rows,
+                timings={k: round(v, 4) for k, v in res.timings.items()})
+
+
+# -- workers -------------------------------------------------------------------------------------
+_watched: set = set()
+
+
+def watch_parent(pid: int) -> None:
+    """Exit this worker as soon as process ``pid`` (the run, our parent) is gone: no orphan holds a lock."""
+    if pid in _watched:
+        return
+    _watched.add(pid)
+    if sys.platform.startswith("linux") and os.getppid() == pid:
+        try:  # the kernel kills us when the parent dies (PR_SET_PDEATHSIG = 1)
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != pid:
+        os._exit(1)
+
+    def watchdog():
+        while os.getppid() == pid:
+            time.sleep(WATCH_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watchdog, name="forcedphot-parent-watch", daemon=True).start()
+
+
+def _pool_worker_init(parent_pid: int) -> None:
+    """A pool worker: Ctrl-C is the parent's to handle (it stops us); die with the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    watch_parent(parent_pid)
+    import forcedphot.task  # noqa: F401  (imports overlap the parent's planning)
+
+
+def _started() -> bool:
+    return True
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+class _InProcess:
+    """Quanta measured one after the other in this process, as their results are asked for."""
+
+    def submit(self, fn, *args):
+        return lambda: fn(*args)
+
+    def completed(self, futures):
+        for fut in futures:
+            yield fut()
+
+    def stop(self, *, interrupted: bool) -> None:
+        pass
+
+
+class _Pool:
+    """Spawned (not forked: a fork of a process with live thread pools is unsafe) local workers."""
+
+    def __init__(self, jobs: int):
+        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_pool_worker_init, initargs=(os.getpid(),))
+        # start every worker now, while the parent plans; they are spawned ignoring SIGINT (an ignored
+        # signal stays ignored across exec), so a Ctrl-C during their start-up is the parent's alone
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+        try:
+            for _ in range(jobs):
+                self.pool.submit(_started)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def submit(self, fn, job: Job):
+        fut = self.pool.submit(fn, job)
+        fut.data_id = str(job.quantum.data_id)
+        return fut
+
+    def completed(self, futures):
+        for fut in as_completed(futures):
+            yield _result(fut)
+
+    def stop(self, *, interrupted: bool) -> None:
+        if interrupted:  # do not wait for the quanta being measured: kill them (their writes are atomic)
+            for proc in list(getattr(self.pool, "_processes", {}).values()):
+                proc.kill()
+        self.pool.shutdown(wait=not interrupted, cancel_futures=interrupted)
+
+
+class _Dask:
+    def __init__(self, address: str, jobs: int):
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError as exc:
+            raise ForcedPhotError("--dask needs the 'distributed' package: pip install 'forcedphot[dask]'") from exc
+        if logging.getLogger().getEffectiveLevel() > logging.INFO:  # quiet unless -v
+            logging.getLogger("distributed").setLevel(logging.WARNING)
+        self.local = address == "local"
+        self.cluster = LocalCluster(n_workers=max(jobs, 1), threads_per_worker=1, processes=True,
+                                    dashboard_address=None,
+                                    silence_logs=logging.getLogger().getEffectiveLevel()) if self.local else None
+        self.client = Client(self.cluster or address)
+        self.futures, self.data_ids = [], {}
+
+    def submit(self, fn, job: Job):
+        if self.local:  # LocalCluster workers are our children: they watch us
+            job = dataclasses.replace(job, watch_pid=os.getpid())
+        fut = self.client.submit(fn, job, pure=False)
+        self.futures.append(fut)
+        self.data_ids[fut.key] = str(job.quantum.data_id)
+        return fut
+
+    def completed(self, futures):
+        from distributed import as_completed as dask_completed
+
+        for fut in dask_completed(futures):
+            yield _result(fut, self.data_ids[fut.key])
+
+    def stop(self, *, interrupted: bool) -> None:
+        if self.cluster is not None and interrupted:  # kill our workers, do not wait for their quanta
+            for worker in list(self.cluster.workers.values()):
+                proc = getattr(getattr(worker, "process", None), "process", None)
+                if proc is not None and proc.pid:
+                    try:
+                        os.kill(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        elif interrupted:  # a shared scheduler: cancel what this run submitted
+            self.client.cancel(self.futures, force=True)
+        self.client.close(timeout=2 if interrupted else None)
+        if self.cluster is not None:
+            self.cluster.close(timeout=2 if interrupted else None)
+
+
+def _result(fut, data_id: str | None = None) -> tuple:
+    """A worker's result; a worker that died (e.g. killed for memory) fails only its quantum."""
+    try:
+        return fut.result()
+    except Exception as exc:
+        did = data_id or fut.data_id
+        return did, "worker-died", f"{did}: worker died: {type(exc).__name__}: {exc}"
+
+
+def _start_workers(jobs: int, dask: str | None):
+    if dask:
+        return _Dask(dask, jobs)
+    return _Pool(jobs) if jobs > 1 else _InProcess()
+
+
+# -- the run -------------------------------------------------------------------------------------
+def select_quanta(quanta: list[Quantum], *, tracts=None, patches=None, bands=None) -> list[Quantum]:
+    """The selected quanta; a selection that matches none is bad input, naming the values that exist."""
+    chosen = [q for q in quanta if not (tracts and q.data_id.tract not in tracts
+                                        or patches and q.data_id.patch not in patches
+                                        or bands and q.data_id.band not in bands)]
+    if quanta and not chosen:
+        have = {"tracts": sorted({q.data_id.tract for q in quanta}),
+                "patches": sorted({q.data_id.patch for q in quanta}), "bands": sorted({q.data_id.band for q in quanta})}
+        asked = {"tract": tracts, "patch": patches, "band": bands}
+        given = "; ".join(f"--{k} {','.join(map(str, v))}" for k, v in asked.items() if v)
+        exist = "; ".join(f"{k} {','.join(map(str, v))}" for k, v in have.items())
+        raise InputError(f"no quantum matches {given}; the repository has {exist}")
+    return chosen
+
+
+def remove_vanished_outputs(repo: Repository, quanta: list[Quantum]) -> list[str]:
+    """Delete forced_source outputs of quanta the repository no longer has (e.g. a removed band)."""
+    known = {str(repo.forced_source_path(q.data_id)) for q in quanta}
+    removed = []
+    for path in sorted(repo.dataset_dir("forced_source").glob("tract=*/patch=*/band=*/forced_source.parquet")):
+        if str(path) not in known:
+            path.unlink(missing_ok=True)
+            removed.append(str(path.relative_to(repo.root)))
+    return removed
 
 
 def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=None, patches=None, bands=None,
             force: bool = False, jobs: int = 1, dask: str | None = None, progress: bool = True,
-            n_threads: int | None = None, before_measuring=None) -> RunSummary:
+            n_threads: int | None = None, before_measuring=None, wait: bool = False,
+            command: list[str] | None = None) -> RunSummary:
     """Run every selected quantum that is not up to date.
 
     ``jobs > 1`` runs quanta in local worker processes; ``dask`` is the address of a Dask
     distributed scheduler (``tcp://host:8786``) or ``"local"`` for a LocalCluster of ``jobs``
     workers: quanta are then submitted to the cluster's workers, which must see the repository path.
+    ``wait``: wait for quanta another live run holds instead of reporting them "running elsewhere".
     ``n_threads``: threads per quantum (default: cores / quanta running at once, see
     :mod:`forcedphot.threads`); results are the same for any count. ``before_measuring()`` is called
-    once, when there is a quantum to measure, before any is started (the CLI compiles the kernels there).
+    once, when there is a ready quantum, before any is started (the CLI compiles the kernels there).
+    ``command`` is recorded in the ledger (default ``sys.argv``). KeyboardInterrupt stops the workers
+    at once (their quanta are not written) and is re-raised.
     """
     config = config or ForcedPhotConfig()
-    t0 = time.perf_counter()
-    summary = RunSummary()
-    quanta = plan_quanta(repo, tracts=tracts, patches=patches, bands=bands, footprint_dataset=config.footprint_dataset)
-    todo = []
-    for q in quanta:
-        state, fingerprints = quantum_state(repo, q, config)
-        if state == "missing":
-            summary.failed.append((str(q.data_id), f"{q.data_id}: missing inputs: {', '.join(q.missing)}"))
-        elif state == "up-to-date" and not force:
-            summary.skipped.append(str(q.data_id))
-        else:
-            todo.append((q, fingerprints))
-    if todo and before_measuring is not None:
-        before_measuring()
-    bar = tqdm(total=len(todo), desc="forced photometry", unit="quantum", disable=not progress)
-
-    def record(result):
-        did, status, payload = result
-        if status == "done":
-            n_rows, seconds, unmatched = payload
-            summary.done.append((did, n_rows, round(seconds, 3)))
-            if unmatched:
-                summary.unmatched_footprints[did] = unmatched
-                log.warning("%s: %d footprint id(s) match no reference", did, unmatched)
-        else:
-            summary.failed.append((did, payload))
-        bar.update()
-
-    concurrent = max(1, min(jobs, len(todo))) if (dask or jobs > 1) else 1
-    n_threads = n_threads or threads.default_threads(concurrent)
-    if dask and todo:
-        _run_on_dask(dask, jobs, repo, config, todo, record, n_threads)
-    elif jobs > 1 and len(todo) > 1:
-        # spawned (not forked) workers: a fork of a process with live thread pools is unsafe
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_run_one, str(repo.root), config, q, fp, n_threads) for q, fp in todo]
-            for fut in as_completed(futures):
-                record(fut.result())
-    else:
-        for q, fp in todo:
-            record(_run_one(str(repo.root), config, q, fp, n_threads))
-    bar.close()
-    summary.seconds = time.perf_counter() - t0
+    t0, started = time.perf_counter(), time.time()
+    summary = RunSummary(run_id=ledger.new_run_id())
+    repo.check()
+    workers = _start_workers(jobs, dask)
+    interrupted, bar = True, None
+    try:
+        every = plan_quanta(repo, footprint_dataset=config.footprint_dataset)
+        quanta = select_quanta(every, tracts=tracts, patches=patches, bands=bands)
+        ledger.record_start(repo.root, summary.run_id, command=command or sys.argv, config=config)
+        summary.removed = remove_vanished_outputs(repo, every)
+        swept = sweep_temp(repo.root, recursive=True)
+        if swept:
+            log.warning("removed %d temporary file(s) left by writers no longer running", len(swept))
+        ready = [q for q in quanta if q.ready]
+        for q in quanta:
+            if not q.ready:
+                cause = f"{q.data_id}: missing inputs: {', '.join(q.missing)}"
+                summary.failed.append((str(q.data_id), cause))
+                ledger.record_quantum(repo.root, summary.run_id, q.data_id, status="missing-inputs",
+                                      started=ledger.utc_now(), seconds=0.0, error=cause)
+        if ready and before_measuring is not None:
+            before_measuring()
+        concurrent = max(1, min(jobs, len(ready))) if (dask or jobs > 1) else 1
+        n_threads = n_threads or threads.default_threads(concurrent)
+        bar = tqdm(total=len(ready), desc="forced photometry", unit="quantum", disable=not progress)
+        futures = [workers.submit(_run_one, Job(str(repo.root.resolve()), summary.run_id, config, q, force, wait,
+                                                started, n_threads)) for q in ready]
+        by_id = {str(q.data_id): q.data_id for q in ready}
+        for did, status, payload in workers.completed(futures):
+            if status == "worker-died":  # it could not record its quantum: the parent does
+                status = "failed"
+                ledger.record_quantum(repo.root, summary.run_id, by_id[did], status=status,
+                                      started=ledger.utc_now(), seconds=0.0, error=payload)
+            _record(summary, (did, status, payload))
+            bar.update()
+        interrupted = False
+    finally:
+        workers.stop(interrupted=interrupted)
+        if bar is not None:
+            bar.close()
+        summary.seconds = time.perf_counter() - t0
+        if summary.run_id and (repo.root / "runs" / "ledger" / "run_start" / f"{summary.run_id}.parquet").exists():
+            outcome = "interrupted" if interrupted else ("ok" if summary.ok else "failed")
+            ledger.record_end(repo.root, summary.run_id, outcome=outcome,
+                              exit_code={"interrupted": 130, "ok": 0}.get(outcome, 1),
+                              counts={"done": len(summary.done), "up_to_date": len(summary.skipped),
+                                      "failed": len(summary.failed), "elsewhere": len(summary.elsewhere)},
+                              seconds=summary.seconds)
     _write_run_log(repo, summary, config)
     return summary
 
 
-def _run_on_dask(address: str, jobs: int, repo: Repository, config: ForcedPhotConfig, todo, record,
-                 n_threads: int) -> None:
-    try:
-        from distributed import Client, LocalCluster, as_completed as dask_completed
-    except ImportError as exc:
-        raise ForcedPhotError("--dask needs the 'distributed' package: pip install 'forcedphot[dask]'") from exc
-    if logging.getLogger().getEffectiveLevel() > logging.INFO:  # quiet unless -v
-        logging.getLogger("distributed").setLevel(logging.WARNING)
-    cluster = LocalCluster(n_workers=max(jobs, 1), threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=logging.getLogger().getEffectiveLevel()) if address == "local" else None
-    try:
-        with Client(cluster or address) as client:
-            futures = [client.submit(_run_one, str(repo.root.resolve()), config, q, fp, n_threads,
-                                     pure=False) for q, fp in todo]
-            for fut in dask_completed(futures):
-                record(fut.result())
-    finally:
-        if cluster is not None:
-            cluster.close()
+def _record(summary: RunSummary, result: tuple) -> None:
+    did, status, payload = result
+    if status == "done":
+        n_rows, seconds, unmatched = payload
+        summary.done.append((did, n_rows, round(seconds, 3)))
+        log.info("%s: measured %d rows in %.2f s", did, n_rows, seconds)
+        if unmatched:
+            summary.unmatched_footprints[did] = unmatched
+            log.warning("%s: %d footprint id(s) match no reference", did, unmatched)
+    elif status == "up-to-date":
+        summary.skipped.append(did)
+        log.info("%s: up to date", did)
+    elif status == "running-elsewhere":
+        summary.elsewhere.append(did)
+        log.info("%s: running elsewhere (locked by another run)", did)
+    else:
+        summary.failed.append((did, payload))
+        log.info("%s: failed: %s", did, payload)
 
 
 def _write_run_log(repo: Repository, summary: RunSummary, config: ForcedPhotConfig) -> None:
@@ -166,3 +418,6 @@ def _write_run_log(repo: Repository, summary: RunSummary, config: ForcedPhotConf
 def read_last_run(repo: Repository) -> dict | None:
     path = repo.root / "runs" / "last_run.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+__all__ = ["DataId", "RunSummary", "output_state", "quantum_state", "run_all", "read_last_run", "select_quanta"]

@@ -227,8 +227,13 @@ class ForcedPhotCoaddTask:
     def input_files(self, quantum: Quantum) -> dict[str, str]:
         return quantum.input_files(self.config.footprint_dataset)
 
-    def run_quantum(self, quantum: Quantum, *, inputs_fingerprint: dict | None = None) -> QuantumResult:
-        """Load, measure, calibrate and write one quantum; raises ForcedPhotError on bad input."""
+    def run_quantum(self, quantum: Quantum, *, inputs_fingerprint: dict | None = None,
+                    locked: bool = False) -> QuantumResult:
+        """Load, measure, calibrate and write one quantum; raises ForcedPhotError on bad input.
+
+        ``locked``: the caller already holds the quantum's lock (the runner decides under it)."""
+        if locked:
+            return self._run_quantum(quantum, inputs_fingerprint)
         lock_path = self.repo.lock_path(quantum.data_id)
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -14,8 +14,6 @@ failed ingest never leaves a half-written (or half-overwritten) repository.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from forcedphot.ingest.grid import Grid, make_grid
 from forcedphot.ingest.images import celestial_wcs, read_image
 from forcedphot.ingest.planes import BandData, load_band
 from forcedphot.ingest.specs import BandSpec, CatalogSpec
+from forcedphot.io.atomic import atomic_dir
 from forcedphot.io.coadd import Coadd, write_coadd
 from forcedphot.io.parquet import write_parquet
 from forcedphot.psf import PsfGrid
@@ -85,9 +84,7 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     tract = _make_tract(grid, patch_size, patch_border)
     skymap = SkyMap(f"fits-{Path(str(data[0].label)).stem}"[:64], (tract,))
 
-    tmp = target.parent / f".{target.name}.ingest-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(target) as tmp:  # assembled next to the target, swapped in whole when complete
         repo = Repository(tmp).create(description=f"ingested from FITS: bands {names}, catalog {objects.label}")
         repo.write_skymap(skymap)
         packer = IdPacker(skymap.n_tracts, skymap.n_patches)
@@ -95,9 +92,6 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
         models = _Models(data, objects, ref_band) if method == "peaks" else None
         for p in tract.patches():
             _write_patch(repo, tract, p, packer, grid, data, objects, ref_band, fwhm, models)
-        _move_into_place(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("ingested %d objects in %d band(s) into %s (%d patches)", len(objects), len(data), root,
              tract.n_patches)
     return Repository(root)
@@ -113,21 +107,6 @@ def _check_target(root: Path, overwrite: bool) -> None:
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise InputError(f"{root}: exists and is not an empty folder or a forcedphot repository; "
                          "choose a new --repo")
-
-
-def _move_into_place(tmp: Path, root: Path) -> None:
-    """Replace ``root`` by ``tmp`` (the old repository is removed only after the swap)."""
-    old = None
-    if root.exists():
-        if Repository(root).exists():
-            old = root.parent / f".{root.name}.old-{os.getpid()}"
-            root.rename(old)
-        else:
-            root.rmdir()  # empty folder (checked before)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(root)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # -- geometry -----------------------------------------------------------------------------

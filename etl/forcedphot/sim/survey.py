@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +24,7 @@ from forcedphot.errors import InputError
 from forcedphot.flags import MaskPlanes
 from forcedphot.footprint import mask_to_spans
 from forcedphot.ids import IdPacker
+from forcedphot.io.atomic import atomic_dir
 from forcedphot.io.coadd import Coadd, write_coadd
 from forcedphot.io.parquet import write_parquet
 from forcedphot.psf import PsfGrid
@@ -274,7 +276,22 @@ def _moments(src: Sources, idx, psf: PsfField, band: str):
 
 
 def simulate(recipe: Recipe, repo_root, *, progress: bool = True) -> Repository:
-    """Simulate ``recipe`` into a new repository at ``repo_root``."""
+    """Simulate ``recipe`` into a new repository at ``repo_root``, replacing any repository there.
+
+    The survey is assembled in a temporary folder next to ``repo_root`` and swapped in whole when
+    complete: a killed simulation leaves no repository (or the old one), and nothing of an old
+    repository survives.
+    """
+    target = Path(repo_root)
+    if target.exists() and not Repository(target).exists() and (not target.is_dir() or any(target.iterdir())):
+        raise InputError(f"{target}: exists and is not an empty folder or a forcedphot repository; "
+                         "choose a new --repo")
+    with atomic_dir(target) as tmp:
+        _simulate_into(recipe, tmp, progress=progress)
+    return Repository(target)
+
+
+def _simulate_into(recipe: Recipe, repo_root, *, progress: bool) -> Repository:
     rng = np.random.default_rng(recipe.seed)
     repo = Repository(repo_root).create(description=f"simulated survey, recipe {recipe.name!r}, seed {recipe.seed}")
     tract = TractInfo(0, recipe.ra, recipe.dec, recipe.pixel_scale, recipe.patch_inner, recipe.patch_border,
