@@ -8,7 +8,7 @@ centroids as kernels want them: nearest local pixel and sub-pixel offset.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -26,6 +26,8 @@ class SourcePixels:
     no_data: int  # the NO_DATA bit
     fp: tuple  # own footprints (kernels.pixels layout); every used = -1 without noise replacement
     fp_none: tuple  # no footprints: the undeblended image
+    # plane-wide products made once and shared by every chunk (replace() keeps the same dict)
+    shared: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, coadd: Coadd, n: int, *, replacer=None, footprints=None, chunked: bool = False) -> "SourcePixels":
@@ -45,6 +47,17 @@ class SourcePixels:
             return replace(self, fp=none, fp_none=none)
         fp = chunk_footprints(footprints, replacer.used, start, stop, coadd.bbox.min_x, coadd.bbox.min_y)
         return replace(self, fp=fp, fp_none=none)
+
+    def good(self, bits: int) -> np.ndarray:
+        """uint8 plane: valid and none of mask ``bits`` set; made once per bits for the whole quantum."""
+        from forcedphot.kernels.footprints import good_pixels
+
+        if int(bits) & ~self.no_data == 0:  # valid already excludes NO_DATA
+            return self.valid
+        key = ("good", int(bits))
+        if key not in self.shared:
+            self.shared[key] = good_pixels(self.valid, self.mask, np.int32(bits))
+        return self.shared[key]
 
     def planes(self, *, undeblended: bool = False) -> tuple:
         """(image, variance, mask, valid, fp) for the deblended or the undeblended measurement."""

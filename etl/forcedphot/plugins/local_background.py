@@ -39,7 +39,6 @@ class LocalBackground(Plugin):
 
     def measure(self, ctx: MeasurementContext):
         from forcedphot.kernels.background import annulus_clipped_stats
-        from forcedphot.kernels.footprints import good_pixels
 
         m = ctx.psf_moments()
         sigma = (m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] ** 2) ** 0.25
@@ -50,7 +49,7 @@ class LocalBackground(Plugin):
         image, _, mask, valid, fp = ctx.pixels.planes()
         c = ctx.centres()
         s = np.where(ok, sigma, 0.0)
-        good = good_pixels(valid, mask, np.int32(bad_bits))
+        good = ctx.pixels.good(bad_bits)  # made once per quantum, shared by the chunks
         mean, std = annulus_clipped_stats(image, good, fp, c.cx, c.cy, c.fx, c.fy, INNER * s, OUTER * s,
                                           ok.astype(np.uint8), 3.0, 3)
         no_good = ok & ~np.isfinite(mean)

@@ -43,15 +43,14 @@ class PsfFlux(Plugin):
         )
 
     def measure(self, ctx: MeasurementContext):
-        from forcedphot.kernels.psf import frozen, good_pixels, psf_flux
+        from forcedphot.kernels.psf import frozen, psf_flux
         from forcedphot.outputs import UNDEBLENDED
 
         pixels = ctx.pixels if ctx.pixels is not None else SourcePixels.build(ctx.coadd, ctx.n)
         image, variance, mask, valid, fp = pixels.planes()
         planes = self.config.psf_bad_mask_planes
         bad = ctx.coadd.mask_planes.bitmask(*planes) if planes else 0
-        # valid already excludes NO_DATA: a plane of good pixels is only made for other bad bits
-        good = valid if bad & ~pixels.no_data == 0 else good_pixels(frozen(valid), frozen(mask), np.int32(bad))
+        good = pixels.good(bad)  # made once per quantum, shared by the chunks
         c = ctx.centres()
         psf = ctx.coadd.psf
         both = self.name in ctx.undeblended
