@@ -223,7 +223,7 @@ def test_ctrl_c_stops_a_pooled_run_within_2_s_leaving_no_worker(measured_copy):
     proc = _popen(measured_copy, "--jobs", "2", "--force")
     _wait_for_records(measured_copy, before + 1)  # the workers are measuring
     workers = _descendants(proc.pid)
-    assert len(workers) >= 2
+    assert len(workers) >= 1  # --jobs 2: the run's process measures too, beside one spawned worker
     t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
     _, err = proc.communicate(timeout=10)
