@@ -21,6 +21,7 @@ canMultiprocess        :attr:`canMultiprocess` (quanta are independent processes
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import time
 from contextlib import contextmanager
@@ -46,6 +47,14 @@ from forcedphot.quantum import QuantumInputs, load_quantum, load_refs, read_foot
 from forcedphot.repository import DataId, Repository
 from forcedphot.schema import load_schema
 from forcedphot.stages import SourcePixels
+
+
+def release_free_memory() -> None:
+    """Return freed heap memory to the system (glibc keeps it per thread arena otherwise)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 @dataclass
@@ -184,6 +193,8 @@ class ForcedPhotCoaddTask:
                         out[name] = np.empty((n,) + value.shape[1:], value.dtype)
                     out[name][start:stop] = value
             del part, pixels
+            release_free_memory()
+        ctx.pixels.shared.clear()  # good-pixel planes: only the chunked plugins use them
         ctx.values.update(out)
 
     def _to_table(self, values: dict, declared, n: int) -> pa.Table:

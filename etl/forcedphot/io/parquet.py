@@ -121,6 +121,8 @@ def iter_column(path: str | Path, column: str):
         for batch in pq.ParquetFile(path, **STREAM_READ).iter_batches(batch_size=READ_BATCH_ROWS, columns=[column],
                                                                        use_threads=False):
             yield batch.column(0)
+            del batch
+            pa.default_memory_pool().release_unused()  # the pool would keep every decoded batch's pages
     except (pa.ArrowInvalid, OSError) as exc:
         raise ChecksumError(f"{path}: corrupted Parquet pages ({exc})") from exc
 
