@@ -17,9 +17,10 @@ from forcedphot.repository import Repository
 MODEL_TEXT = ("Each row: <b>data</b>, the coadd image around the forced position; <b>model</b>, the PSF model "
               "at the forced position (the PSF grid of the coadd interpolated to the position and shifted to its "
               "sub-pixel offset, as PsfFlux fits it) scaled by the measured psfFlux; <b>residual</b>, data - "
-              "model. All three share one asinh scale in image units (nJy = value x the coadd's photo_calib). "
-              "The fit itself sees the noise-replaced image (neighbours replaced by noise) without bad pixels, "
-              "so neighbours and artefacts remain in the residual.")
+              "model. All three share one asinh grey scale (darker: brighter; white: off the coadd) in image "
+              "units (nJy = value x the coadd's photo_calib). The fit itself sees the noise-replaced image "
+              "(neighbours replaced by noise) without bad pixels, so neighbours and artefacts remain in the "
+              "residual.")
 
 
 def check_target(out: Path, *, overwrite: bool) -> None:

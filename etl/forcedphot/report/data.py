@@ -13,7 +13,7 @@ from forcedphot.query import dataset_files, load_forced_source, load_object, sql
 from forcedphot.repository import Repository
 from forcedphot.resources import read_sql
 
-SKY_CELLS = 24  # cells along the longer side of the sky maps
+SKY_CELLS = 12  # cells along the longer side of the sky maps
 GALLERY_SIZE = 8  # most-flagged objects shown with cutouts
 SOURCE_COLUMNS = ["band", "psfFlux", "psfFluxErr", "psfMag", "psfFlux_flag", "detect_isPrimary"]
 

@@ -17,8 +17,8 @@ from forcedphot.report.data import ReportData
 AB_ZERO_NJY = 3631e9  # AB magnitude zero point in nJy
 
 
-def new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=90, layout="constrained")
+def new_figure(width: float, height: float, *, layout: str | None = "constrained") -> Figure:
+    fig = Figure(figsize=(width, height), dpi=90, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 

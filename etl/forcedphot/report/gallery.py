@@ -61,19 +61,20 @@ def cutouts(coadd: Coadd, x: float, y: float, psf_flux: float) -> Cutouts:
 
 
 def gallery_figure(c: Cutouts, title: str) -> Figure:
-    """Data, model and residual side by side on one asinh scale (so the residual compares with the data)."""
-    fig = new_figure(7.5, 2.8)
+    """Data, model and residual side by side on one asinh grey scale (so the residual compares with the data;
+    no colour bar: the page says the scale), NaN (off the coadd) white."""
+    fig = new_figure(6.6, 2.5, layout=None)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.8, wspace=0.04)
     finite = c.data[np.isfinite(c.data)]
     lo, hi = (np.percentile(finite, [1, 99.5]) if finite.size else (-1.0, 1.0))
     span = max(hi - lo, 1e-6)
     norm = AsinhNorm(linear_width=0.05 * span, vmin=lo - 0.1 * span, vmax=hi)
     for ax, plane, name in zip(fig.subplots(1, 3), (c.data, c.model, c.residual),
                                ("data", "model (PSF × psfFlux)", "residual")):
-        im = ax.imshow(plane, origin="lower", cmap="gray_r", norm=norm, interpolation="nearest")
+        ax.imshow(plane, origin="lower", cmap="gray_r", norm=norm, interpolation="nearest")
         ax.set_title(name if not (name.startswith("model") and c.model_note) else c.model_note, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(im, ax=fig.axes, shrink=0.8, label="image units")
     fig.suptitle(title, fontsize=9)
     return fig
 
