@@ -17,10 +17,10 @@ from forcedphot.repository import Repository
 MODEL_TEXT = ("Each row: <b>data</b>, the coadd image around the forced position; <b>model</b>, the PSF model "
               "at the forced position (the PSF grid of the coadd interpolated to the position and shifted to its "
               "sub-pixel offset, as PsfFlux fits it) scaled by the measured psfFlux; <b>residual</b>, data - "
-              "model. All three share one asinh grey scale (darker: brighter; white: off the coadd) in image "
-              "units (nJy = value x the coadd's photo_calib). The fit itself sees the noise-replaced image "
-              "(neighbours replaced by noise) without bad pixels, so neighbours and artefacts remain in the "
-              "residual.")
+              "model. All three share one asinh grey scale (darker: brighter; white: no data, i.e. NaN pixels "
+              "or off the coadd) in image units (nJy = value x the coadd's photo_calib). The fit itself sees "
+              "the noise-replaced image (neighbours replaced by noise) without bad pixels, so neighbours and "
+              "artefacts remain in the residual.")
 
 
 def check_target(out: Path, *, overwrite: bool) -> None:
@@ -63,7 +63,7 @@ def _plot_section(title: str, fig, folder: Path, name: str, caption: str, *, mis
                   tables=()) -> Section:
     if fig is None:
         return Section(title, text=text, tables=list(tables), missing=missing)
-    return Section(title, text=text, tables=list(tables), images=[(_save(fig, folder, name), caption)])
+    return Section(title, text=text, tables=list(tables), images=[(_save(fig, folder, name), caption, "")])
 
 
 def _sections(repo: Repository, data: ReportData, folder: Path) -> list[Section]:
@@ -98,19 +98,19 @@ def _sections(repo: Repository, data: ReportData, folder: Path) -> list[Section]
 
 
 def _gallery(repo: Repository, data: ReportData, folder: Path) -> Section:
-    section = Section("Most-flagged objects", text=MODEL_TEXT)
+    section = Section("Most-flagged objects", text=MODEL_TEXT, grid=True)
     coadds = CoaddCache(repo)
     for row in data.most_flagged.iter_rows(named=True):
         label = f"object {row['objectId']} tract={row['tract']} patch={row['patch']} band={row['band']}"
         flux = row["psfFlux"] if row["psfFlux"] is not None else float("nan")
-        caption = f"{label}: {row['n_flags']} flags set ({row['flags_set']}); psfFlux {flux:.4g} nJy"
+        caption = f"{label}: {row['n_flags']} flags set; psfFlux {flux:.4g} nJy"
         x, y = row["centroid_x"], row["centroid_y"]
         if x is None or y is None or not (abs(x) < 1e9 and abs(y) < 1e9):
             section.tables.append(_no_position(row))
             continue
         c = cutouts(coadds(row["tract"], row["patch"], row["band"]), x, y, flux)
         name = f"gallery_{row['objectId']}_{row['band']}.png"
-        section.images.append((_save(gallery_figure(c, label), folder, name), caption))
+        section.images.append((_save(gallery_figure(c, label), folder, name), caption, f"flags: {row['flags_set']}"))
     if data.most_flagged.is_empty():
         section.missing = "No primary source has a flag set."
     return section

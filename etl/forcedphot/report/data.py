@@ -59,7 +59,7 @@ def gather(repo: Repository) -> ReportData:
         bands=bands,
         sources=sources,
         objects=objects,
-        depth=run_sql(repo, "examples/depth_5sigma"),
+        depth=_in_band_order(run_sql(repo, "examples/depth_5sigma"), bands),
         flag_rates=run_sql(repo, "examples/flag_rates"),
         colour_colour=(run_sql(repo, "examples/colour_colour", min_snr=5) if {"g", "r", "i"} <= set(bands)
                        else pl.DataFrame()),
@@ -70,3 +70,8 @@ def gather(repo: Repository) -> ReportData:
         most_flagged=run_sql(repo, "report_most_flagged", n_objects=GALLERY_SIZE),
     )
 
+
+
+def _in_band_order(table: pl.DataFrame, bands: list[str]) -> pl.DataFrame:
+    """Rows of a per-band table in wavelength order (the SQL sorts band names alphabetically)."""
+    return table.sort(pl.col("band").replace_strict({b: i for i, b in enumerate(bands)}, default=len(bands)))

@@ -52,7 +52,7 @@ def snr_vs_magnitude(data: ReportData) -> Figure:
     return fig
 
 
-def flag_rates(data: ReportData, *, max_flags: int = 30) -> Figure | None:
+def flag_rates(data: ReportData, *, max_flags: int = 20) -> Figure | None:
     """Heat map of flag_rates.sql: the fraction of primary sources with each flag set, per band."""
     rates = data.flag_rates.filter(pl.col("n_set") > 0)
     if rates.is_empty():

@@ -62,7 +62,7 @@ def cutouts(coadd: Coadd, x: float, y: float, psf_flux: float) -> Cutouts:
 
 def gallery_figure(c: Cutouts, title: str) -> Figure:
     """Data, model and residual side by side on one asinh grey scale (so the residual compares with the data;
-    no colour bar: the page says the scale), NaN (off the coadd) white."""
+    no colour bar: the page says the scale), no data (NaN, or off the coadd) white."""
     fig = new_figure(6.6, 2.5, layout=None)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.8, wspace=0.04)
     finite = c.data[np.isfinite(c.data)]

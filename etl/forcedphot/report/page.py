@@ -17,6 +17,7 @@ td, th { border: 1px solid #ccc; padding: 2px 6px; text-align: right; } th { bac
 img { max-width: 100%; display: block; margin: 0.4em 0; }
 figure { margin: 0.8em 0; } figcaption { font-size: 0.85em; color: #444; }
 p.note { color: #666; font-style: italic; }
+div.grid { display: grid; grid-template-columns: 1fr 1fr; gap: 0 1.5em; }
 """
 
 
@@ -24,7 +25,8 @@ p.note { color: #666; font-style: italic; }
 class Section:
     title: str
     text: str = ""  # HTML (already escaped)
-    images: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
+    images: list[tuple[str, str, str]] = field(default_factory=list)  # (file name, caption, details)
+    grid: bool = False  # images two per row (the gallery)
     tables: list[pl.DataFrame] = field(default_factory=list)
     missing: str = ""  # why the section has no plot
 
@@ -51,9 +53,12 @@ def render(*, title: str, summary: str, sections: list[Section]) -> str:
         if s.text:
             body.append(f"<p>{s.text}</p>")
         body.extend(table_html(t) for t in s.tables)
-        for name, caption in s.images:
+        body.append('<div class="grid">' if s.grid else "<div>")
+        for name, caption, details in s.images:
+            more = f"<details><summary>more</summary>{html.escape(details)}</details>" if details else ""
             body.append(f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}">'
-                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+                        f"<figcaption>{html.escape(caption)}{more}</figcaption></figure>")
+        body.append("</div>")
         if s.missing:
             body.append(f'<p class="note">{html.escape(s.missing)}</p>')
         body.append("</section>")
