@@ -23,20 +23,24 @@ def new_figure(width: float, height: float, *, layout: str | None = "constrained
     return fig
 
 
-def _grid(fig: Figure, n: int, *, cols: int = 4):
+def band_figure(n: int, *, cols: int = 4) -> tuple[Figure, list]:
+    """One panel per band, up to ``cols`` a row, fixed margins (a layout engine doubles the drawing time)."""
     cols = min(cols, n)
     rows = -(-n // cols)
+    fig = new_figure(3.2 * cols, 3.0 * rows, layout=None)
+    fig.subplots_adjust(left=0.25 / cols, right=0.99, bottom=0.5 / (3.0 * rows), top=1 - 0.35 / (3.0 * rows),
+                        wspace=0.38, hspace=0.45)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
-    return axes[:n]
+    return fig, list(axes[:n])
 
 
 def snr_vs_magnitude(data: ReportData) -> Figure:
     """Per band: S/N of the PSF flux against psfMag, with the 5-sigma depth of depth_5sigma.sql."""
-    fig = new_figure(3.2 * min(len(data.bands), 4), 3.0 * -(-len(data.bands) // 4))
+    fig, axes = band_figure(len(data.bands))
     depth = {r["band"]: r["depth_5sigma_from_errors"] for r in data.depth.iter_rows(named=True)}
-    for ax, band in zip(_grid(fig, len(data.bands)), data.bands):
+    for ax, band in zip(axes, data.bands):
         s = data.sources.filter((pl.col("band") == band) & ~pl.col("psfFlux_flag") & (pl.col("psfFluxErr") > 0)
                                 & pl.col("psfMag").is_finite())
         snr = (s["psfFlux"] / s["psfFluxErr"]).to_numpy()
@@ -145,8 +149,8 @@ def flux_recovery(data: ReportData) -> Figure | None:
     """Per band: psfFlux / true flux against true magnitude (report_truth_sources.sql)."""
     if data.truth is None or data.truth.is_empty():
         return None
-    fig = new_figure(3.2 * min(len(data.bands), 4), 3.0 * -(-len(data.bands) // 4))
-    for ax, band in zip(_grid(fig, len(data.bands)), data.bands):
+    fig, axes = band_figure(len(data.bands))
+    for ax, band in zip(axes, data.bands):
         t = data.truth.filter(pl.col("band") == band)
         for star, label, colour in ((True, "stars", "C0"), (False, "galaxies", "C1")):
             s = t.filter(pl.col("is_star") == star)
@@ -166,9 +170,9 @@ def pull_histograms(data: ReportData) -> Figure | None:
     """Per band: (psfFlux - true flux) / psfFluxErr of isolated stars with the unit normal for reference."""
     if data.truth is None or data.truth.is_empty():
         return None
-    fig = new_figure(3.2 * min(len(data.bands), 4), 3.0 * -(-len(data.bands) // 4))
+    fig, axes = band_figure(len(data.bands))
     x = np.linspace(-5, 5, 201)
-    for ax, band in zip(_grid(fig, len(data.bands)), data.bands):
+    for ax, band in zip(axes, data.bands):
         s = data.truth.filter((pl.col("band") == band) & pl.col("is_star") & (pl.col("n_neighbours") == 0))
         pull = ((s["psfFlux"] - s["true_flux"]) / s["psfFluxErr"]).to_numpy()
         ax.hist(np.clip(pull, -5, 5), bins=np.linspace(-5, 5, 26), density=True, color="C0", alpha=0.7)
