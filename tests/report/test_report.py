@@ -80,7 +80,9 @@ def test_model_cutout_removes_an_isolated_bright_star(measured_tiny_repo):
     assert np.array_equal(c.residual, c.data - c.model, equal_nan=True)
 
 
-def test_refuses_to_overwrite_without_the_flag(tiny_report, measured_tiny_repo, tmp_path, capsys):
+def test_refuses_to_overwrite_without_the_flag_and_replaces_whole_with_it(tiny_report, measured_tiny_repo,
+                                                                          tmp_path, capsys):
+    """The rewrite is of the survey without its truth: the truth plots (and any stray file) must go."""
     out = tmp_path / "qa"
     shutil.copytree(tiny_report.folder, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -89,11 +91,15 @@ def test_refuses_to_overwrite_without_the_flag(tiny_report, measured_tiny_repo, 
     assert err == [f"forcedphot: error: {out}: exists; pass --overwrite to replace it"]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     (out / "stale.png").write_bytes(b"old")
-    assert main(["report", "--repo", str(measured_tiny_repo), "--out", str(out), "--overwrite"]) == 0
-    assert not (out / "stale.png").exists()  # replaced whole
-    assert (out / "index.html").read_text().count("<img") == before["index.html"].decode().count("<img")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["qa"]
-
+    no_truth = tmp_path / "repo"
+    shutil.copytree(measured_tiny_repo, no_truth, ignore=shutil.ignore_patterns("truth"))
+    assert main(["report", "--repo", str(no_truth), "--out", str(out), "--overwrite"]) == 0
+    text = (out / "index.html").read_text()
+    assert set(_images(text)) == {p.name for p in out.glob("*.png")}
+    assert set(_images(text)) == set(_images(before["index.html"].decode())) - {"flux_recovery.png", "pulls.png"}
+    assert text.count("No truth dataset: flux recovery and pulls need a simulated survey.") == 2
+    assert "(no truth: not a simulated survey)" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qa", "repo"]  # no temporary folder left
 
 def test_overwrite_never_replaces_a_folder_that_is_not_a_report(measured_tiny_repo, tmp_path, capsys):
     out = tmp_path / "notes"
@@ -111,3 +117,4 @@ def test_unmeasured_repository_is_one_line_and_writes_nothing(tiny_repo_master, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no forced_source measurements" in err[0] and str(tiny_repo_master) in err[0]
     assert list(tmp_path.iterdir()) == []
+
