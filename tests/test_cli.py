@@ -3,7 +3,7 @@ import pytest
 from forcedphot.cli import build_parser, main
 
 
-@pytest.mark.parametrize("cmd", [[], ["simulate"], ["run"], ["sql"], ["status"]])
+@pytest.mark.parametrize("cmd", [[], ["simulate"], ["run"], ["sql"], ["status"], ["report"]])
 def test_help_everywhere(cmd, capsys):
     with pytest.raises(SystemExit) as info:
         main(cmd + ["--help"])
@@ -18,5 +18,5 @@ def test_simulate_refuses_to_overwrite(tiny_repo, capsys):
 
 def test_parser_lists_every_command():
     text = build_parser().format_help()
-    for cmd in ("simulate", "run", "sql", "status"):
+    for cmd in ("simulate", "run", "sql", "status", "report"):
         assert cmd in text

@@ -1,4 +1,4 @@
-"""``forcedphot`` command line: simulate, run, sql, status.
+"""``forcedphot`` command line: simulate, run, sql, status, report.
 
 Errors print one line naming the file or data ID and exit non-zero.
 """
@@ -211,6 +211,14 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from forcedphot.report import write_report
+
+    index = write_report(args.repo, args.out, overwrite=args.overwrite)
+    print(f"report written: {index}")
+    return 0
+
+
 def cmd_config(args) -> int:
     from forcedphot.config import render_toml
 
@@ -364,6 +372,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--history", type=_positive_int, nargs="?", const=10, metavar="N",
                     help="the last N runs from the run ledger (default 10) instead of the quanta")
     st.set_defaults(func=cmd_status)
+
+    rp = sub.add_parser("report", help="write a QA report (an HTML page with PNG plots) of a measured repository",
+                        description="Depth, S/N, flag rates, colour diagrams, sky maps, truth comparison (simulated "
+                                    "surveys) and cutouts of the most-flagged objects, as OUT/index.html with its "
+                                    "PNGs next to it (a self-contained folder, written atomically).")
+    rp.add_argument("--repo", required=True, help="repository folder (measured with `forcedphot run`)")
+    rp.add_argument("--out", required=True, help="report folder to create")
+    rp.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    _add_verbose(rp)
+    rp.set_defaults(func=cmd_report)
 
     c = sub.add_parser("config", help="print a commented TOML config that --config accepts",
                        description="Print the default config (--template) or the validated config of --config "
