@@ -7,6 +7,7 @@ renamed to ``--out`` only when the catalog is complete.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,13 @@ def _import_modules():
     except ImportError as exc:
         raise InputError(f"exporting HATS needs hats-import ({exc}); pip install 'forcedphot[hats]'") from None
     return Client, ImportArguments, pipeline_with_client
+
+
+def _quiet_dask() -> None:
+    """distributed logs its cluster's start and stop at INFO on its own handlers: keep them for ``-v``."""
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        for name in ("distributed", "hats_import", "hats"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _stage_input(repo, table: str, staging: Path) -> list[Path]:
@@ -68,8 +76,9 @@ def export_hats(repo, out, *, table: str = "object", overwrite: bool = False, hi
         (staging / "input").mkdir()
         files = _stage_input(repo, table, staging / "input")
         built = staging / out.name  # hats-import names the catalog after its folder
+        _quiet_dask()
         with Client(n_workers=n_workers, threads_per_worker=1, processes=False, local_directory=staging / "dask",
-                    dashboard_address=None) as client:
+                    dashboard_address=":0") as client:  # in-process; a free port, never a fixed one
             try:
                 args = ImportArguments(
                     output_path=staging, output_artifact_name=out.name, input_file_list=[str(f) for f in files],
