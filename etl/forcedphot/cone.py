@@ -54,8 +54,8 @@ def make_cone(*, ra=None, dec=None, radius=None, coord=None) -> Cone | None:
         ra, dec = float(icrs.ra.deg), float(icrs.dec.deg)
     if ra is None or dec is None or radius is None:
         raise InputError(f"a cone needs ra, dec and radius (got ra={ra!r}, dec={dec!r}, radius={radius!r})")
-    radius = _degrees(radius, "radius")
-    ra, dec = _degrees(ra, "ra"), _degrees(dec, "dec")
+    radius = as_degrees(radius, "radius")
+    ra, dec = as_degrees(ra, "ra"), as_degrees(dec, "dec")
     if not (np.isfinite(radius) and 0 < radius <= 180):
         raise InputError(f"radius must be in (0, 180] deg, not {radius!r}")
     if not (np.isfinite(dec) and -90 <= dec <= 90) or not np.isfinite(ra):
@@ -63,7 +63,7 @@ def make_cone(*, ra=None, dec=None, radius=None, coord=None) -> Cone | None:
     return Cone(ra % 360.0, dec, radius)
 
 
-def _degrees(value, what: str) -> float:
+def as_degrees(value, what: str) -> float:
     """A float in deg from a number, an astropy Angle or a Quantity of angle."""
     if hasattr(value, "unit"):
         import astropy.units as u

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from forcedphot.cone import _degrees
+from forcedphot.cone import as_degrees
 from forcedphot.errors import InputError
 from forcedphot.tables import convert
 
@@ -56,7 +56,7 @@ def crossmatch(repo_table_or_repo, catalog, *, radius, ra_column: str = "ra", de
     """
     from astropy.coordinates import SkyCoord
 
-    radius_deg = _degrees(radius, "radius")
+    radius_deg = as_degrees(radius, "radius")
     if not radius_deg > 0:
         raise InputError(f"radius must be positive, not {radius!r}")
     ours = _load(repo_table_or_repo, table)
@@ -66,7 +66,7 @@ def crossmatch(repo_table_or_repo, catalog, *, radius, ra_column: str = "ra", de
     else:
         theirs = _as_polars(catalog, "catalog")
     cat_coords = _coords(theirs, ra_column, dec_column, "catalog")
-    units = _units(repo_table_or_repo, table, ours)
+    units = _units(table, ours)
     if ours.is_empty() or theirs.is_empty():
         return convert(_joined(theirs.head(0), ours.head(0), np.zeros(0, int), np.zeros(0), suffix), backend, units)
     index, sep, _ = cat_coords.match_to_catalog_sky(_coords(ours, "coord_ra", "coord_dec", "repository table"))
@@ -94,7 +94,7 @@ def _load(source, table: str) -> pl.DataFrame:
     return _as_polars(source, "repository table")
 
 
-def _units(source, table: str, ours: pl.DataFrame) -> dict[str, str | None]:
+def _units(table: str, ours: pl.DataFrame) -> dict[str, str | None]:
     from forcedphot.schema import load_schema
 
     units = {c.name: c.unit for c in load_schema("forced_source").columns}
