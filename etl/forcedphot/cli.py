@@ -261,6 +261,15 @@ def cmd_ingest_fits(args) -> int:
     return 0
 
 
+def cmd_export_hats(args) -> int:
+    from forcedphot.export_hats import export_hats
+
+    out = export_hats(args.repo, args.out, table=args.table, overwrite=args.overwrite,
+                      highest_order=args.highest_order)
+    print(f"wrote the {args.table} table of {args.repo} as a HATS catalog: {out}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from forcedphot.bench import main_bench
 
@@ -403,6 +412,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_fits_arguments(fi)
     _add_verbose(fi)
     fi.set_defaults(func=cmd_ingest_fits)
+
+    ex = sub.add_parser("export", help="write a table in another format (HATS for LSDB)",
+                        description="Export repository tables.")
+    ex_sub = ex.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
+    eh = ex_sub.add_parser("hats", help="the object or forced_source table as a HATS catalog (open it with lsdb)",
+                           description="Partition a table by HEALPix with hats-import into a HATS catalog "
+                                       "(coord_ra/coord_dec); written next to --out and renamed when complete.")
+    eh.add_argument("--repo", required=True, help="repository folder")
+    eh.add_argument("--out", required=True, help="catalog folder to create")
+    eh.add_argument("--table", choices=("object", "forced_source"), default="object",
+                    help="object: one row per object, every band (default); forced_source: one row per object and band")
+    eh.add_argument("--highest-order", type=int, default=7, metavar="K",
+                    help="deepest HEALPix order of a partition (default: 7)")
+    eh.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_verbose(eh)
+    eh.set_defaults(func=cmd_export_hats)
     return p
 
 

@@ -15,8 +15,13 @@ from forcedphot import calibrate
 from forcedphot.config import UNDEBLENDED_PLUGINS, ForcedPhotConfig
 from forcedphot.plugins import PLUGINS, ordered
 from forcedphot.plugins.base import Column
+from forcedphot.ucds import column_ucd, is_principal
 
 SCHEMA_VERSION = "1.1.0"
+TAP_TABLE_INDEX = 70  # unique over schemas/*.yaml (see forcedphot.catalog_schema)
+INDEXES = (("objectId", "Rows of one object (all bands); the foreign key to ref.id."),
+           ("coord_ra", "Sky range queries on right ascension."),
+           ("band", "Rows of one band."))
 UNDEBLENDED = "undeblended_"
 
 # Copied from the reference catalog (Rubin copyColumns) and the data ID.
@@ -59,6 +64,11 @@ def render_schema_yaml() -> str:
         d["nullable"] = c.name not in NOT_NULL
         if c.unit:
             d["ivoa:unit"] = c.unit
+        ucd = column_ucd(c.name)
+        if ucd:
+            d["ivoa:ucd"] = ucd
+        if is_principal(c.name):
+            d["tap:principal"] = 1
         d["description"] = c.description
         cols.append(d)
     doc = {
@@ -72,8 +82,15 @@ def render_schema_yaml() -> str:
         "tables": [{
             "name": "forced_source",
             "@id": "#forced_source",
-            "description": "One row per reference object and band.",
+            "description": ("One row per reference object and band (long form; the `object` view is the wide "
+                            "form). Rubin: deepCoadd_forced_src (DP1 ForcedSource-on-coadd)."),
+            "tap:table_index": TAP_TABLE_INDEX,
             "primaryKey": ["#forced_source.objectId", "#forced_source.band"],
+            "indexes": [
+                {"name": f"IDX_forced_source_{col}", "@id": f"#IDX_forced_source_{col}",
+                 "description": why, "columns": [f"#forced_source.{col}"]}
+                for col, why in INDEXES
+            ],
             "columns": cols,
         }],
     }

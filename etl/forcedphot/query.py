@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from forcedphot.cone import make_cone, patches_in_cone
+from forcedphot.crossmatch import crossmatch  # noqa: F401  (part of the query surface)
 from forcedphot.duck import query_arrow, refuse_unless_read_only, sandboxed_connection
 from forcedphot.errors import InputError, QueryError
 from forcedphot.objects import object_columns, object_select, repository_bands
@@ -69,13 +71,17 @@ def check_file(path: Path, dataset: str) -> None:
     schema.check_metadata(metadata, where=str(path))
 
 
-def dataset_files(repo, dataset: str, **partitions) -> list[Path]:
-    """The checked Parquet files of ``dataset``, optionally only those of some partitions (tract/patch/band)."""
+def dataset_files(repo, dataset: str, *, sky_patches: set[tuple[int, int]] | None = None, **partitions) -> list[Path]:
+    """The checked Parquet files of ``dataset``, optionally only those of some partitions (tract/patch/band)
+    and of the (tract, patch) pairs in ``sky_patches`` (a cone's patches); other files are not opened."""
     repo = _as_repository(repo)
     wanted = _partition_filter(repo, dataset, partitions)
+    keep = None if sky_patches is None else {(str(t), str(p)) for t, p in sky_patches}
     files = []
     for path in sorted(_dataset_folder(repo, dataset).glob("**/*.parquet")):
         keys = _partition_values(path.relative_to(repo.root))
+        if keep is not None and (keys.get("tract"), keys.get("patch")) not in keep:
+            continue
         if all(keys.get(k) in values for k, values in wanted.items()):
             check_file(path, dataset)
             files.append(path)
@@ -104,9 +110,9 @@ def _partition_filter(repo: Repository, dataset: str, partitions: dict) -> dict[
     return wanted
 
 
-def arrow_dataset(repo, dataset: str, **partitions) -> pads.Dataset:
+def arrow_dataset(repo, dataset: str, *, sky_patches=None, **partitions) -> pads.Dataset:
     """The checked files of ``dataset`` as a pyarrow dataset with the columns of its schema (empty if none)."""
-    files = [str(p) for p in dataset_files(repo, dataset, **partitions)]
+    files = [str(p) for p in dataset_files(repo, dataset, sky_patches=sky_patches, **partitions)]
     return pads.dataset(files, schema=load_schema(dataset).arrow_schema(), format="parquet")
 
 
@@ -153,10 +159,23 @@ def forced_source_schema() -> pl.Schema:
     return pl.Schema(pl.from_arrow(load_schema("forced_source").arrow_schema().empty_table()).schema)
 
 
-def scan_forced_source(repo, *, tract=None, patch=None, band=None) -> pl.LazyFrame:
-    """The forced-source table as a Polars LazyFrame; tract/patch/band select the partitions' files."""
+def cone_patches(repo, cone) -> set[tuple[int, int]] | None:
+    """The (tract, patch) pairs whose outer box ``cone`` touches (None: no cone, every patch)."""
+    return None if cone is None else patches_in_cone(_as_repository(repo).read_skymap(), cone)
+
+
+def _cut_to_cone(df: pl.DataFrame, cone) -> pl.DataFrame:
+    """The rows of ``df`` within the cone (exact angular distance from ``coord_ra``/``coord_dec``)."""
+    if cone is None or df.is_empty():
+        return df
+    return df.filter(pl.Series(cone.contains(df["coord_ra"].to_numpy(), df["coord_dec"].to_numpy())))
+
+
+def scan_forced_source(repo, *, tract=None, patch=None, band=None, sky_patches=None) -> pl.LazyFrame:
+    """The forced-source table as a Polars LazyFrame; tract/patch/band (and the (tract, patch) pairs of
+    ``sky_patches``) select the partitions' files."""
     repo = _as_repository(repo)
-    files = dataset_files(repo, "forced_source", tract=tract, patch=patch, band=band)
+    files = dataset_files(repo, "forced_source", tract=tract, patch=patch, band=band, sky_patches=sky_patches)
     schema = forced_source_schema()
     if not files:
         return pl.LazyFrame(schema=schema)
@@ -168,32 +187,44 @@ def scan_forced_source(repo, *, tract=None, patch=None, band=None) -> pl.LazyFra
     return lf
 
 
-def load_forced_source(repo, *, tract=None, patch=None, band=None, columns=None, backend: str = "polars"):
-    """Collect the forced-source table (optionally filtered): Polars, pandas or an astropy QTable with units."""
-    lf = scan_forced_source(repo, tract=tract, patch=patch, band=band)
+def load_forced_source(repo, *, tract=None, patch=None, band=None, columns=None, ra=None, dec=None, radius=None,
+                       coord=None, backend: str = "polars"):
+    """Collect the forced-source table (optionally filtered): Polars, pandas or an astropy QTable with units.
+
+    A cone (``ra=, dec=, radius=`` in deg, or ``coord=`` a SkyCoord and ``radius=`` an Angle) reads only
+    the patches whose outer box it touches, then keeps the rows within ``radius`` of the centre.
+    """
+    cone = make_cone(ra=ra, dec=dec, radius=radius, coord=coord)
+    lf = scan_forced_source(repo, tract=tract, patch=patch, band=band, sky_patches=cone_patches(repo, cone))
     units = {c.name: c.unit for c in load_schema("forced_source").columns}
     if columns:
         unknown = [c for c in columns if c not in units]
         if unknown:
             raise InputError(f"forced_source has no column(s) {unknown}; see schemas/forced_source.yaml")
-        lf = lf.select(columns)
-    return convert(lf.collect(), backend, units)
+    if cone is None:
+        return convert(lf.select(columns).collect() if columns else lf.collect(), backend, units)
+    df = _cut_to_cone(lf.collect(), cone)
+    return convert(df.select(columns) if columns else df, backend, units)
 
 
-def load_object(repo, *, tract=None, patch=None, primary_only: bool = True, backend: str = "polars"):
+def load_object(repo, *, tract=None, patch=None, primary_only: bool = True, ra=None, dec=None, radius=None,
+                coord=None, backend: str = "polars"):
     """The object table (one row per primary object, ``<band>_<column>`` columns; see sql/object.sql):
     Polars, pandas or an astropy QTable with units.
 
     ``primary_only=False`` keeps the objects that are not primary too (the copies of a source in patch
-    overlaps, deblended parents).
+    overlaps, deblended parents). A cone (as :func:`load_forced_source`) reads only the patches it touches.
     """
     repo = _as_repository(repo)
+    cone = make_cone(ra=ra, dec=dec, radius=radius, coord=coord)
+    sky_patches = cone_patches(repo, cone)
     con = sandboxed_connection()
     try:
-        con.register("forced_source", arrow_dataset(repo, "forced_source", tract=tract, patch=patch))
+        con.register("forced_source", arrow_dataset(repo, "forced_source", tract=tract, patch=patch,
+                                                    sky_patches=sky_patches))
         table = query_arrow(con, object_select(repository_bands(repo), primary_only=primary_only)
                             + "\nORDER BY objectId, tract, patch")
     finally:
         con.close()
     units = {c.name: c.unit for c in object_columns(repository_bands(repo))}
-    return convert(pl.from_arrow(table), backend, units)
+    return convert(_cut_to_cone(pl.from_arrow(table), cone), backend, units)
