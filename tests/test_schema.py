@@ -21,13 +21,12 @@ SCHEMAS = sorted(SCHEMA_DIR.glob("*.yaml"))
 FELIS_CHECKS = ("--check-description", "--check-tap-principal", "--check-tap-table-indexes")
 
 
-@pytest.mark.parametrize("path", SCHEMAS, ids=[p.stem for p in SCHEMAS])
-def test_felis_validate_accepts_every_schema(path):
-    felis = shutil.which("felis", path=str(Path(sys.executable).parent)) or shutil.which("felis")
-    assert felis, "lsst-felis is a test dependency"
-    proc = subprocess.run([felis, "validate", *FELIS_CHECKS, str(path)], capture_output=True, text=True)
+def test_felis_validate_accepts_every_schema():
+    """One ``felis validate`` over every schema file (one interpreter start, not one per file)."""
+    proc = subprocess.run([_felis(), "validate", *FELIS_CHECKS, *map(str, SCHEMAS)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "Successfully validated" in proc.stderr
+    validated = proc.stderr.count("Successfully validated")
+    assert validated == len(SCHEMAS), proc.stderr
 
 
 def _felis() -> str:
