@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/forcedphot sql --repo $(REPO) --file sql/examples/star_pulls.sql
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 clean:
 	rm -rf $(VENV) $(REPO) bench-repo .pytest_cache
