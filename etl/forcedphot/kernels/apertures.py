@@ -33,7 +33,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from forcedphot.kernels.pixels import footprint_size, no_footprints
+from forcedphot.kernels.pixels import footprint_deltas, footprint_size, no_footprints
 
 BLOCK = 16  # sources per scratch allocation (work unit of prange)
 
@@ -66,32 +66,13 @@ def spatial_order(cx, cy, measure=None, cell: int = ORDER_CELL) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def _own_deltas(fp, src, image, valid):
-    """(xs, ys, heavy - image, n) of the source's own valid on-image footprint pixels (n = 0 without one).
-
-    As :func:`forcedphot.kernels.pixels.footprint_deltas`, but the difference is taken in float64
-    (a float32 difference of a bright heavy value and the noise loses ~1e-7 of the value).
-    """
-    used, span_off, span_y, span_x0, span_x1, val_off, values = fp
+    """(xs, ys, heavy - image, n) of the source's own valid on-image footprint pixels, in float64
+    (:func:`forcedphot.kernels.pixels.footprint_deltas` into freshly sized arrays)."""
     size = footprint_size(fp, src)
     xs = np.empty(size, np.int64)
     ys = np.empty(size, np.int64)
     ds = np.empty(size, np.float64)
-    f = used[src]
-    if f < 0:
-        return xs, ys, ds, 0
-    h, w = image.shape
-    n = 0
-    k = val_off[f]
-    for s in range(span_off[f], span_off[f + 1]):
-        y, x0, x1 = span_y[s], span_x0[s], span_x1[s]
-        if 0 <= y < h:
-            for x in range(max(x0, 0), min(x1, w - 1) + 1):
-                if valid[y, x]:
-                    xs[n] = x
-                    ys[n] = y
-                    ds[n] = np.float64(values[k + x - x0]) - np.float64(image[y, x])
-                    n += 1
-        k += x1 - x0 + 1
+    n = footprint_deltas(fp, src, image, valid, xs, ys, ds)
     return xs, ys, ds, n
 
 
