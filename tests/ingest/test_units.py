@@ -131,9 +131,10 @@ def test_planes_mask_bits_nan_pixels_invvar_and_background(tmp_path):
     assert band.psf_fwhm == pytest.approx(2.0, rel=0.3)  # 1 arcsec at 0.5 arcsec/px
     assert band.photo_calib == pytest.approx(zero_point_calib(30.0))
     # default mapping: any nonzero value is BAD
-    default = load_band(BandSpec(name="g", image=f"{path}:0", sigma="2", mask=f"{path}:MSK", psf_fwhm="2px"),
-                        img, str(path), grid)
+    default = load_band(BandSpec(name="g", image=f"{path}:0", sigma="2", mask=f"{path}:MSK", psf_fwhm="2px",
+                                 flux_unit="uJy"), img, str(path), grid)
     assert (default.mask[2, 2:5] == planes.bitmask("BAD")).all() and default.variance[3, 3] == pytest.approx(4.0)
+    assert default.photo_calib == pytest.approx(1e3)
 
 
 # -- footprints ----------------------------------------------------------------------------
@@ -234,7 +235,8 @@ def test_sextractor_catalog_shapes_and_one_based_positions(synthetic, tmp_path):
         lines.append(f"{i + 1} {s.x[i] + 1:.4f} {s.y[i] + 1:.4f} 2.0 1.0 90.0 3.5")
     cat = s.root / "image.cat"
     cat.write_text("\n".join(lines) + "\n")
-    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px")
+    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px",
+                    flux_unit="nJy")
     repo = ingest_fits(tmp_path / "repo", [band], CatalogSpec(path=cat, positions="pixel"))
     ref = pq.read_table(repo.ref_path(0, 0)).to_pandas().sort_values("centroid_x")
     np.testing.assert_allclose(ref.centroid_x, np.sort(s.x), atol=1e-3)
@@ -257,7 +259,8 @@ def test_parents_children_and_ids(synthetic, tmp_path):
     parent = np.zeros(n, np.int64)
     parent[[1, 2]] = ids[0]  # rows 1 and 2 are children of row 0
     Table({"id": ids, "parent": parent, "ra": s.ra, "dec": s.dec}).write(s.root / "cat.fits")
-    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px")
+    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px",
+                    flux_unit="nJy")
     repo = ingest_fits(tmp_path / "repo", [band], CatalogSpec(path=s.root / "cat.fits"))
     ref = pq.read_table(repo.ref_path(0, 0)).to_pandas()
     assert ref.id.tolist() == list(range(1, n + 1))  # packed ids: counters in catalog order
@@ -291,8 +294,8 @@ def test_skymap_round_trips_with_and_without_wcs_header():
 def test_footprints_cover_the_catalog_in_every_band(synthetic, tmp_path):
     s = synthetic
     pq.write_table(pa.table({"x": s.x, "y": s.y}), s.root / "xy.parquet")
-    bands = [BandSpec(name=b, image=s.files[b]["image"], variance=s.files[b]["variance"], psf_fwhm="3px")
-             for b in ("g", "r")]
+    bands = [BandSpec(name=b, image=s.files[b]["image"], variance=s.files[b]["variance"], psf_fwhm="3px",
+                       flux_unit="nJy") for b in ("g", "r")]
     repo = ingest_fits(tmp_path / "repo", bands, CatalogSpec(path=s.root / "xy.parquet"), patch_size=40)
     tract = repo.read_skymap()[0]
     assert tract.patch_border == 10  # default: a quarter of a small patch
@@ -314,7 +317,8 @@ def test_footprints_cover_the_catalog_in_every_band(synthetic, tmp_path):
 def test_patches_without_objects_are_not_written(synthetic, tmp_path):
     s = synthetic
     pq.write_table(pa.table({"x": [5.0], "y": [5.0]}), s.root / "one.parquet")
-    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px")
+    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px",
+                    flux_unit="nJy")
     repo = ingest_fits(tmp_path / "repo", [band], CatalogSpec(path=s.root / "one.parquet"), patch_size=40)
     assert repo.read_skymap()[0].n_patches == 6
     assert [p.name for p in (repo.root / "coadd" / "tract=0").iterdir()] == ["patch=0"]
@@ -339,7 +343,8 @@ def test_external_ids_fill_the_externalId_column_and_reach_the_output(synthetic,
     from forcedphot.runner import run_all
 
     s = synthetic
-    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px")
+    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px",
+                    flux_unit="nJy")
     big = (1 << 62) + np.arange(s.x.size)  # beyond float64's exact integers
     Table({"NUMBER": big, "ra": s.ra, "dec": s.dec}).write(s.root / "int.fits")
     repo = ingest_fits(tmp_path / "a", [band], CatalogSpec(path=s.root / "int.fits"))
