@@ -51,7 +51,9 @@ class Calibration:
         return AB_NJY - 2.5 * float(np.log10(self.njy))
 
     def describe(self) -> str:
-        return f"{self.source} = {self.value!r}" if not self.source.startswith("assumed") else self.source
+        if self.source.startswith("assumed"):
+            return self.source
+        return f"{self.source} = {self.value!r}" if self.source.endswith("BUNIT") else f"{self.source} = {self.value}"
 
     def as_dict(self) -> dict:
         return {"photo_calib_nJy": self.njy, "zero_point_ab": round(self.zero_point, 6), "source": self.source,
