@@ -20,13 +20,16 @@ from forcedphot.ingest import BandSpec, CatalogSpec, ingest_fits
 from forcedphot.ingest.catalog import load_catalog
 from forcedphot.ingest.grid import make_grid
 from forcedphot.ingest.images import celestial_wcs, read_image
-from forcedphot.repository import Repository
 from tests.ingest.synth import REAL_DATA, SHAPE
 
 
 def _grid(path):
-    _, header, label = read_image(path)
-    return make_grid([(label, SHAPE, celestial_wcs(header, label))], pixel_scale=None)
+    return _grid_of(path, SHAPE)
+
+
+def _grid_of(path, shape=None):
+    data, header, label = read_image(path)
+    return make_grid([(label, shape or data.shape, celestial_wcs(header, label))], pixel_scale=None)
 
 
 def _in(frame, s):
@@ -108,28 +111,58 @@ def test_fk5_image_wcs_gets_the_catalog_in_its_own_frame(synthetic, tmp_path):
     np.testing.assert_allclose(same.x, s.x, atol=1e-6)
 
 
-def test_a_catalog_off_the_image_says_which_frame_columns_and_where_the_image_is(synthetic, tmp_path, capsys):
+def _galactic_image(root):
+    """A GLON-CAR/GLAT-CAR image like the GLIMPSE mosaics (its grid is refit as ICRS TAN-SIP)."""
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["GLON-CAR", "GLAT-CAR"]
+    w.wcs.crval = [30.0, 0.5]
+    w.wcs.crpix = [(SHAPE[1] + 1) / 2, (SHAPE[0] + 1) / 2]
+    w.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
+    path = root / "gal_image.fits"
+    fits.writeto(path, np.zeros(SHAPE, np.float32), header=w.to_header())
+    return str(path), w
+
+
+def test_galactic_image_wcs_places_icrs_and_galactic_catalogs(synthetic):
     s = synthetic
-    lon, lat = _in("galactic", s)
-    Table({"l": lon, "b": lat}).write(s.root / "gal.fits")
-    grid = _grid(s.files["g"]["image"])
+    path, w = _galactic_image(s.root)
+    grid = _grid(path)
+    x, y = s.x, s.y
+    sky = w.pixel_to_world(x, y)  # the stars, by the image's own galactic WCS
+    Table({"l": sky.l.deg, "b": sky.b.deg}).write(s.root / "gal.fits")
+    Table({"ra": sky.icrs.ra.deg, "dec": sky.icrs.dec.deg}).write(s.root / "icrs.fits")
+    for name in ("gal.fits", "icrs.fits"):
+        got = load_catalog(CatalogSpec(path=s.root / name), grid)
+        np.testing.assert_allclose(got.x, x, atol=1e-4)  # the TAN-SIP refit's residual is ~3e-8 px
+        np.testing.assert_allclose(got.y, y, atol=1e-4)
+        np.testing.assert_allclose(got.ra, sky.icrs.ra.deg, atol=1e-9)
+
+
+def test_a_catalog_off_the_image_says_which_frame_columns_and_where_the_image_is(synthetic, tmp_path, capsys):
+    """The issue's case: l/b read as RA/Dec on a galactic image; before, an astropy All-NaN warning leaked."""
+    s = synthetic
+    path, w = _galactic_image(s.root)
+    sky = w.pixel_to_world(s.x, s.y)
+    Table({"l": sky.l.deg, "b": sky.b.deg}).write(s.root / "gal.fits")
+    grid = _grid(path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no astropy All-NaN (or any other) warning leaks
         with pytest.raises(InputError) as info:
             load_catalog(CatalogSpec(path=s.root / "gal.fits", ra="l", dec="b", frame="icrs"), grid)
     msg = str(info.value)
-    centre = SkyCoord(*grid.wcs.all_pix2world((SHAPE[1] - 1) / 2, (SHAPE[0] - 1) / 2, 0), unit="deg")
+    centre = w.pixel_to_world((SHAPE[1] - 1) / 2, (SHAPE[0] - 1) / 2)
     assert "\n" not in msg and "none of the 12 catalog rows falls on the image" in msg
     assert "tried icrs positions (frame from --frame) in columns l/b" in msg
-    assert f"({centre.ra.deg:.4f}, {centre.dec.deg:.4f}) icrs" in msg
-    assert f"({centre.galactic.l.deg:.4f}, {centre.galactic.b.deg:.4f}) galactic" in msg
+    assert f"({centre.icrs.ra.deg:.4f}, {centre.icrs.dec.deg:.4f}) icrs" in msg
+    assert f"({centre.l.deg:.4f}, {centre.b.deg:.4f}) galactic" in msg
     # the same through the CLI: exit 2, one line
-    argv = ["ingest", "fits", "--repo", str(tmp_path / "r"), "--band", "g", "--image", s.files["g"]["image"],
-            "--variance", s.files["g"]["variance"], "--psf-fwhm", "3px", "--flux-unit", "nJy",
-            "--catalog", str(s.root / "gal.fits"), "--frame", "icrs", "--ra-col", "l", "--dec-col", "b"]
+    argv = ["ingest", "fits", "--repo", str(tmp_path / "r"), "--band", "g", "--image", path, "--sigma", "1",
+            "--psf-fwhm", "3px", "--flux-unit", "nJy", "--catalog", str(s.root / "gal.fits"), "--frame", "icrs",
+            "--ra-col", "l", "--dec-col", "b"]
     assert main(argv) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and "columns l/b" in err[0] and "galactic" in err[0]
+    err = [line for line in capsys.readouterr().err.splitlines() if "WCS refit" not in line]
+    assert len(err) == 1 and err[0].startswith("forcedphot: error:") and "columns l/b" in err[0], err
+    assert main(argv[:-6]) == 0  # without the wrong options: l/b found and placed
 
 
 SPITZER = REAL_DATA / "spitzer"
@@ -155,4 +188,8 @@ def test_spitzer_galactic_catalog_and_mjy_per_sr_header(tmp_path):
         x, y = WCS(fits.getheader(image)).world_to_pixel(SkyCoord(cat["l"], cat["b"], unit="deg", frame="galactic"))
     # the galactic WCS is refit as ICRS TAN-SIP (residual 3e-5 px): positions agree with the original WCS
     assert np.max(np.hypot(ref.centroid_x - x, ref.centroid_y - y)) < 1e-3
-    assert isinstance(Repository(tmp_path / "repo").metadata()["description"], str)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match="tried icrs positions .* columns l/b.* galactic"):
+            load_catalog(CatalogSpec(path=SPITZER / "spitzer_example_catalog.xml", ra="l", dec="b", frame="icrs"),
+                         _grid_of(image))

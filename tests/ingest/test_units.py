@@ -334,7 +334,8 @@ def test_ingest_help(cmd, capsys):
     assert info.value.code == 0 and "usage: forcedphot ingest" in out
     if cmd[-1] == "fits":
         for option in ("--band", "--image", "--invvar", "--psf-fwhm", "--zero-point", "--flux-unit", "--catalog",
-                       "--xy-origin", "--patch-size", "--manifest", "--overwrite", "example:"):
+                       "--xy-origin", "--patch-size", "--manifest", "--overwrite", "--assume-njy", "--frame",
+                       "--equinox", "BUNIT", "PHOTFLAM+PHOTPLAM", "example:"):
             assert option in out
 
 
@@ -513,7 +514,7 @@ def test_header_units_through_ingest_and_run_give_nJy(tmp_path, capsys):
     assert code == 2 and "band i" in err and "--assume-njy" in err and not repo.exists()
     assert main(["ingest", "fits", "--repo", str(repo), "--assume-njy", *argv]) == 0
     out = capsys.readouterr().out
-    assert "band g: 1 image unit = " in out and "from header BUNIT MJy/sr" in out
+    assert "band g: 1 image unit = " in out and "from header BUNIT = 'MJy/sr'" in out
     meta = Repository(repo).metadata()["ingest"]["bands"]
     assert {b: meta[b]["source"] for b in "gri"} == {"g": "header BUNIT", "r": "header MAGZERO",
                                                      "i": "assumed (--assume-njy)"}
@@ -526,3 +527,29 @@ def test_header_units_through_ingest_and_run_give_nJy(tmp_path, capsys):
         ratio = got[got.band == b].psfFlux.to_numpy() / truth[b][order]
         print(f"band {b} ({meta[b]['source']}): psfFlux / truth nJy in [{ratio.min():.5f}, {ratio.max():.5f}]")
         assert np.all(np.abs(ratio - 1) < 0.01), (b, ratio)
+
+
+def test_manifest_and_cli_carry_assume_njy_frame_and_equinox(tmp_path):
+    (tmp_path / "m.toml").write_text("""
+assume_njy = true
+[bands.g]
+image = "g.fits"
+sigma = 0.1
+psf_fwhm = "3px"
+[catalog]
+path = "cat.fits"
+frame = "fk4"
+equinox = "B1900"
+""")
+    args = build_parser().parse_args(["ingest", "fits", "--manifest", str(tmp_path / "m.toml"), "--repo", "r"])
+    _, bands, catalog, options = specs_from_args(args)
+    assert options == {"assume_njy": True} and (catalog.frame, catalog.equinox) == ("fk4", "B1900")
+    args = build_parser().parse_args(["ingest", "fits", "--repo", "r", "--band", "g", "--image", "g.fits",
+                                      "--sigma", "1", "--psf-fwhm", "3px", "--catalog", "c.fits",
+                                      "--frame", "ecliptic", "--equinox", "J2010", "--assume-njy"])
+    _, _, catalog, options = specs_from_args(args)
+    assert options == {"assume_njy": True} and (catalog.frame, catalog.equinox) == ("ecliptic", "J2010")
+    with pytest.raises(InputError, match="not an epoch"):
+        CatalogSpec(path="c.fits", frame="fk5", equinox="yesterday")
+    with pytest.raises(InputError, match="assume_njy must be true or false"):
+        ingest_fits(tmp_path / "x", bands, catalog, assume_njy="yes")

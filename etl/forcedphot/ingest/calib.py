@@ -57,7 +57,7 @@ class Calibration:
 
     def as_dict(self) -> dict:
         return {"photo_calib_nJy": self.njy, "zero_point_ab": round(self.zero_point, 6), "source": self.source,
-                "value": self.value}
+                "value": self.value, "from": self.describe()}
 
 
 def zero_point_calib(zero_point: float) -> float:
