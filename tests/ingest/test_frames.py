@@ -193,3 +193,21 @@ def test_spitzer_galactic_catalog_and_mjy_per_sr_header(tmp_path):
         with pytest.raises(InputError, match="tried icrs positions .* columns l/b.* galactic"):
             load_catalog(CatalogSpec(path=SPITZER / "spitzer_example_catalog.xml", ra="l", dec="b", frame="icrs"),
                          _grid_of(image))
+
+
+def test_fk5_b1950_image_wcs_is_refit_as_icrs(synthetic):
+    """An FK5 WCS of another equinox is not taken for ICRS (0.7 deg of precession): refit, and rows placed exactly."""
+    s = synthetic
+    header = s.wcs.to_header()
+    header["RADESYS"] = "FK5"
+    header["EQUINOX"] = 1950.0
+    path = s.root / "fk5_1950.fits"
+    fits.writeto(path, np.zeros(SHAPE, np.float32), header=header)
+    grid = _grid(str(path))
+    assert grid.wcs.wcs.radesys == "ICRS"
+    sky = WCS(header).pixel_to_world(s.x, s.y)  # the stars by the image's FK5 B1950 WCS
+    Table({"ra": sky.icrs.ra.deg, "dec": sky.icrs.dec.deg}).write(s.root / "icrs.fits")
+    got = load_catalog(CatalogSpec(path=s.root / "icrs.fits"), grid)
+    np.testing.assert_allclose(got.x, s.x, atol=1e-3)
+    np.testing.assert_allclose(got.y, s.y, atol=1e-3)
+    np.testing.assert_allclose(got.ra, sky.icrs.ra.deg, atol=1e-9)  # coord_ra is ICRS, not B1950

@@ -553,3 +553,10 @@ equinox = "B1900"
         CatalogSpec(path="c.fits", frame="fk5", equinox="yesterday")
     with pytest.raises(InputError, match="assume_njy must be true or false"):
         ingest_fits(tmp_path / "x", bands, catalog, assume_njy="yes")
+
+
+def test_an_option_is_not_blocked_by_a_broken_header_key():
+    bad = _header(MAGZERO="n/a")
+    with pytest.raises(InputError, match="header MAGZERO = 'n/a' is not a number"):
+        _calib(bad)
+    assert _calib(bad, zero_point=25.0).njy == pytest.approx(zero_point_calib(25.0))

@@ -226,9 +226,16 @@ def header_calibration(header, *, pixel_area_sr: float, label: str) -> tuple[Cal
 def band_calibration(*, zero_point=None, flux_unit=None, header=None, pixel_area_sr: float, label: str,
                      assume_njy: bool = False) -> Calibration:
     """The band's calibration: its options over its header; nJy only with ``assume_njy``."""
-    from_header, problem = (header_calibration(header, pixel_area_sr=pixel_area_sr, label=label)
-                            if header is not None else (None, None))
-    if zero_point is not None or flux_unit is not None:
+    given = zero_point is not None or flux_unit is not None
+    try:
+        from_header, problem = (header_calibration(header, pixel_area_sr=pixel_area_sr, label=label)
+                                if header is not None else (None, None))
+    except InputError as exc:
+        if not given:
+            raise
+        log.info("%s: header calibration ignored (%s)", label, exc)  # a broken key does not block the option
+        from_header, problem = None, None
+    if given:
         njy = photo_calib(zero_point=zero_point, flux_unit=flux_unit, pixel_area_sr=pixel_area_sr, label=label)
         option = ("option --zero-point", f"{float(zero_point):g}") if zero_point is not None else \
             ("option --flux-unit", str(flux_unit))
