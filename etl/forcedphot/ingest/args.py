@@ -153,7 +153,10 @@ def add_fits_arguments(p: argparse.ArgumentParser) -> None:
                    help="patch overlap border, pixels (default: 0 for one patch, else min(100, N/4))")
     g.add_argument("--pixel-scale", type=float, metavar="ARCSEC",
                    help="pixel scale for images without a celestial WCS (a TAN WCS is made up)")
-    g.add_argument("--ref-band", metavar="NAME", help="band recorded as refBand (default: the first band)")
+    g.add_argument("--reference-band", "--ref-band", dest="ref_band", metavar="NAME",
+                   help="reference band: recorded as refBand, and catalog rows without a shape or Kron radius are "
+                        "measured on it (adaptive moments, Rubin's Kron radius); default: the first of i, r, z, y, "
+                        "g, u present (Rubin's priority), else the first band")
 
 
 def specs_from_args(args) -> tuple[str, list, object, dict]:

@@ -30,6 +30,7 @@ from forcedphot.ingest.footprints import ellipse_spans, footprint_ellipses, foot
 from forcedphot.ingest.grid import Grid, make_grid
 from forcedphot.ingest.images import celestial_wcs, parse_hdu_spec, read_image
 from forcedphot.ingest.planes import BandData, load_band
+from forcedphot.ingest.refmeasure import RefMeasurements, default_reference_band, measure_references
 from forcedphot.ingest.specs import BandSpec, CatalogSpec
 from forcedphot.io.atomic import atomic_dir
 from forcedphot.io.coadd import Coadd, write_coadd
@@ -55,7 +56,9 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     ``patch_size`` (pixels, default: one patch covering the image) and ``patch_border``
     (default: 0 for one patch, else min(100, patch_size // 4)) define the patches;
     ``pixel_scale`` (arcsec) is needed only when the images have no celestial WCS;
-    ``ref_band`` (default: the first band) is recorded as every object's refBand;
+    ``ref_band`` (default: the first of i, r, z, y, g, u present, else the first band, as Rubin) is
+    recorded as every object's refBand, and rows without a shape or Kron radius are measured on it
+    (:mod:`forcedphot.ingest.refmeasure`);
     ``deblend`` ("peaks" or "none"; default: the catalog spec's, "peaks") deblends objects
     whose footprints overlap (:mod:`forcedphot.ingest.deblend`); ``assume_njy`` takes the
     pixels of bands whose options and header give no flux unit or zero point as nJy
@@ -74,7 +77,7 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise InputError(f"band(s) {dup} given more than once")
-    ref_band = ref_band or names[0]
+    ref_band = ref_band or default_reference_band(names)
     if ref_band not in names:
         raise InputError(f"reference band {ref_band!r} is not among the bands {names}")
     root = Path(repo_root)
@@ -93,6 +96,8 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
             for spec, (img, _, label), cal in zip(bands, images, calibs)]
     del images
     objects = load_catalog(catalog, grid)
+    # footprints and the deblender keep the catalog's geometry; the ref table gets the measured values
+    refs, measured = measure_references(objects, next(b for b in data if b.name == ref_band))
     metadata = {"ingest": {"bands": {b.name: {"image": b.label, **cal.as_dict()} for b, cal in zip(data, calibs)},
                            "catalog": {"path": objects.label, **(objects.positions or {})}}}
     tract = _make_tract(grid, patch_size, patch_border)
@@ -106,7 +111,7 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
         fwhm = max(b.psf_fwhm for b in data)
         models = _Models(data, objects, ref_band) if method == "peaks" else None
         for p in tract.patches():
-            _write_patch(repo, tract, p, packer, grid, data, objects, ref_band, fwhm, models)
+            _write_patch(repo, tract, p, packer, grid, data, objects, ref_band, fwhm, models, refs, measured)
     log.info("ingested %d objects in %d band(s) into %s (%d patches)", len(objects), len(data), root,
              tract.n_patches)
     return Repository(root)
@@ -181,11 +186,13 @@ class NewParents:
 
 
 def ref_table(objects: RefObjects, rows: np.ndarray, ids: np.ndarray, parent_ids: np.ndarray, p: PatchInfo,
-              ref_band: str, *, n_child: np.ndarray | None = None, new: NewParents | None = None) -> pa.Table:
+              ref_band: str, *, n_child: np.ndarray | None = None, new: NewParents | None = None,
+              measured: RefMeasurements | None = None) -> pa.Table:
     """Reference rows: the ref schema's columns (optional ones this catalog cannot fill are null).
 
     ``ids`` and ``parent_ids`` cover ``rows`` then the ``new`` parents; ``n_child`` (default:
-    from the catalog's links) is the catalog rows' deblend_nChild.
+    from the catalog's links) is the catalog rows' deblend_nChild; ``measured``: the ingest
+    measurement flags of ``rows`` (null where not measured and for the new parents).
     """
     m = 0 if new is None else new.x.size
     n = rows.size + m
@@ -218,6 +225,11 @@ def ref_table(objects: RefObjects, rows: np.ndarray, ids: np.ndarray, parent_ids
             det = new.shape[:, 0, 0] * new.shape[:, 1, 1] - new.shape[:, 0, 1] ** 2
             kron = np.r_[objects.kron[rows], np.sqrt(np.pi / 2) * det ** 0.25]
         cols["kron_radius"] = pa.array(kron, pa.float64(), from_pandas=True)
+    if measured is not None:
+        for col, flag, done in (("shape_flag", measured.shape_flag, measured.shape_measured),
+                                ("kron_radius_flag", measured.kron_flag, measured.kron_measured)):
+            if col in names and done.any():
+                cols[col] = pa.array(np.r_[flag, np.zeros(m, bool)], pa.bool_(), mask=~np.r_[done, np.zeros(m, bool)])
     if "externalId" in names and objects.external_id is not None:
         cols["externalId"] = pa.array(np.r_[objects.external_id[rows], np.zeros(m, np.int64)], pa.int64(),
                                       mask=np.r_[np.zeros(rows.size, bool), np.ones(m, bool)])
@@ -238,7 +250,7 @@ class _Models:
 
 def _write_patch(repo: Repository, tract: TractInfo, p: PatchInfo, packer: IdPacker, grid: Grid,
                  bands: list[BandData], objects: RefObjects, ref_band: str, fwhm: float,
-                 models: _Models | None) -> None:
+                 models: _Models | None, refs: RefObjects, measured: RefMeasurements) -> None:
     rows = _members(objects, p)
     if rows.size == 0:  # nothing to measure: no quantum (run would have an empty one)
         log.info("patch %d: no reference objects; not written", p.patch)
@@ -276,7 +288,8 @@ def _write_patch(repo: Repository, tract: TractInfo, p: PatchInfo, packer: IdPac
         log.warning("patch %d: %d blends exceed the deblender's limits (%d children, %d pixels, %d pixels x children; "
                     "the largest has %d children); not deblended (each object keeps its own footprint)", p.patch,
                     blends.n_skipped, db.MAX_CHILDREN, db.MAX_AREA, db.MAX_AREA_TIMES_CHILDREN, blends.largest_skipped)
-    write_parquet(ref_table(objects, rows, ids, parent_ids, p, ref_band, n_child=blends.n_child[:rows.size], new=new),
+    write_parquet(ref_table(refs, rows, ids, parent_ids, p, ref_band, n_child=blends.n_child[:rows.size], new=new,
+                            measured=measured.rows(rows)),
                   repo.ref_path(tract.tract, p.patch), load_schema("ref"))
     planes = MaskPlanes()
     for b in bands:
