@@ -24,10 +24,11 @@ from forcedphot.errors import InputError
 from forcedphot.flags import MaskPlanes
 from forcedphot.ids import IdPacker
 from forcedphot.ingest import deblend as db
+from forcedphot.ingest.calib import band_calibration, calibration_header
 from forcedphot.ingest.catalog import RefObjects, load_catalog
 from forcedphot.ingest.footprints import ellipse_spans, footprint_ellipses, footprint_table
 from forcedphot.ingest.grid import Grid, make_grid
-from forcedphot.ingest.images import celestial_wcs, read_image
+from forcedphot.ingest.images import celestial_wcs, parse_hdu_spec, read_image
 from forcedphot.ingest.planes import BandData, load_band
 from forcedphot.ingest.refmeasure import RefMeasurements, default_reference_band, measure_references
 from forcedphot.ingest.specs import BandSpec, CatalogSpec
@@ -49,7 +50,7 @@ __all__ = ["BandSpec", "CatalogSpec", "ingest_fits"]
 
 def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch_size: int | None = None,
                 patch_border: int | None = None, pixel_scale: float | None = None, ref_band: str | None = None,
-                overwrite: bool = False, deblend: str | None = None) -> Repository:
+                overwrite: bool = False, deblend: str | None = None, assume_njy: bool = False) -> Repository:
     """Write a new repository at ``repo_root`` from per-band FITS images and a catalog.
 
     ``patch_size`` (pixels, default: one patch covering the image) and ``patch_border``
@@ -59,8 +60,13 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     recorded as every object's refBand, and rows without a shape or Kron radius are measured on it
     (:mod:`forcedphot.ingest.refmeasure`);
     ``deblend`` ("peaks" or "none"; default: the catalog spec's, "peaks") deblends objects
-    whose footprints overlap (:mod:`forcedphot.ingest.deblend`).
+    whose footprints overlap (:mod:`forcedphot.ingest.deblend`); ``assume_njy`` takes the
+    pixels of bands whose options and header give no flux unit or zero point as nJy
+    (otherwise an error). The calibrations and catalog frame used are recorded in the
+    repository's ``repository.json`` under ``ingest``.
     """
+    if not isinstance(assume_njy, bool):
+        raise InputError(f"assume_njy must be true or false, not {assume_njy!r}")
     method = catalog.deblend if deblend is None else deblend
     if method not in db.DEBLEND_METHODS:
         raise InputError(f"deblend must be one of {', '.join(db.DEBLEND_METHODS)}, not {method!r}")
@@ -81,16 +87,25 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     images = [read_image(b.image, what=f"band {b.name} image") for b in bands]
     grid = make_grid([(label, data.shape, celestial_wcs(header, label)) for data, header, label in images],
                      pixel_scale=pixel_scale)
-    data = [load_band(spec, img, label, grid) for spec, (img, _, label) in zip(bands, images)]
+    calibs = [band_calibration(zero_point=spec.zero_point, flux_unit=spec.flux_unit,
+                               header=calibration_header(header, parse_hdu_spec(spec.image).path),
+                               pixel_area_sr=grid.pixel_area_sr, label=f"band {spec.name} ({label})",
+                               assume_njy=assume_njy)
+              for spec, (_, header, label) in zip(bands, images)]
+    data = [load_band(spec, img, label, grid, calibration=cal)
+            for spec, (img, _, label), cal in zip(bands, images, calibs)]
     del images
     objects = load_catalog(catalog, grid)
     # footprints and the deblender keep the catalog's geometry; the ref table gets the measured values
     refs, measured = measure_references(objects, next(b for b in data if b.name == ref_band))
+    metadata = {"ingest": {"bands": {b.name: {"image": b.label, **cal.as_dict()} for b, cal in zip(data, calibs)},
+                           "catalog": {"path": objects.label, **(objects.positions or {})}}}
     tract = _make_tract(grid, patch_size, patch_border)
     skymap = SkyMap(f"fits-{Path(str(data[0].label)).stem}"[:64], (tract,))
 
     with atomic_dir(target) as tmp:  # assembled next to the target, swapped in whole when complete
-        repo = Repository(tmp).create(description=f"ingested from FITS: bands {names}, catalog {objects.label}")
+        repo = Repository(tmp).create(description=f"ingested from FITS: bands {names}, catalog {objects.label}",
+                                      metadata=metadata)
         repo.write_skymap(skymap)
         packer = IdPacker(skymap.n_tracts, skymap.n_patches)
         fwhm = max(b.psf_fwhm for b in data)

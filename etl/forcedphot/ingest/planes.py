@@ -16,7 +16,7 @@ import numpy as np
 
 from forcedphot.errors import InputError
 from forcedphot.flags import MaskPlanes
-from forcedphot.ingest.calib import photo_calib
+from forcedphot.ingest.calib import Calibration, band_calibration
 from forcedphot.ingest.grid import Grid
 from forcedphot.ingest.images import parse_hdu_spec, read_plane
 from forcedphot.ingest.psfimage import gaussian_psf, load_psf, parse_fwhm, psf_fwhm_pixels
@@ -90,8 +90,13 @@ def _plane_or_constant(value, *, what: str, shape, image_label: str) -> tuple[np
     return read_plane(value, what=what, shape=shape, image_label=image_label)
 
 
-def load_band(spec: BandSpec, image: np.ndarray, image_label: str, grid: Grid) -> BandData:
-    """Read and check every plane of one band on the common grid."""
+def load_band(spec: BandSpec, image: np.ndarray, image_label: str, grid: Grid, *,
+              calibration: Calibration | None = None) -> BandData:
+    """Read and check every plane of one band on the common grid.
+
+    ``calibration`` (default: from the band's zero point or flux unit) comes from
+    :func:`forcedphot.ingest.calib.band_calibration`, which also reads the image header.
+    """
     planes = MaskPlanes()
     shape = grid.shape
     img = np.array(image, dtype=np.float32)
@@ -123,6 +128,7 @@ def load_band(spec: BandSpec, image: np.ndarray, image_label: str, grid: Grid) -
         fwhm = parse_fwhm(spec.psf_fwhm, unit=spec.psf_fwhm_unit, pixel_scale=grid.pixel_scale,
                           label=f"band {spec.name}")
         psf = gaussian_psf(fwhm, label=f"band {spec.name}")
-    calib = photo_calib(zero_point=spec.zero_point, flux_unit=spec.flux_unit, pixel_area_sr=grid.pixel_area_sr,
-                        label=f"band {spec.name} ({image_label})")
-    return BandData(spec.name, image_label, img, variance, mask, psf, psf_fwhm_pixels(psf), calib)
+    if calibration is None:
+        calibration = band_calibration(zero_point=spec.zero_point, flux_unit=spec.flux_unit,
+                                       pixel_area_sr=grid.pixel_area_sr, label=f"band {spec.name} ({image_label})")
+    return BandData(spec.name, image_label, img, variance, mask, psf, psf_fwhm_pixels(psf), calibration.njy)
