@@ -12,7 +12,8 @@ from forcedphot.psf import PsfGrid
 from tests.kernels.context import quantum_context
 from tests.kernels.reference_psf import ReferencePsfFlux, reference_images_at
 
-FLAGS = ("psfFlux_flag", "psfFlux_flag_noGoodPixels", "psfFlux_flag_edge", "psfFlux_npixels")
+FLAGS = ("psfFlux_flag", "psfFlux_flag_noGoodPixels", "psfFlux_flag_edge", "psfFlux_flag_badPixels",
+         "psfFlux_npixels")
 
 
 @pytest.fixture(scope="module")
