@@ -136,7 +136,7 @@ class ForcedPhotConfig:
     # "linear" = sqrt(sum(w var)) (SEP, photutils <= 3.0)
     aperture_error_weights: str = "squared"
     # left out of the PSF fit (invalid pixels always are); fluxes that sum over them are flagged
-    psf_bad_mask_planes: tuple[str, ...] = ("NO_DATA",)
+    psf_bad_mask_planes: tuple[str, ...] = ("NO_DATA", "BAD", "SAT")
     # psfFlux_flag above this fraction of the PSF's sum(P^2) on those pixels (psfFlux_flag_badPixels from any)
     psf_max_bad_weight_fraction: float = 0.2
     pixel_flag_planes: tuple[str, ...] = PIXEL_FLAG_PLANES
