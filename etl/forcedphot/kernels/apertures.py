@@ -157,6 +157,7 @@ def _exact_one(image, original, variance, valid, cx, cy, fx, fy, r, squared, bot
             else:
                 c0, c1 = max(x0, 0), min(x1, w - 1)
                 bad += (c0 - x0) + (x1 - c1)
+                n_excluded = 0
                 for x in range(c0, c1 + 1):
                     cls = valid[y, x]
                     if cls:
@@ -164,10 +165,10 @@ def _exact_one(image, original, variance, valid, cx, cy, fx, fy, r, squared, bot
                         if both:
                             fu += original[y, x]
                         v += variance[y, x]
-                        if cls == EXCLUDED:
-                            excluded += 1.0
+                        n_excluded += cls >> 1  # EXCLUDED = 2: branch-free count
                     else:
                         bad += 1.0
+                excluded += n_excluded
         # boundary pixels: a..ia-1 and ib+1..b, weights F(k+1) - F(k) with F(k) = A(k, s+1) - A(k, s)
         for part in range(2):
             p0, p1 = (a, ia - 1) if part == 0 else (ib + 1, b)
