@@ -14,7 +14,8 @@ from forcedphot.errors import InputError
 # a valid non-default value for every option: each must change the fingerprint, except chunk_size
 OTHER_VALUES = {
     "plugins": ("PsfFlux",), "aperture_radii": (3.0, 6.0), "aperture_method": "exact", "max_sinc_radius": 9.0,
-    "aperture_error_weights": "linear", "psf_bad_mask_planes": ("NO_DATA", "BAD"), "pixel_flag_planes": ("BAD",),
+    "aperture_error_weights": "linear", "psf_bad_mask_planes": ("NO_DATA", "BAD"), "psf_max_bad_weight_fraction": 0.5,
+    "pixel_flag_planes": ("BAD",),
     "footprint_dataset": "scarlet", "missing_footprints": "reference", "noise_replacement": False,
     "noise_seed_multiplier": 3, "noise_offset": 0.5, "undeblended": ("PsfFlux",), "chunk_size": 7,
 }

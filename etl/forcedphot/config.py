@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from forcedphot.errors import InputError
+from forcedphot.flags import DEFAULT_MASK_PLANES
 
 # The forced_source schema carries a column group for each of these radii (pixels), as Rubin's
 # obs_lsst apertures.py; a run measures the configured subset and leaves the others null.
@@ -55,7 +56,11 @@ class ConfigSchema(BaseModel):
     max_sinc_radius: Float = Field(gt=0, le=12.0, description="largest sinc aperture radius (pixels, <= 12)")
     aperture_error_weights: Literal["squared", "linear"] = Field(
         description='error of an exact aperture: "squared" = sqrt(sum(w^2 V)) or "linear" = sqrt(sum(w V)) (SEP)')
-    psf_bad_mask_planes: Names = Field(description="mask planes whose pixels the PSF fit leaves out")
+    psf_bad_mask_planes: Names = Field(description="mask planes whose pixels the PSF fit leaves out; apertures, Kron "
+                                                   "and Gaussian fluxes that reach them are flagged")
+    psf_max_bad_weight_fraction: Float = Field(
+        ge=0, le=1, description="psfFlux_flag when more than this fraction of sum(P^2) over the PSF box lies on "
+                                "pixels left out for psf_bad_mask_planes (0..1)")
     pixel_flag_planes: Names = Field(description=f"mask planes of the pixelFlags columns: a subset of "
                                                  f"{list(PIXEL_FLAG_PLANES)}")
     footprint_dataset: Literal["heavy", "scarlet"] = Field(
@@ -90,6 +95,14 @@ class ConfigSchema(BaseModel):
             raise ValueError(f"unknown plugin(s) {unknown}; known: {sorted(PLUGINS)}")
         return names
 
+    @field_validator("psf_bad_mask_planes")
+    @classmethod
+    def _registered_planes(cls, names):
+        unknown = [p for p in names if p not in DEFAULT_MASK_PLANES]
+        if unknown:
+            raise ValueError(f"unknown mask plane(s) {unknown}; known: {list(DEFAULT_MASK_PLANES)}")
+        return names
+
     @field_validator("pixel_flag_planes")
     @classmethod
     def _known_planes(cls, names):
@@ -122,7 +135,10 @@ class ForcedPhotConfig:
     # error of an exact aperture: "squared" = sqrt(sum(w^2 var)) (photutils >= 3.1), or
     # "linear" = sqrt(sum(w var)) (SEP, photutils <= 3.0)
     aperture_error_weights: str = "squared"
-    psf_bad_mask_planes: tuple[str, ...] = ("NO_DATA",)
+    # left out of the PSF fit (invalid pixels always are); fluxes that sum over them are flagged
+    psf_bad_mask_planes: tuple[str, ...] = ("NO_DATA", "BAD", "SAT")
+    # psfFlux_flag above this fraction of the PSF's sum(P^2) on those pixels (psfFlux_flag_badPixels from any)
+    psf_max_bad_weight_fraction: float = 0.2
     pixel_flag_planes: tuple[str, ...] = PIXEL_FLAG_PLANES
     # "heavy": the band's stored heavy footprints; "scarlet": derived from the patch's scarlet-style
     # model data by flux redistribution (Rubin's footprintDatasetName)

@@ -59,6 +59,18 @@ class SourcePixels:
             self.shared[key] = good_pixels(self.valid, self.mask, np.int32(bits))
         return self.shared[key]
 
+    def classes(self, bits: int) -> np.ndarray:
+        """uint8 plane: 0 invalid, 1 valid, 2 valid with one of mask ``bits`` (footprints.pixel_classes);
+        ``valid`` itself when ``bits`` add nothing to it. Made once per bits for the whole quantum."""
+        from forcedphot.kernels.footprints import pixel_classes
+
+        if int(bits) & ~self.no_data == 0:
+            return self.valid
+        key = ("classes", int(bits))
+        if key not in self.shared:
+            self.shared[key] = pixel_classes(self.valid, self.mask, np.int32(bits))
+        return self.shared[key]
+
     def planes(self, *, undeblended: bool = False) -> tuple:
         """(image, variance, mask, valid, fp) for the deblended or the undeblended measurement."""
         if undeblended:

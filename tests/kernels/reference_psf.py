@@ -75,7 +75,10 @@ class ReferencePsfFlux(PsfFlux):
             if self.invalid_reads_zero:
                 d = np.where(stamps.valid.reshape(sel.size, -1), d, 0)
             v = stamps.variance.reshape(sel.size, -1)
+            valid = stamps.valid.reshape(sel.size, -1)
             good = (stamps.valid & (stamps.mask & bad_bits == 0)).reshape(sel.size, -1)
+            excluded = valid & ~good  # valid pixels of a bad mask plane, left out
+            excluded_pp = np.einsum("ij,ij->i", np.where(excluded, p, 0.0), np.where(excluded, p, 0.0))
             pg = p if good.all() else np.where(good, p, 0.0)
             inv_v = np.divide(1.0, v, out=np.zeros(v.shape), where=good & (v > 0))
             # every sum in one pass; chi2 = sum(d^2/v) - 2 F sum(p d/v) + F^2 sum(p^2/v)
@@ -88,7 +91,8 @@ class ReferencePsfFlux(PsfFlux):
                 area = pg.sum(axis=1) ** 2 / a
             npix = good.sum(axis=1)
             no_good = npix == 0
-            edge = (~good).any(axis=1) & ~no_good
+            edge = (~valid).any(axis=1) & ~no_good  # off-image or invalid pixels
+            too_masked = excluded_pp > self.config.psf_max_bad_weight_fraction * (a + excluded_pp)
             out["psfFlux"][sel] = np.where(no_good, np.nan, f)
             out["psfFluxErr"][sel] = np.where(no_good, np.nan, err)
             out["psfFlux_chi2"][sel] = np.where(no_good, np.nan, chi2)
@@ -96,6 +100,8 @@ class ReferencePsfFlux(PsfFlux):
             out["psfFlux_npixels"][sel] = npix
             out["psfFlux_flag_noGoodPixels"][sel] = no_good
             out["psfFlux_flag_edge"][sel] = edge
+            out["psfFlux_flag_badPixels"][sel] = excluded.any(axis=1)
+            out["psfFlux_flag"][sel] = too_masked
         nonfinite = ~np.isfinite(out["psfFlux"]) | ~np.isfinite(out["psfFluxErr"])
-        out["psfFlux_flag"] = ~ctx.usable | out["psfFlux_flag_noGoodPixels"] | out["psfFlux_flag_edge"] | nonfinite
+        out["psfFlux_flag"] |= ~ctx.usable | out["psfFlux_flag_noGoodPixels"] | out["psfFlux_flag_edge"] | nonfinite
         return out

@@ -17,11 +17,14 @@ from tests.kernels.reference_apertures import ReferenceCircularApertureFlux
 from tests.kernels.reference_apertures import sinc_coefficients as fft_sinc_coefficients
 
 UND = "undeblended_"
+# the numpy plugins flag invalid pixels only: compare with NO_DATA as the only excluded plane (the flags
+# of BAD and SAT pixels are checked against numpy loops in test_excluded_pixels.py; fluxes do not change)
+NO_DATA = dict(psf_bad_mask_planes=("NO_DATA",))
 CONFIGS = {
-    "sinc": ForcedPhotConfig(),
-    "naive": ForcedPhotConfig(aperture_method="naive"),
-    "exact": ForcedPhotConfig(aperture_method="exact"),
-    "exact-linear": ForcedPhotConfig(aperture_method="exact", aperture_error_weights="linear"),
+    "sinc": ForcedPhotConfig(**NO_DATA),
+    "naive": ForcedPhotConfig(aperture_method="naive", **NO_DATA),
+    "exact": ForcedPhotConfig(aperture_method="exact", **NO_DATA),
+    "exact-linear": ForcedPhotConfig(aperture_method="exact", aperture_error_weights="linear", **NO_DATA),
 }
 
 

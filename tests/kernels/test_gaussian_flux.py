@@ -4,6 +4,7 @@ import numba
 import numpy as np
 import pytest
 
+from forcedphot.config import ForcedPhotConfig
 from forcedphot.plugins.gaussian_flux import GaussianFlux
 from tests.kernels.context import quantum_context
 from tests.kernels.reference_gaussian_flux import ReferenceGaussianFlux
@@ -14,7 +15,8 @@ QUANTA = (1, 2)  # patch 1: the most blends; patch 2: blends and invalid pixels 
 
 @pytest.fixture(scope="module")
 def contexts(tiny_repo_master):
-    return {i: quantum_context(tiny_repo_master, index=i)[0] for i in QUANTA}
+    config = ForcedPhotConfig(psf_bad_mask_planes=("NO_DATA",))  # the reference flags invalid pixels only
+    return {i: quantum_context(tiny_repo_master, index=i, config=config)[0] for i in QUANTA}
 
 
 def _measure(plugin, ctx):

@@ -6,15 +6,16 @@ import numba
 import numpy as np
 import pytest
 
+from forcedphot.config import ForcedPhotConfig
 from forcedphot.plugins import PLUGINS
 from tests.kernels.context import quantum_context
 from tests.kernels.reference_kron import ReferenceKronFlux
-from tests.kernels.test_apertures import UND, assert_agree, footprints_with_invalid_pixels
+from tests.kernels.test_apertures import NO_DATA, UND, assert_agree, footprints_with_invalid_pixels
 
 
 @pytest.fixture(scope="module")
 def contexts(tiny_repo_master):
-    ctx, plain = quantum_context(tiny_repo_master, band="i", index=2)
+    ctx, plain = quantum_context(tiny_repo_master, band="i", index=2, config=ForcedPhotConfig(**NO_DATA))
     assert (ctx.ref["parent"] != 0).sum() >= 10
     return ctx, plain
 

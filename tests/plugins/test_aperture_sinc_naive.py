@@ -29,7 +29,7 @@ def test_sinc_apertures_recover_enclosed_flux_of_gaussians(sigma):
         img = np.exp(-0.5 * ((xx - x0) ** 2 + (yy - y0) ** 2) / sigma**2) / (2 * np.pi * sigma**2)  # float64 pixels
         cx = np.array([int(np.floor(x0 + 0.5))])
         cy = np.array([int(np.floor(y0 + 0.5))])
-        flux, _, var, invalid, truncated = sinc_apertures(img, img, ones, valid, no_footprints(1), cx, cy, x0 - cx,
+        flux, _, var, invalid, truncated, _ = sinc_apertures(img, img, ones, valid, no_footprints(1), cx, cy, x0 - cx,
                                                           y0 - cy, np.ones((1, len(radii))), radii)
         for k, r in enumerate(radii):
             want = 1 - np.exp(-0.5 * r * r / sigma**2)
@@ -46,7 +46,7 @@ def test_naive_apertures_equal_a_pixel_centre_loop():
     x = np.r_[rng.uniform(18, 52, 10), 35.0, 35.5]
     y = np.r_[rng.uniform(18, 32, 10), 25.0, 25.5]
     for r in (3.0, 4.5, 17.0):
-        flux, _, var, invalid = naive_apertures(image, image, variance, valid, no_footprints(x.size), x, y,
+        flux, _, var, invalid, _ = naive_apertures(image, image, variance, valid, no_footprints(x.size), x, y,
                                                 np.ones((x.size, 1)), [r])
         flux, var, invalid = flux[:, 0], var[:, 0], invalid[:, 0]
         for k in range(x.size):

@@ -6,6 +6,9 @@ so results do not depend on the thread count. Each returns, per source and radiu
 the deblended image (``image`` with the source's own footprint, see :mod:`.pixels`), the flux
 on ``original`` when ``both`` (the undeblended measurement, no footprint), the variance and the
 invalid weight (off-image, non-finite or NO_DATA pixels read as 0 and add their weight there).
+``valid`` may be the pixel classes of :func:`forcedphot.kernels.footprints.pixel_classes`: its
+EXCLUDED pixels (a bad mask plane) are summed like any valid pixel and each kernel also returns
+how much of the aperture lies on them (the plugins flag such fluxes), counted in the same pass.
 Sources or radii not to measure (``todo`` 0) get NaN fluxes and variances and 0 invalid weight.
 
 - Exact (SEP ``subpix=0``, photutils ``exact``): per row strip the pixels fully inside the disk
@@ -33,6 +36,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from forcedphot.kernels.footprints import EXCLUDED
 from forcedphot.kernels.pixels import footprint_deltas, footprint_size, no_footprints
 
 BLOCK = 16  # sources per scratch allocation (work unit of prange)
@@ -105,7 +109,8 @@ def _strip_area(xc, gxc, y0, y1, t0, t1, g0, g1, s0, s1, e):
 @njit(cache=True, nogil=True)
 def _exact_one(image, original, variance, valid, cx, cy, fx, fy, r, squared, both, xs, ys, ds, nd,
                ex, gx, ey, ty, gy, lo, hi, ilo, ihi):
-    """(flux, flux_original, variance, invalid) of one source in the exact disk of radius r."""
+    """(flux, flux_original, variance, invalid, excluded) of one source in the exact disk of radius r
+    (excluded: the overlap weight on EXCLUDED pixels, summed like the others)."""
     h, w = image.shape
     r2 = r * r
     m = int(np.ceil(r)) + 1
@@ -123,6 +128,7 @@ def _exact_one(image, original, variance, valid, cx, cy, fx, fy, r, squared, bot
     fu = 0.0
     v = 0.0
     bad = 0.0
+    excluded = 0.0
     for s in range(2 * m + 1):  # row strip s: offset j = s - m, between edges s and s + 1
         y0, y1 = ey[s], ey[s + 1]
         if y0 >= r or y1 <= -r:
@@ -151,14 +157,18 @@ def _exact_one(image, original, variance, valid, cx, cy, fx, fy, r, squared, bot
             else:
                 c0, c1 = max(x0, 0), min(x1, w - 1)
                 bad += (c0 - x0) + (x1 - c1)
+                n_excluded = 0
                 for x in range(c0, c1 + 1):
-                    if valid[y, x]:
+                    cls = valid[y, x]
+                    if cls:
                         f += image[y, x]
                         if both:
                             fu += original[y, x]
                         v += variance[y, x]
+                        n_excluded += cls >> 1  # EXCLUDED = 2: branch-free count
                     else:
                         bad += 1.0
+                excluded += n_excluded
         # boundary pixels: a..ia-1 and ib+1..b, weights F(k+1) - F(k) with F(k) = A(k, s+1) - A(k, s)
         for part in range(2):
             p0, p1 = (a, ia - 1) if part == 0 else (ib + 1, b)
@@ -172,11 +182,14 @@ def _exact_one(image, original, variance, valid, cx, cy, fx, fy, r, squared, bot
                 wt = fn - fk
                 fk = fn
                 x = cx + i
-                if row_ok and 0 <= x < w and valid[y, x]:
+                cls = valid[y, x] if row_ok and 0 <= x < w else 0
+                if cls:
                     f += wt * image[y, x]
                     if both:
                         fu += wt * original[y, x]
                     v += (wt * wt if squared else wt) * variance[y, x]
+                    if cls == EXCLUDED:
+                        excluded += wt
                 else:
                     bad += wt
     # the source's own footprint: + w * (heavy - B), w as above
@@ -197,14 +210,14 @@ def _exact_one(image, original, variance, valid, cx, cy, fx, fy, r, squared, bot
         fk = _strip_area(ex[k], gx[k], y0, y1, t0, t1, g0, g1, s0, s1, e)
         fn = _strip_area(ex[k + 1], gx[k + 1], y0, y1, t0, t1, g0, g1, s0, s1, e)
         f += (fn - fk) * ds[q]
-    return f, fu, v, bad
+    return f, fu, v, bad, excluded
 
 
 @njit(cache=True, parallel=True)
 def exact_aperture_kernel(image, original, variance, valid, fp, cx, cy, fx, fy, todo, radii, squared, both, order):
     """Exact circular apertures, every radius in one pass per source.
 
-    Returns (flux, flux_original, variance, invalid), each (N, R); ``todo`` (N, R) uint8.
+    Returns (flux, flux_original, variance, invalid, excluded), each (N, R); ``todo`` (N, R) uint8.
     """
     n = cx.size
     nr = radii.size
@@ -212,6 +225,7 @@ def exact_aperture_kernel(image, original, variance, valid, fp, cx, cy, fx, fy, 
     flux_u = np.full((n, nr), np.nan)
     var = np.full((n, nr), np.nan)
     bad = np.zeros((n, nr))
+    excl = np.zeros((n, nr))
     rmax = 0.0
     for k in range(nr):
         rmax = max(rmax, radii[k])
@@ -245,7 +259,8 @@ def exact_aperture_kernel(image, original, variance, valid, fp, cx, cy, fx, fy, 
                         flux_u[src, k] = res[1]
                     var[src, k] = res[2]
                     bad[src, k] = res[3]
-    return flux, flux_u, var, bad
+                    excl[src, k] = res[4]
+    return flux, flux_u, var, bad, excl
 
 
 def exact_fluxes(image, original, variance, valid, fp, cx, cy, fx, fy, todo, radii, squared_errors=True, both=False):
@@ -269,7 +284,7 @@ def exact_apertures(image, variance, valid, cx, cy, fx, fy, radii, squared_error
     """
     n = np.size(cx)
     radii = np.atleast_1d(np.asarray(radii, np.float64))
-    flux, _, var, bad = exact_fluxes(image, image, variance, valid, no_footprints(n), cx, cy, fx, fy,
+    flux, _, var, bad, _ = exact_fluxes(image, image, variance, valid, no_footprints(n), cx, cy, fx, fy,
                                      np.ones((n, radii.size), np.uint8), radii, squared_errors, False)
     return flux, var, bad
 
@@ -365,10 +380,11 @@ def _rotations(f, width, nf, ca, sa):
 
 
 @njit(cache=True, nogil=True)
-def _invalid_count(valid, x0, y0, size):
-    """Invalid or off-image pixels of the size x size stamp at (x0, y0)."""
+def _stamp_counts(valid, x0, y0, size):
+    """(invalid or off-image, EXCLUDED) pixels of the size x size stamp at (x0, y0)."""
     h, w = valid.shape
     bad = 0
+    excluded = 0
     for j in range(size):
         y = y0 + j
         if y < 0 or y >= h:
@@ -379,12 +395,13 @@ def _invalid_count(valid, x0, y0, size):
         row = valid[y, a:b]
         for i in range(row.size):
             bad += row[i] == 0
-    return bad
+            excluded += row[i] == EXCLUDED
+    return bad, excluded
 
 
 @njit(cache=True, parallel=True)
 def sinc_aperture_kernel(image, original, variance, valid, fp, cx, cy, fx, fy, todo, widths, dq, tc, ts, tct, tst,
-                         both, order):
+                         radii, both, order):
     """Sinc-coefficient apertures: sum(c I), sum(c I_original), sum(c^2 V), sum(|c|) over invalid pixels.
 
     Radii come grouped by width ``widths`` (R,), best widest first (a stamp with no invalid pixel
@@ -394,7 +411,9 @@ def sinc_aperture_kernel(image, original, variance, valid, fp, cx, cy, fx, fy, t
     width the shifted cosine bases Ay (W x (M+1)) and Ax^T ((M+1) x W) are made once (angle
     addition); per radius C = Ay (D' Ax^T) (two small products, C four rows at a time) is summed
     against the planes. Returns (flux, flux_original, variance, invalid, coefficients truncated
-    (uint8)), each (N, R).
+    (uint8), excluded), each (N, R); excluded counts the EXCLUDED pixels (summed like the others)
+    whose centres lie within ``radii[k]`` + 0.5 of the centre (the coefficients beyond ring at a
+    few per cent and do not count).
     """
     n = cx.size
     nr = widths.size
@@ -403,6 +422,7 @@ def sinc_aperture_kernel(image, original, variance, valid, fp, cx, cy, fx, fy, t
     var = np.full((n, nr), np.nan)
     bad = np.zeros((n, nr))
     trunc = np.zeros((n, nr), np.uint8)
+    excl = np.zeros((n, nr))
     wm = 0
     for k in range(nr):
         wm = max(wm, widths[k])
@@ -423,6 +443,7 @@ def sinc_aperture_kernel(image, original, variance, valid, fp, cx, cy, fx, fy, t
             xs, ys, ds, nd = _own_deltas(fp, src, image, valid)
             last_w = -1
             clean = False
+            invalid = False
             clean_w = -1
             for k in range(nr):
                 if not todo[src, k]:
@@ -448,12 +469,20 @@ def sinc_aperture_kernel(image, original, variance, valid, fp, cx, cy, fx, fy, t
                         for a in range(nf):
                             row[a] = t0[a] * ca[a] + t1[a] * sa[a]
                     ayp[wd:st, :] = 0.0
-                    # a stamp with no invalid pixel at one width has none at the smaller ones
-                    clean = clean_w >= wd or _invalid_count(valid, x0, y0, wd) == 0
-                    if clean:
-                        clean_w = max(clean_w, wd)
+                    # a stamp with no invalid or EXCLUDED pixel at one width has none at the smaller ones
+                    if clean_w >= wd:
+                        clean = True
+                        invalid = False
+                    else:
+                        n_invalid, n_excluded = _stamp_counts(valid, x0, y0, wd)
+                        clean = n_invalid == 0 and n_excluded == 0
+                        invalid = n_invalid > 0
+                        if clean:
+                            clean_w = wd
                     last_w = wd
                 small_matmul(dq[k, :nf, :nf], axt[:nf, :st], tt[:nf, :st])
+                reach2 = (radii[k] + 0.5) ** 2
+                n_touch = 0.0
                 ay = ayp[:st, :nf]
                 t = tt[:nf, :st]
                 acc[:, :st] = 0.0
@@ -476,14 +505,18 @@ def sinc_aperture_kernel(image, original, variance, valid, fp, cx, cy, fx, fy, t
                                     acc[1, x] += cr[x] * ru[x]
                         else:
                             row_in = 0 <= yy < h_img
+                            dy2 = (y - hw - fy[src]) ** 2
                             for x in range(wd):
                                 v = cr[x]
                                 xx = x0 + x
-                                if row_in and 0 <= xx < w_img and valid[yy, xx]:
+                                cls = valid[yy, xx] if row_in and 0 <= xx < w_img else 0
+                                if cls:
                                     acc[0, x] += v * image[yy, xx]
                                     acc[2, x] += v * v * variance[yy, xx]
                                     if both:
                                         acc[1, x] += v * original[yy, xx]
+                                    if cls == EXCLUDED and (x - hw - fx[src]) ** 2 + dy2 <= reach2:
+                                        n_touch += 1.0
                                 else:
                                     acc[3, x] += abs(v)
                 tf = 0.0
@@ -505,8 +538,9 @@ def sinc_aperture_kernel(image, original, variance, valid, fp, cx, cy, fx, fy, t
                     flux_u[src, k] = tu
                 var[src, k] = tv
                 bad[src, k] = tb
-                trunc[src, k] = 0 if clean else 1
-    return flux, flux_u, var, bad, trunc
+                trunc[src, k] = 1 if invalid else 0
+                excl[src, k] = n_touch
+    return flux, flux_u, var, bad, trunc, excl
 
 
 @njit(cache=True, parallel=True)
@@ -550,7 +584,8 @@ def _disk_run(xl, yl, r, row):
 
 @njit(cache=True, parallel=True)
 def naive_aperture_kernel(image, original, variance, valid, fp, xl, yl, todo, radii, order, stripe_start, both):
-    """Pixel-centre sums in closed disks: (flux, flux_original, variance, invalid pixel count), each (N, R).
+    """Pixel-centre sums in closed disks: (flux, flux_original, variance, invalid pixel count, EXCLUDED
+    pixel count), each (N, R).
 
     ``radii`` ascending. ``order`` lists the sources to measure sorted by nearest row, cut into stripes of rows
     (``stripe_start``: CSR offsets into ``order``). A stripe sweeps the image rows its disks
@@ -565,6 +600,7 @@ def naive_aperture_kernel(image, original, variance, valid, fp, xl, yl, todo, ra
     flux_u = np.full((n, nr), np.nan)
     var = np.full((n, nr), np.nan)
     bad = np.zeros((n, nr))
+    excl = np.zeros((n, nr))
     h, w = image.shape
     rmax = 0.0
     for k in range(nr):
@@ -575,8 +611,8 @@ def naive_aperture_kernel(image, original, variance, valid, fp, xl, yl, todo, ra
         if s1 <= s0:
             continue
         ns = s1 - s0
-        acc = np.zeros((ns, nr, 4))
-        pre = np.empty((w + 1, 4))  # prefix sums of one row: image, original, variance, invalid count
+        acc = np.zeros((ns, nr, 5))
+        pre = np.empty((w + 1, 5))  # prefix sums of one row: image, original, variance, invalid, EXCLUDED counts
         iy = np.empty(ns, np.int64)
         for q in range(ns):
             iy[q] = int(np.floor(yl[order[s0 + q]] + 0.5))
@@ -595,22 +631,28 @@ def naive_aperture_kernel(image, original, variance, valid, fp, xl, yl, todo, ra
             so = 0.0
             sv = 0.0
             sb = 0.0
+            se = 0.0
             pre[0, 0] = 0.0
             pre[0, 1] = 0.0
             pre[0, 2] = 0.0
             pre[0, 3] = 0.0
+            pre[0, 4] = 0.0
             for x in range(w):
-                if valid[row, x]:
+                cls = valid[row, x]
+                if cls:
                     si += image[row, x]
                     sv += variance[row, x]
                     if both:
                         so += original[row, x]
+                    if cls == EXCLUDED:
+                        se += 1.0
                 else:
                     sb += 1.0
                 pre[x + 1, 0] = si
                 pre[x + 1, 1] = so
                 pre[x + 1, 2] = sv
                 pre[x + 1, 3] = sb
+                pre[x + 1, 4] = se
             for q in range(qa, qb):
                 src = order[s0 + q]
                 x_c, y_c = xl[src], yl[src]
@@ -632,6 +674,7 @@ def naive_aperture_kernel(image, original, variance, valid, fp, xl, yl, todo, ra
                         acc[q, k, 1] += pre[c1, 1] - pre[c0, 1]
                         acc[q, k, 2] += pre[c1, 2] - pre[c0, 2]
                         acc[q, k, 3] += pre[c1, 3] - pre[c0, 3]
+                        acc[q, k, 4] += pre[c1, 4] - pre[c0, 4]
         for q in range(ns):
             src = order[s0 + q]
             x_c, y_c = xl[src], yl[src]
@@ -662,7 +705,8 @@ def naive_aperture_kernel(image, original, variance, valid, fp, xl, yl, todo, ra
                     flux_u[src, k] = a[1]
                 var[src, k] = a[2]
                 bad[src, k] = a[3]
-    return flux, flux_u, var, bad
+                excl[src, k] = a[4]
+    return flux, flux_u, var, bad, excl
 
 
 def row_stripes(yl: np.ndarray, measure: np.ndarray, height: int, rows_per_stripe: int):
@@ -691,14 +735,15 @@ def _ellipse_run(xl, yl, a, b, c, row):
 def ellipse_kernel(image, original, variance, valid, fp, xl, yl, qa, qb, qc, half, todo, both, order):
     """Pixel-centre sums in ellipses q(d) = qa dx^2 + 2 qb dx dy + qc dy^2 <= 1, rows -half..half.
 
-    Returns (flux, flux_original, variance, invalid pixel count), each (N,); runs are summed
-    directly (no prefix sums), clipped to the image (off-image pixels count as invalid).
+    Returns (flux, flux_original, variance, invalid pixel count, EXCLUDED pixel count), each (N,);
+    runs are summed directly (no prefix sums), clipped to the image (off-image pixels count as invalid).
     """
     n = xl.size
     flux = np.full(n, np.nan)
     flux_u = np.full(n, np.nan)
     var = np.full(n, np.nan)
     bad = np.zeros(n)
+    excl = np.zeros(n)
     h, w = image.shape
     no = order.size
     for blk in prange((no + BLOCK - 1) // BLOCK):
@@ -713,6 +758,7 @@ def ellipse_kernel(image, original, variance, valid, fp, xl, yl, qa, qb, qc, hal
             fu = 0.0
             v = 0.0
             nbad = 0
+            nexc = 0
             for dy in range(-half[src], half[src] + 1):
                 row = iy0 + dy
                 lo, hi = _ellipse_run(x_c, y_c, a, b, c, row)
@@ -724,11 +770,14 @@ def ellipse_kernel(image, original, variance, valid, fp, xl, yl, qa, qb, qc, hal
                 c0, c1 = max(lo, 0), min(hi, w)
                 nbad += (c0 - lo) + (hi - c1)
                 for x in range(c0, c1):
-                    if valid[row, x]:
+                    cls = valid[row, x]
+                    if cls:
                         f += image[row, x]
                         v += variance[row, x]
                         if both:
                             fu += original[row, x]
+                        if cls == EXCLUDED:
+                            nexc += 1
                     else:
                         nbad += 1
             xs, ys, ds, nd = _own_deltas(fp, src, image, valid)
@@ -748,7 +797,8 @@ def ellipse_kernel(image, original, variance, valid, fp, xl, yl, qa, qb, qc, hal
                 flux_u[src] = fu
             var[src] = v
             bad[src] = nbad
-    return flux, flux_u, var, bad
+            excl[src] = nexc
+    return flux, flux_u, var, bad, excl
 
 
 def ellipse_sums(image, original, variance, valid, fp, cx, cy, xl, yl, qa, qb, qc, half, todo, both=False):

@@ -104,6 +104,24 @@ def good_pixels(valid, mask, bits):
     return out
 
 
+EXCLUDED = 2  # pixel_classes: a valid pixel in an excluded mask plane
+
+
+@njit(cache=True, parallel=True)
+def pixel_classes(valid, mask, bits):
+    """uint8 plane: 0 invalid, 1 valid, EXCLUDED (2) valid but with one of the mask ``bits``.
+
+    Kernels that sum over pixels read it as their validity plane (nonzero: summed) and count the
+    EXCLUDED pixels they touch, in the same pass; the PSF fit leaves those out.
+    """
+    h, w = valid.shape
+    out = np.empty((h, w), np.uint8)
+    for y in prange(h):
+        for x in range(w):
+            out[y, x] = 0 if valid[y, x] == 0 else (EXCLUDED if (mask[y, x] & bits) != 0 else 1)
+    return out
+
+
 @njit(cache=True)
 def span_checks(span_off, span_y, span_x0, span_x1, bbox):
     """(pixel count of each footprint's spans, 1 where a footprint has a pixel outside its bbox)."""

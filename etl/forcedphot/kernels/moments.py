@@ -26,6 +26,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from forcedphot.kernels.footprints import EXCLUDED
 from forcedphot.kernels.pixels import insert_footprint
 
 MAX_EXPONENT = 14.0  # pixels with x^T W^-1 x > 14 get no weight
@@ -744,13 +745,15 @@ def gaussian_flux(image, variance, valid, fp, cx, cy, fx, fy, ia, ib, ic, half, 
     measured, NaN); ``small``: weight averaged over the sub-pixel sample offsets ``sub`` (each
     axis, on a stamp). Other sources read the planes along each row's run of weighted pixels,
     then add w (heavy - image) over the valid pixels of their own footprint. Returns flux
-    2 sum(w I), err 2 sqrt(sum(w^2 V)) and invalid (uint8: weight on invalid or off-coadd
-    pixels above 1e-3 of the total).
+    2 sum(w I), err 2 sqrt(sum(w^2 V)), invalid (uint8: weight on invalid or off-coadd
+    pixels above 1e-3 of the total) and excluded (uint8: the same for the EXCLUDED pixels of
+    ``valid`` as pixel classes, footprints.pixel_classes, which are summed like the others).
     """
     n = cx.size
     flux = np.full(n, np.nan)
     err = np.full(n, np.nan)
     invalid = np.zeros(n, np.uint8)
+    excluded = np.zeros(n, np.uint8)
     hsub = 0
     for s in range(n):
         if small[s]:
@@ -776,7 +779,7 @@ def gaussian_flux(image, variance, valid, fp, cx, cy, fx, fy, ia, ib, ic, half, 
             if h < 0:
                 continue
             a, bb, c = ia[s], ib[s], ic[s]
-            sf = sv = sw = sbad = 0.0
+            sf = sv = sw = sbad = sexc = 0.0
             if small[s]:  # 4 x 4 sub-pixel samples, each with its own exponent cut, on a stamp
                 own_stamp_variance(image, variance, valid, fp, s, cy[s], cx[s], h, img, var, ok)
                 for py in range(-h, h + 1):
@@ -798,6 +801,8 @@ def gaussian_flux(image, variance, valid, fp, cx, cy, fx, fy, ia, ib, ic, half, 
                         sw += wt
                         if not ok[j, i]:
                             sbad += wt
+                        elif valid[cy[s] + py, cx[s] + px] == EXCLUDED:
+                            sexc += wt
             else:
                 for py in range(-h, h + 1):
                     dy = py - fy[s]
@@ -813,9 +818,12 @@ def gaussian_flux(image, variance, valid, fp, cx, cy, fx, fy, ia, ib, ic, half, 
                         for px in range(lo, hi + 1):
                             wt = wrow[px - lo]
                             x = cx[s] + px
-                            if 0 <= x < width and valid[y, x]:
+                            cls = valid[y, x] if 0 <= x < width else 0
+                            if cls:
                                 sf += wt * image[y, x]
                                 sv += wt * wt * variance[y, x]
+                                if cls == EXCLUDED:
+                                    sexc += wt
                             else:
                                 sbad += wt
                             sw += wt
@@ -842,7 +850,8 @@ def gaussian_flux(image, variance, valid, fp, cx, cy, fx, fy, ia, ib, ic, half, 
             flux[s] = 2 * sf
             err[s] = 2 * math.sqrt(sv)
             invalid[s] = sbad > 1e-3 * sw
-    return flux, err, invalid
+            excluded[s] = sexc > 1e-3 * sw
+    return flux, err, invalid, excluded
 
 
 def _warm_planes():

@@ -345,8 +345,10 @@ def prefetch_rows(cy, cx, half, j0, j1, image, original, variance, good, undeble
 def fit_sums(p, cy, cx, image, original, variance, good, hv, has, undeblended, sums):
     """The PSF fit's sums over the good pixels of the box centred on local pixel (cx, cy).
 
-    sums = (npix, sum P, sum P^2, sum P^2 V, sum P^2/V, then sum P D, sum P D/V, sum D^2/V for
-    ``image`` with the heavy values ``hv`` where ``has``, then the same three for ``original``).
+    ``good``: the pixel classes (footprints.pixel_classes): 1 fitted, 2 left out for a bad mask
+    plane, 0 invalid. sums = (npix, sum P, sum P^2, sum P^2 V, sum P^2/V, then sum P D, sum P D/V,
+    sum D^2/V for ``image`` with the heavy values ``hv`` where ``has``, then the same three for
+    ``original``, then the count and sum P^2 of the pixels left out for a bad mask plane).
     Branch-free along each row, so the compiler vectorises it: the summation order is fixed
     by the compiled code (the same for every source and thread count).
     """
@@ -368,6 +370,8 @@ def fit_sums(p, cy, cx, image, original, variance, good, hv, has, undeblended, s
     spd2 = 0.0
     spdi2 = 0.0
     sddi2 = 0.0
+    nx = 0
+    sppx = 0.0
     for j in range(max(0, -y0), min(k, h - y0)):
         yy = y0 + j
         pr = p[j, ilo:ihi]
@@ -378,8 +382,12 @@ def fit_sums(p, cy, cx, image, original, variance, good, hv, has, undeblended, s
         gr = good[yy, x0 + ilo:x0 + ihi]
         orr = original[yy, x0 + ilo:x0 + ihi]
         for i in range(pr.size):  # loads unconditional, then selects: no masked loads
-            g = gr[i] != 0
+            cls = gr[i]
+            g = cls == 1
             pv = pr[i]
+            px = pv if cls == 2 else 0.0  # left out for a bad mask plane: its PSF weight is counted
+            nx += 1 if cls == 2 else 0
+            sppx += px * px
             v = np.float64(vr[i])
             h0 = hr[i]
             d = np.float64(ir[i])
@@ -415,15 +423,17 @@ def fit_sums(p, cy, cx, image, original, variance, good, hv, has, undeblended, s
     sums[8] = spd2
     sums[9] = spdi2
     sums[10] = sddi2
+    sums[11] = nx
+    sums[12] = sppx
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def measure_source(s, images, node_x, node_y, x, y, cx, cy, fx, fy, image, original, variance, good, fp,
-                   undeblended, scratch, out, ahead):
+                   undeblended, max_bad, scratch, out, ahead):
     """PsfFlux of source ``s`` into column ``s`` of the outputs (see psf_flux); ``scratch`` from new_scratch,
     ``ahead`` the next source's box to prefetch (see product)."""
     table, c, p0, q, p, sx, sy, hv, has, sums = scratch
-    flux, err, chi2, area, npix, no_good, edge, flag = out
+    flux, err, chi2, area, npix, no_good, edge, flag, bad = out
     k = p.shape[0]
     psf_image(images, node_x, node_y, x[s], y[s], fx[s], fy[s], table, p0, q, p, sx, sy, c, ahead)
     inserted = own_heavy(fp, s, cy[s], cx[s], k // 2, hv, has)
@@ -431,9 +441,12 @@ def measure_source(s, images, node_x, node_y, x, y, cx, cy, fx, fy, image, origi
     if inserted:
         clear_heavy(fp, s, cy[s], cx[s], k // 2, has)
     ng = int(sums[0])
+    nx = int(sums[11])
     sp, spp, sppv, sppi = sums[1], sums[2], sums[3], sums[4]
+    too_masked = sums[12] > max_bad * (spp + sums[12])  # PSF weight fraction left out for bad mask planes
     for a in range(2 if undeblended else 1):
         npix[a, s] = ng
+        bad[a, s] = nx > 0
         if ng == 0:
             no_good[a, s] = True
             continue
@@ -444,8 +457,8 @@ def measure_source(s, images, node_x, node_y, x, y, cx, cy, fx, fy, image, origi
         err[a, s] = e
         chi2[a, s] = sddi - 2 * f * spdi + f * f * sppi
         area[a, s] = sp * sp / spp
-        edge[a, s] = ng < k * k
-        flag[a, s] = edge[a, s] or not (np.isfinite(f) and np.isfinite(e))
+        edge[a, s] = ng + nx < k * k  # off the coadd or invalid pixels
+        flag[a, s] = edge[a, s] or too_masked or not (np.isfinite(f) and np.isfinite(e))
 
 
 @njit(cache=True, nogil=True)
@@ -454,31 +467,34 @@ def new_scratch(k):
     table = np.empty((2, k))
     trig_table(k, table)
     return (table, np.empty(2 * k), np.empty((k, k)), np.empty((k, k)), np.empty((k, k)), np.empty((k, k)),
-            np.empty((k, k)), np.empty((k, k)), np.zeros((k, k), np.uint8), np.empty(11))
+            np.empty((k, k)), np.empty((k, k)), np.zeros((k, k), np.uint8), np.empty(13))
 
 
 @njit(cache=True, nogil=True)
 def new_outputs(npass, n):
-    """(flux, err, chi2, area, npix, no_good, edge, flag), each (npass, n), as for an unusable source."""
+    """(flux, err, chi2, area, npix, no_good, edge, flag, bad_pixels), each (npass, n), as for an unusable source."""
     nan = np.full((npass, n), np.nan)
     return (nan, nan.copy(), nan.copy(), nan.copy(), np.zeros((npass, n), np.int32), np.zeros((npass, n), np.bool_),
-            np.zeros((npass, n), np.bool_), np.ones((npass, n), np.bool_))
+            np.zeros((npass, n), np.bool_), np.ones((npass, n), np.bool_), np.zeros((npass, n), np.bool_))
 
 
 @njit(cache=True, parallel=True)
-def psf_flux(images, node_x, node_y, x, y, cx, cy, fx, fy, usable, image, original, variance, good, fp, undeblended):
+def psf_flux(images, node_x, node_y, x, y, cx, cy, fx, fy, usable, image, original, variance, good, fp, undeblended,
+             max_bad):
     """PsfFlux of every source: the linear least-squares amplitude of its PSF image (Rubin's base_PsfFlux).
 
-    Over the good pixels of the K x K box centred on local pixel (cx, cy) (``good``: valid, no bad
-    mask bit), with P the PSF image, D the data and V the variance::
+    Over the good pixels of the K x K box centred on local pixel (cx, cy) (``good``: the pixel
+    classes of footprints.pixel_classes, 1 = fitted), with P the PSF image, D the data and V the variance::
 
         F = sum(P D) / sum(P^2)    err = sqrt(sum(P^2 V)) / sum(P^2)
         chi2 = sum(D^2/V) - 2 F sum(P D/V) + F^2 sum(P^2/V)    area = (sum P)^2 / sum(P^2)
 
     (1/V taken as 0 where V <= 0). Pass 0 measures ``image`` with each source's own footprint
     put back (``fp``); with ``undeblended`` pass 1 measures ``original`` with the same PSF images.
-    Returns (flux, err, chi2, area, npix, no_good, edge, flag), each (passes, N); unusable
-    sources are NaN with only ``flag`` set.
+    Returns (flux, err, chi2, area, npix, no_good, edge, flag, bad_pixels), each (passes, N):
+    ``edge`` where off-image or invalid pixels were left out, ``bad_pixels`` where pixels of a bad
+    mask plane (class 2) were, and ``flag`` also where those carry more than ``max_bad`` of the
+    box's sum P^2 over fitted and left-out pixels. Unusable sources are NaN with only ``flag`` set.
     """
     n = x.size
     k = images.shape[-1]
@@ -495,7 +511,7 @@ def psf_flux(images, node_x, node_y, x, y, cx, cy, fx, fy, usable, image, origin
                      good, undeblended)
             if usable[s]:
                 measure_source(s, images, node_x, node_y, x, y, cx, cy, fx, fy, image, original, variance, good,
-                               fp, undeblended, scratch, out, ahead)
+                               fp, undeblended, max_bad, scratch, out, ahead)
     return out
 
 
@@ -518,7 +534,7 @@ def _warm_psf_flux():
           np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros(0, np.float32))
     images = np.full((1, 1, k, k), 1.0 / k**2)
     psf_flux(images, one_f, one_f, one_f + 1, one_f + 1, one_i, one_i, one_f + 0.1, one_f, np.ones(1, np.uint8),
-             plane, plane, plane, good, fp, True)
+             plane, plane, plane, good, fp, True, 0.2)
     psf_images(images, one_f, one_f, one_f, one_f, one_f + 0.1, one_f + 0.2, NO_PLANES)
     good_pixels(good, frozen(np.zeros((4, 4), np.int32)), np.int32(1))
 

@@ -12,6 +12,11 @@ sinc and naive methods then give no value (as Rubin), the exact method sums the 
 part (as SEP/photutils). Sinc coefficients reaching beyond the coadd (or onto invalid pixels)
 set ``_flag_sincCoeffsTruncated`` and are clipped. Apertures are not aperture-corrected.
 
+Masked pixels: an aperture cannot leave pixels out without losing their flux, so pixels in
+``psf_bad_mask_planes`` (e.g. BAD, SAT) are summed as they are and an aperture that reaches one
+gets its general ``_flag`` (as for NO_DATA pixels; no new column): naive, a pixel centre in the
+disk; exact, a pixel overlapping it; sinc, a pixel centre within r + 0.5.
+
 The compiled kernels (:mod:`forcedphot.kernels.apertures`) measure every radius of a method in
 one pass per source, and the undeblended image in the same pass when the task asks for it
 (``measures_undeblended``).
@@ -29,7 +34,7 @@ import numpy as np
 from forcedphot.config import STANDARD_APERTURE_RADII
 from forcedphot.plugins.aperture_naive import naive_apertures
 from forcedphot.plugins.aperture_sinc import sinc_apertures, sinc_width
-from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
+from forcedphot.plugins.base import Column, MeasurementContext, Plugin, excluded_bits, flag
 
 MAX_SINC_RADIUS_IN_SCHEMA = 12.0
 UNDEBLENDED = "undeblended_"
@@ -71,7 +76,7 @@ class CircularApertureFlux(Plugin):
             cols += [
                 Column(f"{p}Flux", "double", f"Flux in a circular aperture of radius {r:g} pixels (method per config: sinc, naive or exact; null if not configured).", "nJy", "flux"),
                 Column(f"{p}FluxErr", "double", f"Uncertainty of {p}Flux: sqrt(sum(c^2 var)) for sinc, sqrt(sum(var)) for naive, sqrt(sum(w^2 var)) for exact (or sqrt(sum(w var)) if configured 'linear', as SEP).", "nJy", "fluxErr"),
-                flag(f"{p}Flux_flag", f"General failure of {p}Flux: no usable centroid, a truncated aperture, or NO_DATA or non-finite pixels in it."),
+                flag(f"{p}Flux_flag", f"General failure of {p}Flux: no usable centroid, a truncated aperture, or NO_DATA, non-finite or psf_bad_mask_planes (e.g. BAD, SAT) pixels in it."),
                 flag(f"{p}Flux_flag_apertureTruncated", f"The radius-{r:g} aperture extends beyond the coadd."),
             ]
             if r <= MAX_SINC_RADIUS_IN_SCHEMA:
@@ -88,7 +93,8 @@ class CircularApertureFlux(Plugin):
         n = ctx.n
         both = self.name in ctx.undeblended
         pixels = source_pixels(ctx)
-        image, variance, _, valid, fp = pixels.planes()
+        image, variance, _, _, fp = pixels.planes()
+        valid = pixels.classes(excluded_bits(ctx.coadd, self.config))  # excluded pixels are summed, and flag the aperture
         original = pixels.original if both else image
         c = ctx.centres()
         usable = c.usable.astype(bool)
@@ -96,7 +102,8 @@ class CircularApertureFlux(Plugin):
         radii = tuple(float(r) for r in self.config.aperture_radii)
         truncated = {r: usable & ((ctx.x - r < bbox.min_x - 0.5) | (ctx.x + r > bbox.max_x + 0.5)
                                   | (ctx.y - r < bbox.min_y - 0.5) | (ctx.y + r > bbox.max_y + 0.5)) for r in radii}
-        # per radius: (flux, flux on the original image, variance, invalid weight, sinc coefficients truncated)
+        # per radius: (flux, flux on the original image, variance, invalid weight, sinc coefficients truncated,
+        # excluded pixels touched)
         sums = {}
         by_method = {}
         for r in radii:
@@ -107,13 +114,13 @@ class CircularApertureFlux(Plugin):
             res = sinc_apertures(image, original, variance, valid, fp, c.cx, c.cy, c.fx, c.fy, todo, group, both=both)
             for k, r in enumerate(group):
                 # a truncated aperture's coefficients always reach off the coadd (W/2 > r + 1)
-                sums[r] = tuple(a[:, k] for a in res[:4]) + (res[4][:, k].astype(bool) | truncated[r],)
+                sums[r] = tuple(a[:, k] for a in res[:4]) + (res[4][:, k].astype(bool) | truncated[r], res[5][:, k])
         if "naive" in by_method:
             group = by_method["naive"]
             todo = np.stack([usable & ~truncated[r] for r in group], axis=1)
             res = naive_apertures(image, original, variance, valid, fp, c.xl, c.yl, todo, group, both=both)
             for k, r in enumerate(group):
-                sums[r] = tuple(a[:, k] for a in res) + (np.zeros(n, bool),)
+                sums[r] = tuple(a[:, k] for a in res[:4]) + (np.zeros(n, bool), res[4][:, k])
         if "exact" in by_method:
             group = by_method["exact"]
             from forcedphot.kernels.apertures import exact_fluxes
@@ -122,12 +129,12 @@ class CircularApertureFlux(Plugin):
             res = exact_fluxes(image, original, variance, valid, fp, c.cx, c.cy, c.fx, c.fy, todo, group,
                                self.config.aperture_error_weights == "squared", both)
             for k, r in enumerate(group):
-                sums[r] = tuple(a[:, k] for a in res) + (np.zeros(n, bool),)
+                sums[r] = tuple(a[:, k] for a in res[:4]) + (np.zeros(n, bool), res[4][:, k])
         out = {}
         for r in radii:
             p = aperture_name(r)
-            flux, flux_u, var, invalid, coeffs_truncated = sums[r]
-            bad = ~usable | truncated[r] | (invalid > 1e-9)
+            flux, flux_u, var, invalid, coeffs_truncated, excluded = sums[r]
+            bad = ~usable | truncated[r] | (invalid > 1e-9) | (excluded > 1e-9)
             images = [("", flux)] + ([(UNDEBLENDED, flux_u)] if both else [])
             for prefix, f in images:  # every column its own array
                 out[f"{prefix}{p}Flux"] = f

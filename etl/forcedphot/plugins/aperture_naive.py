@@ -17,7 +17,8 @@ ROWS_PER_STRIPE = 256  # image rows of sources per stripe (each stripe sweeps it
 
 def naive_apertures(image, original, variance, valid, fp, xl, yl, todo, radii, *, both: bool = False,
                     rows_per_stripe: int = ROWS_PER_STRIPE):
-    """(flux, flux_original, variance, invalid pixel count), each (N, R), at local positions (xl, yl)."""
+    """(flux, flux_original, variance, invalid pixel count, EXCLUDED pixel count), each (N, R), at local
+    positions (xl, yl); ``valid`` may be the pixel classes of :func:`forcedphot.kernels.footprints.pixel_classes`."""
     from forcedphot.kernels.apertures import naive_aperture_kernel, read_only, row_stripes
 
     image, original, variance, valid = read_only(image, original, variance, valid)

@@ -91,9 +91,12 @@ def sinc_coefficients(radius: float, fx: np.ndarray, fy: np.ndarray) -> np.ndarr
 
 
 def sinc_apertures(image, original, variance, valid, fp, cx, cy, fx, fy, todo, radii, *, both: bool = False):
-    """(flux, flux_original, variance, invalid weight, coefficients truncated), each (N, R) in ``radii`` order.
+    """(flux, flux_original, variance, invalid weight, coefficients truncated, excluded pixels), each (N, R)
+    in ``radii`` order.
 
-    ``todo`` (N, R): which sources to measure at each radius (the others get NaN).
+    ``todo`` (N, R): which sources to measure at each radius (the others get NaN). ``valid`` may be
+    the pixel classes of :func:`forcedphot.kernels.footprints.pixel_classes`: excluded counts its
+    EXCLUDED pixels (summed like the others) with centres within r + 0.5 of the centre.
     """
     from forcedphot.kernels.apertures import read_only, sinc_aperture_kernel, spatial_order
 
@@ -105,6 +108,7 @@ def sinc_apertures(image, original, variance, valid, fp, cx, cy, fx, fy, todo, r
     cy = np.ascontiguousarray(cy, np.int64)
     res = sinc_aperture_kernel(image, original, variance, valid, fp, cx, cy, np.ascontiguousarray(fx, np.float64),
                                np.ascontiguousarray(fy, np.float64), todo, *sinc_tables([radii[k] for k in order]),
-                               bool(both), spatial_order(cx, cy, todo.any(axis=1)))
+                               np.array([radii[k] for k in order], np.float64), bool(both),
+                               spatial_order(cx, cy, todo.any(axis=1)))
     back = np.argsort(order)
     return tuple(a[:, back] for a in res)

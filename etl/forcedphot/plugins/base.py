@@ -35,6 +35,12 @@ def flag(name: str, description: str) -> Column:
     return Column(name, "boolean", description, kind="flag")
 
 
+def excluded_bits(coadd: Coadd, config: ForcedPhotConfig) -> int:
+    """Mask bits of ``psf_bad_mask_planes``: left out of PSF fits, flagging the fluxes that sum over them."""
+    planes = config.psf_bad_mask_planes
+    return coadd.mask_planes.bitmask(*planes) if planes else 0
+
+
 @dataclass
 class MeasurementContext:
     """What every plugin sees for one quantum: the coadd, the references and the forced centroids."""

@@ -8,7 +8,9 @@ bright sources, whose Poisson variance peaks at the centre (pull width 0.86 on s
 pixel grid under-samples them (Qxx or Qyy < 0.25, det Q < 0.0625) are measured with 4x4
 sub-pixel samples (averaged; Rubin sums them without dividing by 16). Each source is measured
 on its own image (noise replacement: its own heavy footprint over the noise) by the compiled
-kernel :func:`forcedphot.kernels.moments.gaussian_flux`.
+kernel :func:`forcedphot.kernels.moments.gaussian_flux`. Pixels in ``psf_bad_mask_planes`` (e.g.
+BAD, SAT) are summed as they are; weight on them above 1e-3 of the total sets the general flag,
+as for invalid pixels.
 
 The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
 ``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever
@@ -25,7 +27,7 @@ import numpy as np
 from forcedphot.cutouts import STAMP_HALF_SIZES
 from forcedphot.kernels.moments import gaussian_flux, read_only, spatial_order
 from forcedphot.moments import inverse_2x2
-from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
+from forcedphot.plugins.base import Column, MeasurementContext, Plugin, excluded_bits, flag
 from forcedphot.plugins.shape import missing_shape, ref_flag
 
 SUB = (np.arange(4) - 1.5) / 4  # 4x4 sub-pixel sample offsets
@@ -39,7 +41,7 @@ class GaussianFlux(Plugin):
         return (
             Column("gaussianFlux", "double", "Flux in an elliptical Gaussian weight equal to the forced (reference) shape: 2 sum(w I); aperture corrected.", "nJy", "flux"),
             Column("gaussianFluxErr", "double", "Uncertainty of gaussianFlux: 2 sqrt(sum(w^2 V)); aperture corrected.", "nJy", "fluxErr"),
-            flag("gaussianFlux_flag", "General failure: no usable centroid or shape, a flagged reference shape, the weight box off the coadd, or a non-finite result."),
+            flag("gaussianFlux_flag", "General failure: no usable centroid or shape, a flagged reference shape, the weight box off the coadd, weight on invalid or psf_bad_mask_planes (e.g. BAD, SAT) pixels, or a non-finite result."),
             flag("gaussianFlux_flag_noRefShape", "The reference has no shape (null; no value)."),
         )
 
@@ -56,12 +58,13 @@ class GaussianFlux(Plugin):
         half = np.where(ok & (pos < sizes.size), sizes[np.minimum(pos, sizes.size - 1)], -1).astype(np.int64)
         small = (q[:, 0, 0] < 0.25) | (q[:, 1, 1] < 0.25) | (det < 0.0625)
         c = ctx.centres()
-        image, variance, _, valid, fp = ctx.pixels.planes()
-        image, variance, valid = read_only(image, variance, valid)
-        flux, err, invalid = gaussian_flux(image, variance, valid, fp, c.cx, c.cy, c.fx, c.fy,
+        image, variance, _, _, fp = ctx.pixels.planes()
+        image, variance, valid = read_only(image, variance, ctx.pixels.classes(excluded_bits(ctx.coadd, self.config)))
+        flux, err, invalid, excluded = gaussian_flux(image, variance, valid, fp, c.cx, c.cy, c.fx, c.fy,
                                            np.ascontiguousarray(qinv[:, 0, 0]), np.ascontiguousarray(qinv[:, 0, 1]),
                                            np.ascontiguousarray(qinv[:, 1, 1]), half, small.astype(np.uint8), SUB,
                                            spatial_order(c.cx, c.cy))
-        failed = ~ok | (invalid != 0) | ~np.isfinite(flux) | ~np.isfinite(err) | ref_flag(ctx, "shape_flag")
+        failed = (~ok | (invalid != 0) | (excluded != 0) | ~np.isfinite(flux) | ~np.isfinite(err)
+                  | ref_flag(ctx, "shape_flag"))
         return {"gaussianFlux": flux, "gaussianFluxErr": err, "gaussianFlux_flag": failed,
                 "gaussianFlux_flag_noRefShape": missing_shape(ctx)}

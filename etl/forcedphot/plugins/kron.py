@@ -7,6 +7,8 @@ sum of pixels whose centres lie in the ellipse (one row run per pixel row, summe
 :func:`forcedphot.kernels.apertures.ellipse_kernel`); Rubin uses sinc coefficients for
 ellipses with b <= 10 px, which this implementation does not. F = sum(I), err = sqrt(sum(V)).
 Aperture corrected. The undeblended flux comes from the same pass (``measures_undeblended``).
+Pixels in ``psf_bad_mask_planes`` (e.g. BAD, SAT) inside the ellipse are summed as they are and
+set the general flag, as invalid pixels do.
 
 The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
 ``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever
@@ -22,7 +24,7 @@ import numpy as np
 
 from forcedphot.moments import inverse_2x2
 from forcedphot.plugins.aperture import source_pixels
-from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
+from forcedphot.plugins.base import Column, MeasurementContext, Plugin, excluded_bits, flag
 from forcedphot.plugins.shape import missing_shape
 
 N_RADIUS_FOR_FLUX = 2.5
@@ -40,7 +42,7 @@ class KronFlux(Plugin):
             Column("kronFlux", "double", "Flux in the forced Kron ellipse: 2.5 x the reference Kron radius, reference shape (naive pixel-centre sum); aperture corrected.", "nJy", "flux"),
             Column("kronFluxErr", "double", "Uncertainty of kronFlux: sqrt(sum(V)); aperture corrected.", "nJy", "fluxErr"),
             Column("kronRad", "float", "Kron radius sqrt(ab) of the forced ellipse before the 2.5 scaling, in coadd pixels.", "pix"),
-            flag("kronFlux_flag", "General failure: no usable centroid, bad radius or shape, an aperture off the coadd, or invalid pixels in it."),
+            flag("kronFlux_flag", "General failure: no usable centroid, bad radius or shape, an aperture off the coadd, or invalid or psf_bad_mask_planes (e.g. BAD, SAT) pixels in it."),
             flag("kronFlux_flag_edge", "The Kron ellipse extends beyond the coadd (no value)."),
             flag("kronFlux_flag_noRefRadius", "The reference has no Kron radius (null; no value)."),
             flag("kronFlux_flag_noRefShape", "The reference has no shape (null; no value)."),
@@ -80,15 +82,16 @@ class KronFlux(Plugin):
         measure = ok & ~edge
         einv, _ = inverse_2x2(flux_ellipse)
         pixels = source_pixels(ctx)
-        image, variance, _, valid, fp = pixels.planes()
+        image, variance, _, _, fp = pixels.planes()
+        valid = pixels.classes(excluded_bits(ctx.coadd, self.config))  # excluded pixels are summed, and flag the flux
         c = ctx.centres()
-        flux, flux_u, var, invalid = ellipse_sums(
+        flux, flux_u, var, invalid, excluded = ellipse_sums(
             image, pixels.original if both else image, variance, valid, fp, c.cx, c.cy, c.xl, c.yl,
             einv[:, 0, 0], einv[:, 0, 1], einv[:, 1, 1], np.where(measure, half, 0), measure, both)
         out = {"kronRad": kron_rad, "kronFlux_flag_edge": edge, "kronFlux_flag_noRefRadius": no_radius,
                "kronFlux_flag_noRefShape": no_shape, "kronFlux_flag_bad_radius": bad_radius & ~no_radius & ctx.usable,
                "kronFlux_flag_bad_shape": bad_shape & ~no_shape & ctx.usable}
-        failed = ~ok | edge | (invalid > 0)
+        failed = ~ok | edge | (invalid > 0) | (excluded > 0)
         out.update({"kronFlux": flux, "kronFluxErr": np.sqrt(var), "kronFlux_flag": failed | ~np.isfinite(flux)})
         if both:
             out = out | {UNDEBLENDED + k: v.copy() for k, v in out.items()}
