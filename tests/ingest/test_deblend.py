@@ -18,7 +18,8 @@ from forcedphot.errors import InputError
 from forcedphot.footprint import spans_to_pixels
 from forcedphot.ingest import deblend
 from forcedphot.ingest import BandSpec, CatalogSpec, ingest_fits
-from forcedphot.ingest.deblend import Blends, plan_blends, weights
+from forcedphot.ingest.deblend import Blends, fit_band, plan_blends
+from forcedphot.ingest.psfimage import gaussian_psf
 from forcedphot.ingest.footprints import ellipse_spans
 from forcedphot.ingest.grid import make_tan
 from forcedphot.query import sql
@@ -159,22 +160,25 @@ def test_catalog_family_is_deblended_under_its_own_parent(blend_inputs, tmp_path
 
 
 def test_far_pixels_go_to_the_nearest_peak():
-    """Where every model underflows, the ratio is 1 for the nearest peak; elsewhere ratios sum to 1."""
+    """Where every fitted model is 0 (outside all stamps), the ratio is 1 for the nearest child; elsewhere ratios sum to 1."""
     box = Box(0, 0, 199, 9)
     x, y = np.array([5.0, 12.0]), np.array([5.0, 5.0])
     q = np.broadcast_to(np.diag([150.0 ** 2, 3.0 ** 2]), (2, 2, 2)).copy()
     spans = ellipse_spans(x, y, q, box)
     blends: Blends = plan_blends(np.array([-1, -1]), spans, box)
     assert blends.n_blends == 1 and blends.n_new == 1 and blends.children.tolist() == [0, 1]
-    image = np.ones((10, 200))
-    w = weights(blends, x, y, np.broadcast_to(np.eye(2) * 0.5, (2, 2, 2)), image, box)
+    psf = gaussian_psf(2.0)
+    image = gaussian_image((10, 200), x, y, [100.0, 50.0], 2.0)
+    fit = fit_band(blends, x, y, np.zeros((2, 2, 2)), psf, image, np.ones((10, 200)), box)
+    np.testing.assert_allclose(fit.flux, [100.0, 50.0], rtol=1e-6)
+    assert not fit.zero_flux.any()
     ys, xs, _ = blends.union_pixels()
-    first, second = w[:xs.size], w[xs.size:]
+    first, second = fit.ratios[:xs.size], fit.ratios[xs.size:]
     np.testing.assert_allclose(first + second, 1.0, atol=1e-15)
     far = np.abs(xs - 8.5) > 40
     assert far.any()
     np.testing.assert_array_equal(first[far], (xs[far] < 8.5).astype(float))
-    assert first[(xs == 5) & (ys == 5)][0] == pytest.approx(1.0)
+    assert first[(xs == 5) & (ys == 5)][0] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_blends_are_the_connected_components_of_shared_pixels(monkeypatch):

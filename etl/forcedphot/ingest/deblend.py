@@ -45,17 +45,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import nnls
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from forcedphot.footprint import spans_to_pixels
 from forcedphot.moments import adaptive_moments, inverse_2x2, positive_definite
+from forcedphot.ingest.psfimage import psf_fwhm_pixels
 from forcedphot.skymap import Box
 
 DEBLEND_METHODS = ("peaks", "none")
-MIN_AMPLITUDE = 1e-30  # floor of a peak's amplitude (image units): a peak with no flux gets ~none
-LOG_UNDERFLOW = float(np.log(np.finfo(np.float64).tiny))  # below: sum_j m_j underflows -> nearest peak
-MAX_PAIRS = 1 << 22  # (pixel, child) pairs evaluated at once (bounds memory for huge blends)
+MAX_PAIRS = 1 << 22  # (pixel, child) pairs and stamp pixels evaluated at once (bounds memory for huge blends)
+STAMP_SIGMAS = 5.0  # a model stamp reaches this many sigma of the PSF-convolved model (at least the PSF image)
+STAMP_STEP = 4  # stamp half-sizes grow in steps of this many pixels (few distinct FFT sizes)
+MAX_STAMP_HALF = 127  # largest model stamp: 255 x 255 pixels
 # blends larger than Rubin's deblender limits (maxNumberOfPeaks, maxFootprintArea, maxAreaTimesPeaks) are not
 # deblended: every child's heavy footprint covers the whole parent, so memory grows as area x children
 MAX_CHILDREN = 200
@@ -271,62 +274,155 @@ def intrinsic_shapes(shape: np.ndarray | None, n: int, psf_ref: np.ndarray) -> n
     return out
 
 
-def weights(blends: Blends, x: np.ndarray, y: np.ndarray, cov: np.ndarray, image: np.ndarray,
-            box: Box) -> np.ndarray:
-    """Every child's ratio_i over its blend's union pixels (span order), concatenated in child order.
+@dataclass
+class BandFit:
+    """One band's deblend: every child's ratio over its blend's union pixels (span order, concatenated
+    in child order) and its fitted amplitude (image units; 0 where the fit gives it nothing)."""
 
-    ``x, y, cov``: positions and (n, 2, 2) model covariances of the catalog rows; ``image``
-    is the band's pixels over ``box``.
+    ratios: np.ndarray  # (sum over children of their blend's pixels,)
+    flux: np.ndarray  # (n_children,) in child order
+
+    @property
+    def zero_flux(self) -> np.ndarray:
+        return ~(self.flux > 0)
+
+
+def stamp_halves(psf_half: int, psf_cov: np.ndarray, intrinsic: np.ndarray) -> np.ndarray:
+    """Half-size of each model stamp: the PSF's, grown to STAMP_SIGMAS sigma of the convolved model.
+
+    Sizes are rounded up in steps of STAMP_STEP so that few distinct stamp sizes occur (one FFT batch each).
+    """
+    var = np.linalg.eigvalsh(psf_cov + intrinsic)[:, -1]
+    need = np.ceil(STAMP_SIGMAS * np.sqrt(np.clip(var, 0.0, None)))
+    grow = np.clip(np.ceil((need - psf_half) / STAMP_STEP), 0, None) * STAMP_STEP
+    return np.minimum(psf_half + grow, max(MAX_STAMP_HALF, psf_half)).astype(np.int64)
+
+
+def model_stamps(psf: np.ndarray, dx: np.ndarray, dy: np.ndarray, intrinsic: np.ndarray, half: int) -> np.ndarray:
+    """(n, S, S) unit-flux models, S = 2 half + 1, centred on the stamp's middle pixel plus (dx, dy).
+
+    The PSF image (zero-padded to S) times, in Fourier space, the intrinsic Gaussian's transfer
+    function exp(-2 pi^2 k^T C k) and the phase ramp exp(-2 pi i k.d): the exact band-limited
+    sub-pixel shift that PsfFlux uses (with S = K and no intrinsic shape, the same Dirichlet-kernel
+    shift as :meth:`forcedphot.psf.PsfGrid.images_at`), and a Gaussian convolution exact for a
+    band-limited PSF.
+    """
+    k = psf.shape[0]
+    size = 2 * half + 1
+    pad = half - k // 2
+    padded = np.zeros((size, size))
+    padded[pad:pad + k, pad:pad + k] = psf
+    spectrum = np.fft.rfft2(padded)
+    fy = np.fft.fftfreq(size)[None, :, None]
+    fx = np.fft.rfftfreq(size)[None, None, :]
+    dx, dy = np.asarray(dx, float)[:, None, None], np.asarray(dy, float)[:, None, None]
+    cxx, cxy, cyy = (intrinsic[:, i, j][:, None, None] for i, j in ((0, 0), (0, 1), (1, 1)))
+    transfer = np.exp(-2.0 * np.pi ** 2 * (fx * fx * cxx + 2.0 * fx * fy * cxy + fy * fy * cyy)
+                      - 2j * np.pi * (fx * dx + fy * dy))
+    return np.fft.irfft2(spectrum[None] * transfer, s=(size, size), axes=(1, 2))
+
+
+def fit_band(blends: Blends, x: np.ndarray, y: np.ndarray, intrinsic: np.ndarray, psf: np.ndarray,
+             image: np.ndarray, variance: np.ndarray, box: Box) -> BandFit:
+    """Fit every blend's children jointly (non-negative, inverse-variance weighted) and split its pixels.
+
+    ``x, y, intrinsic``: positions and (n, 2, 2) intrinsic shapes of the catalog rows (zeros for
+    point sources); ``psf``: the band's (K, K) unit-sum PSF image; ``image``, ``variance``: the
+    band's planes over ``box``.
     """
     ys, xs, pix_off = blends.union_pixels()
     slot_off = blends.slot_pixel_offsets()
-    out = np.empty(slot_off[-1])
+    ratios = np.empty(slot_off[-1])
+    flux = np.zeros(blends.children.size)
     if blends.n_blends == 0:
-        return out
-    cinv, _ = inverse_2x2(np.asarray(cov, float))
-    xi = np.clip(np.floor(x + 0.5), box.min_x, box.max_x).astype(np.int64) - box.min_x
-    yi = np.clip(np.floor(y + 0.5), box.min_y, box.max_y).astype(np.int64) - box.min_y
-    log_amp = np.log(np.fmax(np.asarray(image, np.float64)[yi, xi], MIN_AMPLITUDE))
+        return BandFit(ratios, flux)
+    psf = np.asarray(psf, np.float64)
+    intrinsic = np.asarray(intrinsic, np.float64)
+    half = stamp_halves(psf.shape[0] // 2, psf_moments(psf, psf_fwhm_pixels(psf)), intrinsic[blends.children])
+    img = np.asarray(image, np.float64)[ys - box.min_y, xs - box.min_x]
+    var = np.asarray(variance, np.float64)[ys - box.min_y, xs - box.min_x]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_sigma = np.where(np.isfinite(img) & np.isfinite(var) & (var > 0), 1.0 / np.sqrt(var), 0.0)
+    img = np.where(inv_sigma > 0, img, 0.0)
     npix = np.diff(pix_off)
     nchild = np.diff(blends.child_offsets)
     pairs = npix * nchild
-    # chunks of consecutive blends with at most MAX_PAIRS pairs (a larger blend is a chunk alone)
-    ends = np.cumsum(pairs)
+    stamp_pix = np.bincount(np.repeat(np.arange(blends.n_blends), nchild), weights=(2 * half + 1) ** 2,
+                            minlength=blends.n_blends)
+    # chunks of consecutive blends with at most MAX_PAIRS pairs and stamp pixels (a larger blend is a chunk alone)
+    cost = np.cumsum(np.maximum(pairs, stamp_pix))
     b0 = 0
     while b0 < blends.n_blends:
-        b1 = max(int(np.searchsorted(ends, (ends[b0 - 1] if b0 else 0) + MAX_PAIRS, side="right")), b0 + 1)
-        _chunk_ratios(out, np.arange(b0, b1), blends, npix, nchild, pix_off, slot_off, xs, ys, x, y, cinv, log_amp)
+        b1 = max(int(np.searchsorted(cost, (cost[b0 - 1] if b0 else 0) + MAX_PAIRS, side="right")), b0 + 1)
+        _fit_chunk(ratios, flux, np.arange(b0, b1), blends, npix, nchild, pix_off, slot_off, xs, ys, x, y,
+                   intrinsic, psf, half, img, inv_sigma)
         b0 = b1
-    return out
+    return BandFit(ratios, flux)
 
 
-def _chunk_ratios(out, bs, blends, npix, nchild, pix_off, slot_off, xs, ys, x, y, cinv, log_amp) -> None:
-    """Fill ``out`` for blends ``bs``: pairs (pixel, child) in pixel-major order, softmax per pixel."""
+def _fit_chunk(ratios, flux, bs, blends, npix, nchild, pix_off, slot_off, xs, ys, x, y, intrinsic, psf, half,
+               img, inv_sigma) -> None:
+    """Blends ``bs``: model stamps, pairs (pixel, child) in pixel-major order, one NNLS per blend, ratios."""
+    slots = np.arange(blends.child_offsets[bs[0]], blends.child_offsets[bs[-1] + 1])
+    child = blends.children[slots]
+    xi, yi = np.floor(x[child] + 0.5), np.floor(y[child] + 0.5)
+    h = half[slots]
+    size = 2 * h + 1
+    base = np.r_[0, np.cumsum(size * size)[:-1]]
+    stamps = np.empty(int((size * size).sum()))
+    for hh in np.unique(h):  # one FFT batch per stamp size
+        sel = np.flatnonzero(h == hh)
+        s = model_stamps(psf, x[child[sel]] - xi[sel], y[child[sel]] - yi[sel], intrinsic[child[sel]], int(hh))
+        n2 = s.shape[1] * s.shape[2]
+        stamps[(base[sel][:, None] + np.arange(n2)).ravel()] = s.reshape(sel.size, -1).ravel()
+    # pairs (pixel, slot), pixel-major within each blend
     n_pairs = npix[bs] * nchild[bs]
     pb = np.repeat(bs, n_pairs)
     j = np.arange(n_pairs.sum()) - np.repeat(np.cumsum(n_pairs) - n_pairs, n_pairs)
-    k_of = nchild[pb]
-    p, k = np.divmod(j, k_of)
+    p, k = np.divmod(j, nchild[pb])
     pix = pix_off[pb] + p
     slot = blends.child_offsets[pb] + k
-    child = blends.children[slot]
-    dx = xs[pix] - x[child]
-    dy = ys[pix] - y[child]
-    ci = cinv[child]
-    log_m = log_amp[child] - 0.5 * (ci[:, 0, 0] * dx * dx + 2 * ci[:, 0, 1] * dx * dy + ci[:, 1, 1] * dy * dy)
+    local = slot - slots[0]
+    u = xs[pix] - xi[local].astype(np.int64) + h[local]
+    v = ys[pix] - yi[local].astype(np.int64) + h[local]
+    inside = (u >= 0) & (u < size[local]) & (v >= 0) & (v < size[local])
+    model = np.where(inside, stamps[np.where(inside, base[local] + v * size[local] + u, 0)], 0.0)
+    # one joint non-negative fit per blend: min || (A a - image) / sigma ||^2, a >= 0 (QR, then NNLS on R)
+    amp = np.zeros(slots.size)
+    starts = np.r_[0, np.cumsum(n_pairs)]
+    for i, b in enumerate(bs):
+        a = model[starts[i]:starts[i + 1]].reshape(npix[b], nchild[b])
+        w = inv_sigma[pix_off[b]:pix_off[b + 1]]
+        good = w > 0
+        if not good.any():
+            continue
+        q, r = np.linalg.qr(a[good] * w[good, None])
+        fitted, _ = nnls(r, q.T @ (img[pix_off[b]:pix_off[b + 1]][good] * w[good]))
+        amp[blends.child_offsets[b] - slots[0] + np.arange(nchild[b])] = fitted
+    flux[slots] = amp
+    # split: ratio_i = a_i m_i / sum_j a_j m_j (models clipped at 0); a blend fitted to nothing splits by
+    # unit amplitudes; pixels where every weighted model is 0 go to the nearest child with flux
+    blend_of_slot = np.repeat(np.arange(bs.size), nchild[bs])
+    positive = amp > 0
+    any_pos = np.bincount(blend_of_slot, weights=positive, minlength=bs.size) > 0
+    weight = np.where(any_pos[blend_of_slot], amp, 1.0)
+    t = weight[local] * np.clip(model, 0.0, None)
     group = np.repeat(nchild[bs], npix[bs])  # pairs per pixel, pixel by pixel
-    starts = np.r_[0, np.cumsum(group)[:-1]]
-    top = np.maximum.reduceat(log_m, starts)
-    e = np.exp(log_m - np.repeat(top, group))
-    ratio = e / np.repeat(np.add.reduceat(e, starts), group)
-    under = np.repeat(top < LOG_UNDERFLOW, group)
-    if under.any():  # every model underflows: the pixel goes to its nearest peak (the first on ties)
-        pixel_of_pair = np.repeat(np.arange(starts.size), group)
-        nearest = np.lexsort((dx * dx + dy * dy, pixel_of_pair))[starts]
+    first = np.r_[0, np.cumsum(group)[:-1]]
+    total = np.add.reduceat(t, first)
+    empty = np.repeat(~(total > 0), group)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = t / np.repeat(total, group)
+    if empty.any():
+        dx = xs[pix] - x[child[local]]
+        dy = ys[pix] - y[child[local]]
+        d2 = np.where(weight[local] > 0, dx * dx + dy * dy, np.inf)
+        pixel_of_pair = np.repeat(np.arange(first.size), group)
+        nearest = np.lexsort((d2, pixel_of_pair))[first]
         pick = np.zeros(ratio.size)
         pick[nearest] = 1.0
-        ratio = np.where(under, pick, ratio)
-    out[slot_off[slot] + p] = ratio
+        ratio = np.where(empty, pick, ratio)
+    ratios[slot_off[slot] + p] = ratio
 
 
 def child_fluxes(blends: Blends, w: np.ndarray, image: np.ndarray, box: Box) -> np.ndarray:
@@ -384,3 +480,10 @@ def row_scale(blends: Blends, w: np.ndarray) -> np.ndarray:
         dst = np.repeat(row_pix[blends.children] - slot_off[:-1], lengths) + np.arange(slot_off[-1])
         scale[dst] = w
     return scale
+
+
+def row_zero_flux(blends: Blends, fit: BandFit) -> np.ndarray:
+    """(n_rows,) 1.0 for children the band's joint fit gave no flux, 0.0 for other children, NaN for non-children."""
+    out = np.full(blends.n_rows, np.nan)
+    out[blends.children] = fit.zero_flux.astype(float)
+    return out
