@@ -1,9 +1,8 @@
-"""A simple model-based deblender for ``forcedphot ingest fits`` (``--deblend peaks``, the default).
+"""A fit-then-split deblender for ``forcedphot ingest fits`` (``--deblend peaks``, the default).
 
-This is **not scarlet** (nor any other real deblender): it is a simple PSF-model flux
-redistribution for inputs that come without a deblender's output, so that the measurement's
-Rubin-style noise replacement has deblended heavy footprints to insert. Catalog objects are
-its peaks; nothing is fitted.
+This is **not scarlet**: catalog objects are its peaks, their models are fixed in shape and
+position, and only their amplitudes are fitted. It exists so that inputs without a deblender's
+output get deblended heavy footprints for the measurement's Rubin-style noise replacement.
 
 1. **Blends.** Objects whose footprints (:mod:`forcedphot.ingest.footprints`) share a pixel
    are grouped into connected components (a union-find over shared pixels, done by sorting
@@ -20,21 +19,24 @@ its peaks; nothing is fitted.
    catalog hierarchies, are left as they are (each object its own footprint, image pixels),
    and so are blends beyond Rubin's deblender limits (200 children, 100,000 pixels, 10^7
    pixels x children: each child's heavy covers the whole parent), with a warning.
-2. **Footprints.** A blend's parent footprint is the union of its members' footprints, with
+2. **Models.** Child i's model m_i (unit flux) is the band's PSF image shifted to the child's
+   catalog position (the exact band-limited Fourier shift that PsfFlux uses), convolved, when the
+   catalog has a shape, with an elliptical Gaussian of the intrinsic shape (catalog shapes are
+   taken as observed moments, as SExtractor's X2_IMAGE or Rubin's shape_xx: the intrinsic part
+   is the shape minus the reference band's PSF moments, clipped positive semi-definite), on a
+   stamp of at least the PSF image and 5 sigma of the convolved model (:func:`model_stamps`).
+3. **Fit.** Per blend, the amplitudes a >= 0 minimise sum over the union footprint of
+   (sum_i a_i m_i - image)^2 / variance (pixels without a finite image and positive variance
+   weigh 0): a QR factorisation of the weighted design matrix, then ``scipy.optimize.nnls`` on
+   R. Children with a = 0 are flagged (``deblend_zeroFlux`` in the band's footprints).
+4. **Footprints.** A blend's parent footprint is the union of its members' footprints, with
    the image pixels as heavy values. Every child's heavy footprint has the parent's spans and
-   values ratio_i x image, where ratio_i = m_i / sum_j m_j over the blend's children and
-   m_i = A_i exp(-0.5 d^T C_i^-1 d) is a Gaussian model of child i at its catalog position
-   (d = pixel - position): C_i = the band's PSF second moments (adaptive moments of the
-   band's PSF image) plus the object's intrinsic shape when the catalog has shapes (catalog
-   shapes are taken as observed moments, as SExtractor's X2_IMAGE or Rubin's shape_xx: the
-   intrinsic part is the shape minus the reference band's PSF moments, clipped to be positive
-   semi-definite; without catalog shapes the models are the PSF alone), and A_i = the image
-   value at the child's nearest pixel, floored at a tiny positive number. The ratios are
-   computed in log space; pixels where sum_j m_j would underflow (every model below the
-   smallest normal double) go to the nearest peak. So the children's heavies add up to the
-   parent's pixels exactly, pixel by pixel, up to float32 rounding.
-3. **Bands.** Blends and footprints are the same in every band; the models (amplitudes and
-   PSFs), hence the ratios and heavy values, are each band's own.
+   values ratio_i x image, ratio_i = a_i m_i / sum_j a_j m_j (models clipped at 0; a blend
+   fitted to nothing splits by its unit-flux models). Pixels no model reaches go to the
+   nearest child with flux. So the children's heavies add up to the parent's pixels exactly,
+   pixel by pixel, up to float32 rounding.
+5. **Bands.** Blends and footprints are the same in every band; the models (PSFs), fits,
+   ratios and heavy values are each band's own.
 
 ``--deblend none`` keeps the original behaviour: every object its own footprint with the
 image pixels, parents only where the catalog has them.
@@ -50,7 +52,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from forcedphot.footprint import spans_to_pixels
-from forcedphot.moments import adaptive_moments, inverse_2x2, positive_definite
+from forcedphot.moments import adaptive_moments, positive_definite
 from forcedphot.ingest.psfimage import psf_fwhm_pixels
 from forcedphot.skymap import Box
 

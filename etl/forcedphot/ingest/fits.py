@@ -5,7 +5,7 @@ tract whose pixel frame is the images' 0-based pixel frame (its WCS is the image
 stored in the skymap), square patches with overlapping outer boxes, and per patch a
 reference catalog, per patch and band a coadd cut from the images and one footprint per
 reference object. Objects whose footprints overlap are deblended by default (a new parent
-per blend, children's heavy footprints split by PSF-model ratios; see
+per blend, children's heavy footprints split by jointly fitted PSF and shape models; see
 :mod:`forcedphot.ingest.deblend`). Everything is read and checked before anything is written, and the
 repository is assembled in a sibling folder and moved into place at the end, so a
 failed ingest never leaves a half-written (or half-overwritten) repository.

@@ -109,7 +109,7 @@ class CatalogSpec:
     #                               SExtractor KRON_RADIUS); None: "shape" for KRON_RADIUS/SExtractor, else "pix"
     xy_origin: int | None = None  # 0 or 1 (pixel centre of the first pixel); None: 1 for SExtractor, else 0
     positions: str = "auto"  # "sky" (ra/dec through the WCS), "pixel" (x/y) or auto
-    deblend: str = "peaks"  # "peaks": split overlapping footprints by PSF-model ratios (forcedphot.ingest.deblend),
+    deblend: str = "peaks"  # "peaks": fit, then split overlapping footprints by the fitted models (ingest.deblend),
     #                         "none": every object its own footprint with the image pixels
 
     def __post_init__(self):
