@@ -239,3 +239,48 @@ def test_hsc_blends_conserve_flux_in_every_band(tmp_path, name, n_peaks):
     assert main(["run", "--repo", str(repo.root), "-q"]) == 0
     rows = sql(repo.root, "SELECT band, count(*) AS n FROM forced_source GROUP BY band ORDER BY band").to_pylist()
     assert rows == [{"band": b, "n": len(ref)} for b in sorted("grizy")]
+
+
+def test_model_stamps_are_the_psf_flux_shift_and_exact_galaxy_profiles():
+    """PSF-only models equal PsfGrid's shifted PSF images; Gaussian and exponential components equal an
+    independent Fourier rendering of the pixel-integrated, PSF-convolved galaxy (tests.ingest.synth)."""
+    from forcedphot.ingest.deblend import model_stamps
+    from forcedphot.psf import PsfGrid
+    from tests.ingest.synth import GALAXY, galaxy_image, galaxy_moments
+
+    fwhm = 3.0
+    psf = gaussian_psf(fwhm)
+    k = psf.shape[0]
+    x, y = np.array([10.3, 20.5, 7.0]), np.array([5.45, 8.2, 9.0])
+    dx, dy = x - np.floor(x + 0.5), y - np.floor(y + 0.5)
+    grid = PsfGrid([0.0], [0.0], psf[None, None]).images_at(x, y)
+    np.testing.assert_allclose(model_stamps(psf, dx, dy, np.zeros((3, 2, 2)), k // 2), grid, atol=1e-14)
+    sigma2 = (fwhm / (2 * np.sqrt(2 * np.log(2)))) ** 2
+    intrinsic = galaxy_moments(fwhm=fwhm, **GALAXY) - np.eye(2) * (sigma2 + 1 / 12)
+    for profile in ("gauss", "exp"):
+        m = model_stamps(psf, np.array([0.3]), np.array([-0.2]), intrinsic[None], 24, profile=profile)[0]
+        ref = galaxy_image((49, 49), 24.3, 23.8, 1.0, profile=profile, fwhm=fwhm, **GALAXY)
+        assert m.sum() == pytest.approx(1.0, abs=1e-6)
+        assert np.abs(m - ref).max() < 1e-4 * ref.max(), profile
+
+
+def test_a_child_with_no_flux_is_flagged_and_gets_nothing(tmp_path):
+    """A catalog object on an over-subtracted (negative) patch of sky beside a bright star: its least-squares
+    amplitude is negative, so the non-negative fit gives it 0: zero heavy values and deblend_zeroFlux."""
+    tan = make_tan(SHAPE, 0.2, ra=30.0, dec=-10.0)
+    x, y = np.array([30.3, 33.1]), np.array([30.6, 31.4])
+    img = (gaussian_image(SHAPE, x, y, [5000.0, -50.0], 3.0)
+           + np.random.default_rng(2).normal(0, SIGMA, SHAPE))
+    fits.writeto(tmp_path / "r.fits", img.astype(np.float32), header=tan.to_header())
+    ra, dec = tan.all_pix2world(x, y, 0)
+    Table({"id": [1, 2], "ra": ra, "dec": dec}).write(tmp_path / "cat.fits")
+    band = BandSpec(name="r", image=tmp_path / "r.fits", sigma=SIGMA, psf_fwhm="3px", zero_point=27.0)
+    repo = ingest_fits(tmp_path / "repo", [band], CatalogSpec(path=tmp_path / "cat.fits"))
+    ref = pq.read_table(repo.ref_path(0, 0)).to_pandas()
+    fp = _footprints(repo, "r").set_index("id")
+    star, empty, parent = ref.id
+    assert fp.loc[parent, "deblend_zeroFlux"] is None or np.isnan(fp.loc[parent, "deblend_zeroFlux"])
+    assert fp.loc[star, "deblend_zeroFlux"] == False and fp.loc[empty, "deblend_zeroFlux"] == True  # noqa: E712
+    assert np.all(np.asarray(fp.loc[empty, "values"]) == 0)
+    np.testing.assert_array_equal(fp.loc[star, "values"], fp.loc[parent, "values"])
+    _check_conservation(repo, ref, "r")

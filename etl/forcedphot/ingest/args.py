@@ -82,8 +82,9 @@ CATALOG_OPTIONS = {
     "--deblend": ("deblend", str, "peaks (default): objects whose footprints overlap form a blend with a new "
                                   "parent row (footprint: the union, image pixels); each child's heavy footprint is "
                                   "ratio x image with ratio = its fitted model / the sum of the blend's fitted models: "
-                                  "the band's PSF (convolved with the catalog shape, if any, minus the PSF) at each "
-                                  "position, amplitudes fitted jointly (non-negative, inverse-variance weighted), so "
+                                  "the band's PSF at each position (for objects with a catalog shape: the PSF convolved "
+                                  "with a Gaussian and with an exponential of the shape minus the PSF), amplitudes "
+                                  "fitted jointly (non-negative, inverse-variance weighted), so "
                                   "children add up to the parent. Not scarlet. Catalog parents "
                                   "are kept. none: every object its own footprint with the image pixels"),
 }

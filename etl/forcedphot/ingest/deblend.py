@@ -19,16 +19,19 @@ output get deblended heavy footprints for the measurement's Rubin-style noise re
    catalog hierarchies, are left as they are (each object its own footprint, image pixels),
    and so are blends beyond Rubin's deblender limits (200 children, 100,000 pixels, 10^7
    pixels x children: each child's heavy covers the whole parent), with a warning.
-2. **Models.** Child i's model m_i (unit flux) is the band's PSF image shifted to the child's
-   catalog position (the exact band-limited Fourier shift that PsfFlux uses), convolved, when the
-   catalog has a shape, with an elliptical Gaussian of the intrinsic shape (catalog shapes are
-   taken as observed moments, as SExtractor's X2_IMAGE or Rubin's shape_xx: the intrinsic part
-   is the shape minus the reference band's PSF moments, clipped positive semi-definite), on a
-   stamp of at least the PSF image and 5 sigma of the convolved model (:func:`model_stamps`).
-3. **Fit.** Per blend, the amplitudes a >= 0 minimise sum over the union footprint of
-   (sum_i a_i m_i - image)^2 / variance (pixels without a finite image and positive variance
+2. **Models.** A point source's model (unit flux) is the band's PSF image shifted to its
+   catalog position (the exact band-limited Fourier shift that PsfFlux uses). An object with a
+   catalog shape (taken as observed moments, as SExtractor's X2_IMAGE or Rubin's shape_xx: the
+   intrinsic part is the shape minus the reference band's PSF moments, clipped positive
+   semi-definite) has two components, that PSF convolved with an elliptical Gaussian and with
+   an elliptical exponential, both of the intrinsic second moments, so that profiles from
+   Gaussian to exponential (and mixtures) are described; stamps reach 8 sigma
+   (:func:`model_stamps`).
+3. **Fit.** Per blend, the component amplitudes c >= 0 minimise sum over the union footprint of
+   (sum_c a_c m_c - image)^2 / variance (pixels without a finite image and positive variance
    weigh 0): a QR factorisation of the weighted design matrix, then ``scipy.optimize.nnls`` on
-   R. Children with a = 0 are flagged (``deblend_zeroFlux`` in the band's footprints).
+   R. A child's flux a_i is the sum of its components' amplitudes, its model a_i m_i their sum;
+   children with a_i = 0 are flagged (``deblend_zeroFlux`` in the band's footprints).
 4. **Footprints.** A blend's parent footprint is the union of its members' footprints, with
    the image pixels as heavy values. Every child's heavy footprint has the parent's spans and
    values ratio_i x image, ratio_i = a_i m_i / sum_j a_j m_j (models clipped at 0; a blend
@@ -58,7 +61,7 @@ from forcedphot.skymap import Box
 
 DEBLEND_METHODS = ("peaks", "none")
 MAX_PAIRS = 1 << 22  # (pixel, child) pairs and stamp pixels evaluated at once (bounds memory for huge blends)
-STAMP_SIGMAS = 5.0  # a model stamp reaches this many sigma of the PSF-convolved model (at least the PSF image)
+STAMP_SIGMAS = 8.0  # an extended model's stamp reaches this many sigma of it (an exponential keeps 1 - 1e-5)
 STAMP_STEP = 4  # stamp half-sizes grow in steps of this many pixels (few distinct FFT sizes)
 MAX_STAMP_HALF = 127  # largest model stamp: 255 x 255 pixels
 # blends larger than Rubin's deblender limits (maxNumberOfPeaks, maxFootprintArea, maxAreaTimesPeaks) are not
@@ -289,25 +292,35 @@ class BandFit:
         return ~(self.flux > 0)
 
 
+PROFILES = ("gauss", "exp")  # the two components of an extended child's model (same second moments)
+
+
+def is_extended(intrinsic: np.ndarray) -> np.ndarray:
+    """Rows with an intrinsic shape (a point source's is 0)."""
+    return np.any(np.asarray(intrinsic) != 0, axis=(1, 2))
+
+
 def stamp_halves(psf_half: int, psf_cov: np.ndarray, intrinsic: np.ndarray) -> np.ndarray:
-    """Half-size of each model stamp: the PSF's, grown to STAMP_SIGMAS sigma of the convolved model.
+    """Half-size of each model stamp: the PSF image's, grown for extended models to STAMP_SIGMAS sigma.
 
     Sizes are rounded up in steps of STAMP_STEP so that few distinct stamp sizes occur (one FFT batch each).
     """
     var = np.linalg.eigvalsh(psf_cov + intrinsic)[:, -1]
-    need = np.ceil(STAMP_SIGMAS * np.sqrt(np.clip(var, 0.0, None)))
+    need = np.where(is_extended(intrinsic), np.ceil(STAMP_SIGMAS * np.sqrt(np.clip(var, 0.0, None))), 0)
     grow = np.clip(np.ceil((need - psf_half) / STAMP_STEP), 0, None) * STAMP_STEP
     return np.minimum(psf_half + grow, max(MAX_STAMP_HALF, psf_half)).astype(np.int64)
 
 
-def model_stamps(psf: np.ndarray, dx: np.ndarray, dy: np.ndarray, intrinsic: np.ndarray, half: int) -> np.ndarray:
+def model_stamps(psf: np.ndarray, dx: np.ndarray, dy: np.ndarray, intrinsic: np.ndarray, half: int, *,
+                 profile: str = "gauss") -> np.ndarray:
     """(n, S, S) unit-flux models, S = 2 half + 1, centred on the stamp's middle pixel plus (dx, dy).
 
-    The PSF image (zero-padded to S) times, in Fourier space, the intrinsic Gaussian's transfer
-    function exp(-2 pi^2 k^T C k) and the phase ramp exp(-2 pi i k.d): the exact band-limited
-    sub-pixel shift that PsfFlux uses (with S = K and no intrinsic shape, the same Dirichlet-kernel
-    shift as :meth:`forcedphot.psf.PsfGrid.images_at`), and a Gaussian convolution exact for a
-    band-limited PSF.
+    The PSF image (zero-padded to S) times, in Fourier space, the intrinsic profile's transfer
+    function and the phase ramp exp(-2 pi i k.d): the exact band-limited sub-pixel shift that
+    PsfFlux uses (with S = K and no intrinsic shape, the same Dirichlet-kernel shift as
+    :meth:`forcedphot.psf.PsfGrid.images_at`), and a convolution exact for a band-limited PSF.
+    Profiles of intrinsic second moments C: ``gauss`` exp(-2 pi^2 k^T C k); ``exp`` (exponential,
+    scale matrix C / 3) (1 + 4 pi^2 k^T C k / 3)^(-3/2).
     """
     k = psf.shape[0]
     size = 2 * half + 1
@@ -319,8 +332,14 @@ def model_stamps(psf: np.ndarray, dx: np.ndarray, dy: np.ndarray, intrinsic: np.
     fx = np.fft.rfftfreq(size)[None, None, :]
     dx, dy = np.asarray(dx, float)[:, None, None], np.asarray(dy, float)[:, None, None]
     cxx, cxy, cyy = (intrinsic[:, i, j][:, None, None] for i, j in ((0, 0), (0, 1), (1, 1)))
-    transfer = np.exp(-2.0 * np.pi ** 2 * (fx * fx * cxx + 2.0 * fx * fy * cxy + fy * fy * cyy)
-                      - 2j * np.pi * (fx * dx + fy * dy))
+    kck = fx * fx * cxx + 2.0 * fx * fy * cxy + fy * fy * cyy
+    ramp = np.exp(-2j * np.pi * (fx * dx + fy * dy))
+    if profile == "gauss":
+        transfer = np.exp(-2.0 * np.pi ** 2 * kck) * ramp
+    elif profile == "exp":
+        transfer = (1.0 + 4.0 * np.pi ** 2 * kck / 3.0) ** -1.5 * ramp
+    else:
+        raise ValueError(f"unknown model profile {profile!r}; use one of {PROFILES}")
     return np.fft.irfft2(spectrum[None] * transfer, s=(size, size), axes=(1, 2))
 
 
@@ -371,12 +390,17 @@ def _fit_chunk(ratios, flux, bs, blends, npix, nchild, pix_off, slot_off, xs, ys
     h = half[slots]
     size = 2 * h + 1
     base = np.r_[0, np.cumsum(size * size)[:-1]]
-    stamps = np.empty(int((size * size).sum()))
-    for hh in np.unique(h):  # one FFT batch per stamp size
-        sel = np.flatnonzero(h == hh)
-        s = model_stamps(psf, x[child[sel]] - xi[sel], y[child[sel]] - yi[sel], intrinsic[child[sel]], int(hh))
-        n2 = s.shape[1] * s.shape[2]
-        stamps[(base[sel][:, None] + np.arange(n2)).ravel()] = s.reshape(sel.size, -1).ravel()
+    ext = is_extended(intrinsic[child])
+    stamps = np.zeros((2, int((size * size).sum())))  # Gaussian (or PSF), exponential (extended slots only)
+    for hh in np.unique(h):  # one FFT batch per stamp size and profile
+        for c, profile in enumerate(PROFILES):
+            sel = np.flatnonzero((h == hh) & (ext if c else True))
+            if sel.size == 0:
+                continue
+            s = model_stamps(psf, x[child[sel]] - xi[sel], y[child[sel]] - yi[sel], intrinsic[child[sel]], int(hh),
+                             profile=profile)
+            n2 = s.shape[1] * s.shape[2]
+            stamps[c, (base[sel][:, None] + np.arange(n2)).ravel()] = s.reshape(sel.size, -1).ravel()
     # pairs (pixel, slot), pixel-major within each blend
     n_pairs = npix[bs] * nchild[bs]
     pb = np.repeat(bs, n_pairs)
@@ -388,27 +412,34 @@ def _fit_chunk(ratios, flux, bs, blends, npix, nchild, pix_off, slot_off, xs, ys
     u = xs[pix] - xi[local].astype(np.int64) + h[local]
     v = ys[pix] - yi[local].astype(np.int64) + h[local]
     inside = (u >= 0) & (u < size[local]) & (v >= 0) & (v < size[local])
-    model = np.where(inside, stamps[np.where(inside, base[local] + v * size[local] + u, 0)], 0.0)
-    # one joint non-negative fit per blend: min || (A a - image) / sigma ||^2, a >= 0 (QR, then NNLS on R)
-    amp = np.zeros(slots.size)
+    models = np.where(inside, stamps[:, np.where(inside, base[local] + v * size[local] + u, 0)], 0.0)  # (2, pairs)
+    # one joint non-negative fit per blend: min || (A a - image) / sigma ||^2, a >= 0 (QR, then NNLS on R);
+    # columns: every child's Gaussian (point sources: PSF) model, then the exponential of each extended child
+    amps = np.zeros((2, slots.size))
     starts = np.r_[0, np.cumsum(n_pairs)]
     for i, b in enumerate(bs):
-        a = model[starts[i]:starts[i + 1]].reshape(npix[b], nchild[b])
         w = inv_sigma[pix_off[b]:pix_off[b + 1]]
         good = w > 0
         if not good.any():
             continue
+        cols = blends.child_offsets[b] - slots[0] + np.arange(nchild[b])
+        a = models[:, starts[i]:starts[i + 1]].reshape(2, npix[b], nchild[b])
+        a = np.concatenate([a[0], a[1][:, ext[cols]]], axis=1)
         q, r = np.linalg.qr(a[good] * w[good, None])
         fitted, _ = nnls(r, q.T @ (img[pix_off[b]:pix_off[b + 1]][good] * w[good]))
-        amp[blends.child_offsets[b] - slots[0] + np.arange(nchild[b])] = fitted
+        amps[0, cols] = fitted[:nchild[b]]
+        amps[1, cols[ext[cols]]] = fitted[nchild[b]:]
+    amp = amps.sum(axis=0)
     flux[slots] = amp
     # split: ratio_i = a_i m_i / sum_j a_j m_j (models clipped at 0); a blend fitted to nothing splits by
     # unit amplitudes; pixels where every weighted model is 0 go to the nearest child with flux
     blend_of_slot = np.repeat(np.arange(bs.size), nchild[bs])
     positive = amp > 0
     any_pos = np.bincount(blend_of_slot, weights=positive, minlength=bs.size) > 0
-    weight = np.where(any_pos[blend_of_slot], amp, 1.0)
-    t = weight[local] * np.clip(model, 0.0, None)
+    fallback = ~any_pos[blend_of_slot]
+    weight = np.where(fallback, 1.0, amp)
+    amps[0] = np.where(fallback, 1.0, amps[0])
+    t = amps[0, local] * np.clip(models[0], 0.0, None) + amps[1, local] * np.clip(models[1], 0.0, None)
     group = np.repeat(nchild[bs], npix[bs])  # pairs per pixel, pixel by pixel
     first = np.r_[0, np.cumsum(group)[:-1]]
     total = np.add.reduceat(t, first)
