@@ -29,8 +29,8 @@ output get deblended heavy footprints for the measurement's Rubin-style noise re
    (:func:`model_stamps`).
 3. **Fit.** Per blend, the component amplitudes c >= 0 minimise sum over the union footprint of
    (sum_c a_c m_c - image)^2 / variance (pixels without a finite image and positive variance
-   weigh 0): a QR factorisation of the weighted design matrix, then ``scipy.optimize.nnls`` on
-   R. A child's flux a_i is the sum of its components' amplitudes, its model a_i m_i their sum;
+   weigh 0): ``scipy.optimize.nnls`` on the weighted design matrix (on R of its QR
+   factorisation for large blends). A child's flux a_i is the sum of its components' amplitudes, its model a_i m_i their sum;
    children with a_i = 0 are flagged (``deblend_zeroFlux`` in the band's footprints).
 4. **Footprints.** A blend's parent footprint is the union of its members' footprints, with
    the image pixels as heavy values. Every child's heavy footprint has the parent's spans and
@@ -64,6 +64,7 @@ MAX_PAIRS = 1 << 22  # (pixel, child) pairs and stamp pixels evaluated at once (
 STAMP_SIGMAS = 8.0  # an extended model's stamp reaches this many sigma of it (an exponential keeps 1 - 1e-5)
 STAMP_STEP = 4  # stamp half-sizes grow in steps of this many pixels (few distinct FFT sizes)
 MAX_STAMP_HALF = 127  # largest model stamp: 255 x 255 pixels
+QR_ROWS = 4096  # blends with more usable pixels are reduced by a QR factorisation before the NNLS
 # blends larger than Rubin's deblender limits (maxNumberOfPeaks, maxFootprintArea, maxAreaTimesPeaks) are not
 # deblended: every child's heavy footprint covers the whole parent, so memory grows as area x children
 MAX_CHILDREN = 200
@@ -344,12 +345,12 @@ def model_stamps(psf: np.ndarray, dx: np.ndarray, dy: np.ndarray, intrinsic: np.
 
 
 def fit_band(blends: Blends, x: np.ndarray, y: np.ndarray, intrinsic: np.ndarray, psf: np.ndarray,
-             image: np.ndarray, variance: np.ndarray, box: Box) -> BandFit:
+             image: np.ndarray, variance: np.ndarray, box: Box, *, psf_cov: np.ndarray | None = None) -> BandFit:
     """Fit every blend's children jointly (non-negative, inverse-variance weighted) and split its pixels.
 
     ``x, y, intrinsic``: positions and (n, 2, 2) intrinsic shapes of the catalog rows (zeros for
     point sources); ``psf``: the band's (K, K) unit-sum PSF image; ``image``, ``variance``: the
-    band's planes over ``box``.
+    band's planes over ``box``; ``psf_cov``: the PSF's second moments (sizes the stamps; default: measured).
     """
     ys, xs, pix_off = blends.union_pixels()
     slot_off = blends.slot_pixel_offsets()
@@ -359,7 +360,8 @@ def fit_band(blends: Blends, x: np.ndarray, y: np.ndarray, intrinsic: np.ndarray
         return BandFit(ratios, flux)
     psf = np.asarray(psf, np.float64)
     intrinsic = np.asarray(intrinsic, np.float64)
-    half = stamp_halves(psf.shape[0] // 2, psf_moments(psf, psf_fwhm_pixels(psf)), intrinsic[blends.children])
+    psf_cov = psf_moments(psf, psf_fwhm_pixels(psf)) if psf_cov is None else psf_cov
+    half = stamp_halves(psf.shape[0] // 2, psf_cov, intrinsic[blends.children])
     img = np.asarray(image, np.float64)[ys - box.min_y, xs - box.min_x]
     var = np.asarray(variance, np.float64)[ys - box.min_y, xs - box.min_x]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -413,7 +415,7 @@ def _fit_chunk(ratios, flux, bs, blends, npix, nchild, pix_off, slot_off, xs, ys
     v = ys[pix] - yi[local].astype(np.int64) + h[local]
     inside = (u >= 0) & (u < size[local]) & (v >= 0) & (v < size[local])
     models = np.where(inside, stamps[:, np.where(inside, base[local] + v * size[local] + u, 0)], 0.0)  # (2, pairs)
-    # one joint non-negative fit per blend: min || (A a - image) / sigma ||^2, a >= 0 (QR, then NNLS on R);
+    # one joint non-negative fit per blend: min || (A a - image) / sigma ||^2, a >= 0;
     # columns: every child's Gaussian (point sources: PSF) model, then the exponential of each extended child
     amps = np.zeros((2, slots.size))
     starts = np.r_[0, np.cumsum(n_pairs)]
@@ -425,8 +427,11 @@ def _fit_chunk(ratios, flux, bs, blends, npix, nchild, pix_off, slot_off, xs, ys
         cols = blends.child_offsets[b] - slots[0] + np.arange(nchild[b])
         a = models[:, starts[i]:starts[i + 1]].reshape(2, npix[b], nchild[b])
         a = np.concatenate([a[0], a[1][:, ext[cols]]], axis=1)
-        q, r = np.linalg.qr(a[good] * w[good, None])
-        fitted, _ = nnls(r, q.T @ (img[pix_off[b]:pix_off[b + 1]][good] * w[good]))
+        a, rhs = a[good] * w[good, None], img[pix_off[b]:pix_off[b + 1]][good] * w[good]
+        if a.shape[0] > QR_ROWS:  # a large blend: NNLS on R of a = QR (the same minimum, fewer rows)
+            q, a = np.linalg.qr(a)
+            rhs = q.T @ rhs
+        fitted, _ = nnls(a, rhs)
         amps[0, cols] = fitted[:nchild[b]]
         amps[1, cols[ext[cols]]] = fitted[nchild[b]:]
     amp = amps.sum(axis=0)

@@ -222,7 +222,8 @@ class _Models:
 
     def fit(self, blends: db.Blends, band: BandData, rows: np.ndarray, x: np.ndarray, y: np.ndarray,
             sl, cut: Box) -> db.BandFit:
-        return db.fit_band(blends, x, y, self.intrinsic[rows], band.psf, band.image[sl], band.variance[sl], cut)
+        return db.fit_band(blends, x, y, self.intrinsic[rows], band.psf, band.image[sl], band.variance[sl], cut,
+                           psf_cov=self.psf[band.name])
 
 
 def _write_patch(repo: Repository, tract: TractInfo, p: PatchInfo, packer: IdPacker, grid: Grid,
