@@ -96,7 +96,9 @@ def read_footprints(quantum: Quantum, coadd: Coadd, footprint_dataset: str, *, v
         sources = read_parquet(sources_file, load_schema("scarlet_models", "sources"))
         return derive_footprints(blends, sources, coadd, quantum.data_id.band)
     schema = load_schema("footprints")
-    columns = None if values else [c.name for c in schema.columns if c.name != "values"]
+    # without values: the other columns the file has (nullable columns of later minor versions may be absent)
+    columns = None if values else [c.name for c in schema.columns if c.name != "values"
+                                   and (not c.nullable or c.name in pq.read_schema(quantum.footprints_file).names)]
     return read_parquet(quantum.footprints_file, schema, columns=columns)
 
 

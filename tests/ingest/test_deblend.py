@@ -18,7 +18,8 @@ from forcedphot.errors import InputError
 from forcedphot.footprint import spans_to_pixels
 from forcedphot.ingest import deblend
 from forcedphot.ingest import BandSpec, CatalogSpec, ingest_fits
-from forcedphot.ingest.deblend import Blends, plan_blends, weights
+from forcedphot.ingest.deblend import Blends, fit_band, plan_blends
+from forcedphot.ingest.psfimage import gaussian_psf
 from forcedphot.ingest.footprints import ellipse_spans
 from forcedphot.ingest.grid import make_tan
 from forcedphot.query import sql
@@ -159,22 +160,25 @@ def test_catalog_family_is_deblended_under_its_own_parent(blend_inputs, tmp_path
 
 
 def test_far_pixels_go_to_the_nearest_peak():
-    """Where every model underflows, the ratio is 1 for the nearest peak; elsewhere ratios sum to 1."""
+    """Where every fitted model is 0 (outside all stamps), the ratio is 1 for the nearest child; elsewhere ratios sum to 1."""
     box = Box(0, 0, 199, 9)
     x, y = np.array([5.0, 12.0]), np.array([5.0, 5.0])
     q = np.broadcast_to(np.diag([150.0 ** 2, 3.0 ** 2]), (2, 2, 2)).copy()
     spans = ellipse_spans(x, y, q, box)
     blends: Blends = plan_blends(np.array([-1, -1]), spans, box)
     assert blends.n_blends == 1 and blends.n_new == 1 and blends.children.tolist() == [0, 1]
-    image = np.ones((10, 200))
-    w = weights(blends, x, y, np.broadcast_to(np.eye(2) * 0.5, (2, 2, 2)), image, box)
+    psf = gaussian_psf(2.0)
+    image = gaussian_image((10, 200), x, y, [100.0, 50.0], 2.0)
+    fit = fit_band(blends, x, y, np.zeros((2, 2, 2)), psf, image, np.ones((10, 200)), box)
+    np.testing.assert_allclose(fit.flux, [100.0, 50.0], rtol=1e-6)
+    assert not fit.zero_flux.any()
     ys, xs, _ = blends.union_pixels()
-    first, second = w[:xs.size], w[xs.size:]
+    first, second = fit.ratios[:xs.size], fit.ratios[xs.size:]
     np.testing.assert_allclose(first + second, 1.0, atol=1e-15)
     far = np.abs(xs - 8.5) > 40
     assert far.any()
     np.testing.assert_array_equal(first[far], (xs[far] < 8.5).astype(float))
-    assert first[(xs == 5) & (ys == 5)][0] == pytest.approx(1.0)
+    assert first[(xs == 5) & (ys == 5)][0] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_blends_are_the_connected_components_of_shared_pixels(monkeypatch):
@@ -235,3 +239,48 @@ def test_hsc_blends_conserve_flux_in_every_band(tmp_path, name, n_peaks):
     assert main(["run", "--repo", str(repo.root), "-q"]) == 0
     rows = sql(repo.root, "SELECT band, count(*) AS n FROM forced_source GROUP BY band ORDER BY band").to_pylist()
     assert rows == [{"band": b, "n": len(ref)} for b in sorted("grizy")]
+
+
+def test_model_stamps_are_the_psf_flux_shift_and_exact_galaxy_profiles():
+    """PSF-only models equal PsfGrid's shifted PSF images; Gaussian and exponential components equal an
+    independent Fourier rendering of the pixel-integrated, PSF-convolved galaxy (tests.ingest.synth)."""
+    from forcedphot.ingest.deblend import model_stamps
+    from forcedphot.psf import PsfGrid
+    from tests.ingest.synth import GALAXY, galaxy_image, galaxy_moments
+
+    fwhm = 3.0
+    psf = gaussian_psf(fwhm)
+    k = psf.shape[0]
+    x, y = np.array([10.3, 20.5, 7.0]), np.array([5.45, 8.2, 9.0])
+    dx, dy = x - np.floor(x + 0.5), y - np.floor(y + 0.5)
+    grid = PsfGrid([0.0], [0.0], psf[None, None]).images_at(x, y)
+    np.testing.assert_allclose(model_stamps(psf, dx, dy, np.zeros((3, 2, 2)), k // 2), grid, atol=1e-14)
+    sigma2 = (fwhm / (2 * np.sqrt(2 * np.log(2)))) ** 2
+    intrinsic = galaxy_moments(fwhm=fwhm, **GALAXY) - np.eye(2) * (sigma2 + 1 / 12)
+    for profile in ("gauss", "exp"):
+        m = model_stamps(psf, np.array([0.3]), np.array([-0.2]), intrinsic[None], 24, profile=profile)[0]
+        ref = galaxy_image((49, 49), 24.3, 23.8, 1.0, profile=profile, fwhm=fwhm, **GALAXY)
+        assert m.sum() == pytest.approx(1.0, abs=1e-6)
+        assert np.abs(m - ref).max() < 1e-4 * ref.max(), profile
+
+
+def test_a_child_with_no_flux_is_flagged_and_gets_nothing(tmp_path):
+    """A catalog object on an over-subtracted (negative) patch of sky beside a bright star: its least-squares
+    amplitude is negative, so the non-negative fit gives it 0: zero heavy values and deblend_zeroFlux."""
+    tan = make_tan(SHAPE, 0.2, ra=30.0, dec=-10.0)
+    x, y = np.array([30.3, 33.1]), np.array([30.6, 31.4])
+    img = (gaussian_image(SHAPE, x, y, [5000.0, -50.0], 3.0)
+           + np.random.default_rng(2).normal(0, SIGMA, SHAPE))
+    fits.writeto(tmp_path / "r.fits", img.astype(np.float32), header=tan.to_header())
+    ra, dec = tan.all_pix2world(x, y, 0)
+    Table({"id": [1, 2], "ra": ra, "dec": dec}).write(tmp_path / "cat.fits")
+    band = BandSpec(name="r", image=tmp_path / "r.fits", sigma=SIGMA, psf_fwhm="3px", zero_point=27.0)
+    repo = ingest_fits(tmp_path / "repo", [band], CatalogSpec(path=tmp_path / "cat.fits"))
+    ref = pq.read_table(repo.ref_path(0, 0)).to_pandas()
+    fp = _footprints(repo, "r").set_index("id")
+    star, empty, parent = ref.id
+    assert fp.loc[parent, "deblend_zeroFlux"] is None or np.isnan(fp.loc[parent, "deblend_zeroFlux"])
+    assert fp.loc[star, "deblend_zeroFlux"] == False and fp.loc[empty, "deblend_zeroFlux"] == True  # noqa: E712
+    assert np.all(np.asarray(fp.loc[empty, "values"]) == 0)
+    np.testing.assert_array_equal(fp.loc[star, "values"], fp.loc[parent, "values"])
+    _check_conservation(repo, ref, "r")

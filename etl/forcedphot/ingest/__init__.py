@@ -3,7 +3,7 @@
 :func:`ingest_fits` takes per-band FITS coadds (image, noise, optional mask, background
 and PSF) and a reference catalog, and writes the skymap, reference catalogs, footprints
 and coadds that ``forcedphot run`` measures; objects whose footprints overlap are
-deblended by a simple PSF-model flux split (:mod:`forcedphot.ingest.deblend`).
+deblended by a joint fit of PSF and shape models, then a flux split (:mod:`forcedphot.ingest.deblend`).
 """
 
 from forcedphot.ingest.fits import ingest_fits

@@ -92,10 +92,11 @@ CATALOG_OPTIONS = {
                                       "KRON_RADIUS (its default)"),
     "--deblend": ("deblend", str, "peaks (default): objects whose footprints overlap form a blend with a new "
                                   "parent row (footprint: the union, image pixels); each child's heavy footprint is "
-                                  "ratio x image with ratio = its model / the sum of the blend's models, a Gaussian of "
-                                  "the band's PSF moments (plus the catalog shape, if any, minus the PSF) scaled to "
-                                  "the image value at the object's pixel, so children add up to the parent. A simple "
-                                  "PSF-model flux split for catalogs without a deblender, not scarlet. Catalog parents "
+                                  "ratio x image with ratio = its fitted model / the sum of the blend's fitted models: "
+                                  "the band's PSF at each position (for objects with a catalog shape: the PSF convolved "
+                                  "with a Gaussian and with an exponential of the shape minus the PSF), amplitudes "
+                                  "fitted jointly (non-negative, inverse-variance weighted), so "
+                                  "children add up to the parent. Not scarlet. Catalog parents "
                                   "are kept. none: every object its own footprint with the image pixels"),
 }
 

@@ -1,9 +1,8 @@
-"""A simple model-based deblender for ``forcedphot ingest fits`` (``--deblend peaks``, the default).
+"""A fit-then-split deblender for ``forcedphot ingest fits`` (``--deblend peaks``, the default).
 
-This is **not scarlet** (nor any other real deblender): it is a simple PSF-model flux
-redistribution for inputs that come without a deblender's output, so that the measurement's
-Rubin-style noise replacement has deblended heavy footprints to insert. Catalog objects are
-its peaks; nothing is fitted.
+This is **not scarlet**: catalog objects are its peaks, their models are fixed in shape and
+position, and only their amplitudes are fitted. It exists so that inputs without a deblender's
+output get deblended heavy footprints for the measurement's Rubin-style noise replacement.
 
 1. **Blends.** Objects whose footprints (:mod:`forcedphot.ingest.footprints`) share a pixel
    are grouped into connected components (a union-find over shared pixels, done by sorting
@@ -20,21 +19,27 @@ its peaks; nothing is fitted.
    catalog hierarchies, are left as they are (each object its own footprint, image pixels),
    and so are blends beyond Rubin's deblender limits (200 children, 100,000 pixels, 10^7
    pixels x children: each child's heavy covers the whole parent), with a warning.
-2. **Footprints.** A blend's parent footprint is the union of its members' footprints, with
+2. **Models.** A point source's model (unit flux) is the band's PSF image shifted to its
+   catalog position (the exact band-limited Fourier shift that PsfFlux uses). An object with a
+   catalog shape (taken as observed moments, as SExtractor's X2_IMAGE or Rubin's shape_xx: the
+   intrinsic part is the shape minus the reference band's PSF moments, clipped positive
+   semi-definite) has two components, that PSF convolved with an elliptical Gaussian and with
+   an elliptical exponential, both of the intrinsic second moments, so that profiles from
+   Gaussian to exponential (and mixtures) are described; stamps reach 8 sigma
+   (:func:`model_stamps`).
+3. **Fit.** Per blend, the component amplitudes c >= 0 minimise sum over the union footprint of
+   (sum_c a_c m_c - image)^2 / variance (pixels without a finite image and positive variance
+   weigh 0): ``scipy.optimize.nnls`` on the weighted design matrix (on R of its QR
+   factorisation for large blends). A child's flux a_i is the sum of its components' amplitudes, its model a_i m_i their sum;
+   children with a_i = 0 are flagged (``deblend_zeroFlux`` in the band's footprints).
+4. **Footprints.** A blend's parent footprint is the union of its members' footprints, with
    the image pixels as heavy values. Every child's heavy footprint has the parent's spans and
-   values ratio_i x image, where ratio_i = m_i / sum_j m_j over the blend's children and
-   m_i = A_i exp(-0.5 d^T C_i^-1 d) is a Gaussian model of child i at its catalog position
-   (d = pixel - position): C_i = the band's PSF second moments (adaptive moments of the
-   band's PSF image) plus the object's intrinsic shape when the catalog has shapes (catalog
-   shapes are taken as observed moments, as SExtractor's X2_IMAGE or Rubin's shape_xx: the
-   intrinsic part is the shape minus the reference band's PSF moments, clipped to be positive
-   semi-definite; without catalog shapes the models are the PSF alone), and A_i = the image
-   value at the child's nearest pixel, floored at a tiny positive number. The ratios are
-   computed in log space; pixels where sum_j m_j would underflow (every model below the
-   smallest normal double) go to the nearest peak. So the children's heavies add up to the
-   parent's pixels exactly, pixel by pixel, up to float32 rounding.
-3. **Bands.** Blends and footprints are the same in every band; the models (amplitudes and
-   PSFs), hence the ratios and heavy values, are each band's own.
+   values ratio_i x image, ratio_i = a_i m_i / sum_j a_j m_j (models clipped at 0; a blend
+   fitted to nothing splits by its unit-flux models). Pixels no model reaches go to the
+   nearest child with flux. So the children's heavies add up to the parent's pixels exactly,
+   pixel by pixel, up to float32 rounding.
+5. **Bands.** Blends and footprints are the same in every band; the models (PSFs), fits,
+   ratios and heavy values are each band's own.
 
 ``--deblend none`` keeps the original behaviour: every object its own footprint with the
 image pixels, parents only where the catalog has them.
@@ -45,17 +50,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import nnls
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from forcedphot.footprint import spans_to_pixels
-from forcedphot.moments import adaptive_moments, inverse_2x2, positive_definite
+from forcedphot.moments import adaptive_moments, positive_definite
+from forcedphot.ingest.psfimage import psf_fwhm_pixels
 from forcedphot.skymap import Box
 
 DEBLEND_METHODS = ("peaks", "none")
-MIN_AMPLITUDE = 1e-30  # floor of a peak's amplitude (image units): a peak with no flux gets ~none
-LOG_UNDERFLOW = float(np.log(np.finfo(np.float64).tiny))  # below: sum_j m_j underflows -> nearest peak
-MAX_PAIRS = 1 << 22  # (pixel, child) pairs evaluated at once (bounds memory for huge blends)
+MAX_PAIRS = 1 << 22  # (pixel, child) pairs and stamp pixels evaluated at once (bounds memory for huge blends)
+STAMP_SIGMAS = 8.0  # an extended model's stamp reaches this many sigma of it (an exponential keeps 1 - 1e-5)
+STAMP_STEP = 4  # stamp half-sizes grow in steps of this many pixels (few distinct FFT sizes)
+MAX_STAMP_HALF = 127  # largest model stamp: 255 x 255 pixels
+QR_ROWS = 4096  # blends with more usable pixels are reduced by a QR factorisation before the NNLS
 # blends larger than Rubin's deblender limits (maxNumberOfPeaks, maxFootprintArea, maxAreaTimesPeaks) are not
 # deblended: every child's heavy footprint covers the whole parent, so memory grows as area x children
 MAX_CHILDREN = 200
@@ -271,62 +280,187 @@ def intrinsic_shapes(shape: np.ndarray | None, n: int, psf_ref: np.ndarray) -> n
     return out
 
 
-def weights(blends: Blends, x: np.ndarray, y: np.ndarray, cov: np.ndarray, image: np.ndarray,
-            box: Box) -> np.ndarray:
-    """Every child's ratio_i over its blend's union pixels (span order), concatenated in child order.
+@dataclass
+class BandFit:
+    """One band's deblend: every child's ratio over its blend's union pixels (span order, concatenated
+    in child order) and its fitted amplitude (image units; 0 where the fit gives it nothing)."""
 
-    ``x, y, cov``: positions and (n, 2, 2) model covariances of the catalog rows; ``image``
-    is the band's pixels over ``box``.
+    ratios: np.ndarray  # (sum over children of their blend's pixels,)
+    flux: np.ndarray  # (n_children,) in child order
+
+    @property
+    def zero_flux(self) -> np.ndarray:
+        return ~(self.flux > 0)
+
+
+PROFILES = ("gauss", "exp")  # the two components of an extended child's model (same second moments)
+
+
+def is_extended(intrinsic: np.ndarray) -> np.ndarray:
+    """Rows with an intrinsic shape (a point source's is 0)."""
+    return np.any(np.asarray(intrinsic) != 0, axis=(1, 2))
+
+
+def stamp_halves(psf_half: int, psf_cov: np.ndarray, intrinsic: np.ndarray) -> np.ndarray:
+    """Half-size of each model stamp: the PSF image's, grown for extended models to STAMP_SIGMAS sigma.
+
+    Sizes are rounded up in steps of STAMP_STEP so that few distinct stamp sizes occur (one FFT batch each).
+    """
+    var = np.linalg.eigvalsh(psf_cov + intrinsic)[:, -1]
+    need = np.where(is_extended(intrinsic), np.ceil(STAMP_SIGMAS * np.sqrt(np.clip(var, 0.0, None))), 0)
+    grow = np.clip(np.ceil((need - psf_half) / STAMP_STEP), 0, None) * STAMP_STEP
+    return np.minimum(psf_half + grow, max(MAX_STAMP_HALF, psf_half)).astype(np.int64)
+
+
+def model_stamps(psf: np.ndarray, dx: np.ndarray, dy: np.ndarray, intrinsic: np.ndarray, half: int, *,
+                 profile: str = "gauss") -> np.ndarray:
+    """(n, S, S) unit-flux models, S = 2 half + 1, centred on the stamp's middle pixel plus (dx, dy).
+
+    The PSF image (zero-padded to S) times, in Fourier space, the intrinsic profile's transfer
+    function and the phase ramp exp(-2 pi i k.d): the exact band-limited sub-pixel shift that
+    PsfFlux uses (with S = K and no intrinsic shape, the same Dirichlet-kernel shift as
+    :meth:`forcedphot.psf.PsfGrid.images_at`), and a convolution exact for a band-limited PSF.
+    Profiles of intrinsic second moments C: ``gauss`` exp(-2 pi^2 k^T C k); ``exp`` (exponential,
+    scale matrix C / 3) (1 + 4 pi^2 k^T C k / 3)^(-3/2).
+    """
+    k = psf.shape[0]
+    size = 2 * half + 1
+    pad = half - k // 2
+    padded = np.zeros((size, size))
+    padded[pad:pad + k, pad:pad + k] = psf
+    spectrum = np.fft.rfft2(padded)
+    fy = np.fft.fftfreq(size)[None, :, None]
+    fx = np.fft.rfftfreq(size)[None, None, :]
+    dx, dy = np.asarray(dx, float)[:, None, None], np.asarray(dy, float)[:, None, None]
+    cxx, cxy, cyy = (intrinsic[:, i, j][:, None, None] for i, j in ((0, 0), (0, 1), (1, 1)))
+    kck = fx * fx * cxx + 2.0 * fx * fy * cxy + fy * fy * cyy
+    ramp = np.exp(-2j * np.pi * (fx * dx + fy * dy))
+    if profile == "gauss":
+        transfer = np.exp(-2.0 * np.pi ** 2 * kck) * ramp
+    elif profile == "exp":
+        transfer = (1.0 + 4.0 * np.pi ** 2 * kck / 3.0) ** -1.5 * ramp
+    else:
+        raise ValueError(f"unknown model profile {profile!r}; use one of {PROFILES}")
+    return np.fft.irfft2(spectrum[None] * transfer, s=(size, size), axes=(1, 2))
+
+
+def fit_band(blends: Blends, x: np.ndarray, y: np.ndarray, intrinsic: np.ndarray, psf: np.ndarray,
+             image: np.ndarray, variance: np.ndarray, box: Box, *, psf_cov: np.ndarray | None = None) -> BandFit:
+    """Fit every blend's children jointly (non-negative, inverse-variance weighted) and split its pixels.
+
+    ``x, y, intrinsic``: positions and (n, 2, 2) intrinsic shapes of the catalog rows (zeros for
+    point sources); ``psf``: the band's (K, K) unit-sum PSF image; ``image``, ``variance``: the
+    band's planes over ``box``; ``psf_cov``: the PSF's second moments (sizes the stamps; default: measured).
     """
     ys, xs, pix_off = blends.union_pixels()
     slot_off = blends.slot_pixel_offsets()
-    out = np.empty(slot_off[-1])
+    ratios = np.empty(slot_off[-1])
+    flux = np.zeros(blends.children.size)
     if blends.n_blends == 0:
-        return out
-    cinv, _ = inverse_2x2(np.asarray(cov, float))
-    xi = np.clip(np.floor(x + 0.5), box.min_x, box.max_x).astype(np.int64) - box.min_x
-    yi = np.clip(np.floor(y + 0.5), box.min_y, box.max_y).astype(np.int64) - box.min_y
-    log_amp = np.log(np.fmax(np.asarray(image, np.float64)[yi, xi], MIN_AMPLITUDE))
+        return BandFit(ratios, flux)
+    psf = np.asarray(psf, np.float64)
+    intrinsic = np.asarray(intrinsic, np.float64)
+    psf_cov = psf_moments(psf, psf_fwhm_pixels(psf)) if psf_cov is None else psf_cov
+    half = stamp_halves(psf.shape[0] // 2, psf_cov, intrinsic[blends.children])
+    img = np.asarray(image, np.float64)[ys - box.min_y, xs - box.min_x]
+    var = np.asarray(variance, np.float64)[ys - box.min_y, xs - box.min_x]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_sigma = np.where(np.isfinite(img) & np.isfinite(var) & (var > 0), 1.0 / np.sqrt(var), 0.0)
+    img = np.where(inv_sigma > 0, img, 0.0)
     npix = np.diff(pix_off)
     nchild = np.diff(blends.child_offsets)
     pairs = npix * nchild
-    # chunks of consecutive blends with at most MAX_PAIRS pairs (a larger blend is a chunk alone)
-    ends = np.cumsum(pairs)
+    stamp_pix = np.bincount(np.repeat(np.arange(blends.n_blends), nchild), weights=(2 * half + 1) ** 2,
+                            minlength=blends.n_blends)
+    # chunks of consecutive blends with at most MAX_PAIRS pairs and stamp pixels (a larger blend is a chunk alone)
+    cost = np.cumsum(np.maximum(pairs, stamp_pix))
     b0 = 0
     while b0 < blends.n_blends:
-        b1 = max(int(np.searchsorted(ends, (ends[b0 - 1] if b0 else 0) + MAX_PAIRS, side="right")), b0 + 1)
-        _chunk_ratios(out, np.arange(b0, b1), blends, npix, nchild, pix_off, slot_off, xs, ys, x, y, cinv, log_amp)
+        b1 = max(int(np.searchsorted(cost, (cost[b0 - 1] if b0 else 0) + MAX_PAIRS, side="right")), b0 + 1)
+        _fit_chunk(ratios, flux, np.arange(b0, b1), blends, npix, nchild, pix_off, slot_off, xs, ys, x, y,
+                   intrinsic, psf, half, img, inv_sigma)
         b0 = b1
-    return out
+    return BandFit(ratios, flux)
 
 
-def _chunk_ratios(out, bs, blends, npix, nchild, pix_off, slot_off, xs, ys, x, y, cinv, log_amp) -> None:
-    """Fill ``out`` for blends ``bs``: pairs (pixel, child) in pixel-major order, softmax per pixel."""
+def _fit_chunk(ratios, flux, bs, blends, npix, nchild, pix_off, slot_off, xs, ys, x, y, intrinsic, psf, half,
+               img, inv_sigma) -> None:
+    """Blends ``bs``: model stamps, pairs (pixel, child) in pixel-major order, one NNLS per blend, ratios."""
+    slots = np.arange(blends.child_offsets[bs[0]], blends.child_offsets[bs[-1] + 1])
+    child = blends.children[slots]
+    xi, yi = np.floor(x[child] + 0.5), np.floor(y[child] + 0.5)
+    h = half[slots]
+    size = 2 * h + 1
+    base = np.r_[0, np.cumsum(size * size)[:-1]]
+    ext = is_extended(intrinsic[child])
+    stamps = np.zeros((2, int((size * size).sum())))  # Gaussian (or PSF), exponential (extended slots only)
+    for hh in np.unique(h):  # one FFT batch per stamp size and profile
+        for c, profile in enumerate(PROFILES):
+            sel = np.flatnonzero((h == hh) & (ext if c else True))
+            if sel.size == 0:
+                continue
+            s = model_stamps(psf, x[child[sel]] - xi[sel], y[child[sel]] - yi[sel], intrinsic[child[sel]], int(hh),
+                             profile=profile)
+            n2 = s.shape[1] * s.shape[2]
+            stamps[c, (base[sel][:, None] + np.arange(n2)).ravel()] = s.reshape(sel.size, -1).ravel()
+    # pairs (pixel, slot), pixel-major within each blend
     n_pairs = npix[bs] * nchild[bs]
     pb = np.repeat(bs, n_pairs)
     j = np.arange(n_pairs.sum()) - np.repeat(np.cumsum(n_pairs) - n_pairs, n_pairs)
-    k_of = nchild[pb]
-    p, k = np.divmod(j, k_of)
+    p, k = np.divmod(j, nchild[pb])
     pix = pix_off[pb] + p
     slot = blends.child_offsets[pb] + k
-    child = blends.children[slot]
-    dx = xs[pix] - x[child]
-    dy = ys[pix] - y[child]
-    ci = cinv[child]
-    log_m = log_amp[child] - 0.5 * (ci[:, 0, 0] * dx * dx + 2 * ci[:, 0, 1] * dx * dy + ci[:, 1, 1] * dy * dy)
+    local = slot - slots[0]
+    u = xs[pix] - xi[local].astype(np.int64) + h[local]
+    v = ys[pix] - yi[local].astype(np.int64) + h[local]
+    inside = (u >= 0) & (u < size[local]) & (v >= 0) & (v < size[local])
+    models = np.where(inside, stamps[:, np.where(inside, base[local] + v * size[local] + u, 0)], 0.0)  # (2, pairs)
+    # one joint non-negative fit per blend: min || (A a - image) / sigma ||^2, a >= 0;
+    # columns: every child's Gaussian (point sources: PSF) model, then the exponential of each extended child
+    amps = np.zeros((2, slots.size))
+    starts = np.r_[0, np.cumsum(n_pairs)]
+    for i, b in enumerate(bs):
+        w = inv_sigma[pix_off[b]:pix_off[b + 1]]
+        good = w > 0
+        if not good.any():
+            continue
+        cols = blends.child_offsets[b] - slots[0] + np.arange(nchild[b])
+        a = models[:, starts[i]:starts[i + 1]].reshape(2, npix[b], nchild[b])
+        a = np.concatenate([a[0], a[1][:, ext[cols]]], axis=1)
+        a, rhs = a[good] * w[good, None], img[pix_off[b]:pix_off[b + 1]][good] * w[good]
+        if a.shape[0] > QR_ROWS:  # a large blend: NNLS on R of a = QR (the same minimum, fewer rows)
+            q, a = np.linalg.qr(a)
+            rhs = q.T @ rhs
+        fitted, _ = nnls(a, rhs)
+        amps[0, cols] = fitted[:nchild[b]]
+        amps[1, cols[ext[cols]]] = fitted[nchild[b]:]
+    amp = amps.sum(axis=0)
+    flux[slots] = amp
+    # split: ratio_i = a_i m_i / sum_j a_j m_j (models clipped at 0); a blend fitted to nothing splits by
+    # unit amplitudes; pixels where every weighted model is 0 go to the nearest child with flux
+    blend_of_slot = np.repeat(np.arange(bs.size), nchild[bs])
+    positive = amp > 0
+    any_pos = np.bincount(blend_of_slot, weights=positive, minlength=bs.size) > 0
+    fallback = ~any_pos[blend_of_slot]
+    weight = np.where(fallback, 1.0, amp)
+    amps[0] = np.where(fallback, 1.0, amps[0])
+    t = amps[0, local] * np.clip(models[0], 0.0, None) + amps[1, local] * np.clip(models[1], 0.0, None)
     group = np.repeat(nchild[bs], npix[bs])  # pairs per pixel, pixel by pixel
-    starts = np.r_[0, np.cumsum(group)[:-1]]
-    top = np.maximum.reduceat(log_m, starts)
-    e = np.exp(log_m - np.repeat(top, group))
-    ratio = e / np.repeat(np.add.reduceat(e, starts), group)
-    under = np.repeat(top < LOG_UNDERFLOW, group)
-    if under.any():  # every model underflows: the pixel goes to its nearest peak (the first on ties)
-        pixel_of_pair = np.repeat(np.arange(starts.size), group)
-        nearest = np.lexsort((dx * dx + dy * dy, pixel_of_pair))[starts]
+    first = np.r_[0, np.cumsum(group)[:-1]]
+    total = np.add.reduceat(t, first)
+    empty = np.repeat(~(total > 0), group)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = t / np.repeat(total, group)
+    if empty.any():
+        dx = xs[pix] - x[child[local]]
+        dy = ys[pix] - y[child[local]]
+        d2 = np.where(weight[local] > 0, dx * dx + dy * dy, np.inf)
+        pixel_of_pair = np.repeat(np.arange(first.size), group)
+        nearest = np.lexsort((d2, pixel_of_pair))[first]
         pick = np.zeros(ratio.size)
         pick[nearest] = 1.0
-        ratio = np.where(under, pick, ratio)
-    out[slot_off[slot] + p] = ratio
+        ratio = np.where(empty, pick, ratio)
+    ratios[slot_off[slot] + p] = ratio
 
 
 def child_fluxes(blends: Blends, w: np.ndarray, image: np.ndarray, box: Box) -> np.ndarray:
@@ -384,3 +518,10 @@ def row_scale(blends: Blends, w: np.ndarray) -> np.ndarray:
         dst = np.repeat(row_pix[blends.children] - slot_off[:-1], lengths) + np.arange(slot_off[-1])
         scale[dst] = w
     return scale
+
+
+def row_zero_flux(blends: Blends, fit: BandFit) -> np.ndarray:
+    """(n_rows,) 1.0 for children the band's joint fit gave no flux, 0.0 for other children, NaN for non-children."""
+    out = np.full(blends.n_rows, np.nan)
+    out[blends.children] = fit.zero_flux.astype(float)
+    return out

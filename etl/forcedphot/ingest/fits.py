@@ -5,7 +5,7 @@ tract whose pixel frame is the images' 0-based pixel frame (its WCS is the image
 stored in the skymap), square patches with overlapping outer boxes, and per patch a
 reference catalog, per patch and band a coadd cut from the images and one footprint per
 reference object. Objects whose footprints overlap are deblended by default (a new parent
-per blend, children's heavy footprints split by PSF-model ratios; see
+per blend, children's heavy footprints split by jointly fitted PSF and shape models; see
 :mod:`forcedphot.ingest.deblend`). Everything is read and checked before anything is written, and the
 repository is assembled in a sibling folder and moved into place at the end, so a
 failed ingest never leaves a half-written (or half-overwritten) repository.
@@ -237,7 +237,7 @@ def ref_table(objects: RefObjects, rows: np.ndarray, ids: np.ndarray, parent_ids
 
 
 class _Models:
-    """Per-band deblender model covariances: the band's PSF moments plus the objects' intrinsic shapes."""
+    """Per-band deblender models: the band's PSF image (and moments) convolved with the objects' intrinsic shapes."""
 
     def __init__(self, bands: list[BandData], objects: RefObjects, ref_band: str):
         self.psf = {b.name: db.psf_moments(b.psf, b.psf_fwhm) for b in bands}
@@ -246,6 +246,11 @@ class _Models:
 
     def cov(self, band: str, rows: np.ndarray) -> np.ndarray:
         return self.psf[band] + self.intrinsic[rows]
+
+    def fit(self, blends: db.Blends, band: BandData, rows: np.ndarray, x: np.ndarray, y: np.ndarray,
+            sl, cut: Box) -> db.BandFit:
+        return db.fit_band(blends, x, y, self.intrinsic[rows], band.psf, band.image[sl], band.variance[sl], cut,
+                           psf_cov=self.psf[band.name])
 
 
 def _write_patch(repo: Repository, tract: TractInfo, p: PatchInfo, packer: IdPacker, grid: Grid,
@@ -269,11 +274,11 @@ def _write_patch(repo: Repository, tract: TractInfo, p: PatchInfo, packer: IdPac
     ids = packer.make_ids(tract.tract, p.patch, np.arange(1, blends.n_rows + 1))
     parent_ids = np.where(blends.parent >= 0, ids[np.maximum(blends.parent, 0)], 0)
     x, y = objects.x[rows], objects.y[rows]
-    ratios, new = {}, None  # ratios: the reference band's, kept for its footprints; other bands' one at a time
+    fits, new = {}, None  # fits: the reference band's, kept for its footprints; other bands' one at a time
     if blends.n_blends:
         ref = next(b for b in bands if b.name == ref_band)
-        ratios[ref_band] = db.weights(blends, x, y, models.cov(ref_band, rows), ref.image[sl], cut)
-        flux = db.child_fluxes(blends, ratios[ref_band], ref.image[sl], cut)
+        fits[ref_band] = models.fit(blends, ref, rows, x, y, sl, cut)
+        flux = db.child_fluxes(blends, fits[ref_band].ratios, ref.image[sl], cut)
         nx, ny, nshape = db.new_parent_geometry(blends, x, y, models.cov(ref_band, rows), flux)
         nra, ndec = grid.wcs.all_pix2world(nx, ny, 0) if nx.size else (np.zeros(0), np.zeros(0))
         new = NewParents(nx, ny, np.asarray(nra, float), np.asarray(ndec, float), nshape,
@@ -294,14 +299,15 @@ def _write_patch(repo: Repository, tract: TractInfo, p: PatchInfo, packer: IdPac
     planes = MaskPlanes()
     for b in bands:
         data_id = DataId(tract.tract, p.patch, b.name)
-        scale = None
+        scale, zero_flux = None, None
         if blends.n_blends:
-            w = ratios.pop(b.name) if b.name in ratios else db.weights(blends, x, y, models.cov(b.name, rows),
-                                                                         b.image[sl], cut)
-            scale = db.row_scale(blends, w)
-            del w
+            fit = fits.pop(b.name) if b.name in fits else models.fit(blends, b, rows, x, y, sl, cut)
+            scale = db.row_scale(blends, fit.ratios)
+            zero_flux = db.row_zero_flux(blends, fit)
+            del fit
         fp = footprint_table(ids=ids, parents=parent_ids, tract=tract.tract, patch=p.patch, band=b.name,
-                             spans=blends.spans, image=b.image[sl], image_box=cut, scale=scale)
+                             spans=blends.spans, image=b.image[sl], image_box=cut, scale=scale,
+                             zero_flux=zero_flux)
         write_parquet(with_null_columns(fp, "footprints"), repo.footprints_path(data_id), load_schema("footprints"))
         psf = PsfGrid([(cut.min_x + cut.max_x) / 2], [(cut.min_y + cut.max_y) / 2], b.psf[None, None])
         write_coadd(Coadd(tract=tract.tract, patch=p.patch, band=b.name, bbox=cut, image=b.image[sl],

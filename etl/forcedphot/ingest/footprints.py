@@ -87,11 +87,13 @@ def _list(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
 
 
 def footprint_table(*, ids, parents, tract: int, patch: int, band: str, spans, image: np.ndarray,
-                    image_box: Box, scale: np.ndarray | None = None) -> pa.Table:
+                    image_box: Box, scale: np.ndarray | None = None, zero_flux: np.ndarray | None = None) -> pa.Table:
     """Footprint rows in the footprints schema's columns.
 
     Heavy values are the band's image pixels, times ``scale`` (one factor per footprint
     pixel, in row and span order: the deblender's ratios for children) when given.
+    ``zero_flux`` (per row: 1 / 0, NaN for null) is the deblender's ``deblend_zeroFlux``;
+    without it the column is left out (the writer fills the schema's nullable columns).
     """
     offsets, sy, sx0, sx1 = spans
     n = offsets.size - 1
@@ -108,6 +110,10 @@ def footprint_table(*, ids, parents, tract: int, patch: int, band: str, spans, i
                 np.maximum.reduceat(sx1, starts), np.maximum.reduceat(sy, starts)]
     else:
         bbox = [np.zeros(0, np.int32)] * 4
+    extra = {}
+    if zero_flux is not None:
+        zero_flux = np.asarray(zero_flux, float)
+        extra["deblend_zeroFlux"] = pa.array(zero_flux == 1.0, pa.bool_(), mask=np.isnan(zero_flux))
     return pa.table({
         "id": pa.array(np.asarray(ids, np.int64)), "parent": pa.array(np.asarray(parents, np.int64)),
         "tract": pa.array(np.full(n, tract, np.int64)), "patch": pa.array(np.full(n, patch, np.int64)),
@@ -115,4 +121,5 @@ def footprint_table(*, ids, parents, tract: int, patch: int, band: str, spans, i
         "bbox_min_x": bbox[0], "bbox_min_y": bbox[1], "bbox_max_x": bbox[2], "bbox_max_y": bbox[3],
         "span_y": _list(offsets, sy), "span_x0": _list(offsets, sx0), "span_x1": _list(offsets, sx1),
         "values": _list(pix_offsets, values),
+        **extra,
     })

@@ -460,7 +460,9 @@ def _write_patch(repo, recipe, tract, p, packer, src, comps, labels, slices, reg
     ox = slice(p.outer.min_x - region.min_x, p.outer.max_x - region.min_x + 1)
     for b in recipe.bands:
         data_id = DataId(tract.tract, p.patch, b)
-        write_parquet(pa.Table.from_pylist(fp_rows[b]), repo.footprints_path(data_id), load_schema("footprints"))
+        fp_schema = load_schema("footprints")  # columns the simulator does not fill (deblend_zeroFlux) are null
+        write_parquet(pa.Table.from_pylist(fp_rows[b], schema=fp_schema.arrow_schema()), repo.footprints_path(data_id),
+                      fp_schema)
         grid = psf_grid(psfs[b], p.outer, recipe)
         ap_corr = simulate_ap_corr(psfs[b], psfs[recipe.ref_band], p.outer, grid.x, grid.y,
                                    np.random.default_rng([recipe.seed, 2, p.patch, recipe.bands.index(b)]),
