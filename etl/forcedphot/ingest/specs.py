@@ -109,14 +109,10 @@ class CatalogSpec:
     #                               SExtractor KRON_RADIUS); None: "shape" for KRON_RADIUS/SExtractor, else "pix"
     xy_origin: int | None = None  # 0 or 1 (pixel centre of the first pixel); None: 1 for SExtractor, else 0
     positions: str = "auto"  # "sky" (ra/dec through the WCS), "pixel" (x/y) or auto
-<<<<<<< HEAD
     frame: str | None = None  # sky frame of ra/dec: icrs, fk5, fk4, galactic, ecliptic ...; None: from the
     #                           column names (l/b: galactic, ELON/ELAT: ecliptic ...), else icrs
     equinox: str | float | None = None  # of an fk4/fk5/ecliptic frame: J2000, B1950 ... (default: the frame's)
-    deblend: str = "peaks"  # "peaks": split overlapping footprints by PSF-model ratios (forcedphot.ingest.deblend),
-=======
     deblend: str = "peaks"  # "peaks": fit, then split overlapping footprints by the fitted models (ingest.deblend),
->>>>>>> deblend
     #                         "none": every object its own footprint with the image pixels
 
     def __post_init__(self):
