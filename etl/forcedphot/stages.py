@@ -48,17 +48,6 @@ class SourcePixels:
         fp = chunk_footprints(footprints, replacer.used, start, stop, coadd.bbox.min_x, coadd.bbox.min_y)
         return replace(self, fp=fp, fp_none=none)
 
-    def good(self, bits: int) -> np.ndarray:
-        """uint8 plane: valid and none of mask ``bits`` set; made once per bits for the whole quantum."""
-        from forcedphot.kernels.footprints import good_pixels
-
-        if int(bits) & ~self.no_data == 0:  # valid already excludes NO_DATA
-            return self.valid
-        key = ("good", int(bits))
-        if key not in self.shared:
-            self.shared[key] = good_pixels(self.valid, self.mask, np.int32(bits))
-        return self.shared[key]
-
     def classes(self, bits: int) -> np.ndarray:
         """uint8 plane: 0 invalid, 1 valid, 2 valid with one of mask ``bits`` (footprints.pixel_classes);
         ``valid`` itself when ``bits`` add nothing to it. Made once per bits for the whole quantum."""

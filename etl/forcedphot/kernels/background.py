@@ -363,11 +363,12 @@ def _footprint_inside(fp, src, cx, cy, fx, fy, r):
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def annulus_clipped_stats(image, good, fp, cx, cy, fx, fy, inner, outer, ok, n_sigma, n_iter):
+def annulus_clipped_stats(image, valid, mask, bits, fp, cx, cy, fx, fy, inner, outer, ok, n_sigma, n_iter):
     """(mean, std) of the pixels with inner <= r <= outer (r from the centroid to pixel centres, per source).
 
     Pixels are the source's own image (``image`` plus its own footprint, kernels.pixels); only
-    pixels on the coadd with ``good`` set count (valid, no bad mask plane: footprints.good_pixels).
+    pixels on the coadd that are ``valid`` and have none of the mask ``bits`` count (tested here,
+    pixel by pixel: no plane-wide good-pixel plane is held for it).
     Sources with ``ok`` 0 get NaN. The statistics are :func:`clipped_sorted` of the sorted pixel
     values (an annulus holds ~1000 pixels: a radix sort beats selection here). A source whose footprint
     stays inside the inner radius reads the annulus straight from ``image``; otherwise its pixels go
@@ -416,7 +417,8 @@ def annulus_clipped_stats(image, good, fp, cx, cy, fx, fy, inner, outer, ok, n_s
                     lo, hi = (lo0, hi0) if part == 0 else (lo1, hi1)
                     for i in range(lo, hi + 1):
                         x = x0 + i
-                        u = 0 <= x < w and good[y, x] and _ring_test((i - half) - sfx, dy, r_in, r_out)
+                        u = (0 <= x < w and valid[y, x] != 0 and (mask[y, x] & bits) == 0
+                             and _ring_test((i - half) - sfx, dy, r_in, r_out))
                         if direct:  # valid pixels are finite
                             vals[n] = image[y, x] if 0 <= x < w else 0.0
                             n += u
@@ -440,10 +442,10 @@ def annulus_clipped_stats(image, good, fp, cx, cy, fx, fy, inner, outer, ok, n_s
 # -- the local variance: median of the variance plane in an ellipse -------------------------------
 
 @njit(cache=True, parallel=True)
-def ellipse_median(plane, good, cx, cy, fx, fy, qi_xx, qi_xy, qi_yy, half):
+def ellipse_median(plane, valid, mask, bits, cx, cy, fx, fy, qi_xx, qi_xy, qi_yy, half):
     """Median of ``plane`` over the pixels with d^T Qinv d <= 1 (d from the centroid to pixel centres).
 
-    Only on-image pixels with ``good`` set count (``footprints.good_pixels``); ``half`` (per source)
+    Only on-image pixels that are ``valid`` and have none of the mask ``bits`` count; ``half`` (per source)
     bounds the ellipse's pixel offsets, negative to skip the source (NaN). NaN where no pixel is
     left. Each row is scanned over the ellipse's chord, the exact test deciding near its ends.
     """
@@ -488,10 +490,11 @@ def ellipse_median(plane, good, cx, cy, fx, fy, qi_xx, qi_xy, qi_yy, half):
                     for x in range(lo, lo_in) if part == 0 else range(max(hi_in + 1, lo), hi + 1):
                         dx = (x - cx[src]) - fx[src]
                         vals[n] = plane[y, x]
-                        n += good[y, x] and a * dx * dx + 2 * b * dx * dy + c * dy * dy <= 1.0
+                        n += (valid[y, x] != 0 and (mask[y, x] & bits) == 0
+                              and a * dx * dx + 2 * b * dx * dy + c * dy * dy <= 1.0)
                 for x in range(lo_in, hi_in + 1):  # the columns between: inside
                     vals[n] = plane[y, x]
-                    n += good[y, x]
+                    n += valid[y, x] != 0 and (mask[y, x] & bits) == 0
             if n:
                 out[src] = median32(vals, n, keys, tmp, hist)
     return out

@@ -93,17 +93,6 @@ def footprint_mask_or(mask, valid, no_data, span_off, span_y, span_x0, span_x1, 
     return fp_or, c_or, c_and
 
 
-@njit(cache=True, parallel=True)
-def good_pixels(valid, mask, bits):
-    """uint8 plane: 1 where the pixel is valid and has none of the mask ``bits``."""
-    h, w = valid.shape
-    out = np.empty((h, w), np.uint8)
-    for y in prange(h):
-        for x in range(w):
-            out[y, x] = valid[y, x] and (mask[y, x] & bits) == 0
-    return out
-
-
 EXCLUDED = 2  # pixel_classes: a valid pixel in an excluded mask plane
 
 

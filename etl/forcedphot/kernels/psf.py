@@ -285,17 +285,6 @@ def clear_heavy(fp, src, cy, cx, half, has):
                 has[j, x - cx + half] = 0
 
 
-@njit(cache=True, parallel=True)
-def good_pixels(valid, mask, bad):
-    """uint8 plane: valid and no ``bad`` mask bit (what the PSF fit uses)."""
-    h, w = valid.shape
-    out = np.empty((h, w), np.uint8)
-    for y in prange(h):
-        for x in range(w):
-            out[y, x] = 1 if valid[y, x] and (mask[y, x] & bad) == 0 else 0
-    return out
-
-
 @intrinsic
 def prefetch(typingctx, arr, i, j):
     """Hint the cache line of 2-d ``arr[i, j]`` into the caches (never faults; no effect on results)."""
@@ -536,7 +525,6 @@ def _warm_psf_flux():
     psf_flux(images, one_f, one_f, one_f + 1, one_f + 1, one_i, one_i, one_f + 0.1, one_f, np.ones(1, np.uint8),
              plane, plane, plane, good, fp, True, 0.2)
     psf_images(images, one_f, one_f, one_f, one_f, one_f + 0.1, one_f + 0.2, NO_PLANES)
-    good_pixels(good, frozen(np.zeros((4, 4), np.int32)), np.int32(1))
 
 
 WARMUP = [_warm_psf_flux]

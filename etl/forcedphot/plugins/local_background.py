@@ -49,8 +49,8 @@ class LocalBackground(Plugin):
         image, _, mask, valid, fp = ctx.pixels.planes()
         c = ctx.centres()
         s = np.where(ok, sigma, 0.0)
-        good = ctx.pixels.good(bad_bits)  # made once per quantum, shared by the chunks
-        mean, std = annulus_clipped_stats(image, good, fp, c.cx, c.cy, c.fx, c.fy, INNER * s, OUTER * s,
+        mean, std = annulus_clipped_stats(image, valid, mask, np.int32(bad_bits), fp, c.cx, c.cy, c.fx, c.fy,
+                                          INNER * s, OUTER * s,
                                           ok.astype(np.uint8), 3.0, 3)
         no_good = ok & ~np.isfinite(mean)
         return {"localBackground": mean, "localBackgroundErr": std,

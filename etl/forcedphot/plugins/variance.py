@@ -48,7 +48,7 @@ class Variance(Plugin):
         half = np.where(need <= MAX_HALF, need, -1).astype(np.int64)
         _, variance, mask, valid, _ = ctx.pixels.planes()
         c = ctx.centres()
-        value = ellipse_median(variance, ctx.pixels.good(bits), c.cx, c.cy, c.fx, c.fy,
+        value = ellipse_median(variance, valid, mask, np.int32(bits), c.cx, c.cy, c.fx, c.fy,
                                qi_xx, qi_xy, qi_yy, half)
         empty = ok & ~np.isfinite(value)
         return {"localVariance": value, "localVariance_flag": ~ok | empty, "localVariance_flag_emptyFootprint": empty}
