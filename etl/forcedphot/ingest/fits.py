@@ -13,6 +13,7 @@ failed ingest never leaves a half-written (or half-overwritten) repository.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,8 @@ from forcedphot.ingest.grid import Grid, make_grid
 from forcedphot.ingest.images import celestial_wcs, read_image
 from forcedphot.ingest.planes import BandData, load_band
 from forcedphot.ingest.specs import BandSpec, CatalogSpec
-from forcedphot.io.atomic import atomic_dir
+from forcedphot.ingest.estimate import write_psf_fits
+from forcedphot.io.atomic import atomic_dir, atomic_path
 from forcedphot.io.coadd import Coadd, write_coadd
 from forcedphot.io.parquet import write_parquet
 from forcedphot.psf import PsfGrid
@@ -41,6 +43,7 @@ from forcedphot.skymap import Box, PatchInfo, SkyMap, TractInfo
 log = logging.getLogger(__name__)
 
 TRACT = 0
+INGEST_DIR = "ingest"  # inside the repository: what ingest estimated (PSF FITS files)
 DEFAULT_BORDER = 100  # Rubin's patch border, capped at a quarter of the patch for small patches
 
 __all__ = ["BandSpec", "CatalogSpec", "ingest_fits"]
@@ -78,14 +81,17 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     images = [read_image(b.image, what=f"band {b.name} image") for b in bands]
     grid = make_grid([(label, data.shape, celestial_wcs(header, label)) for data, header, label in images],
                      pixel_scale=pixel_scale)
-    data = [load_band(spec, img, label, grid) for spec, (img, _, label) in zip(bands, images)]
-    del images
     objects = load_catalog(catalog, grid)
+    leaves = objects.n_child == 0  # catalog parents sit on their children: not candidates for estimates
+    positions = (objects.x[leaves], objects.y[leaves])
+    data = [load_band(spec, img, label, grid, positions=positions) for spec, (img, _, label) in zip(bands, images)]
+    del images
     tract = _make_tract(grid, patch_size, patch_border)
     skymap = SkyMap(f"fits-{Path(str(data[0].label)).stem}"[:64], (tract,))
 
     with atomic_dir(target) as tmp:  # assembled next to the target, swapped in whole when complete
         repo = Repository(tmp).create(description=f"ingested from FITS: bands {names}, catalog {objects.label}")
+        _write_ingest_records(repo, root, data)
         repo.write_skymap(skymap)
         packer = IdPacker(skymap.n_tracts, skymap.n_patches)
         fwhm = max(b.psf_fwhm for b in data)
@@ -95,6 +101,28 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     log.info("ingested %d objects in %d band(s) into %s (%d patches)", len(objects), len(data), root,
              tract.n_patches)
     return Repository(root)
+
+
+# -- what each band was made from ---------------------------------------------------------
+def _write_ingest_records(repo: Repository, root: Path, bands: list[BandData]) -> None:
+    """Estimated PSFs as ``ingest/psf_<band>.fits`` and every band's sources in repository.json ("ingest")."""
+    for b in bands:
+        e = b.psf_estimate
+        if e is None:
+            continue
+        name = f"psf_{b.name}.fits"
+        (repo.root / INGEST_DIR).mkdir(exist_ok=True)
+        write_psf_fits(repo.root / INGEST_DIR / name, e, band=b.name, label=b.label)
+        b.record["psf"]["estimate"]["file"] = f"{INGEST_DIR}/{name}"
+        off = (f"; star centres are offset from the catalog positions by median (dx, dy) = ({e.offset[0]:.2f}, "
+               f"{e.offset[1]:.2f}) px" if np.hypot(*e.offset) > 0.1 else "")
+        log.warning("band %s (%s): PSF estimated with photutils EPSFBuilder from %d stars (of %d catalog objects; "
+                    "%d px cutouts, oversampling %d): FWHM %.3g px%s; written to %s", b.name, b.label, e.n_stars,
+                    e.n_candidates, e.size, e.oversampling, e.fwhm, off, root / INGEST_DIR / name)
+    manifest = json.loads(repo.manifest_path.read_text())
+    manifest["ingest"] = {"bands": {b.name: b.record for b in bands}}
+    with atomic_path(repo.manifest_path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, default=float))
 
 
 # -- target folder ----------------------------------------------------------------------
