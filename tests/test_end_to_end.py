@@ -158,13 +158,15 @@ def test_an_empty_patch_gives_an_empty_table(tiny_repo):
 
 
 def test_files_of_an_older_minor_schema_version_are_read(tiny_repo):
-    """A ref file written before kron_radius and externalId existed (1.0.0) still runs: Kron is flagged."""
+    """A ref file written before kron_radius and externalId existed (1.0.0) still runs: Kron is flagged
+    for its cause (no reference radius), not as an edge."""
     repo = Repository(tiny_repo)
     path = repo.ref_path(0, 1)
     t = pq.read_table(path).drop_columns(["kron_radius", "externalId"])
     pq.write_table(t.replace_schema_metadata({**t.schema.metadata, b"forcedphot.schema_version": b"1.0.0"}), path)
     assert run_all(repo, patches=[1], bands=["r"], progress=False).ok
     out = pq.read_table(repo.forced_source_path(DataId(0, 1, "r")),
-                        columns=["kronFlux_flag_bad_radius", "externalId", "psfFlux"])
-    assert all(out.column("kronFlux_flag_bad_radius").to_pylist())
+                        columns=["kronFlux_flag_noRefRadius", "kronFlux_flag_edge", "externalId", "psfFlux"])
+    assert all(out.column("kronFlux_flag_noRefRadius").to_pylist())
+    assert not any(out.column("kronFlux_flag_edge").to_pylist())
     assert out.column("externalId").null_count == out.num_rows and out.column("psfFlux").null_count == 0

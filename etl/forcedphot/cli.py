@@ -256,6 +256,9 @@ def cmd_ingest_fits(args) -> int:
     repo = ingest_fits(repo_root, bands, catalog, **options)
     refs = sorted(repo.dataset_dir("ref").glob("tract=*/patch=*/ref.parquet"))
     n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in refs)
+    for name, cal in repo.metadata().get("ingest", {}).get("bands", {}).items():
+        print(f"band {name}: 1 image unit = {cal['photo_calib_nJy']:.6g} nJy (AB zero point "
+              f"{cal['zero_point_ab']:.4f}) from {cal['from']}")
     print(f"ingested {len(bands)} band(s) ({', '.join(b.name for b in bands)}) and {n_rows} reference rows "
           f"in {len(refs)} patch(es) into {repo.root}; next: forcedphot run --repo {repo.root}")
     return 0

@@ -55,11 +55,18 @@ class Repository:
     def exists(self) -> bool:
         return self.manifest_path.exists()
 
-    def create(self, *, description: str = "") -> "Repository":
+    def create(self, *, description: str = "", metadata: dict | None = None) -> "Repository":
+        """Write repository.json; ``metadata`` (JSON-able, e.g. how ingest calibrated each band) is kept in it."""
         self.root.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.manifest_path) as tmp:
-            tmp.write_text(json.dumps({"format": REPO_FORMAT, "description": description}, indent=2))
+            tmp.write_text(json.dumps({"format": REPO_FORMAT, "description": description, **(metadata or {})},
+                                      indent=2))
         return self
+
+    def metadata(self) -> dict:
+        """The contents of repository.json (format, description and what created the repository recorded)."""
+        self.check()
+        return json.loads(self.manifest_path.read_text())
 
     def check(self) -> None:
         if not self.exists():

@@ -285,6 +285,22 @@ class _Pool:
         self.pool.shutdown(wait=not interrupted, cancel_futures=interrupted)
 
 
+# Our own LocalCluster runs a few long tasks per worker, not many short ones:
+# * Dask's nanny sets MALLOC_TRIM_THRESHOLD_ for its workers, which also pins glibc's mmap
+#   threshold: every array above 128 kB is then mapped and unmapped anew, page faults included
+#   (measured: each quantum ~25% slower). Our workers keep glibc's adaptive defaults.
+# * the statistical profiler (every 10 ms), the event-loop tick (20 ms) and the system and memory
+#   monitors took 1.6 s of worker CPU and 2.0 s of the run's own CPU per 8 bench-size quanta on
+#   2 cores (measured); sampled less often (and no profiler) that is 1.1 s and 0.8 s.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "500ms",
+}
+
+
 class _Dask:
     def __init__(self, address: str, jobs: int):
         try:
@@ -296,10 +312,7 @@ class _Dask:
         self.local = address == "local"
         import dask
 
-        # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ for its workers, which also pins glibc's mmap
-        # threshold: every array above 128 kB is then mapped and unmapped anew, page faults included
-        # (measured: each quantum ~25% slower). Our workers keep glibc's adaptive defaults.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        with dask.config.set(LOCAL_CLUSTER_CONFIG):
             self.cluster = LocalCluster(n_workers=max(jobs, 1), threads_per_worker=1, processes=True,
                                         dashboard_address=None,
                                         silence_logs=logging.getLogger().getEffectiveLevel()) if self.local else None

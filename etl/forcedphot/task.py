@@ -166,6 +166,9 @@ class ForcedPhotCoaddTask:
         for plugin in after:
             with self.timer(plugin.name):
                 values.update(plugin.measure(ctx))
+        # pixels are done with: free the noise image and the per-source products before the table is built
+        ctx = plain = pixels = replacer = None
+        release_free_memory()
         declared = forced_source_columns()
         with self.timer("calibrate"):
             calibrate.calibrate(values, declared, inputs.coadd.photo_calib)
@@ -261,17 +264,19 @@ class ForcedPhotCoaddTask:
         with self.timer("load"):
             inputs = self.attach_footprints(quantum)
         meas_cat = self.generate_meas_cat(inputs)
+        n_unmatched = int(inputs.unmatched_footprint_ids.size)
         table = self.run(meas_cat, inputs)
+        del inputs, meas_cat  # unmaps the coadd planes and the footprint values before the write
+        release_free_memory()
         prov = make_provenance(data_id=quantum.data_id, config=self.config, inputs=fingerprint,
                                schema_version=self.schema.version,
                                extra={"n_rows": table.num_rows, "noise": self.metadata.get("noise"),
                                       "n_missing_footprints": self.metadata.get("n_missing_footprints", 0),
-                                      "n_unmatched_footprints": int(inputs.unmatched_footprint_ids.size)})
+                                      "n_unmatched_footprints": n_unmatched})
         with self.timer("write"):
             path = self.write_output(quantum.data_id, table, prov)
         self.metadata["timings"]["total"] = time.perf_counter() - t0
-        return QuantumResult(quantum.data_id, table.num_rows, path, dict(self.metadata["timings"]),
-                             int(inputs.unmatched_footprint_ids.size))
+        return QuantumResult(quantum.data_id, table.num_rows, path, dict(self.metadata["timings"]), n_unmatched)
 
 
 __all__ = ["ForcedPhotCoaddTask", "QuantumResult", "PLUGINS"]

@@ -91,3 +91,23 @@ def ingest_hsc_npz(npz_path, tmp_path, *, extra_args=()) -> tuple[Path, np.ndarr
     _pacsv.write_csv(_pa.table({"x": peaks[:, 0], "y": peaks[:, 1]}), tmp_path / "peaks.csv")
     assert main([*argv, "--catalog", str(tmp_path / "peaks.csv")]) == 0
     return root, peaks
+
+
+def elliptical_gaussian_image(shape, x, y, flux, cov) -> np.ndarray:
+    """Elliptical Gaussians of (N, 2, 2) covariances sampled at pixel centres (moments exact for sigma >~ 1.5 px)."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    img = np.zeros(shape)
+    for xi, yi, f, c in zip(x, y, flux, cov):
+        inv = np.linalg.inv(c)
+        dx, dy = xx - xi, yy - yi
+        q = inv[0, 0] * dx * dx + 2 * inv[0, 1] * dx * dy + inv[1, 1] * dy * dy
+        img += f * np.exp(-0.5 * q) / (2 * np.pi * np.sqrt(np.linalg.det(c)))
+    return img
+
+
+def covariance(a: float, b: float, theta: float) -> np.ndarray:
+    """(2, 2) moments of an ellipse of sigmas a, b (pixels), major axis at theta (radians) from +x."""
+    c, s = np.cos(theta), np.sin(theta)
+    rot = np.array([[c, -s], [s, c]])
+    return rot @ np.diag([a * a, b * b]) @ rot.T

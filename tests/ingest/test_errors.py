@@ -23,7 +23,8 @@ def _catalog(s, name="cat.fits"):
 
 
 def _band(s, band="g", **over):
-    opts = {"--image": s.files[band]["image"], "--variance": s.files[band]["variance"], "--psf-fwhm": "3px"}
+    opts = {"--image": s.files[band]["image"], "--variance": s.files[band]["variance"], "--psf-fwhm": "3px",
+            "--flux-unit": "nJy"}
     opts.update(over)
     out = ["--band", band]
     for k, v in opts.items():
@@ -131,7 +132,8 @@ def test_no_wcs_needs_pixel_scale_and_xy(tmp_path, capsys):
     fits.writeto(img, np.ones((20, 30), np.float32))
     sky = tmp_path / "sky.csv"
     pacsv.write_csv(pa.table({"ra": [180.0], "dec": [0.0]}), sky)
-    argv = ["--band", "g", "--image", str(img), "--sigma", "1", "--psf-fwhm", "2px", "--repo", str(tmp_path / "r")]
+    argv = ["--band", "g", "--image", str(img), "--sigma", "1", "--psf-fwhm", "2px", "--flux-unit", "nJy",
+            "--repo", str(tmp_path / "r")]
     _fails(capsys, [*argv, "--catalog", str(sky)], str(img), "--pixel-scale")
     _fails(capsys, [*argv, "--catalog", str(sky), "--pixel-scale", "0.2"], str(sky), "no celestial WCS")
 

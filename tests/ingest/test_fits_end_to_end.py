@@ -101,7 +101,8 @@ def test_multi_patch_assigns_each_object_one_primary_record(synthetic, tmp_path)
 def test_skymap_stores_the_image_wcs(synthetic, tmp_path):
     s = synthetic
     cat = _write_catalog(s, "fits")
-    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px")
+    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px",
+                    flux_unit="nJy")
     repo = ingest_fits(tmp_path / "repo", [band], CatalogSpec(path=cat))
     tract = repo.read_skymap()[0]
     assert tract.wcs_header and "RA---TAN" in tract.wcs_header

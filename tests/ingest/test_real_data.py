@@ -36,7 +36,7 @@ def test_sep_image_apertures_reproduce_sextractor(tmp_path, capsys):
             "--band", "R", "--image", str(SEP / "image.fits"), "--background", str(SEP / "back.fits"),
             "--sigma", str(SEP / "rms.fits"), "--psf-fwhm", "1.0arcsec",
             "--catalog", str(SEP / "image.cat"), "--x-col", "X_IMAGE", "--y-col", "Y_IMAGE", "--xy-origin", "1",
-            "--pixel-scale", "0.3"]
+            "--pixel-scale", "0.3", "--assume-njy"]  # no BUNIT or zero point in the header
     assert main(argv) == 0
     cat = ascii.read(SEP / "image.cat", format="sextractor")
     # catalog rows are children or isolated objects; the deblender adds one parent per blend

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -131,9 +132,10 @@ def test_planes_mask_bits_nan_pixels_invvar_and_background(tmp_path):
     assert band.psf_fwhm == pytest.approx(2.0, rel=0.3)  # 1 arcsec at 0.5 arcsec/px
     assert band.photo_calib == pytest.approx(zero_point_calib(30.0))
     # default mapping: any nonzero value is BAD
-    default = load_band(BandSpec(name="g", image=f"{path}:0", sigma="2", mask=f"{path}:MSK", psf_fwhm="2px"),
-                        img, str(path), grid)
+    default = load_band(BandSpec(name="g", image=f"{path}:0", sigma="2", mask=f"{path}:MSK", psf_fwhm="2px",
+                                 flux_unit="uJy"), img, str(path), grid)
     assert (default.mask[2, 2:5] == planes.bitmask("BAD")).all() and default.variance[3, 3] == pytest.approx(4.0)
+    assert default.photo_calib == pytest.approx(1e3)
 
 
 # -- footprints ----------------------------------------------------------------------------
@@ -234,7 +236,8 @@ def test_sextractor_catalog_shapes_and_one_based_positions(synthetic, tmp_path):
         lines.append(f"{i + 1} {s.x[i] + 1:.4f} {s.y[i] + 1:.4f} 2.0 1.0 90.0 3.5")
     cat = s.root / "image.cat"
     cat.write_text("\n".join(lines) + "\n")
-    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px")
+    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px",
+                    flux_unit="nJy")
     repo = ingest_fits(tmp_path / "repo", [band], CatalogSpec(path=cat, positions="pixel"))
     ref = pq.read_table(repo.ref_path(0, 0)).to_pandas().sort_values("centroid_x")
     np.testing.assert_allclose(ref.centroid_x, np.sort(s.x), atol=1e-3)
@@ -257,7 +260,8 @@ def test_parents_children_and_ids(synthetic, tmp_path):
     parent = np.zeros(n, np.int64)
     parent[[1, 2]] = ids[0]  # rows 1 and 2 are children of row 0
     Table({"id": ids, "parent": parent, "ra": s.ra, "dec": s.dec}).write(s.root / "cat.fits")
-    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px")
+    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px",
+                    flux_unit="nJy")
     repo = ingest_fits(tmp_path / "repo", [band], CatalogSpec(path=s.root / "cat.fits"))
     ref = pq.read_table(repo.ref_path(0, 0)).to_pandas()
     assert ref.id.tolist() == list(range(1, n + 1))  # packed ids: counters in catalog order
@@ -291,8 +295,8 @@ def test_skymap_round_trips_with_and_without_wcs_header():
 def test_footprints_cover_the_catalog_in_every_band(synthetic, tmp_path):
     s = synthetic
     pq.write_table(pa.table({"x": s.x, "y": s.y}), s.root / "xy.parquet")
-    bands = [BandSpec(name=b, image=s.files[b]["image"], variance=s.files[b]["variance"], psf_fwhm="3px")
-             for b in ("g", "r")]
+    bands = [BandSpec(name=b, image=s.files[b]["image"], variance=s.files[b]["variance"], psf_fwhm="3px",
+                       flux_unit="nJy") for b in ("g", "r")]
     repo = ingest_fits(tmp_path / "repo", bands, CatalogSpec(path=s.root / "xy.parquet"), patch_size=40)
     tract = repo.read_skymap()[0]
     assert tract.patch_border == 10  # default: a quarter of a small patch
@@ -314,7 +318,8 @@ def test_footprints_cover_the_catalog_in_every_band(synthetic, tmp_path):
 def test_patches_without_objects_are_not_written(synthetic, tmp_path):
     s = synthetic
     pq.write_table(pa.table({"x": [5.0], "y": [5.0]}), s.root / "one.parquet")
-    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px")
+    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px",
+                    flux_unit="nJy")
     repo = ingest_fits(tmp_path / "repo", [band], CatalogSpec(path=s.root / "one.parquet"), patch_size=40)
     assert repo.read_skymap()[0].n_patches == 6
     assert [p.name for p in (repo.root / "coadd" / "tract=0").iterdir()] == ["patch=0"]
@@ -329,7 +334,8 @@ def test_ingest_help(cmd, capsys):
     assert info.value.code == 0 and "usage: forcedphot ingest" in out
     if cmd[-1] == "fits":
         for option in ("--band", "--image", "--invvar", "--psf-fwhm", "--zero-point", "--flux-unit", "--catalog",
-                       "--xy-origin", "--patch-size", "--manifest", "--overwrite", "example:"):
+                       "--xy-origin", "--patch-size", "--manifest", "--overwrite", "--assume-njy", "--frame",
+                       "--equinox", "BUNIT", "PHOTFLAM+PHOTPLAM", "example:"):
             assert option in out
 
 
@@ -339,7 +345,8 @@ def test_external_ids_fill_the_externalId_column_and_reach_the_output(synthetic,
     from forcedphot.runner import run_all
 
     s = synthetic
-    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px")
+    band = BandSpec(name="g", image=s.files["g"]["image"], variance=s.files["g"]["variance"], psf_fwhm="3px",
+                    flux_unit="nJy")
     big = (1 << 62) + np.arange(s.x.size)  # beyond float64's exact integers
     Table({"NUMBER": big, "ra": s.ra, "dec": s.dec}).write(s.root / "int.fits")
     repo = ingest_fits(tmp_path / "a", [band], CatalogSpec(path=s.root / "int.fits"))
@@ -350,3 +357,206 @@ def test_external_ids_fill_the_externalId_column_and_reach_the_output(synthetic,
     Table({"name": [f"star{i}" for i in range(s.x.size)], "ra": s.ra, "dec": s.dec}).write(s.root / "str.fits")
     repo = ingest_fits(tmp_path / "b", [band], CatalogSpec(path=s.root / "str.fits", id="name"))
     assert pq.read_table(repo.ref_path(0, 0)).column("externalId").null_count == s.x.size
+
+
+# -- calibration from FITS headers (issue 10) ------------------------------------------------
+ARCSEC_SR = (np.pi / 180 / 3600) ** 2  # one arcsec^2 in steradians, by definition
+
+
+def _header(**cards) -> fits.Header:
+    h = fits.Header()
+    for k, v in cards.items():
+        h[k] = v
+    return h
+
+
+def _calib(header, *, area_arcsec2=0.04, **kw):
+    from forcedphot.ingest.calib import band_calibration
+
+    return band_calibration(header=header, pixel_area_sr=area_arcsec2 * ARCSEC_SR, label="band t (t.fits)", **kw)
+
+
+@pytest.mark.parametrize("bunit, njy", [("Jy", 1e9), ("mJy", 1e6), ("uJy", 1e3), ("nJy", 1.0),
+                                         ("nmgy", 3631.0), ("nanomaggy", 3631.0), ("NANOMAGGIES", 3631.0),
+                                         ("Jy/pixel", 1e9), ("erg/s/cm2/Hz", 1e32)])
+def test_header_bunit_flux_densities(bunit, njy):
+    """Spectral flux densities: 1 nanomaggy = 3631e-9 Jy, 1 erg/s/cm2/Hz = 1e23 Jy (definitions)."""
+    cal = _calib(_header(BUNIT=bunit))
+    assert cal.njy == pytest.approx(njy, rel=1e-12)
+    assert (cal.source, cal.value) == ("header BUNIT", bunit)
+
+
+def test_header_bunit_surface_brightness_uses_the_wcs_pixel_area(tmp_path):
+    """MJy/sr and Jy/arcsec2 times the pixel solid angle of the grid's WCS (a sheared, rectangular pixel)."""
+    w = make_tan((20, 30), 0.2, ra=10.0, dec=-30.0)
+    w.wcs.cd = [[-0.2 / 3600, 0.05 / 3600], [0.0, 0.3 / 3600]]  # area = |det| = 0.06 arcsec^2
+    grid = make_grid([("t", (20, 30), w)], pixel_scale=None)
+    assert grid.pixel_area_sr == pytest.approx(0.06 * ARCSEC_SR, rel=1e-9)
+    from forcedphot.ingest.calib import band_calibration
+
+    for bunit, njy in [("MJy/sr", 1e15 * 0.06 * ARCSEC_SR), ("Jy/arcsec2", 1e9 * 0.06), ("uJy/arcsec**2", 60.0),
+                       ("MJY/SR", 1e15 * 0.06 * ARCSEC_SR)]:
+        cal = band_calibration(header=_header(BUNIT=bunit), pixel_area_sr=grid.pixel_area_sr, label="t")
+        assert cal.njy == pytest.approx(njy, rel=1e-9), bunit
+    # the Spitzer mosaic's README: 1 MJy/sr over a 1.2" pixel is 0.0338 mJy
+    assert _calib(_header(BUNIT="MJy/sr"), area_arcsec2=1.44).njy == pytest.approx(33.85e3, rel=1e-3)
+
+
+@pytest.mark.parametrize("cards, zp", [
+    ({"MAGZERO": 27.0}, 27.0), ({"MAGZPT": 25.5}, 25.5), ({"MAGZP": 22.5}, 22.5), ({"ZEROPT": 30.0}, 30.0),
+    ({"ZP": 28.1}, 28.1), ({"FLUXMAG0": 10 ** (0.4 * 27.0)}, 27.0),  # HSC: FLUXMAG0 = 63095734448 is zp 27
+    ({"BUNIT": "ADU", "MAGZERO": 26.0}, 26.0), ({"BUNIT": "ELECTRONS/S", "ZP": 25.0}, 25.0),
+])
+def test_header_zero_point_keys(cards, zp):
+    cal = _calib(_header(**cards))
+    assert cal.zero_point == pytest.approx(zp, abs=1e-9)
+    assert cal.njy == pytest.approx(10 ** (-0.4 * (zp - 31.4)), rel=1e-9)
+    key = next(k for k in cards if k != "BUNIT")
+    assert cal.source == f"header {key}"
+
+
+def test_header_photflam_photplam_matches_the_hst_ab_formula(tmp_path):
+    """STScI: ZP_AB = -2.5 log10(PHOTFLAM) - 21.10 - 5 log10(PHOTPLAM) + 18.692 (rounded constants: 1e-3 mag)."""
+    for flam, plam in [(7.0723e-20, 8045.0), (1.52e-19, 4328.0), (3.0e-20, 15369.0)]:
+        formula = -2.5 * np.log10(flam) - 21.10 - 5 * np.log10(plam) + 18.692
+        cal = _calib(_header(BUNIT="ELECTRONS/S", PHOTFLAM=flam, PHOTPLAM=plam))
+        assert cal.source == "header PHOTFLAM+PHOTPLAM"
+        assert cal.zero_point == pytest.approx(formula, abs=1e-3)
+    # counts (not a rate): divided by EXPTIME; the image in an extension, PHOT* in the primary header
+    path = tmp_path / "drz.fits"
+    primary = fits.PrimaryHDU(header=_header(PHOTFLAM=7.0723e-20, PHOTPLAM=8045.0, EXPTIME=400.0))
+    fits.HDUList([primary, fits.ImageHDU(np.zeros((4, 4), np.float32), header=_header(BUNIT="ELECTRONS"),
+                                         name="SCI")]).writeto(path)
+    from forcedphot.ingest.calib import calibration_header
+    from forcedphot.ingest.images import read_image
+
+    _, header, _ = read_image(f"{path}:SCI")
+    rate = _calib(_header(BUNIT="ELECTRONS/S", PHOTFLAM=7.0723e-20, PHOTPLAM=8045.0)).njy
+    assert _calib(calibration_header(header, path)).njy == pytest.approx(rate / 400.0, rel=1e-12)
+    assert _calib(_header(PHOTFNU=3.0e-7)).njy == pytest.approx(300.0, rel=1e-12)  # Jy per e-/s
+
+
+def test_header_bunit_wins_over_a_disagreeing_zero_point_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="forcedphot.ingest"):
+        cal = _calib(_header(BUNIT="nanomaggy", MAGZERO=22.5))  # 22.5 is the nanomaggy zero point: agree
+    assert cal.njy == pytest.approx(3631.0) and not caplog.records
+    with caplog.at_level(logging.WARNING, logger="forcedphot.ingest"):
+        cal = _calib(_header(BUNIT="uJy", MAGZERO=27.0))
+    assert cal.njy == pytest.approx(1e3) and "using BUNIT" in caplog.text
+
+
+def test_options_override_the_header_with_a_message(caplog):
+    with caplog.at_level(logging.INFO, logger="forcedphot.ingest"):
+        cal = _calib(_header(BUNIT="MJy/sr"), zero_point=27.0)
+    assert cal.njy == pytest.approx(zero_point_calib(27.0)) and cal.source == "option --zero-point"
+    lines = [r for r in caplog.records if "overrides" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+    assert "--zero-point 27 overrides header BUNIT = 'MJy/sr'" in lines[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="forcedphot.ingest"):
+        cal = _calib(_header(MAGZPT=30.0), flux_unit="uJy")
+    assert cal.njy == pytest.approx(1e3)
+    assert "--flux-unit uJy overrides header MAGZPT = 30" in caplog.text
+
+
+def test_unknown_or_missing_units_are_errors_unless_assume_njy(caplog):
+    with pytest.raises(InputError, match=r"band t \(t.fits\): BUNIT = 'furlong' is not a unit astropy knows.*"
+                                         r"--assume-njy"):
+        _calib(_header(BUNIT="furlong"))
+    with pytest.raises(InputError, match="'K' is neither a flux density"):
+        _calib(_header(BUNIT="K"))
+    with pytest.raises(InputError, match="'ADU' is counts, which need a zero point"):
+        _calib(_header(BUNIT="ADU"))
+    with pytest.raises(InputError, match=r"no flux unit or zero point \(header keys read: BUNIT, MAGZERO"):
+        _calib(_header(EXPTIME=10.0, BUNIT=""))  # an empty BUNIT is no unit
+    with pytest.raises(InputError, match="PHOTFLAM"):
+        _calib(_header(BUNIT="ELECTRONS", PHOTFLAM=1e-19, PHOTPLAM=5000.0))  # counts without EXPTIME
+    with caplog.at_level(logging.WARNING, logger="forcedphot.ingest"):
+        cal = _calib(_header(BUNIT="furlong"), assume_njy=True)
+        none = _calib(_header(), assume_njy=True)
+    assert cal.njy == none.njy == 1.0 and cal.source == "assumed (--assume-njy)"
+    assert caplog.text.count("taken as nJy (--assume-njy)") == 2
+    assert _calib(_header(BUNIT="MJy/sr"), assume_njy=True).source == "header BUNIT"  # a header unit still applies
+
+
+def _write_unit_bands(root: Path):
+    """Three bands of the same stars (known nJy): g in MJy/sr (BUNIT), r with MAGZERO, i in nJy with no unit."""
+    rng = np.random.default_rng(21)
+    shape, scale = (48, 56), 0.25
+    gx, gy = np.meshgrid(np.linspace(10, shape[1] - 11, 3), np.linspace(10, shape[0] - 11, 2))  # isolated stars
+    x, y = gx.ravel() + rng.uniform(-1, 1, 6), gy.ravel() + rng.uniform(-1, 1, 6)
+    tan = make_tan(shape, scale, ra=40.0, dec=-20.0)
+    truth = {b: rng.uniform(2e4, 2e5, x.size) for b in "gri"}  # nJy
+    area_sr = scale ** 2 * ARCSEC_SR
+    per_unit = {"g": 1e15 * area_sr, "r": zero_point_calib(28.0), "i": 1.0}  # nJy per image unit
+    cards = {"g": {"BUNIT": "MJy/sr"}, "r": {"MAGZERO": 28.0}, "i": {}}
+    sigma = {}
+    argv = []
+    for b in "gri":
+        img = gaussian_image(shape, x, y, truth[b] / per_unit[b], 3.0)
+        sigma[b] = 3e-4 * img.max()  # S/N > 500 for the faintest star
+        img = img + rng.normal(0, sigma[b], shape)
+        header = tan.to_header()
+        header.update(cards[b])
+        fits.writeto(root / f"{b}.fits", img.astype(np.float32), header=header)
+        argv += ["--band", b, "--image", str(root / f"{b}.fits"), "--sigma", f"{sigma[b]:.9g}", "--psf-fwhm", "3px"]
+    ra, dec = tan.all_pix2world(x, y, 0)
+    Table({"ra": ra, "dec": dec}).write(root / "cat.fits")
+    return argv + ["--catalog", str(root / "cat.fits")], ra, truth
+
+
+def test_header_units_through_ingest_and_run_give_nJy(tmp_path, capsys):
+    """BUNIT, MAGZERO and --assume-njy bands of the same stars all measure the injected nJy."""
+    argv, ra, truth = _write_unit_bands(tmp_path)
+    repo = tmp_path / "repo"
+    code = main(["ingest", "fits", "--repo", str(repo), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and "band i" in err and "--assume-njy" in err and not repo.exists()
+    assert main(["ingest", "fits", "--repo", str(repo), "--assume-njy", *argv]) == 0
+    out = capsys.readouterr().out
+    assert "band g: 1 image unit = " in out and "from header BUNIT = 'MJy/sr'" in out
+    meta = Repository(repo).metadata()["ingest"]["bands"]
+    assert {b: meta[b]["source"] for b in "gri"} == {"g": "header BUNIT", "r": "header MAGZERO",
+                                                     "i": "assumed (--assume-njy)"}
+    assert meta["r"]["zero_point_ab"] == pytest.approx(28.0)
+    assert main(["run", "--repo", str(repo), "-q"]) == 0
+    got = sql(repo, "SELECT band, coord_ra, psfFlux FROM forced_source WHERE deblend_nChild = 0 "
+                    "ORDER BY band, coord_ra").to_pandas()
+    order = np.argsort(ra)
+    for b in "gri":
+        ratio = got[got.band == b].psfFlux.to_numpy() / truth[b][order]
+        print(f"band {b} ({meta[b]['source']}): psfFlux / truth nJy in [{ratio.min():.5f}, {ratio.max():.5f}]")
+        assert np.all(np.abs(ratio - 1) < 0.01), (b, ratio)
+
+
+def test_manifest_and_cli_carry_assume_njy_frame_and_equinox(tmp_path):
+    (tmp_path / "m.toml").write_text("""
+assume_njy = true
+[bands.g]
+image = "g.fits"
+sigma = 0.1
+psf_fwhm = "3px"
+[catalog]
+path = "cat.fits"
+frame = "fk4"
+equinox = "B1900"
+""")
+    args = build_parser().parse_args(["ingest", "fits", "--manifest", str(tmp_path / "m.toml"), "--repo", "r"])
+    _, bands, catalog, options = specs_from_args(args)
+    assert options == {"assume_njy": True} and (catalog.frame, catalog.equinox) == ("fk4", "B1900")
+    args = build_parser().parse_args(["ingest", "fits", "--repo", "r", "--band", "g", "--image", "g.fits",
+                                      "--sigma", "1", "--psf-fwhm", "3px", "--catalog", "c.fits",
+                                      "--frame", "ecliptic", "--equinox", "J2010", "--assume-njy"])
+    _, _, catalog, options = specs_from_args(args)
+    assert options == {"assume_njy": True} and (catalog.frame, catalog.equinox) == ("ecliptic", "J2010")
+    with pytest.raises(InputError, match="not an epoch"):
+        CatalogSpec(path="c.fits", frame="fk5", equinox="yesterday")
+    with pytest.raises(InputError, match="assume_njy must be true or false"):
+        ingest_fits(tmp_path / "x", bands, catalog, assume_njy="yes")
+
+
+def test_an_option_is_not_blocked_by_a_broken_header_key():
+    bad = _header(MAGZERO="n/a")
+    with pytest.raises(InputError, match="header MAGZERO = 'n/a' is not a number"):
+        _calib(bad)
+    assert _calib(bad, zero_point=25.0).njy == pytest.approx(zero_point_calib(25.0))

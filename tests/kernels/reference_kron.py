@@ -41,7 +41,10 @@ class ReferenceKronFlux:
         n = ctx.n
         flux, var, invalid = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n)
         r_k = np.asarray(ctx.ref.get("kron_radius", np.full(n, np.nan)), float)
+        no_radius = np.isnan(r_k)
         bad_radius = ~(np.isfinite(r_k) & (r_k > np.finfo(float).eps))
+        s = np.stack([np.asarray(ctx.ref[c], float) for c in ("shape_xx", "shape_yy", "shape_xy")])
+        no_shape = ~np.isfinite(s).all(axis=0)
         bad_shape = ~ctx.shape_ok
         ref_det = ctx.ref["shape_xx"] * ctx.ref["shape_yy"] - ctx.ref["shape_xy"] ** 2
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -61,8 +64,8 @@ class ReferenceKronFlux:
         need = np.where(measure, np.ceil(ext_y) + 1, np.nan)
         sizes = tuple(int(s) for s in np.unique(np.r_[np.geomspace(2, MAX_HALF, 24).astype(int), MAX_HALF]))
         for half, idx in buckets(need, sizes=sizes):
-            if half is None:
-                edge[idx] = True
+            if half is None:  # too large (treated as off the coadd); sources not measured are not at an edge
+                edge[idx[measure[idx]]] = True
                 continue
             flux[idx], var[idx], invalid[idx] = ellipse_row_sums(ctx.padded, xl[idx], yl[idx], flux_ellipse[idx], half)
             einv, _ = inverse_2x2(flux_ellipse[idx])
@@ -72,5 +75,6 @@ class ReferenceKronFlux:
         var[edge] = np.nan
         failed = ~ok | edge | (invalid > 0) | ~np.isfinite(flux)
         return {"kronFlux": flux, "kronFluxErr": np.sqrt(var), "kronRad": kron_rad, "kronFlux_flag": failed,
-                "kronFlux_flag_edge": edge, "kronFlux_flag_bad_radius": bad_radius & ctx.usable,
-                "kronFlux_flag_bad_shape": bad_shape & ctx.usable}
+                "kronFlux_flag_edge": edge, "kronFlux_flag_noRefRadius": no_radius, "kronFlux_flag_noRefShape": no_shape,
+                "kronFlux_flag_bad_radius": bad_radius & ~no_radius & ctx.usable,
+                "kronFlux_flag_bad_shape": bad_shape & ~no_shape & ctx.usable}

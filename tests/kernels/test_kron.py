@@ -49,7 +49,8 @@ def test_kron_does_not_depend_on_the_thread_count(contexts):
 
 
 def test_kron_flags_of_sources_not_measured_equal_the_numpy_plugin(contexts):
-    """Missing or bad radii and shapes: the same flags (the edge flag included) and no value."""
+    """Missing or bad radii and shapes: the same flags (the edge flag included) and no value; a missing
+    radius is flagged noRefRadius, not edge."""
     ctx, _ = contexts
     r_k = np.array(ctx.ref["kron_radius"], float)
     r_k[::7] = np.nan
@@ -60,4 +61,9 @@ def test_kron_flags_of_sources_not_measured_equal_the_numpy_plugin(contexts):
     new = PLUGINS["KronFlux"](ctx.config).measure(bad)
     old = ReferenceKronFlux(ctx.config).measure(bad)
     assert_agree(new, old, footprints_with_invalid_pixels(ctx), "bad radii")
-    assert new["kronFlux_flag_bad_radius"].sum() >= 10 and new["kronFlux_flag_bad_shape"].any()
+    np.testing.assert_array_equal(new["kronFlux_flag_bad_radius"], (r_k == -1) & ctx.usable)
+    assert new["kronFlux_flag_bad_radius"].sum() >= 5 and new["kronFlux_flag_bad_shape"].any()
+    missing = np.isnan(r_k)
+    np.testing.assert_array_equal(new["kronFlux_flag_noRefRadius"], missing)
+    assert not new["kronFlux_flag_edge"][missing].any() and not new["kronFlux_flag_bad_radius"][missing].any()
+    assert new["kronFlux_flag"][missing].all() and np.isnan(new["kronFlux"][missing]).all()

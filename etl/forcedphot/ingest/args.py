@@ -31,7 +31,7 @@ the images' 0-based pixel frame. A TOML manifest holds the same settings:
   image = "g.fits:SCI"
   invvar = "g.fits:WHT"
   psf = "psf_g.fits"
-  zero_point = 27.0
+  zero_point = 27.0          # default: the header's BUNIT or zero point
   [catalog]
   path = "objects.parquet"
   x = "X_IMAGE"              # column options as below, without "-col"
@@ -61,9 +61,12 @@ BAND_OPTIONS = {
                              "when the PSF header's pixel scale x oversampling differs from the image's by more "
                              "than 1%%: resample the PSF (default), refuse, or ignore the header"),
     "--psf-fwhm": ("psf_fwhm", str, "VALUE{arcsec|px}", "Gaussian PSF of this FWHM, e.g. 0.9arcsec or 3px"),
-    "--zero-point": ("zero_point", float, "ZP", "AB magnitude of one image unit"),
+    "--zero-point": ("zero_point", float, "ZP", "AB magnitude of one image unit (overrides the header's BUNIT and "
+                                                "zero-point keys)"),
     "--flux-unit": ("flux_unit", str, "UNIT",
-                    "unit of one image unit (astropy): nJy, uJy, mJy, Jy, nmgy, or MJy/sr, Jy/arcsec2 ..."),
+                    "unit of one image unit (astropy): nJy, uJy, mJy, Jy, nmgy, or MJy/sr, Jy/arcsec2 ... "
+                    "(overrides the header). Default: the header's BUNIT, else MAGZERO, MAGZPT, MAGZP, ZEROPT, ZP, "
+                    "FLUXMAG0, PHOTFLAM+PHOTPLAM or PHOTFNU; none of them is an error unless --assume-njy"),
 }
 
 BAND_CHOICES = {"psf_scale_mismatch": ("resample", "refuse", "ignore")}
@@ -72,8 +75,16 @@ BAND_CHOICES = {"psf_scale_mismatch": ("resample", "refuse", "ignore")}
 CATALOG_OPTIONS = {
     "--catalog-format": ("format", str, "fits, parquet, csv, sextractor, votable or an astropy format "
                                         "(default: from the file's contents)"),
-    "--ra-col": ("ra", str, "RA column, deg (default: coord_ra, ra, RA, ALPHA_J2000 ...)"),
-    "--dec-col": ("dec", str, "Dec column, deg (default: coord_dec, dec, DEC, DELTA_J2000 ...)"),
+    "--ra-col": ("ra", str, "RA column, deg, or the --frame's longitude (default: coord_ra, ra, RA, ALPHA_J2000 "
+                            "...; l, GLON (galactic); ELON, lambda (ecliptic))"),
+    "--dec-col": ("dec", str, "Dec column, deg, or the --frame's latitude (default: coord_dec, dec, DEC, "
+                              "DELTA_J2000 ...; b, GLAT; ELAT, beta)"),
+    "--frame": ("frame", str, "sky frame of the catalog positions: icrs, fk5, fk4, galactic, ecliptic (mean "
+                              "ecliptic and equinox, barycentric), supergalactic or another astropy ecliptic frame; "
+                              "converted to the image WCS's frame (default: from the column names, l/b -> "
+                              "galactic, ELON/ELAT -> ecliptic, RAB1950 -> fk4, else icrs)"),
+    "--equinox": ("equinox", str, "equinox of an fk4, fk5 or ecliptic --frame, e.g. J2000 or B1950 (default: "
+                                  "B1950 for fk4, else J2000)"),
     "--x-col": ("x", str, "x column, pixels (default: centroid_x, x, X, X_IMAGE ...)"),
     "--y-col": ("y", str, "y column, pixels (default: centroid_y, y, Y, Y_IMAGE ...)"),
     "--xy-origin": ("xy_origin", int, "coordinate of the first pixel's centre in x/y: 0, or 1 as in "
@@ -133,6 +144,9 @@ def add_fits_arguments(p: argparse.ArgumentParser) -> None:
                    "([bands.NAME] tables, a [catalog] table); command-line options add to or override it")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace an existing repository at --repo")
+    p.add_argument("--assume-njy", action="store_true", default=None,
+                   help="take the pixels of every band whose options and header give no usable flux unit or zero "
+                        "point as nJy (with a warning) instead of failing; header units still apply where present")
     b = p.add_argument_group("bands", "repeat --band for each band; the options below apply to the latest --band")
     b.add_argument("--band", dest="bands", action=BandGroup, metavar="NAME",
                    help="start a band (1-8 characters, e.g. g)")
@@ -144,8 +158,8 @@ def add_fits_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--catalog", metavar="FILE[:HDU]",
                    help="FITS table, Parquet, CSV, SExtractor ASCII or VOTable of reference objects")
     for flag, (dest, typ, text) in CATALOG_OPTIONS.items():
-        kw = {"choices": CHOICES[dest]} if dest in CHOICES else {"metavar": "NAME" if flag.endswith("-col") else
-                                                                 "FORMAT"}
+        kw = {"choices": CHOICES[dest]} if dest in CHOICES else {
+            "metavar": "NAME" if flag.endswith("-col") else {"frame": "FRAME", "equinox": "EPOCH"}.get(dest, "FORMAT")}
         c.add_argument(flag, dest=f"cat_{dest}", type=typ, help=text, **kw)
     g = p.add_argument_group("geometry")
     g.add_argument("--patch-size", type=int, metavar="N", help="patch inner size, pixels (default: one patch)")
@@ -153,7 +167,10 @@ def add_fits_arguments(p: argparse.ArgumentParser) -> None:
                    help="patch overlap border, pixels (default: 0 for one patch, else min(100, N/4))")
     g.add_argument("--pixel-scale", type=float, metavar="ARCSEC",
                    help="pixel scale for images without a celestial WCS (a TAN WCS is made up)")
-    g.add_argument("--ref-band", metavar="NAME", help="band recorded as refBand (default: the first band)")
+    g.add_argument("--reference-band", "--ref-band", dest="ref_band", metavar="NAME",
+                   help="reference band: recorded as refBand, and catalog rows without a shape or Kron radius are "
+                        "measured on it (adaptive moments, Rubin's Kron radius); default: the first of i, r, z, y, "
+                        "g, u present (Rubin's priority), else the first band")
 
 
 def specs_from_args(args) -> tuple[str, list, object, dict]:
@@ -183,7 +200,7 @@ def specs_from_args(args) -> tuple[str, list, object, dict]:
         raise InputError("catalog column options need --catalog FILE")
     if catalog is None:
         raise InputError("no reference catalog; give --catalog FILE")
-    for key in ("patch_size", "patch_border", "pixel_scale", "ref_band", "overwrite"):
+    for key in ("patch_size", "patch_border", "pixel_scale", "ref_band", "overwrite", "assume_njy"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     repo = args.repo or repo

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from forcedphot.errors import InputError
+from forcedphot.ingest import frames
 from forcedphot.ingest.grid import Grid
 from forcedphot.ingest.images import oneline, parse_hdu_spec
 from forcedphot.ingest.specs import CatalogSpec
@@ -57,6 +58,7 @@ class RefObjects:
     external_id: np.ndarray | None  # int64 user ids (None when absent or not integers)
     parent: np.ndarray  # row index of the parent among these rows, -1 for none
     label: str  # the catalog file
+    positions: dict | None = None  # how positions were read (columns, frame), for the repository's metadata
 
     def __len__(self) -> int:
         return self.x.size
@@ -258,24 +260,30 @@ def load_catalog(spec: CatalogSpec, grid: Grid) -> RefObjects:
         raise InputError(f"{label}: catalog has no rows")
     ra_c, dec_c = (find_column(columns, k, getattr(spec, k), label) for k in ("ra", "dec"))
     x_c, y_c = (find_column(columns, k, getattr(spec, k), label) for k in ("x", "y"))
-    has_sky, has_pix = bool(ra_c and dec_c), bool(x_c and y_c)
+    sky = frames.sky_columns(columns, (ra_c, dec_c), explicit=spec.ra is not None and spec.dec is not None,
+                             frame=spec.frame, label=label)
+    has_sky, has_pix = sky is not None, bool(x_c and y_c)
     mode = spec.positions
     if mode == "auto":
         mode = "sky" if has_sky and grid.has_sky else "pixel" if has_pix else "sky" if has_sky else None
     if mode is None:
-        raise InputError(f"{label}: no position columns (looked for ra/dec like {', '.join(CANDIDATES['ra'][:4])} "
-                         f"and x/y like {', '.join(CANDIDATES['x'][:4])}); name them with --ra-col/--dec-col "
-                         "or --x-col/--y-col")
+        raise InputError(f"{label}: no position columns (looked for ra/dec like {', '.join(CANDIDATES['ra'][:4])}, "
+                         f"l/b, GLON/GLAT, ELON/ELAT and x/y like {', '.join(CANDIDATES['x'][:4])}); name them "
+                         "with --ra-col/--dec-col (and --frame) or --x-col/--y-col")
     if mode == "sky":
         if not has_sky:
             raise InputError(f"{label}: no RA/Dec columns for sky positions; name them with --ra-col/--dec-col")
         if not grid.has_sky:
             raise InputError(f"{label}: the images have no celestial WCS, so RA/Dec cannot be placed on them; "
                              "use catalog x/y (--positions pixel)")
-        ra, dec = _float(columns, ra_c, label), _float(columns, dec_c, label)
-        with np.errstate(invalid="ignore"):
-            x, y = grid.wcs.all_world2pix(ra, dec, 0, quiet=True)
-        log.info("%s: positions from %s/%s through the WCS", label, ra_c, dec_c)
+        frame = frames.make_frame(sky.frame, spec.equinox, where=label)
+        lon, lat = _float(columns, sky.lon, label), _float(columns, sky.lat, label)
+        x, y, ra, dec = frames.to_image(lon, lat, frame, grid)
+        target = frames.image_frame(grid).name
+        positions = {"mode": "sky", "columns": [sky.lon, sky.lat], "frame": sky.frame, "frame_from": sky.how,
+                     "equinox": None if spec.equinox is None else str(spec.equinox), "image_frame": target}
+        log.info("%s: positions from %s/%s (%s, frame from %s) through the WCS (%s)", label, sky.lon, sky.lat,
+                 sky.frame, sky.how, target)
     else:
         if not has_pix:
             raise InputError(f"{label}: no x/y columns for pixel positions; name them with --x-col/--y-col")
@@ -288,9 +296,12 @@ def load_catalog(spec: CatalogSpec, grid: Grid) -> RefObjects:
         y = _float(columns, y_c, label) - origin
         with np.errstate(invalid="ignore"):
             ra, dec = grid.wcs.all_pix2world(x, y, 0)
+        positions = {"mode": "pixel", "columns": [x_c, y_c], "xy_origin": origin}
     x, y = np.asarray(x, float), np.asarray(y, float)
     on = grid.contains(x, y)
     if not on.any():
+        if mode == "sky":
+            raise InputError(frames.miss_message(sky, frame, lon, lat, grid, n, label))
         raise InputError(f"{label}: none of the {n} catalog rows falls on the image "
                          f"({grid.width}x{grid.height} px); check the position columns and --xy-origin")
     if not on.all():
@@ -308,13 +319,15 @@ def load_catalog(spec: CatalogSpec, grid: Grid) -> RefObjects:
     new_index = np.full(n, -1)
     new_index[keep] = np.arange(keep.size)
     parent = np.where(parent >= 0, new_index[np.maximum(parent, 0)], -1)[keep]
-    shape = _shape(columns, spec, label)
+    used = set(positions["columns"])  # l/b positions are not a shape's b
+    shape = _shape({k: v for k, v in columns.items() if k not in used}, spec, label)
     kron = _kron(columns, spec, fmt, shape, label)
     ext = _external_ids(columns[id_c], label) if id_c else None
     return RefObjects(
         x=x[keep], y=y[keep], ra=np.asarray(ra, float)[keep], dec=np.asarray(dec, float)[keep],
         shape=shape[keep] if shape is not None else None, kron=kron[keep] if kron is not None else None,
-        external_id=ext[keep] if ext is not None else None, parent=parent, label=label)
+        external_id=ext[keep] if ext is not None else None, parent=parent, label=label,
+        positions=positions)
 
 
 SEXTRACTOR_KRON_FACTOR = 2.5  # PHOT_AUTOPARAMS k, folded into KRON_RADIUS

@@ -13,7 +13,6 @@ failed ingest never leaves a half-written (or half-overwritten) repository.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +24,16 @@ from forcedphot.errors import InputError
 from forcedphot.flags import MaskPlanes
 from forcedphot.ids import IdPacker
 from forcedphot.ingest import deblend as db
+from forcedphot.ingest.calib import band_calibration, calibration_header
 from forcedphot.ingest.catalog import RefObjects, load_catalog
 from forcedphot.ingest.footprints import ellipse_spans, footprint_ellipses, footprint_table
 from forcedphot.ingest.grid import Grid, make_grid
-from forcedphot.ingest.images import celestial_wcs, read_image
+from forcedphot.ingest.images import celestial_wcs, parse_hdu_spec, read_image
 from forcedphot.ingest.planes import BandData, load_band
+from forcedphot.ingest.refmeasure import RefMeasurements, default_reference_band, measure_references
 from forcedphot.ingest.specs import BandSpec, CatalogSpec
 from forcedphot.ingest.estimate import write_psf_fits
-from forcedphot.io.atomic import atomic_dir, atomic_path
+from forcedphot.io.atomic import atomic_dir
 from forcedphot.io.coadd import Coadd, write_coadd
 from forcedphot.io.parquet import write_parquet
 from forcedphot.psf import PsfGrid
@@ -51,16 +52,24 @@ __all__ = ["BandSpec", "CatalogSpec", "ingest_fits"]
 
 def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch_size: int | None = None,
                 patch_border: int | None = None, pixel_scale: float | None = None, ref_band: str | None = None,
-                overwrite: bool = False, deblend: str | None = None) -> Repository:
+                overwrite: bool = False, deblend: str | None = None, assume_njy: bool = False) -> Repository:
     """Write a new repository at ``repo_root`` from per-band FITS images and a catalog.
 
     ``patch_size`` (pixels, default: one patch covering the image) and ``patch_border``
     (default: 0 for one patch, else min(100, patch_size // 4)) define the patches;
     ``pixel_scale`` (arcsec) is needed only when the images have no celestial WCS;
-    ``ref_band`` (default: the first band) is recorded as every object's refBand;
+    ``ref_band`` (default: the first of i, r, z, y, g, u present, else the first band, as Rubin) is
+    recorded as every object's refBand, and rows without a shape or Kron radius are measured on it
+    (:mod:`forcedphot.ingest.refmeasure`);
     ``deblend`` ("peaks" or "none"; default: the catalog spec's, "peaks") deblends objects
-    whose footprints overlap (:mod:`forcedphot.ingest.deblend`).
+    whose footprints overlap (:mod:`forcedphot.ingest.deblend`); ``assume_njy`` takes the
+    pixels of bands whose options and header give no flux unit or zero point as nJy
+    (otherwise an error). The calibrations, catalog frame and each band's planes (files,
+    constants or estimates) are recorded in the repository's ``repository.json`` under
+    ``ingest``; ``--psf estimate`` PSFs are also written as ``ingest/psf_<band>.fits``.
     """
+    if not isinstance(assume_njy, bool):
+        raise InputError(f"assume_njy must be true or false, not {assume_njy!r}")
     method = catalog.deblend if deblend is None else deblend
     if method not in db.DEBLEND_METHODS:
         raise InputError(f"deblend must be one of {', '.join(db.DEBLEND_METHODS)}, not {method!r}")
@@ -71,7 +80,7 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise InputError(f"band(s) {dup} given more than once")
-    ref_band = ref_band or names[0]
+    ref_band = ref_band or default_reference_band(names)
     if ref_band not in names:
         raise InputError(f"reference band {ref_band!r} is not among the bands {names}")
     root = Path(repo_root)
@@ -81,31 +90,46 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     images = [read_image(b.image, what=f"band {b.name} image") for b in bands]
     grid = make_grid([(label, data.shape, celestial_wcs(header, label)) for data, header, label in images],
                      pixel_scale=pixel_scale)
+    calibs = [band_calibration(zero_point=spec.zero_point, flux_unit=spec.flux_unit,
+                               header=calibration_header(header, parse_hdu_spec(spec.image).path),
+                               pixel_area_sr=grid.pixel_area_sr, label=f"band {spec.name} ({label})",
+                               assume_njy=assume_njy)
+              for spec, (_, header, label) in zip(bands, images)]
     objects = load_catalog(catalog, grid)
     leaves = objects.n_child == 0  # catalog parents sit on their children: not candidates for estimates
     positions = (objects.x[leaves], objects.y[leaves])
-    data = [load_band(spec, img, label, grid, positions=positions) for spec, (img, _, label) in zip(bands, images)]
+    data = [load_band(spec, img, label, grid, calibration=cal, positions=positions)
+            for spec, (img, _, label), cal in zip(bands, images, calibs)]
     del images
+    # footprints and the deblender keep the catalog's geometry; the ref table gets the measured values
+    refs, measured = measure_references(objects, next(b for b in data if b.name == ref_band))
+    for b in data:
+        if b.psf_estimate is not None:
+            b.record["psf"]["estimate"]["file"] = f"{INGEST_DIR}/psf_{b.name}.fits"
+    metadata = {"ingest": {"bands": {b.name: {"image": b.label, **cal.as_dict(), **b.record}
+                                     for b, cal in zip(data, calibs)},
+                           "catalog": {"path": objects.label, **(objects.positions or {})}}}
     tract = _make_tract(grid, patch_size, patch_border)
     skymap = SkyMap(f"fits-{Path(str(data[0].label)).stem}"[:64], (tract,))
 
     with atomic_dir(target) as tmp:  # assembled next to the target, swapped in whole when complete
-        repo = Repository(tmp).create(description=f"ingested from FITS: bands {names}, catalog {objects.label}")
-        _write_ingest_records(repo, root, data)
+        repo = Repository(tmp).create(description=f"ingested from FITS: bands {names}, catalog {objects.label}",
+                                      metadata=metadata)
+        _write_estimated_psfs(repo, root, data)
         repo.write_skymap(skymap)
         packer = IdPacker(skymap.n_tracts, skymap.n_patches)
         fwhm = max(b.psf_fwhm for b in data)
         models = _Models(data, objects, ref_band) if method == "peaks" else None
         for p in tract.patches():
-            _write_patch(repo, tract, p, packer, grid, data, objects, ref_band, fwhm, models)
+            _write_patch(repo, tract, p, packer, grid, data, objects, ref_band, fwhm, models, refs, measured)
     log.info("ingested %d objects in %d band(s) into %s (%d patches)", len(objects), len(data), root,
              tract.n_patches)
     return Repository(root)
 
 
-# -- what each band was made from ---------------------------------------------------------
-def _write_ingest_records(repo: Repository, root: Path, bands: list[BandData]) -> None:
-    """Estimated PSFs as ``ingest/psf_<band>.fits`` and every band's sources in repository.json ("ingest")."""
+# -- estimated PSFs -----------------------------------------------------------------------
+def _write_estimated_psfs(repo: Repository, root: Path, bands: list[BandData]) -> None:
+    """Each ``--psf estimate`` PSF as ``ingest/psf_<band>.fits`` in the repository, with one warning line."""
     for b in bands:
         e = b.psf_estimate
         if e is None:
@@ -113,16 +137,11 @@ def _write_ingest_records(repo: Repository, root: Path, bands: list[BandData]) -
         name = f"psf_{b.name}.fits"
         (repo.root / INGEST_DIR).mkdir(exist_ok=True)
         write_psf_fits(repo.root / INGEST_DIR / name, e, band=b.name, label=b.label)
-        b.record["psf"]["estimate"]["file"] = f"{INGEST_DIR}/{name}"
         off = (f"; star centres are offset from the catalog positions by median (dx, dy) = ({e.offset[0]:.2f}, "
                f"{e.offset[1]:.2f}) px" if np.hypot(*e.offset) > 0.1 else "")
         log.warning("band %s (%s): PSF estimated with photutils EPSFBuilder from %d stars (of %d catalog objects; "
                     "%d px cutouts, oversampling %d): FWHM %.3g px%s; written to %s", b.name, b.label, e.n_stars,
                     e.n_candidates, e.size, e.oversampling, e.fwhm, off, root / INGEST_DIR / name)
-    manifest = json.loads(repo.manifest_path.read_text())
-    manifest["ingest"] = {"bands": {b.name: b.record for b in bands}}
-    with atomic_path(repo.manifest_path) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, default=float))
 
 
 # -- target folder ----------------------------------------------------------------------
@@ -194,11 +213,13 @@ class NewParents:
 
 
 def ref_table(objects: RefObjects, rows: np.ndarray, ids: np.ndarray, parent_ids: np.ndarray, p: PatchInfo,
-              ref_band: str, *, n_child: np.ndarray | None = None, new: NewParents | None = None) -> pa.Table:
+              ref_band: str, *, n_child: np.ndarray | None = None, new: NewParents | None = None,
+              measured: RefMeasurements | None = None) -> pa.Table:
     """Reference rows: the ref schema's columns (optional ones this catalog cannot fill are null).
 
     ``ids`` and ``parent_ids`` cover ``rows`` then the ``new`` parents; ``n_child`` (default:
-    from the catalog's links) is the catalog rows' deblend_nChild.
+    from the catalog's links) is the catalog rows' deblend_nChild; ``measured``: the ingest
+    measurement flags of ``rows`` (null where not measured and for the new parents).
     """
     m = 0 if new is None else new.x.size
     n = rows.size + m
@@ -231,6 +252,11 @@ def ref_table(objects: RefObjects, rows: np.ndarray, ids: np.ndarray, parent_ids
             det = new.shape[:, 0, 0] * new.shape[:, 1, 1] - new.shape[:, 0, 1] ** 2
             kron = np.r_[objects.kron[rows], np.sqrt(np.pi / 2) * det ** 0.25]
         cols["kron_radius"] = pa.array(kron, pa.float64(), from_pandas=True)
+    if measured is not None:
+        for col, flag, done in (("shape_flag", measured.shape_flag, measured.shape_measured),
+                                ("kron_radius_flag", measured.kron_flag, measured.kron_measured)):
+            if col in names and done.any():
+                cols[col] = pa.array(np.r_[flag, np.zeros(m, bool)], pa.bool_(), mask=~np.r_[done, np.zeros(m, bool)])
     if "externalId" in names and objects.external_id is not None:
         cols["externalId"] = pa.array(np.r_[objects.external_id[rows], np.zeros(m, np.int64)], pa.int64(),
                                       mask=np.r_[np.zeros(rows.size, bool), np.ones(m, bool)])
@@ -251,7 +277,7 @@ class _Models:
 
 def _write_patch(repo: Repository, tract: TractInfo, p: PatchInfo, packer: IdPacker, grid: Grid,
                  bands: list[BandData], objects: RefObjects, ref_band: str, fwhm: float,
-                 models: _Models | None) -> None:
+                 models: _Models | None, refs: RefObjects, measured: RefMeasurements) -> None:
     rows = _members(objects, p)
     if rows.size == 0:  # nothing to measure: no quantum (run would have an empty one)
         log.info("patch %d: no reference objects; not written", p.patch)
@@ -289,7 +315,8 @@ def _write_patch(repo: Repository, tract: TractInfo, p: PatchInfo, packer: IdPac
         log.warning("patch %d: %d blends exceed the deblender's limits (%d children, %d pixels, %d pixels x children; "
                     "the largest has %d children); not deblended (each object keeps its own footprint)", p.patch,
                     blends.n_skipped, db.MAX_CHILDREN, db.MAX_AREA, db.MAX_AREA_TIMES_CHILDREN, blends.largest_skipped)
-    write_parquet(ref_table(objects, rows, ids, parent_ids, p, ref_band, n_child=blends.n_child[:rows.size], new=new),
+    write_parquet(ref_table(refs, rows, ids, parent_ids, p, ref_band, n_child=blends.n_child[:rows.size], new=new,
+                            measured=measured.rows(rows)),
                   repo.ref_path(tract.tract, p.patch), load_schema("ref"))
     planes = MaskPlanes()
     for b in bands:

@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.time import Time
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_area, proj_plane_pixel_scales, wcs_to_celestial_frame
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RA, DEFAULT_DEC = 180.0, 0.0  # tangent point of the made-up WCS of an image without one
 WCS_TOLERANCE_PIX = 0.01  # bands whose WCSs disagree by more than this are on different grids
-ICRS_LIKE = ("icrs", "fk5")  # FK5 J2000 and ICRS differ by < 0.1 arcsec: used as is
+ICRS_LIKE = ("icrs", "fk5")  # ICRS and FK5 J2000 (which differ by < 0.1 arcsec) are used as is
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,14 @@ def _lattice(shape, n=7):
 def _to_icrs(wcs: WCS, shape, label: str) -> WCS:
     """The WCS itself if equatorial; otherwise an ICRS TAN-SIP fit to it (forced positions are ICRS)."""
     try:
-        frame = wcs_to_celestial_frame(wcs).name
+        native = wcs_to_celestial_frame(wcs)
+        frame = native.name
     except ValueError:
-        frame = "unknown"
-    if frame in ICRS_LIKE:
+        native, frame = None, "unknown"
+    if frame in ICRS_LIKE and (frame == "icrs" or native.equinox == Time("J2000")):
         return wcs
+    if frame == "fk5":
+        frame = f"fk5 {native.equinox.jyear_str}"
     from astropy.wcs.utils import fit_wcs_from_points
 
     xx, yy = _lattice(shape, 25)

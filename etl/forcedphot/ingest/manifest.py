@@ -1,7 +1,7 @@
 """TOML manifests for ``forcedphot ingest fits --manifest``: the command line as a file, for scripts.
 
 Top-level keys are the global options (repo, patch_size, patch_border, pixel_scale,
-ref_band, overwrite), ``[bands.NAME]`` tables hold BandSpec fields and ``[catalog]`` the
+ref_band, overwrite, assume_njy), ``[bands.NAME]`` tables hold BandSpec fields and ``[catalog]`` the
 CatalogSpec fields. Relative file names are relative to the manifest, so a manifest and
 its data can move together.
 """
@@ -16,7 +16,7 @@ from forcedphot.ingest.estimate import is_estimate
 from forcedphot.ingest.images import parse_hdu_spec
 from forcedphot.ingest.specs import BAND_FIELDS, CATALOG_FIELDS, BandSpec, CatalogSpec
 
-GLOBAL_KEYS = ("repo", "patch_size", "patch_border", "pixel_scale", "ref_band", "overwrite")
+GLOBAL_KEYS = ("repo", "patch_size", "patch_border", "pixel_scale", "ref_band", "overwrite", "assume_njy")
 BAND_FILES = ("image", "variance", "invvar", "sigma", "mask", "background", "psf")
 
 

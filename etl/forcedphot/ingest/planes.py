@@ -19,7 +19,7 @@ import numpy as np
 from forcedphot.errors import InputError
 from forcedphot.flags import MaskPlanes
 from forcedphot.ingest import estimate as est
-from forcedphot.ingest.calib import photo_calib
+from forcedphot.ingest.calib import Calibration, band_calibration
 from forcedphot.ingest.grid import Grid
 from forcedphot.ingest.images import parse_hdu_spec, read_plane
 from forcedphot.ingest.psfimage import gaussian_psf, load_psf, parse_fwhm, psf_fwhm_pixels
@@ -114,9 +114,12 @@ def _psf(spec: BandSpec, grid: Grid) -> tuple[np.ndarray | None, dict]:
     return None, {}
 
 
-def load_band(spec: BandSpec, image: np.ndarray, image_label: str, grid: Grid, *, positions=None) -> BandData:
+def load_band(spec: BandSpec, image: np.ndarray, image_label: str, grid: Grid, *,
+              calibration: Calibration | None = None, positions=None) -> BandData:
     """Read and check every plane of one band on the common grid.
 
+    ``calibration`` (default: from the band's zero point or flux unit) comes from
+    :func:`forcedphot.ingest.calib.band_calibration`, which also reads the image header.
     ``positions`` (x, y) of the catalog objects (pixels) mask sources for ``--background
     estimate`` and ``--sigma estimate`` and are the candidate stars of ``--psf estimate``.
     """
@@ -183,6 +186,8 @@ def load_band(spec: BandSpec, image: np.ndarray, image_label: str, grid: Grid, *
         psf_est = est.estimate_psf(img, mask != 0, np.sqrt(variance), x, y, fwhm_guess=fwhm, label=where)
         psf = psf_est.psf
         record["psf"] = {"estimate": psf_est.record()}
-    calib = photo_calib(zero_point=spec.zero_point, flux_unit=spec.flux_unit, pixel_area_sr=grid.pixel_area_sr,
-                        label=f"band {spec.name} ({image_label})")
-    return BandData(spec.name, image_label, img, variance, mask, psf, psf_fwhm_pixels(psf), calib, record, psf_est)
+    if calibration is None:
+        calibration = band_calibration(zero_point=spec.zero_point, flux_unit=spec.flux_unit,
+                                       pixel_area_sr=grid.pixel_area_sr, label=f"band {spec.name} ({image_label})")
+    return BandData(spec.name, image_label, img, variance, mask, psf, psf_fwhm_pixels(psf), calibration.njy, record,
+                    psf_est)

@@ -122,6 +122,9 @@ class CatalogSpec:
     #                               SExtractor KRON_RADIUS); None: "shape" for KRON_RADIUS/SExtractor, else "pix"
     xy_origin: int | None = None  # 0 or 1 (pixel centre of the first pixel); None: 1 for SExtractor, else 0
     positions: str = "auto"  # "sky" (ra/dec through the WCS), "pixel" (x/y) or auto
+    frame: str | None = None  # sky frame of ra/dec: icrs, fk5, fk4, galactic, ecliptic ...; None: from the
+    #                           column names (l/b: galactic, ELON/ELAT: ecliptic ...), else icrs
+    equinox: str | float | None = None  # of an fk4/fk5/ecliptic frame: J2000, B1950 ... (default: the frame's)
     deblend: str = "peaks"  # "peaks": split overlapping footprints by PSF-model ratios (forcedphot.ingest.deblend),
     #                         "none": every object its own footprint with the image pixels
 
@@ -134,6 +137,10 @@ class CatalogSpec:
             raise InputError(f"{self.path}: Kron unit must be pix or shape, not {self.kron_unit!r}")
         if self.deblend not in ("peaks", "none"):
             raise InputError(f"{self.path}: deblend must be peaks or none, not {self.deblend!r}")
+        if self.frame is not None:
+            from forcedphot.ingest.frames import frame_name, make_frame
+
+            make_frame(frame_name(self.frame, where=str(self.path)), self.equinox, where=str(self.path))
         if self.theta_unit not in ("deg", "rad"):
             raise InputError(f"{self.path}: theta unit must be deg or rad, not {self.theta_unit!r}")
 

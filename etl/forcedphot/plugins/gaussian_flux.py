@@ -13,7 +13,9 @@ kernel :func:`forcedphot.kernels.moments.gaussian_flux`.
 The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
 ``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever
 gaussianFlux or gaussianFluxErr is not finite or gaussianFluxErr <= 0; this plugin sets its
-specific flags.
+specific flags: ``_flag_noRefShape`` where the reference has no shape (no value), and the general
+flag, with a value, where the reference shape is flagged (the PSF's shape stands in; as Rubin's
+safe-shape extractor).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from forcedphot.cutouts import STAMP_HALF_SIZES
 from forcedphot.kernels.moments import gaussian_flux, read_only, spatial_order
 from forcedphot.moments import inverse_2x2
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
+from forcedphot.plugins.shape import missing_shape, ref_flag
 
 SUB = (np.arange(4) - 1.5) / 4  # 4x4 sub-pixel sample offsets
 
@@ -36,7 +39,8 @@ class GaussianFlux(Plugin):
         return (
             Column("gaussianFlux", "double", "Flux in an elliptical Gaussian weight equal to the forced (reference) shape: 2 sum(w I); aperture corrected.", "nJy", "flux"),
             Column("gaussianFluxErr", "double", "Uncertainty of gaussianFlux: 2 sqrt(sum(w^2 V)); aperture corrected.", "nJy", "fluxErr"),
-            flag("gaussianFlux_flag", "General failure: no usable centroid or shape, the weight box off the coadd, or a non-finite result."),
+            flag("gaussianFlux_flag", "General failure: no usable centroid or shape, a flagged reference shape, the weight box off the coadd, or a non-finite result."),
+            flag("gaussianFlux_flag_noRefShape", "The reference has no shape (null; no value)."),
         )
 
     def measure(self, ctx: MeasurementContext):
@@ -58,5 +62,6 @@ class GaussianFlux(Plugin):
                                            np.ascontiguousarray(qinv[:, 0, 0]), np.ascontiguousarray(qinv[:, 0, 1]),
                                            np.ascontiguousarray(qinv[:, 1, 1]), half, small.astype(np.uint8), SUB,
                                            spatial_order(c.cx, c.cy))
-        failed = ~ok | (invalid != 0) | ~np.isfinite(flux) | ~np.isfinite(err)
-        return {"gaussianFlux": flux, "gaussianFluxErr": err, "gaussianFlux_flag": failed}
+        failed = ~ok | (invalid != 0) | ~np.isfinite(flux) | ~np.isfinite(err) | ref_flag(ctx, "shape_flag")
+        return {"gaussianFlux": flux, "gaussianFluxErr": err, "gaussianFlux_flag": failed,
+                "gaussianFlux_flag_noRefShape": missing_shape(ctx)}

@@ -11,7 +11,9 @@ Aperture corrected. The undeblended flux comes from the same pass (``measures_un
 The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
 ``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever
 kronFlux or kronFluxErr is not finite or kronFluxErr <= 0 (deblended and undeblended); this plugin
-sets its specific flags.
+sets its specific flags. A row without a reference radius or shape is flagged for that cause
+(``_flag_noRefRadius``, ``_flag_noRefShape``; the ingest measures both when a catalog lacks them,
+:mod:`forcedphot.ingest.refmeasure`); ``_flag_edge`` only for an ellipse that leaves the coadd.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from forcedphot.moments import inverse_2x2
 from forcedphot.plugins.aperture import source_pixels
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
+from forcedphot.plugins.shape import missing_shape
 
 N_RADIUS_FOR_FLUX = 2.5
 MAX_HALF = 512  # ellipses taller than this many rows either side are treated as off the coadd
@@ -39,8 +42,10 @@ class KronFlux(Plugin):
             Column("kronRad", "float", "Kron radius sqrt(ab) of the forced ellipse before the 2.5 scaling, in coadd pixels.", "pix"),
             flag("kronFlux_flag", "General failure: no usable centroid, bad radius or shape, an aperture off the coadd, or invalid pixels in it."),
             flag("kronFlux_flag_edge", "The Kron ellipse extends beyond the coadd (no value)."),
-            flag("kronFlux_flag_bad_radius", "The reference Kron radius is missing, not finite or not positive."),
-            flag("kronFlux_flag_bad_shape", "The reference shape is missing or not positive-definite."),
+            flag("kronFlux_flag_noRefRadius", "The reference has no Kron radius (null; no value)."),
+            flag("kronFlux_flag_noRefShape", "The reference has no shape (null; no value)."),
+            flag("kronFlux_flag_bad_radius", "The reference Kron radius is present but not finite or not positive."),
+            flag("kronFlux_flag_bad_shape", "The reference shape is present but not positive-definite."),
         )
 
     @classmethod
@@ -53,7 +58,9 @@ class KronFlux(Plugin):
         n = ctx.n
         both = self.name in ctx.undeblended
         r_k = np.asarray(ctx.ref.get("kron_radius", np.full(n, np.nan)), float)
+        no_radius = np.isnan(r_k)
         bad_radius = ~(np.isfinite(r_k) & (r_k > np.finfo(float).eps))
+        no_shape = missing_shape(ctx)
         bad_shape = ~ctx.shape_ok
         ref_det = ctx.ref["shape_xx"] * ctx.ref["shape_yy"] - ctx.ref["shape_xy"] ** 2
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -69,9 +76,7 @@ class KronFlux(Plugin):
                      | (ctx.y - ext_y < bbox.min_y - 0.5) | (ctx.y + ext_y > bbox.max_y + 0.5))
         with np.errstate(invalid="ignore"):
             half = np.where(ok & ~edge, np.ceil(ext_y) + 1, 0)
-        # larger than any patch: treated as off the coadd; like every source not measured (as before:
-        # unusable centroid, bad radius or shape also set the edge flag)
-        edge |= (half > MAX_HALF) | ~ok
+        edge |= half > MAX_HALF  # larger than any patch: treated as off the coadd
         measure = ok & ~edge
         einv, _ = inverse_2x2(flux_ellipse)
         pixels = source_pixels(ctx)
@@ -80,8 +85,9 @@ class KronFlux(Plugin):
         flux, flux_u, var, invalid = ellipse_sums(
             image, pixels.original if both else image, variance, valid, fp, c.cx, c.cy, c.xl, c.yl,
             einv[:, 0, 0], einv[:, 0, 1], einv[:, 1, 1], np.where(measure, half, 0), measure, both)
-        out = {"kronRad": kron_rad, "kronFlux_flag_edge": edge, "kronFlux_flag_bad_radius": bad_radius & ctx.usable,
-               "kronFlux_flag_bad_shape": bad_shape & ctx.usable}
+        out = {"kronRad": kron_rad, "kronFlux_flag_edge": edge, "kronFlux_flag_noRefRadius": no_radius,
+               "kronFlux_flag_noRefShape": no_shape, "kronFlux_flag_bad_radius": bad_radius & ~no_radius & ctx.usable,
+               "kronFlux_flag_bad_shape": bad_shape & ~no_shape & ctx.usable}
         failed = ~ok | edge | (invalid > 0)
         out.update({"kronFlux": flux, "kronFluxErr": np.sqrt(var), "kronFlux_flag": failed | ~np.isfinite(flux)})
         if both:

@@ -3,6 +3,8 @@
 The reference second moments (reference-tract pixels) are mapped by the local linear part
 J of the reference-pixel -> sky -> coadd-pixel transform at each reference centroid:
 S' = J S J^T. J is measured by finite differences through both astropy WCSs, vectorised.
+``shape_flag`` also copies the reference's ``shape_flag`` (Rubin copies slot_Shape_flag): set
+where the ingest's adaptive moments failed and the PSF's shape stands in.
 """
 
 from __future__ import annotations
@@ -31,6 +33,21 @@ def local_jacobian(ref_wcs, wcs, x, y) -> np.ndarray:
     return jac
 
 
+def missing_shape(ctx: MeasurementContext) -> np.ndarray:
+    """True where the reference has no shape (a null or NaN moment): the cause of a ``_flag_noRefShape``."""
+    return ~(np.isfinite(np.asarray(ctx.ref["shape_xx"], float)) & np.isfinite(np.asarray(ctx.ref["shape_yy"], float))
+             & np.isfinite(np.asarray(ctx.ref["shape_xy"], float)))
+
+
+def ref_flag(ctx: MeasurementContext, name: str) -> np.ndarray:
+    """A boolean reference column as a bool array, False where null or absent (older ref files)."""
+    v = ctx.ref.get(name)
+    if v is None:
+        return np.zeros(ctx.n, bool)
+    v = np.asarray(v)
+    return v.astype(bool) if v.dtype == bool else np.array([bool(e) if e is not None else False for e in v], bool)
+
+
 class TransformedShape(Plugin):
     name = "TransformedShape"
     order = 1.0
@@ -42,7 +59,7 @@ class TransformedShape(Plugin):
             Column("shape_xx", "double", "Forced shape: reference second moment Ixx transformed to coadd pixels.", "pix**2"),
             Column("shape_yy", "double", "Forced shape: reference second moment Iyy transformed to coadd pixels.", "pix**2"),
             Column("shape_xy", "double", "Forced shape: reference second moment Ixy transformed to coadd pixels.", "pix**2"),
-            flag("shape_flag", "Reference shape missing, not positive-definite, or its transform failed."),
+            flag("shape_flag", "Reference shape missing, not positive-definite, its transform failed, or flagged in the reference (the ingest's adaptive moments failed: the PSF's shape)."),
         )
 
     def measure(self, ctx: MeasurementContext):
@@ -57,4 +74,5 @@ class TransformedShape(Plugin):
             s = jac @ s @ np.swapaxes(jac, 1, 2)
         ok = positive_definite(s)
         ctx.shape, ctx.shape_ok = s, ok
-        return {"shape_xx": s[:, 0, 0], "shape_yy": s[:, 1, 1], "shape_xy": s[:, 0, 1], "shape_flag": ~ok}
+        return {"shape_xx": s[:, 0, 0], "shape_yy": s[:, 1, 1], "shape_xy": s[:, 0, 1],
+                "shape_flag": ~ok | ref_flag(ctx, "shape_flag")}

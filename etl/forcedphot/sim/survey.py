@@ -478,6 +478,7 @@ def _ref_row(oid, parent, tract, p, x, y, shape, n_child, inner, recipe, *, kron
             "coord_ra": float(ra), "coord_dec": float(dec), "centroid_x": float(x), "centroid_y": float(y),
             "shape_xx": float(shape[0, 0]), "shape_yy": float(shape[1, 1]), "shape_xy": float(shape[0, 1]),
             "kron_radius": None if kron_radius is None else float(kron_radius),
+            "shape_flag": None, "kron_radius_flag": None,  # measured by the simulator, not at ingest
             "deblend_nChild": int(n_child), "detect_isPrimary": bool(inner and n_child == 0),
             "detect_isPatchInner": bool(p.inner.contains(x, y)), "refBand": recipe.ref_band}
 
