@@ -124,7 +124,7 @@ def test_sigma_estimate_gives_unit_pulls(tmp_path, caplog):
     yy, xx = np.indices(shape)
     truth = {}
     bands = []
-    for band in ("g", "r"):  # two noise realisations of the same field: 288 pulls
+    for band in ("g", "r"):  # two noise realisations of the same field: 242 pulls
         truth[band] = rng.uniform(30, 300, x.size)  # S/N 2..20 per star: the background noise dominates
         img = 25.0 + 0.02 * xx + gaussian_image(shape, x, y, truth[band], fwhm) + rng.normal(0, sigma, shape)
         path = _write(tmp_path / "in", band, img)
@@ -160,10 +160,10 @@ def _fit_fwhm(psf):
 
 def test_psf_estimate_recovers_a_moffat_psf(tmp_path, caplog):
     rng = np.random.default_rng(8)
-    shape, sigma, fwhm, beta = (300, 300), 1.0, 3.0, 3.5
-    x, y = _lattice(shape, 30, rng, margin=18)
+    shape, sigma, fwhm, beta = (310, 310), 1.0, 3.0, 3.5
+    x, y = _lattice(shape, 30, rng, margin=25)  # 81 stars
     truth = 10 ** rng.uniform(3.3, 4.5, x.size)  # peak S/N ~ 200..3000
-    img = moffat_image(shape, x, y, truth, fwhm, beta) + rng.normal(0, sigma, shape)
+    img = moffat_image(shape, x, y, truth, fwhm, beta, half=16) + rng.normal(0, sigma, shape)  # 99.97% of the flux
     path = _write(tmp_path / "in", "g", img)
     cat = _catalog(tmp_path / "in", shape, x, y)
     band = BandSpec(name="g", image=str(path), sigma=str(sigma), psf="estimate", zero_point=ZP)
@@ -175,7 +175,7 @@ def test_psf_estimate_recovers_a_moffat_psf(tmp_path, caplog):
     with fits.open(psf_file) as h:
         built, n_stars = h[0].data.astype(float), h[0].header["NSTARS"]
     record = json.loads((tmp_path / "repo" / "repository.json").read_text())["ingest"]["bands"]["g"]["psf"]
-    assert record["estimate"]["stars"] == n_stars and n_stars >= 50 and record["estimate"]["file"] == "ingest/psf_g.fits"
+    assert record["estimate"]["stars"] == n_stars and n_stars >= 40 and record["estimate"]["file"] == "ingest/psf_g.fits"
     assert built.sum() == pytest.approx(1.0, abs=1e-5)
     k = built.shape[0] // 2
     true_psf = moffat_image(built.shape, [k], [k], [1.0], fwhm, beta, half=k)  # the same, centred on a pixel
@@ -248,27 +248,29 @@ def test_psf_scale_match_oversampling_and_resampling(caplog):
     assert kept is psf and f == 2
 
 
-def test_psf_twice_coarser_is_resampled_and_fluxes_are_right(tmp_path, capsys):
+def test_psf_twice_coarser_is_resampled_and_fluxes_are_right(tmp_path, capsys, caplog):
     rng = np.random.default_rng(4)
-    shape, sigma, fwhm = (160, 160), 0.5, 8.0
-    x, y = _lattice(shape, 40, rng, margin=22)
+    shape, sigma, fwhm = (200, 200), 0.5, 8.0
+    x, y = _lattice(shape, 40, rng, margin=32)  # >= 24 px from the edges: the 43 px PSF box fits
     truth = rng.uniform(2e4, 5e4, x.size)
     img = gaussian_image(shape, x, y, truth, fwhm) + rng.normal(0, sigma, shape)
     path = _write(tmp_path / "in", "g", img)
     cat = _catalog(tmp_path / "in", shape, x, y)
     psf_path = tmp_path / "in" / "psf.fits"
-    fits.writeto(psf_path, _gaussian_samples(33, fwhm / 2).astype(np.float32), header=fits.Header({"SECPIX": 2 * SCALE}))
+    fits.writeto(psf_path, _gaussian_samples(21, fwhm / 2).astype(np.float32), header=fits.Header({"SECPIX": 2 * SCALE}))
     argv = ["ingest", "fits", "--repo", str(tmp_path / "repo"), "--band", "g", "--image", str(path), "--sigma",
             str(sigma), "--psf", str(psf_path), "--zero-point", str(ZP), "--catalog", str(cat), "--deblend", "none"]
-    assert main(argv) == 0
-    err = capsys.readouterr().err
-    assert "PSF pixel scale 0.4 arcsec (SECPIX) differs from the image's 0.2 arcsec/px by 100.0%; resampled by 2" in err
+    with caplog.at_level(logging.WARNING):
+        assert main(argv) == 0
+    assert "PSF pixel scale 0.4 arcsec (SECPIX) differs from the image's 0.2 arcsec/px by 100.0%; resampled by 2" \
+        in caplog.text
     assert main(["run", "--repo", str(tmp_path / "repo"), "-q"]) == 0
     rows, flux, _ = _forced(tmp_path / "repo", "g")
     ratio = flux / truth[rows]
     print(f"resampled PSF: psfFlux / truth median {np.median(ratio):.4f} over {rows.size} stars")
     assert rows.size == x.size and np.median(ratio) == pytest.approx(1.0, abs=0.01)
     # the same PSF refused when asked not to resample: one line naming both scales, no repository
+    capsys.readouterr()
     assert main([*argv[:3], str(tmp_path / "refused"), *argv[4:], "--psf-scale-mismatch", "refuse"]) != 0
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "PSF pixel scale 0.4 arcsec (SECPIX) differs from the image's 0.2 arcsec/px" in err
@@ -283,7 +285,7 @@ SPITZER = REAL_DATA / "spitzer"
 @pytest.mark.realdata
 @pytest.mark.skipif(not (SPITZER / "spitzer_example_image.fits").is_file(),
                     reason=f"Spitzer test data not found in {SPITZER}")
-def test_spitzer_estimated_psf_matches_published_fluxes(tmp_path, capsys):
+def test_spitzer_estimated_psf_matches_published_fluxes(tmp_path, caplog):
     """psfFlux / f4_5 with the PSF estimated from the mosaic vs the supplied in-flight PSF (issue: -15%).
 
     The GLIMPSE catalog (l/b, no ids) goes in as it is; rows are matched back by position.
@@ -300,8 +302,9 @@ def test_spitzer_estimated_psf_matches_published_fluxes(tmp_path, capsys):
     stats = {}
     for name, opts in psfs.items():
         repo = tmp_path / name
-        assert main(["ingest", "fits", "--repo", str(repo), *common, *opts, "--catalog",
-                     str(SPITZER / "spitzer_example_catalog.xml"), "--deblend", "none"]) == 0
+        with caplog.at_level(logging.WARNING):
+            assert main(["ingest", "fits", "--repo", str(repo), *common, *opts, "--catalog",
+                         str(SPITZER / "spitzer_example_catalog.xml"), "--deblend", "none"]) == 0
         assert main(["run", "--repo", str(repo), "-q"]) == 0
         f = sql(repo, "SELECT coord_ra, coord_dec, psfFlux FROM forced_source WHERE NOT psfFlux_flag").to_pandas()
         idx, sep, _ = SkyCoord(f.coord_ra.to_numpy(), f.coord_dec.to_numpy(), unit="deg").match_to_catalog_sky(published)
@@ -309,7 +312,7 @@ def test_spitzer_estimated_psf_matches_published_fluxes(tmp_path, capsys):
         ratio = f.psfFlux.to_numpy() / 1e6 / f45[idx]  # nJy -> mJy
         med = float(np.median(ratio))
         stats[name] = (med, 1.4826 * float(np.median(np.abs(ratio - med))), ratio.size)
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "irac_ch2_flight.fits: PSF pixel scale 0.30325 arcsec (SECPIX) x oversampling 4" in err
     assert "PSF estimated with photutils EPSFBuilder" in err and str(tmp_path / "estimated" / "ingest") in err
     for name, (med, scatter, n) in stats.items():

@@ -104,7 +104,7 @@ def header_pixel_scale(header) -> tuple[float, float, str] | None:
         if isinstance(v, (int, float)) and v > 0:
             return float(v), float(v), key
     v1, v2 = header.get("PIXSCAL1"), header.get("PIXSCAL2", header.get("PIXSCAL1"))
-    if isinstance(v1, (int, float)) and isinstance(v2, (int, float)) and v1 > 0 and v2 > 0:
+    if isinstance(v1, (int, float)) and isinstance(v2, (int, float)) and v1 != 0 and v2 != 0:
         return abs(float(v1)), abs(float(v2)), "PIXSCAL1/2"
     units = [str(header.get(f"CUNIT{i}", "")).strip().lower() for i in (1, 2)]
     celestial = all(str(header.get(f"CTYPE{i}", ""))[:4].strip("-") in ("RA", "DEC", "GLON", "GLAT", "ELON", "ELAT")
