@@ -42,13 +42,24 @@ BAND_OPTIONS = {
     "--image": ("image", str, "FILE[:HDU]", "image (default HDU: the first holding an image)"),
     "--variance": ("variance", str, "FILE[:HDU]|VALUE", "variance plane (image units squared) or a constant"),
     "--invvar": ("invvar", str, "FILE[:HDU]|VALUE", "inverse-variance (weight) plane; 0 marks unusable pixels"),
-    "--sigma": ("sigma", str, "FILE[:HDU]|VALUE", "noise sigma (RMS) plane or a constant"),
+    "--sigma": ("sigma", str, "FILE[:HDU]|VALUE|estimate",
+                "noise sigma (RMS) plane or a constant; estimate: the background RMS (no source Poisson noise)"),
     "--mask": ("mask", str, "FILE[:HDU]", "integer mask plane; by default any nonzero value -> BAD"),
     "--mask-bits": ("mask_bits", str, "PLANE=BIT,...",
                     "map input mask bits to planes instead, e.g. BAD=0,SAT=1,NO_DATA=8"),
-    "--background": ("background", str, "FILE[:HDU]|VALUE", "background to subtract: a plane or a constant"),
-    "--psf": ("psf", str, "FILE[:HDU]", "PSF image (normalised, made odd-sized and centred if needed)"),
-    "--psf-oversampling": ("psf_oversampling", int, "N", "integer oversampling of the PSF image (binned down)"),
+    "--background": ("background", str, "FILE[:HDU]|VALUE|estimate",
+                     "background to subtract: a plane, a constant, or estimate (photutils Background2D, "
+                     "sources masked)"),
+    "--background-box": ("background_box", int, "N",
+                         "box size of --background/--sigma estimate, pixels (default: 10 PSF FWHM within 16..64)"),
+    "--psf": ("psf", str, "FILE[:HDU]|estimate", "PSF image (normalised, made odd-sized and centred if needed), or "
+              "estimate: an effective PSF of bright isolated catalog stars (photutils EPSFBuilder; "
+              "--psf-fwhm is then a first guess)"),
+    "--psf-oversampling": ("psf_oversampling", int, "N", "integer oversampling of the PSF image (binned down; "
+                           "default: from its header's pixel scale, else 1)"),
+    "--psf-scale-mismatch": ("psf_scale_mismatch", str, "resample|refuse|ignore",
+                             "when the PSF header's pixel scale x oversampling differs from the image's by more "
+                             "than 1%%: resample the PSF (default), refuse, or ignore the header"),
     "--psf-fwhm": ("psf_fwhm", str, "VALUE{arcsec|px}", "Gaussian PSF of this FWHM, e.g. 0.9arcsec or 3px"),
     "--zero-point": ("zero_point", float, "ZP", "AB magnitude of one image unit (overrides the header's BUNIT and "
                                                 "zero-point keys)"),
@@ -57,6 +68,8 @@ BAND_OPTIONS = {
                     "(overrides the header). Default: the header's BUNIT, else MAGZERO, MAGZPT, MAGZP, ZEROPT, ZP, "
                     "FLUXMAG0, PHOTFLAM+PHOTPLAM or PHOTFNU; none of them is an error unless --assume-njy"),
 }
+
+BAND_CHOICES = {"psf_scale_mismatch": ("resample", "refuse", "ignore")}
 
 # catalog option -> (CatalogSpec field, type, help)
 CATALOG_OPTIONS = {
@@ -138,8 +151,9 @@ def add_fits_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--band", dest="bands", action=BandGroup, metavar="NAME",
                    help="start a band (1-8 characters, e.g. g)")
     for flag, (dest, typ, metavar, text) in BAND_OPTIONS.items():
+        kw = {"choices": BAND_CHOICES[dest]} if dest in BAND_CHOICES else {}
         b.add_argument(flag, dest=dest, action=BandOption, type=typ, metavar=metavar, help=text,
-                       default=argparse.SUPPRESS)
+                       default=argparse.SUPPRESS, **kw)
     c = p.add_argument_group("reference catalog")
     c.add_argument("--catalog", metavar="FILE[:HDU]",
                    help="FITS table, Parquet, CSV, SExtractor ASCII or VOTable of reference objects")

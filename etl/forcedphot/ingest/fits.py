@@ -32,6 +32,7 @@ from forcedphot.ingest.images import celestial_wcs, parse_hdu_spec, read_image
 from forcedphot.ingest.planes import BandData, load_band
 from forcedphot.ingest.refmeasure import RefMeasurements, default_reference_band, measure_references
 from forcedphot.ingest.specs import BandSpec, CatalogSpec
+from forcedphot.ingest.estimate import write_psf_fits
 from forcedphot.io.atomic import atomic_dir
 from forcedphot.io.coadd import Coadd, write_coadd
 from forcedphot.io.parquet import write_parquet
@@ -43,6 +44,7 @@ from forcedphot.skymap import Box, PatchInfo, SkyMap, TractInfo
 log = logging.getLogger(__name__)
 
 TRACT = 0
+INGEST_DIR = "ingest"  # inside the repository: what ingest estimated (PSF FITS files)
 DEFAULT_BORDER = 100  # Rubin's patch border, capped at a quarter of the patch for small patches
 
 __all__ = ["BandSpec", "CatalogSpec", "ingest_fits"]
@@ -62,8 +64,9 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     ``deblend`` ("peaks" or "none"; default: the catalog spec's, "peaks") deblends objects
     whose footprints overlap (:mod:`forcedphot.ingest.deblend`); ``assume_njy`` takes the
     pixels of bands whose options and header give no flux unit or zero point as nJy
-    (otherwise an error). The calibrations and catalog frame used are recorded in the
-    repository's ``repository.json`` under ``ingest``.
+    (otherwise an error). The calibrations, catalog frame and each band's planes (files,
+    constants or estimates) are recorded in the repository's ``repository.json`` under
+    ``ingest``; ``--psf estimate`` PSFs are also written as ``ingest/psf_<band>.fits``.
     """
     if not isinstance(assume_njy, bool):
         raise InputError(f"assume_njy must be true or false, not {assume_njy!r}")
@@ -92,13 +95,19 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
                                pixel_area_sr=grid.pixel_area_sr, label=f"band {spec.name} ({label})",
                                assume_njy=assume_njy)
               for spec, (_, header, label) in zip(bands, images)]
-    data = [load_band(spec, img, label, grid, calibration=cal)
+    objects = load_catalog(catalog, grid)
+    leaves = objects.n_child == 0  # catalog parents sit on their children: not candidates for estimates
+    positions = (objects.x[leaves], objects.y[leaves])
+    data = [load_band(spec, img, label, grid, calibration=cal, positions=positions)
             for spec, (img, _, label), cal in zip(bands, images, calibs)]
     del images
-    objects = load_catalog(catalog, grid)
     # footprints and the deblender keep the catalog's geometry; the ref table gets the measured values
     refs, measured = measure_references(objects, next(b for b in data if b.name == ref_band))
-    metadata = {"ingest": {"bands": {b.name: {"image": b.label, **cal.as_dict()} for b, cal in zip(data, calibs)},
+    for b in data:
+        if b.psf_estimate is not None:
+            b.record["psf"]["estimate"]["file"] = f"{INGEST_DIR}/psf_{b.name}.fits"
+    metadata = {"ingest": {"bands": {b.name: {"image": b.label, **cal.as_dict(), **b.record}
+                                     for b, cal in zip(data, calibs)},
                            "catalog": {"path": objects.label, **(objects.positions or {})}}}
     tract = _make_tract(grid, patch_size, patch_border)
     skymap = SkyMap(f"fits-{Path(str(data[0].label)).stem}"[:64], (tract,))
@@ -106,6 +115,7 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     with atomic_dir(target) as tmp:  # assembled next to the target, swapped in whole when complete
         repo = Repository(tmp).create(description=f"ingested from FITS: bands {names}, catalog {objects.label}",
                                       metadata=metadata)
+        _write_estimated_psfs(repo, root, data)
         repo.write_skymap(skymap)
         packer = IdPacker(skymap.n_tracts, skymap.n_patches)
         fwhm = max(b.psf_fwhm for b in data)
@@ -115,6 +125,23 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     log.info("ingested %d objects in %d band(s) into %s (%d patches)", len(objects), len(data), root,
              tract.n_patches)
     return Repository(root)
+
+
+# -- estimated PSFs -----------------------------------------------------------------------
+def _write_estimated_psfs(repo: Repository, root: Path, bands: list[BandData]) -> None:
+    """Each ``--psf estimate`` PSF as ``ingest/psf_<band>.fits`` in the repository, with one warning line."""
+    for b in bands:
+        e = b.psf_estimate
+        if e is None:
+            continue
+        name = f"psf_{b.name}.fits"
+        (repo.root / INGEST_DIR).mkdir(exist_ok=True)
+        write_psf_fits(repo.root / INGEST_DIR / name, e, band=b.name, label=b.label)
+        off = (f"; star centres are offset from the catalog positions by median (dx, dy) = ({e.offset[0]:.2f}, "
+               f"{e.offset[1]:.2f}) px" if np.hypot(*e.offset) > 0.1 else "")
+        log.warning("band %s (%s): PSF estimated with photutils EPSFBuilder from %d stars (of %d catalog objects; "
+                    "%d px cutouts, oversampling %d): FWHM %.3g px%s; written to %s", b.name, b.label, e.n_stars,
+                    e.n_candidates, e.size, e.oversampling, e.fwhm, off, root / INGEST_DIR / name)
 
 
 # -- target folder ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 
 from forcedphot.errors import InputError
+from forcedphot.ingest.estimate import is_estimate
 from forcedphot.ingest.images import parse_hdu_spec
 from forcedphot.ingest.specs import BAND_FIELDS, CATALOG_FIELDS, BandSpec, CatalogSpec
 
@@ -21,7 +22,7 @@ BAND_FILES = ("image", "variance", "invvar", "sigma", "mask", "background", "psf
 
 def _rel(base: Path, value):
     """A file option resolved against the manifest's folder (numbers, e.g. a constant background, pass)."""
-    if not isinstance(value, str):
+    if not isinstance(value, str) or is_estimate(value):
         return value
     if (base / value).exists() or Path(value).is_absolute():
         return str(base / value)

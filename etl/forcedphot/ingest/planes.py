@@ -4,18 +4,21 @@ Unusable pixels keep the convention of the rest of forcedphot (and of the simula
 NO_DATA in the mask and a non-finite value in the image or variance, which every
 measurement treats as invalid (zero weight, flagged). That covers NaN/inf image pixels,
 inverse variance 0 and infinite or zero variance. Negative variances are errors: they
-mean a wrong plane or a wrong ``--variance/--invvar/--sigma`` choice.
+mean a wrong plane or a wrong ``--variance/--invvar/--sigma`` choice. ``estimate`` for the
+background, sigma or PSF measures them on the image (:mod:`forcedphot.ingest.estimate`),
+with one warning each saying how.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from forcedphot.errors import InputError
 from forcedphot.flags import MaskPlanes
+from forcedphot.ingest import estimate as est
 from forcedphot.ingest.calib import Calibration, band_calibration
 from forcedphot.ingest.grid import Grid
 from forcedphot.ingest.images import parse_hdu_spec, read_plane
@@ -35,6 +38,8 @@ class BandData:
     psf: np.ndarray  # (K, K) float64, unit sum
     psf_fwhm: float  # pixels
     photo_calib: float  # nJy per image unit
+    record: dict = field(default_factory=dict)  # where each plane came from (repository.json "ingest")
+    psf_estimate: est.PsfEstimate | None = None  # --psf estimate: written beside the repository
 
 
 def _noise_to_variance(data: np.ndarray, kind: str, label: str, usable: np.ndarray) -> np.ndarray:
@@ -90,25 +95,79 @@ def _plane_or_constant(value, *, what: str, shape, image_label: str) -> tuple[np
     return read_plane(value, what=what, shape=shape, image_label=image_label)
 
 
+def _describe_background(b: est.BackgroundEstimate, fwhm: float) -> str:
+    return (f"photutils Background2D statistics of {b.box} px boxes (SExtractor mode of {est.CLIP_SIGMA:g}-sigma "
+            f"clipped pixels; bicubic spline, outlying boxes median-filtered), sources masked ({100 * b.masked:.1f}% "
+            f"of pixels: {est.DETECT_SIGMA:g}-sigma detections dilated by {max(1, round(fwhm))} px and "
+            f"{est.CATALOG_MASK_FWHM * fwhm:.1f} px discs at catalog positions)")
+
+
+def _psf(spec: BandSpec, grid: Grid) -> tuple[np.ndarray | None, dict]:
+    """The given PSF (image or Gaussian FWHM) and its record; (None, {}) for an estimate."""
+    if spec.psf is not None and not est.is_estimate(spec.psf):
+        return load_psf(spec.psf, oversampling=spec.psf_oversampling, image_scale=grid.pixel_scale,
+                        mismatch=spec.psf_scale_mismatch)
+    if spec.psf is None:
+        fwhm = parse_fwhm(spec.psf_fwhm, unit=spec.psf_fwhm_unit, pixel_scale=grid.pixel_scale,
+                          label=f"band {spec.name}")
+        return gaussian_psf(fwhm, label=f"band {spec.name}"), {"gaussian_fwhm_px": fwhm}
+    return None, {}
+
+
 def load_band(spec: BandSpec, image: np.ndarray, image_label: str, grid: Grid, *,
-              calibration: Calibration | None = None) -> BandData:
+              calibration: Calibration | None = None, positions=None) -> BandData:
     """Read and check every plane of one band on the common grid.
 
     ``calibration`` (default: from the band's zero point or flux unit) comes from
     :func:`forcedphot.ingest.calib.band_calibration`, which also reads the image header.
+    ``positions`` (x, y) of the catalog objects (pixels) mask sources for ``--background
+    estimate`` and ``--sigma estimate`` and are the candidate stars of ``--psf estimate``.
     """
     planes = MaskPlanes()
     shape = grid.shape
+    where = f"band {spec.name} ({image_label})"
+    x, y = (np.zeros(0), np.zeros(0)) if positions is None else (np.asarray(p, float) for p in positions)
     img = np.array(image, dtype=np.float32)
-    if spec.background is not None:
-        img -= _plane_or_constant(spec.background, what="background", shape=shape, image_label=image_label)[0]
+    record = {"image": image_label}
     mask = np.zeros(shape, np.int32)
     if spec.mask is not None:
         data, mlabel = read_plane(spec.mask, what="mask", shape=shape, image_label=image_label)
         mask |= _mask_bits(data, spec.mask_mapping(), mlabel, planes)
+        record["mask"] = mlabel
+    psf, record["psf"] = _psf(spec, grid)
+    if spec.background is not None and not est.is_estimate(spec.background):
+        bkg_plane, record["background"] = _plane_or_constant(spec.background, what="background", shape=shape,
+                                                             image_label=image_label)
+        img -= bkg_plane
     kind, noise_spec = spec.noise
-    noise, nlabel = _plane_or_constant(noise_spec, what=kind, shape=shape, image_label=image_label)
-    nlabel = nlabel if not nlabel.startswith("constant") else f"band {spec.name} {nlabel}"
+    estimates = [n for n, v in (("background", spec.background), ("sigma", noise_spec), ("psf", spec.psf))
+                 if est.is_estimate(v)]
+    fwhm = None
+    if estimates:
+        unusable = ~np.isfinite(img) | (mask != 0)
+        if spec.psf_fwhm is not None:  # a Gaussian PSF, or the first guess of --psf estimate
+            fwhm = parse_fwhm(spec.psf_fwhm, unit=spec.psf_fwhm_unit, pixel_scale=grid.pixel_scale, label=where)
+        elif psf is not None:
+            fwhm = psf_fwhm_pixels(psf)
+        else:
+            fwhm = est.rough_fwhm(img, unusable, x, y, label=where)
+    if "background" in estimates or "sigma" in estimates:
+        bkg = est.estimate_background(img, unusable, fwhm=fwhm, x=x, y=y, box=spec.background_box, label=where)
+        how = _describe_background(bkg, fwhm)
+        if "background" in estimates:
+            img -= bkg.background
+            log.warning("%s: background estimated with %s; median %.5g", where, how, np.nanmedian(bkg.background))
+            record["background"] = {"estimate": bkg.record()}
+        if "sigma" in estimates:
+            log.warning("%s: noise sigma estimated as the background RMS of the same %d px boxes (%g-sigma clipped "
+                        "std / %.4f); median %.5g; it omits the sources' Poisson noise", where, bkg.box, est.CLIP_SIGMA,
+                        est.clipped_std_factor(), np.nanmedian(bkg.rms))
+            record["noise"] = {"sigma": {"estimate": bkg.record()}}
+            noise, nlabel = bkg.rms, f"{where} estimated sigma"
+    if "sigma" not in estimates:
+        noise, nlabel = _plane_or_constant(noise_spec, what=kind, shape=shape, image_label=image_label)
+        nlabel = nlabel if not nlabel.startswith("constant") else f"band {spec.name} {nlabel}"
+        record["noise"] = {kind: nlabel}
     finite_img = np.isfinite(img)
     variance = _noise_to_variance(noise, kind, nlabel, finite_img & (mask == 0))
     no_var = finite_img & ~np.isfinite(variance)
@@ -122,13 +181,13 @@ def load_band(spec: BandSpec, image: np.ndarray, image_label: str, grid: Grid, *
     img[~finite_img] = np.nan
     variance[no_data] = np.nan
     mask |= np.where(no_data, planes.bitmask("NO_DATA"), 0).astype(np.int32)
-    if spec.psf is not None:
-        psf = load_psf(spec.psf, oversampling=spec.psf_oversampling)
-    else:
-        fwhm = parse_fwhm(spec.psf_fwhm, unit=spec.psf_fwhm_unit, pixel_scale=grid.pixel_scale,
-                          label=f"band {spec.name}")
-        psf = gaussian_psf(fwhm, label=f"band {spec.name}")
+    psf_est = None
+    if "psf" in estimates:
+        psf_est = est.estimate_psf(img, mask != 0, np.sqrt(variance), x, y, fwhm_guess=fwhm, label=where)
+        psf = psf_est.psf
+        record["psf"] = {"estimate": psf_est.record()}
     if calibration is None:
         calibration = band_calibration(zero_point=spec.zero_point, flux_unit=spec.flux_unit,
                                        pixel_area_sr=grid.pixel_area_sr, label=f"band {spec.name} ({image_label})")
-    return BandData(spec.name, image_label, img, variance, mask, psf, psf_fwhm_pixels(psf), calibration.njy)
+    return BandData(spec.name, image_label, img, variance, mask, psf, psf_fwhm_pixels(psf), calibration.njy, record,
+                    psf_est)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from forcedphot.errors import InputError
 from forcedphot.flags import DEFAULT_MASK_PLANES
+from forcedphot.ingest.estimate import is_estimate
 
 BAND_NAME = re.compile(r"[A-Za-z0-9_.+-]{1,8}")  # a partition value and an 8-char schema column
 
@@ -23,14 +24,17 @@ class BandSpec:
     image: str | Path
     variance: str | Path | float | None = None  # exactly one of variance, invvar, sigma (plane or constant)
     invvar: str | Path | float | None = None
-    sigma: str | Path | float | None = None
+    sigma: str | Path | float | None = None  # ... or "estimate": the background RMS (forcedphot.ingest.estimate)
     mask: str | Path | None = None  # integer plane; nonzero -> BAD unless mask_bits maps bits to planes
     mask_bits: str | dict | None = None  # "BAD=0,SAT=1" or {"BAD": 0, "SAT": 1}: plane name -> input bit
-    background: str | Path | float | None = None  # a plane to subtract, or a constant
-    psf: str | Path | None = None  # PSF image, or
+    background: str | Path | float | None = None  # a plane to subtract, a constant, or "estimate"
+    background_box: int | None = None  # box size (pixels) of the background/sigma estimate; None: from the PSF
+    psf: str | Path | None = None  # PSF image, "estimate" (from catalog stars; psf_fwhm is then a first guess), or
     psf_fwhm: str | float | None = None  # "1.1arcsec", "3px", or a number in psf_fwhm_unit
     psf_fwhm_unit: str | None = None  # "arcsec" or "px" for a numeric psf_fwhm
-    psf_oversampling: int = 1  # integer oversampling of the PSF image (binned down)
+    psf_oversampling: int | None = None  # integer oversampling of the PSF image (binned down); None: from its
+    #                                       header's pixel scale, else 1
+    psf_scale_mismatch: str = "resample"  # PSF header scale != image scale: resample, refuse, or ignore the header
     zero_point: float | None = None  # AB magnitude of one image unit, or
     flux_unit: str | None = None  # astropy unit of one image unit (nJy, uJy, MJy/sr...)
 
@@ -40,12 +44,21 @@ class BandSpec:
         noise = [n for n in ("variance", "invvar", "sigma") if getattr(self, n) is not None]
         if len(noise) != 1:
             raise InputError(f"band {self.name} ({self.image}): give exactly one of variance, invvar or sigma "
-                             f"(got {noise or 'none'})")
-        if self.psf is not None and self.psf_fwhm is not None:
+                             f"(got {noise or 'none'}); --sigma estimate measures the background noise")
+        for n in ("variance", "invvar"):
+            if is_estimate(getattr(self, n)):
+                raise InputError(f"band {self.name}: {n} cannot be estimated; use --sigma estimate")
+        if self.background_box is not None and not (is_estimate(self.background) or is_estimate(self.sigma)):
+            raise InputError(f"band {self.name}: --background-box applies to --background estimate or "
+                             "--sigma estimate only")
+        if self.psf_scale_mismatch not in ("resample", "refuse", "ignore"):
+            raise InputError(f"band {self.name}: PSF scale mismatch must be resample, refuse or ignore, "
+                             f"not {self.psf_scale_mismatch!r}")
+        if self.psf is not None and self.psf_fwhm is not None and not is_estimate(self.psf):
             raise InputError(f"band {self.name}: give a PSF image or a PSF FWHM, not both")
         if self.psf is None and self.psf_fwhm is None:
-            raise InputError(f"band {self.name} ({self.image}): no PSF; give a PSF image (--psf FILE[:HDU]) "
-                             "or a Gaussian FWHM (--psf-fwhm 1.1arcsec or 3px)")
+            raise InputError(f"band {self.name} ({self.image}): no PSF; give a PSF image (--psf FILE[:HDU]), "
+                             "a Gaussian FWHM (--psf-fwhm 1.1arcsec or 3px) or --psf estimate")
         if self.zero_point is not None and self.flux_unit is not None:
             raise InputError(f"band {self.name}: give a zero point or a flux unit, not both")
         self.mask_mapping()  # fail early on a malformed mapping
