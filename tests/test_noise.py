@@ -11,7 +11,6 @@ import pytest
 
 from forcedphot import query
 from forcedphot.config import ForcedPhotConfig
-from forcedphot.cutouts import PaddedCoadd
 from forcedphot.errors import InputError
 from forcedphot.io.parquet import read_provenance
 from forcedphot.noise import NoiseReplacer, clipped_stats_1d
@@ -23,6 +22,7 @@ from forcedphot.runner import run_all
 from forcedphot.sim import load_recipe, simulate
 from forcedphot.stages import SourcePixels
 from forcedphot.task import ForcedPhotCoaddTask
+from tests.kernels.noise_corrections import footprint_pixels
 
 COMPARED = {  # plugin -> output columns compared
     "PsfFlux": ["psfFlux", "psfFluxErr", "psfFlux_chi2"],
@@ -84,7 +84,7 @@ def _measure(inputs, image, rows, config, replacement=None, ref_wcs=None):
     ref = {k: (v[rows] if isinstance(v, np.ndarray) else v) for k, v in inputs.ref.items()
            if k not in ("footprints", "footprint_spans", "externalId")}
     ref["footprint_spans"] = (np.zeros(rows.size + 1, int), *(np.zeros(0, int),) * 3)
-    ctx = MeasurementContext(coadd, PaddedCoadd(coadd, 132), config, ref, ref_wcs=ref_wcs, replacement=replacement,
+    ctx = MeasurementContext(coadd, config, ref, ref_wcs=ref_wcs, replacement=replacement,
                              pixels=SourcePixels.build(coadd, rows.size))
     out = {}
     for name in ["TransformedCentroid", "TransformedShape", *COMPARED]:
@@ -108,8 +108,7 @@ def test_vectorised_noise_replacement_equals_the_sequential_noise_replacer(crowd
     everyone = np.arange(n)
     ref_all = {k: v for k, v in inputs.ref.items()}
     pixels = SourcePixels.build(inputs.coadd, n, replacer=replacer, footprints=inputs.ref["footprints"])
-    ctx = MeasurementContext(inputs.coadd, PaddedCoadd(inputs.coadd, 132, image=replacer.base), config, ref_all,
-                             ref_wcs=wcs, replacement=replacer, pixels=pixels)
+    ctx = MeasurementContext(inputs.coadd, config, ref_all, ref_wcs=wcs, replacement=replacer, pixels=pixels)
     fast = {}
     for name in ["TransformedCentroid", "TransformedShape", *COMPARED]:
         fast.update(PLUGINS[name](config).measure(ctx))
@@ -137,7 +136,7 @@ def test_every_band_of_a_patch_gets_the_same_noise_stream(crowded):
         inputs = load_quantum(q)
         r = task.make_noise_replacer(inputs)
         fp = inputs.ref["footprints"]
-        owner, ys, xs, _ = fp.pixels()
+        owner, ys, xs, _ = footprint_pixels(fp)
         ly, lx = ys - inputs.coadd.bbox.min_y, xs - inputs.coadd.bbox.min_x
         standardised.append((r.base[ly, lx] - r.mean) / r.sigma)
     np.testing.assert_allclose(standardised[0], standardised[1], atol=1e-4)

@@ -2,7 +2,7 @@
 
 Data flow (one module per stage)::
 
-    datasets (repository, sim) -> plan (SQL) -> quantum loader -> cutouts
+    datasets (repository, sim) -> plan (SQL) -> quantum loader -> source pixels (stages)
       -> plugins -> calibrate -> writer -> query
 """
 

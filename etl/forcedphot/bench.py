@@ -163,7 +163,6 @@ def run_bench(repo_root: str | Path, *, band: str = "i", psf_subset: int = 200, 
     except ImportError as exc:
         raise ForcedPhotError(f"bench needs SEP and photutils: pip install 'forcedphot[bench]' ({exc})") from exc
     from forcedphot import threads as pools
-    from forcedphot.cutouts import PaddedCoadd
     from forcedphot.plan import plan_quanta
     from forcedphot.plugins import MeasurementContext
     from forcedphot.plugins.centroid import TransformedCentroid
@@ -186,9 +185,8 @@ def run_bench(repo_root: str | Path, *, band: str = "i", psf_subset: int = 200, 
     inputs = task.attach_footprints(quantum)
     coadd = inputs.coadd
     # the context as the task builds it, without noise replacement (SEP and photutils see the coadd)
-    padded = PaddedCoadd(coadd, coadd.psf.half + 1)
     pixels = SourcePixels.build(coadd, inputs.n)
-    ctx = MeasurementContext(coadd, padded, task.config, inputs.ref, ref_wcs=task._ref_wcs(inputs), pixels=pixels)
+    ctx = MeasurementContext(coadd, task.config, inputs.ref, ref_wcs=task._ref_wcs(inputs), pixels=pixels)
     ctx.values.update(TransformedCentroid(task.config).measure(ctx))
     sel = np.flatnonzero(ctx.usable)
     x = ctx.x[sel] - coadd.bbox.min_x

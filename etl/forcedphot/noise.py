@@ -7,9 +7,9 @@ catalogue order, each with a noise draw the size of its bounding box, the last w
 winning where footprints overlap), and a source's image is B with the heavy values of the
 footprint it uses put back: its own heavy (children: their deblended pixels; parents and
 isolated objects: the original pixels), else its nearest ancestor's. Compiled kernels read
-that footprint from ``SourcePixels.fp`` (:mod:`forcedphot.kernels.pixels`); numpy plugins
-use the sparse correction delta = heavy - B (:meth:`apply_to_stamps`, :meth:`weighted_correction`,
-:meth:`values_at`), whose per-pixel arrays are made only when one of them is first called.
+that footprint from ``SourcePixels.fp`` (:mod:`forcedphot.kernels.pixels`); this class holds
+only B and the footprint each source uses. (The slow numpy references in ``tests/kernels`` add
+the sparse correction heavy - B to stamps of B instead.)
 
 Building B works from the spans: the clipped statistics of the image are compiled
 (:func:`forcedphot.kernels.background.clipped_stats_flat`, equal to the numpy recipe bit for
@@ -28,12 +28,10 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
 from forcedphot.errors import InputError
-from forcedphot.footprint import spans_to_owned_pixels
 
 DRAW_CHUNK = 1 << 22  # normals drawn at once (32 MB); a larger footprint bounding box is drawn alone
 
@@ -89,15 +87,6 @@ class HeavyFootprints:
         bad = [np.flatnonzero(~np.isfinite(self.values[i:i + block])) + i for i in range(0, self.values.size, block)]
         return self.value_offsets, np.concatenate(bad) if bad else np.zeros(0, np.int64)
 
-    def pixels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(owner, y, x, pixel offsets (N+1,)) of every footprint pixel, in span order.
-
-        Per-pixel arrays: only for tests and the lazy corrections of :class:`NoiseReplacer`.
-        """
-        owner, ys, xs = spans_to_owned_pixels(self.span_offsets, self.span_y, self.span_x0, self.span_x1)
-        counts = np.bincount(owner, minlength=self.has.size)
-        return owner, ys, xs, np.r_[0, np.cumsum(counts)]
-
     def span_pixels(self) -> np.ndarray:
         """(N,) number of span pixels of each footprint (from the spans, no per-pixel arrays)."""
         return self._span_checks()[0]
@@ -147,64 +136,6 @@ class NoiseReplacer:
         finally:
             draws.close()
         self.used = _used_footprints(ids, parents, footprints.has)
-
-    @cached_property
-    def _pixels(self):
-        """(pixel offsets, local x, local y, delta, on-image) of every footprint pixel: made on first use."""
-        h, w = self.base.shape
-        owner, ys, xs, pix_off = self.footprints.pixels()
-        lx, ly = xs - self.origin[0], ys - self.origin[1]
-        on = (lx >= 0) & (lx < w) & (ly >= 0) & (ly < h)
-        flat = ly * w + lx
-        heavy = self.footprints.heavy()[1].astype(np.float64)
-        delta = np.where(on, heavy - self.base.reshape(-1)[np.where(on, flat, 0)], 0.0)
-        return pix_off, lx, ly, delta, on
-
-    def _segments(self, rows: np.ndarray):
-        """(position in rows, local x, local y, delta) of the footprint pixels each row uses."""
-        pix_off, all_lx, all_ly, all_delta, all_on = self._pixels
-        fp = self.used[rows]
-        has = fp >= 0
-        pos = np.flatnonzero(has)
-        fp = fp[has]
-        starts, ends = pix_off[fp], pix_off[fp + 1]
-        lengths = ends - starts
-        idx = np.repeat(starts - np.cumsum(np.r_[0, lengths[:-1]]), lengths) + np.arange(lengths.sum())
-        keep = all_on[idx]
-        idx = idx[keep]
-        return np.repeat(pos, lengths)[keep], all_lx[idx], all_ly[idx], all_delta[idx]
-
-    def apply_to_stamps(self, stamps: np.ndarray, rows: np.ndarray, cx: np.ndarray, cy: np.ndarray, half: int):
-        """Add each row's correction to its stamp (n, 2h+1, 2h+1) centred on image pixel (cx, cy)."""
-        owner, lx, ly, delta = self._segments(rows)
-        sx = lx - (cx[owner] - half)
-        sy = ly - (cy[owner] - half)
-        size = 2 * half + 1
-        inside = (sx >= 0) & (sx < size) & (sy >= 0) & (sy < size)
-        np.add.at(stamps, (owner[inside], sy[inside], sx[inside]), delta[inside])
-        return stamps
-
-    def weighted_correction(self, rows: np.ndarray, x: np.ndarray, y: np.ndarray, weight) -> np.ndarray:
-        """sum(w * delta) per row, with w = weight(owner, dx, dy) at offsets from image position (x, y)."""
-        owner, lx, ly, delta = self._segments(rows)
-        w = weight(owner, lx - x[owner], ly - y[owner])
-        return np.bincount(owner, weights=w * delta, minlength=rows.size)
-
-    def values_at(self, rows: np.ndarray, cx: np.ndarray, cy: np.ndarray, dx: np.ndarray, dy: np.ndarray,
-                  base_values: np.ndarray) -> np.ndarray:
-        """Add corrections to values gathered at integer offsets (dx, dy) (shared by all rows) from (cx, cy)."""
-        h = int(max(np.abs(dx).max(), np.abs(dy).max()))
-        lut = np.full((2 * h + 1, 2 * h + 1), -1, np.int64)
-        lut[dy + h, dx + h] = np.arange(dx.size)
-        owner, lx, ly, delta = self._segments(rows)
-        ox, oy = lx - cx[owner] + h, ly - cy[owner] + h
-        inside = (ox >= 0) & (ox <= 2 * h) & (oy >= 0) & (oy <= 2 * h)
-        col = np.full(owner.size, -1)
-        col[inside] = lut[oy[inside], ox[inside]]
-        hit = col >= 0
-        out = base_values.astype(np.float64, copy=True)
-        np.add.at(out, (owner[hit], col[hit]), delta[hit])
-        return out
 
 
 def noise_draws(footprints: HeavyFootprints, seed: int):

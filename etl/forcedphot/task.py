@@ -143,7 +143,7 @@ class ForcedPhotCoaddTask:
                                         chunked=True)
         # plugins that measure the original image in their own pass (sharing per-source products)
         same_pass = tuple(n for n in self.config.undeblended if PLUGINS[n].measures_undeblended)
-        ctx = MeasurementContext(coadd, None, self.config, inputs.ref, ref_wcs=self._ref_wcs(inputs),
+        ctx = MeasurementContext(coadd, self.config, inputs.ref, ref_wcs=self._ref_wcs(inputs),
                                  replacement=replacer, pixels=pixels, undeblended=same_pass)
         values = ctx.values
         values.update(meas_cat)

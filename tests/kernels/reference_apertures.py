@@ -2,7 +2,7 @@
 
 Everything here works on the padded planes of a context built by
 :func:`tests.kernels.context.quantum_context` (``ctx.padded``, ``ctx.cutouts``,
-``ctx.replacement``): whole-quantum stamp tensors, row prefix sums of the padded planes and
+``ctx.noise``): whole-quantum stamp tensors, row prefix sums of the padded planes and
 the NoiseReplacer's sparse corrections. ``ReferenceCircularApertureFlux(config).measure(ctx)``
 gives the deblended columns; the undeblended ones come from ``.measure(plain)``.
 """

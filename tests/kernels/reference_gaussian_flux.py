@@ -1,22 +1,22 @@
 """Slow reference (tests only): GaussianFlux.measure as it was before the numba kernel (commit 9e039fc).
 
-Weights over ``ctx.cutouts`` stamps (noise-replaced through the NoiseReplacer) in size buckets.
+Weights over ``ctx.cutouts`` stamps (noise-replaced through ``ctx.noise``) in size buckets.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.cutouts import buckets
-from forcedphot.plugins.base import MeasurementContext
 from forcedphot.plugins.gaussian_flux import GaussianFlux
+from tests.kernels.context import ReferenceContext
+from tests.kernels.cutouts import buckets
 from tests.kernels.reference_moments import gaussian_weights, inverse_2x2, offsets
 
 SUB = (np.arange(4) - 1.5) / 4  # 4x4 sub-pixel sample offsets
 
 
 class ReferenceGaussianFlux(GaussianFlux):
-    def measure(self, ctx: MeasurementContext):
+    def measure(self, ctx: ReferenceContext):
         n = ctx.n
         flux = np.full(n, np.nan)
         err = np.full(n, np.nan)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.cutouts import buckets
 from forcedphot.moments import inverse_2x2
+from tests.kernels.cutouts import buckets
 
 N_RADIUS_FOR_FLUX = 2.5
 MAX_HALF = 512

@@ -1,15 +1,15 @@
 """Slow reference (tests only): LocalBackground.measure as it was before the numba kernel (commit 9e039fc).
 
 Annulus pixels gathered from the padded planes in PSF-width groups, the own footprint added through
-``NoiseReplacer.values_at``, statistics by the numpy ``clipped_mean_std`` (full row sorts).
+``NoiseCorrections.values_at`` (tests/kernels/noise_corrections.py), statistics by the numpy ``clipped_mean_std`` (full row sorts).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.plugins.base import MeasurementContext
 from forcedphot.plugins.local_background import BAD_PLANES, INNER, OUTER, LocalBackground
+from tests.kernels.context import ReferenceContext
 from tests.kernels.reference_clipped import clipped_mean_std
 
 
@@ -21,7 +21,7 @@ def offsets(half: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ReferenceLocalBackground(LocalBackground):
-    def measure(self, ctx: MeasurementContext):
+    def measure(self, ctx: ReferenceContext):
         n = ctx.n
         mean = np.full(n, np.nan)
         std = np.full(n, np.nan)
@@ -48,9 +48,9 @@ class ReferenceLocalBackground(LocalBackground):
             s = sigma[idx, None]
             use = (r >= INNER * s) & (r <= OUTER * s) & np.take(usable_pixel.reshape(-1), flat)
             vals = np.take(image.reshape(-1), flat)
-            if ctx.replacement is not None:
+            if ctx.noise is not None:
                 p = ctx.padded.pad
-                vals = ctx.replacement.values_at(idx, ix[idx] - p, iy[idx] - p, cdx, cdy, vals).astype(np.float32)
+                vals = ctx.noise.values_at(idx, ix[idx] - p, iy[idx] - p, cdx, cdy, vals).astype(np.float32)
             vals = np.where(use, vals, np.float32(np.nan))
             mean[idx], std[idx], _ = clipped_mean_std(vals)
         no_good = ok & ~np.isfinite(mean)

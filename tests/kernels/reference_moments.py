@@ -182,16 +182,16 @@ def adaptive_moments(image, fx: np.ndarray, fy: np.ndarray, *, max_iter: int = 1
 
 
 class _InvalidReadZero:
-    """A NoiseReplacer whose corrected stamps are 0 on invalid pixels (see :func:`invalid_pixels_read_zero`)."""
+    """Noise corrections whose corrected stamps are 0 on invalid pixels (see :func:`invalid_pixels_read_zero`)."""
 
-    def __init__(self, replacer, padded):
-        self._replacer = replacer
+    def __init__(self, corrections, padded):
+        self._corrections = corrections
         self._padded = padded
 
     def apply_to_stamps(self, stamps, rows, cx, cy, half):
         from numpy.lib.stride_tricks import sliding_window_view
 
-        stamps = self._replacer.apply_to_stamps(stamps, rows, cx, cy, half)
+        stamps = self._corrections.apply_to_stamps(stamps, rows, cx, cy, half)
         p = self._padded.pad  # (cx, cy): image-array pixels of the centres
         size = 2 * half + 1
         valid = sliding_window_view(self._padded.valid, (size, size))[cy + p - half, cx + p - half]
@@ -199,19 +199,19 @@ class _InvalidReadZero:
         return stamps
 
     def __getattr__(self, name):
-        return getattr(self._replacer, name)
+        return getattr(self._corrections, name)
 
 
 def invalid_pixels_read_zero(ctx):
     """A copy of a noise-replaced context on which invalid pixels read 0 in every source's stamp.
 
-    The NoiseReplacer adds heavy - noise on every on-image pixel of a source's own footprint,
+    The noise corrections add heavy - noise on every on-image pixel of a source's own footprint,
     so an invalid pixel there (zeroed in the padded planes) reads heavy - noise, NaN where the
     heavy is NaN; the kernels read invalid pixels as 0. The slow references measure the
     kernels' image on this copy (it serves ``apply_to_stamps`` only).
     """
     import dataclasses
 
-    if ctx.replacement is None:
+    if ctx.noise is None:
         return ctx
-    return dataclasses.replace(ctx, replacement=_InvalidReadZero(ctx.replacement, ctx.padded), cache=dict(ctx.cache))
+    return dataclasses.replace(ctx, noise=_InvalidReadZero(ctx.noise, ctx.padded), cache=dict(ctx.cache))

@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 
 from forcedphot.footprint import spans_to_owned_pixels
-from forcedphot.plugins.base import MeasurementContext
 from forcedphot.plugins.pixel_flags import FLAG_NAMES, PixelFlags
+from tests.kernels.context import ReferenceContext
 
 
 class ReferencePixelFlags(PixelFlags):
-    def measure(self, ctx: MeasurementContext):
+    def measure(self, ctx: ReferenceContext):
         n = ctx.n
         usable = ctx.usable
         ix, iy = ctx.centre_index()
@@ -35,7 +35,7 @@ class ReferencePixelFlags(PixelFlags):
         return out
 
     @staticmethod
-    def _footprint_or(ctx: MeasurementContext) -> np.ndarray:
+    def _footprint_or(ctx: ReferenceContext) -> np.ndarray:
         offsets, sy, sx0, sx1 = ctx.ref["footprint_spans"]
         n = ctx.n
         result = np.zeros(n, np.int32)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.plugins.base import MeasurementContext
 from forcedphot.plugins.sdss_centroid import MAX_DIST_TO_PEAK, SdssCentroid
+from tests.kernels.context import ReferenceContext
 from tests.kernels.reference_moments import offsets
 
 
 class ReferenceSdssCentroid(SdssCentroid):
-    def measure(self, ctx: MeasurementContext):
+    def measure(self, ctx: ReferenceContext):
         n = ctx.n
         m = ctx.psf_moments()
         sigma = np.where(ctx.usable, (m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] ** 2) ** 0.25, 1.0)

@@ -1,7 +1,7 @@
 """Slow reference (tests only): SdssShape.measure as it was before the numba kernel (commit 9e039fc).
 
 Adaptive moments of every source on padded-plane stamps with the NoiseReplacer's corrections
-(``ctx.padded``, ``ctx.replacement``), errors on ``ctx.cutouts`` stamps in size buckets.
+(``ctx.padded``, ``ctx.noise``), errors on ``ctx.cutouts`` stamps in size buckets.
 """
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from forcedphot.cutouts import buckets
-from forcedphot.plugins.base import MeasurementContext
 from forcedphot.plugins.sdss_shape import SdssShape
+from tests.kernels.context import ReferenceContext
+from tests.kernels.cutouts import buckets
 from tests.kernels.reference_moments import adaptive_moments, gaussian_weights, inverse_2x2, offsets
 
 MAX_HALF = 64
 
 
 class ReferenceSdssShape(SdssShape):
-    def measure(self, ctx: MeasurementContext):
+    def measure(self, ctx: ReferenceContext):
         n = ctx.n
         nan = np.full(n, np.nan)
         out = {c.name: nan.copy() for c in self.columns(self.config) if c.kind != "flag"}
@@ -32,11 +32,11 @@ class ReferenceSdssShape(SdssShape):
 
         def provide(rows, c):
             win = sliding_window_view(image, (2 * c + 1, 2 * c + 1))[iy[idx[rows]] - c, ix[idx[rows]] - c]
-            if ctx.replacement is None:
+            if ctx.noise is None:
                 return win
             p = padded.pad  # own footprint inserted over the noise (image-array frame)
-            return ctx.replacement.apply_to_stamps(win.astype(np.float64), idx[rows], ix[idx[rows]] - p,
-                                                   iy[idx[rows]] - p, c)
+            return ctx.noise.apply_to_stamps(win.astype(np.float64), idx[rows], ix[idx[rows]] - p,
+                                             iy[idx[rows]] - p, c)
 
         res = adaptive_moments(provide, fx[idx], fy[idx], half=MAX_HALF)
         m = res.moments

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.cutouts import CutoutBatch, buckets
-from forcedphot.plugins.base import MeasurementContext
 from forcedphot.plugins.variance import EXCLUDED, SCALE, Variance
+from tests.kernels.context import ReferenceContext
+from tests.kernels.cutouts import CutoutBatch, buckets
 from tests.kernels.reference_clipped import masked_median
 
 
@@ -32,7 +32,7 @@ def inverse_2x2(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ReferenceVariance(Variance):
-    def measure(self, ctx: MeasurementContext):
+    def measure(self, ctx: ReferenceContext):
         n = ctx.n
         value = np.full(n, np.nan)
         ok = ctx.usable & ctx.shape_ok

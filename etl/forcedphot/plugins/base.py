@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from forcedphot.config import ForcedPhotConfig
-from forcedphot.cutouts import PaddedCoadd
 from forcedphot.io.coadd import Coadd
 from forcedphot.stages import ForcedCentres, SourcePixels
 
@@ -46,12 +45,11 @@ class MeasurementContext:
     """What every plugin sees for one quantum: the coadd, the references and the forced centroids."""
 
     coadd: Coadd
-    padded: PaddedCoadd
     config: ForcedPhotConfig
     ref: dict  # column name -> numpy array (reference catalog joined with footprints)
     x: np.ndarray | None = None  # forced centroid, tract pixels (set by TransformedCentroid)
     y: np.ndarray | None = None
-    usable: np.ndarray | None = None  # finite centroid inside the padded region
+    usable: np.ndarray | None = None  # finite centroid on the coadd
     ref_wcs: object | None = None  # WCS of the reference centroids (the skymap tract's)
     shape: np.ndarray | None = None  # (N, 2, 2) forced shape, coadd pixels (set by TransformedShape)
     shape_ok: np.ndarray | None = None
@@ -69,8 +67,7 @@ class MeasurementContext:
         """This context for sources start..stop-1 (views; ``pixels`` holds their own footprints)."""
         sl = slice(start, stop)
         return MeasurementContext(
-            self.coadd, self.padded, self.config, {k: _rows(v, start, stop) for k, v in self.ref.items()
-                                                   if k != "footprints"},
+            self.coadd, self.config, {k: _rows(v, start, stop) for k, v in self.ref.items() if k != "footprints"},
             x=_rows(self.x, start, stop), y=_rows(self.y, start, stop), usable=_rows(self.usable, start, stop),
             ref_wcs=self.ref_wcs, shape=None if self.shape is None else self.shape[sl],
             shape_ok=_rows(self.shape_ok, start, stop), values={k: _rows(v, start, stop) for k, v in self.values.items()},
@@ -96,42 +93,6 @@ class MeasurementContext:
             y = np.where(self.usable, self.y, self.coadd.bbox.min_y)
             self.cache["psf_moments"] = self.coadd.psf.moments_at(x, y)
         return self.cache["psf_moments"]
-
-    def cutouts(self, rows: np.ndarray, half: int):
-        """Stamps around sources ``rows``, each with its own footprint inserted when noise-replacing."""
-        from forcedphot.cutouts import CutoutBatch
-
-        ix, iy = self.centre_index()
-        fix = None
-        if self.replacement is not None:
-            p = self.padded.pad
-            lx, ly = ix[rows] - p, iy[rows] - p  # image-array pixel of each centre
-
-            def fix(stamps, h):
-                return self.replacement.apply_to_stamps(stamps, rows, lx, ly, h)
-
-        return CutoutBatch(self.padded, ix[rows], iy[rows], half, fix_image=fix)
-
-    def footprint_correction(self, rows: np.ndarray, weight) -> np.ndarray:
-        """sum(w * (own heavy - noise)) for sums taken over the noise-replaced image (0 without replacement).
-
-        ``weight(owner, dx, dy)``: aperture weight of pixels at offsets (dx, dy) from the centroid of
-        ``rows[owner]``.
-        """
-        if self.replacement is None:
-            return np.zeros(rows.size)
-        x = self.x[rows] - self.coadd.bbox.min_x
-        y = self.y[rows] - self.coadd.bbox.min_y
-        return self.replacement.weighted_correction(rows, x, y, weight)
-
-    def centre_index(self) -> tuple[np.ndarray, np.ndarray]:
-        """Padded-array pixel of every usable centroid (unusable ones parked at the padded origin)."""
-        key = "centre_index"
-        if key not in self.cache:
-            x = np.where(self.usable, self.x, self.coadd.bbox.min_x)
-            y = np.where(self.usable, self.y, self.coadd.bbox.min_y)
-            self.cache[key] = self.padded.local_index(x, y)
-        return self.cache[key]
 
 
 def _rows(value, start: int, stop: int):

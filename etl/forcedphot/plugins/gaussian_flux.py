@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.cutouts import STAMP_HALF_SIZES
 from forcedphot.kernels.moments import gaussian_flux, read_only, spatial_order
 from forcedphot.moments import inverse_2x2
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, excluded_bits, flag
 from forcedphot.plugins.shape import missing_shape, ref_flag
 
 SUB = (np.arange(4) - 1.5) / 4  # 4x4 sub-pixel sample offsets
+# weight-box half-sizes: a source is summed over the smallest >= its need (results do not depend on
+# the other sources); beyond the largest it is not measured
+STAMP_HALF_SIZES = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 
 
 class GaussianFlux(Plugin):

