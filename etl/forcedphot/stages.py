@@ -22,23 +22,35 @@ class SourcePixels:
     original: np.ndarray  # (H, W) float32: the coadd's image (undeblended measurements)
     variance: np.ndarray  # (H, W) float32
     mask: np.ndarray  # (H, W) int32
-    valid: np.ndarray  # (H, W) uint8: finite image, finite positive variance, NO_DATA not set
+    # (H, W) uint8, nonzero where valid (finite image, finite positive variance, NO_DATA not set);
+    # with ``excluded`` bits it is their class plane (footprints.pixel_classes: 2 = valid but in one of
+    # them), so the quantum holds one such plane: every kernel reads it as validity (nonzero)
+    valid: np.ndarray
     no_data: int  # the NO_DATA bit
     fp: tuple  # own footprints (kernels.pixels layout); every used = -1 without noise replacement
     fp_none: tuple  # no footprints: the undeblended image
     # plane-wide products made once and shared by every chunk (replace() keeps the same dict)
     shared: dict = field(default_factory=dict, compare=False, repr=False)
+    excluded: int = 0  # the mask bits ``valid`` classifies (see :meth:`classes`)
 
     @classmethod
-    def build(cls, coadd: Coadd, n: int, *, replacer=None, footprints=None, chunked: bool = False) -> "SourcePixels":
-        """``chunked``: leave ``fp`` to :meth:`chunk` (the task measures chunk by chunk)."""
+    def build(cls, coadd: Coadd, n: int, *, replacer=None, footprints=None, chunked: bool = False,
+              excluded_bits: int = 0) -> "SourcePixels":
+        """``chunked``: leave ``fp`` to :meth:`chunk` (the task measures chunk by chunk);
+        ``excluded_bits``: classify them in the validity plane (the plugins' ``classes(excluded_bits)``)."""
+        from forcedphot.kernels.footprints import pixel_classes
+
         no_data = coadd.mask_planes.bitmask("NO_DATA")
         valid = valid_plane(coadd.image, coadd.variance, coadd.mask, no_data)
+        excluded = int(excluded_bits) & ~no_data
+        if excluded:
+            valid = pixel_classes(valid, coadd.mask, np.int32(excluded))
         none = no_footprints(n)
         if replacer is None:
-            return cls(coadd.image, coadd.image, coadd.variance, coadd.mask, valid, no_data, none, none)
+            return cls(coadd.image, coadd.image, coadd.variance, coadd.mask, valid, no_data, none, none,
+                       excluded=excluded)
         fp = None if chunked else local_footprints(footprints, replacer.used, coadd.bbox.min_x, coadd.bbox.min_y)
-        return cls(replacer.base, coadd.image, coadd.variance, coadd.mask, valid, no_data, fp, none)
+        return cls(replacer.base, coadd.image, coadd.variance, coadd.mask, valid, no_data, fp, none, excluded=excluded)
 
     def chunk(self, start: int, stop: int, *, replacer=None, footprints=None, coadd: Coadd) -> "SourcePixels":
         """These planes for sources start..stop-1, with their own footprints (see :func:`chunk_footprints`)."""
@@ -50,10 +62,11 @@ class SourcePixels:
 
     def classes(self, bits: int) -> np.ndarray:
         """uint8 plane: 0 invalid, 1 valid, 2 valid with one of mask ``bits`` (footprints.pixel_classes);
-        ``valid`` itself when ``bits`` add nothing to it. Made once per bits for the whole quantum."""
+        ``valid`` itself when ``bits`` add nothing to it or are the ones it classifies. Made once per
+        bits for the whole quantum."""
         from forcedphot.kernels.footprints import pixel_classes
 
-        if int(bits) & ~self.no_data == 0:
+        if int(bits) & ~self.no_data in (0, self.excluded):
             return self.valid
         key = ("classes", int(bits))
         if key not in self.shared:

@@ -41,6 +41,7 @@ from forcedphot.noise import NoiseReplacer
 from forcedphot.outputs import UNDEBLENDED
 from forcedphot.plan import Quantum
 from forcedphot.plugins import PLUGINS, MeasurementContext, ordered
+from forcedphot.plugins.base import excluded_bits
 from forcedphot.plugins.validity import flag_invalid
 from forcedphot.provenance import input_fingerprints, make_provenance
 from forcedphot.quantum import QuantumInputs, load_quantum, load_refs, read_footprints
@@ -140,7 +141,7 @@ class ForcedPhotCoaddTask:
                 replacer = self.make_noise_replacer(inputs)
         with self.timer("pixels"):
             pixels = SourcePixels.build(coadd, inputs.n, replacer=replacer, footprints=inputs.ref["footprints"],
-                                        chunked=True)
+                                        chunked=True, excluded_bits=excluded_bits(coadd, self.config))
         # plugins that measure the original image in their own pass (sharing per-source products)
         same_pass = tuple(n for n in self.config.undeblended if PLUGINS[n].measures_undeblended)
         ctx = MeasurementContext(coadd, self.config, inputs.ref, ref_wcs=self._ref_wcs(inputs),
