@@ -4,7 +4,8 @@ inside the package as ``forcedphot.sql``, ``forcedphot.schemas`` and ``forcedpho
 
 from setuptools import find_packages, setup
 
-PACKAGE_DATA = {"sql": ["*.sql"], "sql.examples": ["*.sql"], "schemas": ["*.yaml"], "datasets": ["*.toml"]}
+PACKAGE_DATA = {"sql": ["*.sql"], "sql.examples": ["*.sql"], "schemas": ["*.yaml"], "datasets": ["*.toml"],
+                "datasets.real": ["*.py", "*.sql"]}
 
 setup(
     packages=find_packages("etl") + [f"forcedphot.{name}" for name in PACKAGE_DATA],

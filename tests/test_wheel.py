@@ -47,7 +47,8 @@ def wheel_venv(tmp_path_factory):
     [wheel] = (root / "dist").glob("forcedphot-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for shipped in ("forcedphot/sql/views.sql", "forcedphot/sql/examples/star_pulls.sql",
-                    "forcedphot/schemas/forced_source.yaml", "forcedphot/datasets/tiny.toml"):
+                    "forcedphot/schemas/forced_source.yaml", "forcedphot/datasets/tiny.toml",
+                    "forcedphot/datasets/real/hsc_npz_to_fits.py", "forcedphot/datasets/real/eso_vs_sextractor.sql"):
         assert shipped in names, f"{wheel.name} lacks {shipped}"
 
     venv = root / "venv"
@@ -91,3 +92,6 @@ def test_installed_wheel_runs_every_command_from_another_folder(wheel_venv, meas
     loader = _run([python, "-c", "from forcedphot.query import load_forced_source; "
                    "print(load_forced_source('measured', band='g').height)"], cwd=tmp_path, env=env)
     assert int(loader.stdout) == n_g
+
+    recipe = _run([python, "-m", "forcedphot.datasets.real.hsc_npz_to_fits", "--help"], cwd=tmp_path, env=env)
+    assert "usage:" in recipe.stdout  # the real-data recipes' scripts ship too
