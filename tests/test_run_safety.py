@@ -259,3 +259,28 @@ def test_killing_the_parent_leaves_no_orphan_worker(measured_copy):
 
     rerun = run_all(Repository(measured_copy), progress=False)
     assert rerun.ok and not rerun.elsewhere and len(rerun.done) + len(rerun.skipped) == 16
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed one, on purpose
+def test_a_ctrl_c_swallowed_by_a_destructor_still_stops_the_run():
+    """Python ignores an exception raised in ``__del__`` (a lock released as the signal lands): the
+    run's handler records the signal, and the run raises it again at its next step."""
+    from forcedphot.runner import _Interrupts
+
+    class ReleasedAsCtrlCArrives:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the handler raises here, inside the destructor
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        interrupts = _Interrupts().install()
+        try:
+            ReleasedAsCtrlCArrives()  # collected at once: its KeyboardInterrupt is swallowed
+            time.sleep(0.01)
+            with pytest.raises(KeyboardInterrupt):
+                interrupts.check()
+        finally:
+            interrupts.restore()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -358,6 +358,40 @@ def _result(fut, data_id: str | None = None) -> tuple:
         return did, "worker-died", f"{did}: worker died: {type(exc).__name__}: {exc}"
 
 
+class _Interrupts:
+    """Ctrl-C (or the CLI's SIGTERM) is never lost. Python swallows an exception raised inside a
+    destructor (e.g. a file lock's ``__del__`` running when the signal lands), so the handler also
+    records the signal, and the run raises KeyboardInterrupt again at its next step (``check``)."""
+
+    def __init__(self):
+        self.seen = False
+        self._previous: dict = {}
+
+    def install(self) -> "_Interrupts":
+        if _main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old = signal.getsignal(sig)
+                if callable(old):  # Python's default SIGINT handler, or the CLI's SIGTERM one: both raise
+                    self._previous[sig] = old
+                    signal.signal(sig, self._handler(old))
+        return self
+
+    def _handler(self, old):
+        def handler(signum, frame):
+            self.seen = True
+            old(signum, frame)
+        return handler
+
+    def check(self) -> None:
+        if self.seen:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)
+        self._previous.clear()
+
+
 def _start_workers(jobs: int, dask: str | None):
     if dask:
         return _Dask(dask, jobs)
@@ -411,7 +445,12 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
     t0, started = time.perf_counter(), time.time()
     summary = RunSummary(run_id=ledger.new_run_id())
     repo.check()
-    workers = _start_workers(jobs, dask)
+    interrupts = _Interrupts().install()
+    try:
+        workers = _start_workers(jobs, dask)
+    except BaseException:
+        interrupts.restore()
+        raise
     interrupted, bar = True, None
     try:
         every = plan_quanta(repo, footprint_dataset=config.footprint_dataset)
@@ -443,9 +482,12 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
                                       started=ledger.utc_now(), seconds=0.0, error=payload)
             _record(summary, (did, status, payload))
             bar.update()
+            interrupts.check()
+        interrupts.check()
         interrupted = False
     finally:
         workers.stop(interrupted=interrupted)
+        interrupts.restore()
         if bar is not None:
             bar.close()
         summary.seconds = time.perf_counter() - t0
