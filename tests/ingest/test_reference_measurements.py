@@ -171,6 +171,7 @@ def test_failed_measurements_carry_flags_and_their_causes(measured, field):
     assert s.kronFlux_flag_noRefRadius and s.kronFlux_flag and not s.kronFlux_flag_edge and np.isnan(s.kronFlux)
     assert not out.kronFlux_flag_noRefRadius.iloc[:-2].any()
     assert b.shape_flag and b.gaussianFlux_flag and np.isfinite(b.gaussianFlux)  # a value, flagged (Rubin)
+    assert b.kronFlux_flag and np.isfinite(b.kronFlux)  # the PSF's stand-in radius: a value, flagged
 
 
 def test_catalog_with_shapes_measures_only_the_kron_radii(field, tmp_path):

@@ -25,7 +25,7 @@ import numpy as np
 from forcedphot.moments import inverse_2x2
 from forcedphot.plugins.aperture import source_pixels
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, excluded_bits, flag
-from forcedphot.plugins.shape import missing_shape
+from forcedphot.plugins.shape import missing_shape, ref_flag
 
 N_RADIUS_FOR_FLUX = 2.5
 MAX_HALF = 512  # ellipses taller than this many rows either side are treated as off the coadd
@@ -42,7 +42,7 @@ class KronFlux(Plugin):
             Column("kronFlux", "double", "Flux in the forced Kron ellipse: 2.5 x the reference Kron radius, reference shape (naive pixel-centre sum); aperture corrected.", "nJy", "flux"),
             Column("kronFluxErr", "double", "Uncertainty of kronFlux: sqrt(sum(V)); aperture corrected.", "nJy", "fluxErr"),
             Column("kronRad", "float", "Kron radius sqrt(ab) of the forced ellipse before the 2.5 scaling, in coadd pixels.", "pix"),
-            flag("kronFlux_flag", "General failure: no usable centroid, bad radius or shape, an aperture off the coadd, or invalid or psf_bad_mask_planes (e.g. BAD, SAT) pixels in it."),
+            flag("kronFlux_flag", "General failure: no usable centroid, bad radius or shape, a reference radius flagged by the ingest (the PSF's stand-in), an aperture off the coadd, or invalid or psf_bad_mask_planes (e.g. BAD, SAT) pixels in it."),
             flag("kronFlux_flag_edge", "The Kron ellipse extends beyond the coadd (no value)."),
             flag("kronFlux_flag_noRefRadius", "The reference has no Kron radius (null; no value)."),
             flag("kronFlux_flag_noRefShape", "The reference has no shape (null; no value)."),
@@ -91,7 +91,8 @@ class KronFlux(Plugin):
         out = {"kronRad": kron_rad, "kronFlux_flag_edge": edge, "kronFlux_flag_noRefRadius": no_radius,
                "kronFlux_flag_noRefShape": no_shape, "kronFlux_flag_bad_radius": bad_radius & ~no_radius & ctx.usable,
                "kronFlux_flag_bad_shape": bad_shape & ~no_shape & ctx.usable}
-        failed = ~ok | edge | (invalid > 0) | (excluded > 0)
+        # a radius the ingest could not measure (the PSF's stand-in, ref.kron_radius_flag) gives a value, flagged
+        failed = ~ok | edge | (invalid > 0) | (excluded > 0) | ref_flag(ctx, "kron_radius_flag")
         out.update({"kronFlux": flux, "kronFluxErr": np.sqrt(var), "kronFlux_flag": failed | ~np.isfinite(flux)})
         if both:
             out = out | {UNDEBLENDED + k: v.copy() for k, v in out.items()}
