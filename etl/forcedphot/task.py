@@ -198,7 +198,7 @@ class ForcedPhotCoaddTask:
                     out[name][start:stop] = value
             del part, pixels
             release_free_memory()
-        ctx.pixels.shared.clear()  # good-pixel planes: only the chunked plugins use them
+        ctx.pixels.shared.clear()  # class planes of other mask bits: only the chunked plugins use them
         ctx.values.update(out)
 
     def _to_table(self, values: dict, declared, n: int) -> pa.Table:

@@ -45,7 +45,7 @@ def ref_flag(ctx: MeasurementContext, name: str) -> np.ndarray:
     if v is None:
         return np.zeros(ctx.n, bool)
     v = np.asarray(v)
-    return v.astype(bool) if v.dtype == bool else np.array([bool(e) if e is not None else False for e in v], bool)
+    return v.astype(bool) if v.dtype == bool else np.equal(v, True).astype(bool)  # nulls (None) are False
 
 
 class TransformedShape(Plugin):
