@@ -47,6 +47,14 @@ def _sha256_prefix(path: Path, n_bytes: int) -> str:
     return digest.hexdigest()
 
 
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Columns worth dictionary encoding: strings (band names, ids as text). A float column of measurements
+    has no repeats, and a bool is one bit already: trying a dictionary on them cost a forced-source
+    write 60% of its time and 25% of its bytes (measured on the bench quantum)."""
+    return [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+            or pa.types.is_binary(f.type) or pa.types.is_dictionary(f.type)]
+
+
 def write_parquet(table: pa.Table, path: str | Path, schema: TableSchema, *, provenance: dict | None = None) -> Path:
     """Conform ``table`` to ``schema`` and write it atomically with schema version and provenance."""
     path = Path(path)
@@ -58,7 +66,7 @@ def write_parquet(table: pa.Table, path: str | Path, schema: TableSchema, *, pro
     with atomic_path(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink:
             writer = pq.ParquetWriter(sink, table.schema, compression="zstd", write_statistics=True,
-                                      write_page_checksum=True)
+                                      write_page_checksum=True, use_dictionary=dictionary_columns(table.schema))
             try:
                 writer.write_table(table)
                 n_bytes = sink.tell()  # every row group is written: only the footer follows
