@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repo", default="bench-repo", help="bench repository (created if missing; default bench-repo)")
     b.add_argument("--band", default="i", help="band of the quantum to time (default i)")
     b.add_argument("--psf-subset", type=int, default=200, help="sources fitted by photutils, scaled up (default 200)")
-    b.add_argument("--repeat", type=int, default=3, help="best of this many runs for the kernels (default 3)")
+    b.add_argument("--repeat", type=int, default=3, help="best of this many runs for the kernels and the whole quantum, and rounds of --scaling (default 3)")
     b.add_argument("--threads", type=_csv_ints, default=[1, 2],
                    help="thread counts our rows run at (comma-separated, default 1,2; capped at the cores)")
     b.add_argument("--table", action="store_true", help="the side-by-side table (the default unless --growth or "
@@ -439,6 +439,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     _interrupt_on_sigterm()
+    if argv is None:  # the command itself (not a test calling main)
+        from forcedphot.teardown import freeze_gc_at_exit
+
+        freeze_gc_at_exit()
     try:
         return args.func(args)
     except ForcedPhotError as exc:
