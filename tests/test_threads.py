@@ -69,3 +69,14 @@ def test_configure_sets_numba_and_refuses_nonsense():
     finally:
         threads.configure()
     assert numba.get_num_threads() == min(threads.available_cores(), numba.config.NUMBA_NUM_THREADS)
+
+
+def test_every_parallel_kernel_releases_the_gil():
+    """A worker with several threads (``dask worker`` starts one per core) runs quanta side by side
+    only if the kernels drop the GIL while they run."""
+    from forcedphot.kernels.compile import dispatchers
+
+    parallel = [(name, d) for name, d, _ in dispatchers() if d.targetoptions.get("parallel")]
+    assert len(parallel) >= 20
+    held = [name for name, d in parallel if not d.targetoptions.get("nogil")]
+    assert not held, f"parallel kernels holding the GIL: {held}"

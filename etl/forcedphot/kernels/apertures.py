@@ -213,7 +213,7 @@ def _exact_one(image, original, variance, valid, cx, cy, fx, fy, r, squared, bot
     return f, fu, v, bad, excluded
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def exact_aperture_kernel(image, original, variance, valid, fp, cx, cy, fx, fy, todo, radii, squared, both, order):
     """Exact circular apertures, every radius in one pass per source.
 
@@ -399,7 +399,7 @@ def _stamp_counts(valid, x0, y0, size):
     return bad, excluded
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def sinc_aperture_kernel(image, original, variance, valid, fp, cx, cy, fx, fy, todo, widths, dq, tc, ts, tct, tst,
                          radii, both, order):
     """Sinc-coefficient apertures: sum(c I), sum(c I_original), sum(c^2 V), sum(|c|) over invalid pixels.
@@ -543,7 +543,7 @@ def sinc_aperture_kernel(image, original, variance, valid, fp, cx, cy, fx, fy, t
     return flux, flux_u, var, bad, trunc, excl
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def sinc_coefficient_images(fx, fy, width, dq, tc, ts):
     """(N, W, W) coefficient images of one radius, exactly as the kernel makes them (tests, one-off use)."""
     n = fx.size
@@ -582,7 +582,7 @@ def _disk_run(xl, yl, r, row):
     return int(np.ceil(xl - d)), int(np.floor(xl + d)) + 1
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def naive_aperture_kernel(image, original, variance, valid, fp, xl, yl, todo, radii, order, stripe_start, both):
     """Pixel-centre sums in closed disks: (flux, flux_original, variance, invalid pixel count, EXCLUDED
     pixel count), each (N, R).
@@ -731,7 +731,7 @@ def _ellipse_run(xl, yl, a, b, c, row):
     return int(np.ceil(xl + (-b * dy - root) / a)), int(np.floor(xl + (-b * dy + root) / a)) + 1
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def ellipse_kernel(image, original, variance, valid, fp, xl, yl, qa, qb, qc, half, todo, both, order):
     """Pixel-centre sums in ellipses q(d) = qa dx^2 + 2 qb dx dy + qc dy^2 <= 1, rows -half..half.
 

@@ -229,7 +229,7 @@ def clipped_sorted(v, n, n_sigma, n_iter):
     return mean, std, used
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def clipped_rows(values, n_sigma, n_iter):
     """(mean, std, n_used) of every row of a float32 (R, K) array; non-finite values are excluded."""
     r, k = values.shape
@@ -251,7 +251,7 @@ def clipped_rows(values, n_sigma, n_iter):
     return mean, std, used
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def clipped_rows64(values, n_sigma, n_iter):
     """clipped_rows of a float64 (R, K) array."""
     r, k = values.shape
@@ -270,7 +270,7 @@ def clipped_rows64(values, n_sigma, n_iter):
     return mean, std, used
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def median_rows(values):
     """Median of the finite values of every row of a float32 (R, K) array (NaN for none)."""
     r, k = values.shape
@@ -290,7 +290,7 @@ def median_rows(values):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def median_rows64(values):
     """median_rows of a float64 (R, K) array."""
     r, k = values.shape
@@ -362,7 +362,7 @@ def _footprint_inside(fp, src, cx, cy, fx, fy, r):
     return True
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def annulus_clipped_stats(image, valid, mask, bits, fp, cx, cy, fx, fy, inner, outer, ok, n_sigma, n_iter):
     """(mean, std) of the pixels with inner <= r <= outer (r from the centroid to pixel centres, per source).
 
@@ -441,7 +441,7 @@ def annulus_clipped_stats(image, valid, mask, bits, fp, cx, cy, fx, fy, inner, o
 
 # -- the local variance: median of the variance plane in an ellipse -------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def ellipse_median(plane, valid, mask, bits, cx, cy, fx, fy, qi_xx, qi_xy, qi_yy, half):
     """Median of ``plane`` over the pixels with d^T Qinv d <= 1 (d from the centroid to pixel centres).
 

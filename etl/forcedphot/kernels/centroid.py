@@ -17,7 +17,7 @@ from forcedphot.kernels.moments import own_stamp_variance
 BLOCK = 64  # sources per scratch allocation (the unit of the parallel loop)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def smoothed_cross(image, variance, valid, fp, cx, cy, usable, sigma, khalf, order):
     """Smoothed image around each usable source's nearest pixel (cx, cy).
 

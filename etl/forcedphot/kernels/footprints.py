@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def valid_pixels(image, variance, mask, no_data):
     """uint8 plane: 1 where the image is finite, the variance finite and positive, and NO_DATA is not set.
 
@@ -51,7 +51,7 @@ def write_noise(base, z, z_start, draw_off, bbox, has, span_off, span_y, span_x0
                 base[y, x] = np.float32(z[row + x] * sigma + mean)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def footprint_mask_or(mask, valid, no_data, span_off, span_y, span_x0, span_x1, origin_x, origin_y, has, cx, cy):
     """(OR of the mask over each source's own footprint, OR and AND over the 3x3 box at local pixel (cx, cy)).
 
@@ -96,7 +96,7 @@ def footprint_mask_or(mask, valid, no_data, span_off, span_y, span_x0, span_x1, 
 EXCLUDED = 2  # pixel_classes: a valid pixel in an excluded mask plane
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def pixel_classes(valid, mask, bits):
     """uint8 plane: 0 invalid, 1 valid, EXCLUDED (2) valid but with one of the mask ``bits``.
 

@@ -25,7 +25,7 @@ EDGE = 1  # the ellipse reaches beyond the image
 BAD = 2  # sum(I) <= 0 or sum(r I) <= 0 (Rubin's BadKronException "bad integral")
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def kron_radius_kernel(image, valid, x, y, sxx, sxy, syy, n_sigma):
     """(R_K (n,), status (n,) int8) of sources at image pixels (x, y) with moments [[sxx, sxy], [sxy, syy]]."""
     n = x.size

@@ -614,7 +614,7 @@ def shape_errors(variance, valid, cxp, cyp, lim, ccx, ccy, m00, m01, m11, s0, er
     err[3] = 2 * math.sqrt(sxy) / abs(s0)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def sdss_shape(image, variance, valid, fp, cx, cy, fx, fy, usable, order, lim, max_iter, tol1, tol2, max_shift,
                initial):
     """Adaptive moments of every usable source on its own image, with their linearised errors.
@@ -682,7 +682,7 @@ def sdss_shape(image, variance, valid, fp, cx, cy, fx, fy, usable, order, lim, m
     return moments, shift, wsum, n_iter, flags, errors
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def adaptive_moments_stamps(stamps, fx, fy, max_iter, tol1, tol2, initial):
     """Adaptive moments of (n, S, S) stamps (odd S) started at offsets (fx, fy) from their central pixel.
 
@@ -737,7 +737,7 @@ def _run_weights(ia, ib, ic, cx, dy, lo, hi, wrow):
         r *= g
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def gaussian_flux(image, variance, valid, fp, cx, cy, fx, fy, ia, ib, ic, half, small, sub, order):
     """Flux in fixed Gaussian weights exp(-x^T Q^-1 x / 2) (q <= 14) on each source's own image.
 

@@ -467,7 +467,7 @@ def new_outputs(npass, n):
             np.zeros((npass, n), np.bool_), np.ones((npass, n), np.bool_), np.zeros((npass, n), np.bool_))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def psf_flux(images, node_x, node_y, x, y, cx, cy, fx, fy, usable, image, original, variance, good, fp, undeblended,
              max_bad):
     """PsfFlux of every source: the linear least-squares amplitude of its PSF image (Rubin's base_PsfFlux).
