@@ -284,3 +284,16 @@ def test_a_ctrl_c_swallowed_by_a_destructor_still_stops_the_run():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_unreachable_dask_scheduler_fails_the_run_before_it_is_recorded(tiny_repo):
+    import dask
+
+    from forcedphot.errors import ForcedPhotError
+    from forcedphot.runner import run_all
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        with pytest.raises(ForcedPhotError, match=r"could not connect to the Dask scheduler tcp://127\.0\.0\.1:1"):
+            run_all(Repository(tiny_repo), dask="tcp://127.0.0.1:1", progress=False)
+    assert not list((Path(tiny_repo) / "runs" / "ledger").glob("run_start/*.parquet"))
+    assert not list(Path(tiny_repo).glob("forced_source/**/*.parquet"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import dataclasses
+import importlib.util
 import json
 import logging
 import multiprocessing
@@ -40,6 +41,7 @@ from forcedphot.plan import Quantum, plan_quanta
 from forcedphot.provenance import file_digest, input_fingerprints, is_up_to_date
 from forcedphot.repository import DataId, Repository
 from forcedphot.schema import load_schema
+from forcedphot.teardown import freeze_gc_at_exit
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,7 @@ def _run_one(job: Job) -> tuple:
     """Worker: under the quantum's lock, decide (up to date?) and measure; returns (data_id, status, payload)."""
     if job.watch_pid is not None:
         watch_parent(job.watch_pid)
+    freeze_gc_at_exit()  # a Dask worker's exit, which its cluster's close waits for
     q = job.quantum
     did = str(q.data_id)
     repo = Repository(job.root)
@@ -177,6 +180,7 @@ def _pool_worker_init(parent_pid: int) -> None:
     """A pool worker: Ctrl-C is the parent's to handle (it stops us); die with the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     watch_parent(parent_pid)
+    freeze_gc_at_exit()
     import forcedphot.task  # noqa: F401  (imports overlap the parent's planning)
 
 
@@ -190,6 +194,9 @@ def _main_thread() -> bool:
 
 class _InProcess:
     """Quanta measured one after the other in this process, as their results are asked for."""
+
+    def ready(self) -> None:
+        pass
 
     def submit(self, fn, *args):
         return lambda: fn(*args)
@@ -228,6 +235,9 @@ class _Pool:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+
+    def ready(self) -> None:  # the workers start in the background and take quanta when they can
+        pass
 
     def submit(self, fn, job: Job):
         self.pending.append((fn, job))
@@ -302,27 +312,52 @@ LOCAL_CLUSTER_CONFIG = {
 
 
 class _Dask:
+    """Quanta on a Dask cluster: ``address`` of a running scheduler, or ``"local"`` for a LocalCluster
+    of ``jobs`` worker processes.
+
+    The cluster starts in a thread while this process plans (~1 s for a LocalCluster, measured:
+    its workers then import the package while the plan is made); the first ``submit`` waits for it.
+    """
+
     def __init__(self, address: str, jobs: int):
-        try:
-            from distributed import Client, LocalCluster
-        except ImportError as exc:
-            raise ForcedPhotError("--dask needs the 'distributed' package: pip install 'forcedphot[dask]'") from exc
+        if importlib.util.find_spec("distributed") is None:  # imported by the starting thread
+            raise ForcedPhotError("--dask needs the 'distributed' package: pip install 'forcedphot[dask]'")
         if logging.getLogger().getEffectiveLevel() > logging.INFO:  # quiet unless -v
             logging.getLogger("distributed").setLevel(logging.WARNING)
-        self.local = address == "local"
-        import dask
-
-        with dask.config.set(LOCAL_CLUSTER_CONFIG):
-            self.cluster = LocalCluster(n_workers=max(jobs, 1), threads_per_worker=1, processes=True,
-                                        dashboard_address=None,
-                                        silence_logs=logging.getLogger().getEffectiveLevel()) if self.local else None
-        self.client = Client(self.cluster or address)
+        self.local, self.address = address == "local", address
+        self.cluster = self.client = None
         self.futures, self.data_ids = [], {}
+        self._error: BaseException | None = None
+        self._starter = threading.Thread(target=self._start, args=(address, jobs), name="forcedphot-dask-start",
+                                         daemon=True)
+        self._starter.start()
+
+    def _start(self, address: str, jobs: int) -> None:
+        import dask
+        from distributed import Client, LocalCluster
+
+        try:
+            with dask.config.set(LOCAL_CLUSTER_CONFIG):
+                self.cluster = LocalCluster(n_workers=max(jobs, 1), threads_per_worker=1, processes=True,
+                                            dashboard_address=None,
+                                            silence_logs=logging.getLogger().getEffectiveLevel()) if self.local else None
+            self.client = Client(self.cluster or address)
+        except BaseException as exc:  # raised in the run's thread at the first submit
+            self._error = exc
+
+    def ready(self):
+        """The client, once the cluster is up; a cluster that could not start raises, saying why."""
+        self._starter.join()
+        if self._error is not None:
+            what = "start a local Dask cluster" if self.local else f"connect to the Dask scheduler {self.address}"
+            raise ForcedPhotError(f"could not {what}: {type(self._error).__name__}: {self._error}") from self._error
+        return self.client
 
     def submit(self, fn, job: Job):
+        client = self.ready()
         if self.local:  # LocalCluster workers are our children: they watch us
             job = dataclasses.replace(job, watch_pid=os.getpid())
-        fut = self.client.submit(fn, job, pure=False)
+        fut = client.submit(fn, job, pure=False)
         self.futures.append(fut)
         self.data_ids[fut.key] = str(job.quantum.data_id)
         return fut
@@ -334,6 +369,7 @@ class _Dask:
             yield _result(fut, self.data_ids[fut.key])
 
     def stop(self, *, interrupted: bool) -> None:
+        self._starter.join()  # a cluster still starting is closed once it is up
         if self.cluster is not None and interrupted:  # kill our workers, do not wait for their quanta
             for worker in list(self.cluster.workers.values()):
                 proc = getattr(getattr(worker, "process", None), "process", None)
@@ -342,9 +378,10 @@ class _Dask:
                         os.kill(proc.pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
-        elif interrupted:  # a shared scheduler: cancel what this run submitted
+        elif interrupted and self.client is not None:  # a shared scheduler: cancel what this run submitted
             self.client.cancel(self.futures, force=True)
-        self.client.close(timeout=2 if interrupted else None)
+        if self.client is not None:
+            self.client.close(timeout=2 if interrupted else None)
         if self.cluster is not None:
             self.cluster.close(timeout=2 if interrupted else None)
 
@@ -441,20 +478,21 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
     ``command`` is recorded in the ledger (default ``sys.argv``). KeyboardInterrupt stops the workers
     at once (their quanta are not written) and is re-raised.
     """
-    config = config or ForcedPhotConfig()
     t0, started = time.perf_counter(), time.time()
     summary = RunSummary(run_id=ledger.new_run_id())
     repo.check()
     interrupts = _Interrupts().install()
     try:
-        workers = _start_workers(jobs, dask)
+        workers = _start_workers(jobs, dask)  # workers start (and import) while this process plans
     except BaseException:
         interrupts.restore()
         raise
     interrupted, bar = True, None
     try:
+        config = config or ForcedPhotConfig()
         every = plan_quanta(repo, footprint_dataset=config.footprint_dataset)
         quanta = select_quanta(every, tracts=tracts, patches=patches, bands=bands)
+        workers.ready()  # a scheduler that cannot be reached fails the run here, before it is recorded
         ledger.record_start(repo.root, summary.run_id, command=command or sys.argv, config=config)
         summary.removed = remove_vanished_outputs(repo, every)
         swept = sweep_temp(repo.root, recursive=True)
