@@ -274,3 +274,13 @@ def test_package_kernels_discovered():
     names = [k.name for k in kc.cache_status()]
     assert "forcedphot.kernels.footprints.valid_pixels" in names
     assert not any(n.startswith("forcedphot.kernels.compile") for n in names)
+
+
+def test_format_scaling_rounds_show_each_round():
+    s = _scaling()
+    s["rounds"] = 2
+    for r in s["runs"]:
+        r["speedups_per_round"] = [r["speedup"], r["speedup"] * 0.9]
+    lines = bench.format_scaling(s).splitlines()
+    assert lines[4].rstrip().endswith("1.90 / 1.71")  # jobs=2: best-round figure first, then each round
+    assert "best wall of 2 rounds, the modes taking turns" in lines[6]

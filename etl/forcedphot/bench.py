@@ -255,10 +255,18 @@ def run_bench(repo_root: str | Path, *, band: str = "i", psf_subset: int = 200, 
     first_quantum, _ = _timed(lambda: task.run_quantum(quantum))
     stages = {}
     for nt in counts:
-        pools.configure(nt)
-        # best of ``repeat``, as SEP's time it is divided by (one run varies by up to ~30% here)
-        t_quantum, res = _best(lambda: ForcedPhotCoaddTask(repo).run_quantum(quantum), repeat)
-        rows.append(Row(QUANTUM, nt, t_quantum, t_sep, "SEP three apertures", first_quantum))
+        # best of ``repeat``, as SEP's time it is divided by (one run varies by up to ~30% here); SEP
+        # runs again before each of ours, so both are timed in the same spell of the machine
+        t_quantum, t_sep_here, res = np.inf, np.inf, None
+        for _ in range(max(1, repeat)):
+            pools.configure(1)
+            t_sep_here = min(t_sep_here, _timed(sep_apertures)[0])
+            pools.configure(nt)
+            t, out = _timed(lambda: ForcedPhotCoaddTask(repo).run_quantum(quantum))
+            if t < t_quantum:  # the stages of the best run are shown
+                t_quantum, res = t, out
+        rows.append(Row(QUANTUM, nt, t_quantum, t_sep_here, "SEP three apertures, timed in turn with ours",
+                        first_quantum))
         stages[nt] = res.timings
     pools.configure(None)
     compiled["first_quantum_s"] = first_quantum
@@ -323,7 +331,7 @@ def main_bench(repo_root, *, band="i", psf_subset=200, repeat=3, progress=True, 
         parts.append(format_growth(g))
         figures["growth"] = g
     if scaling:
-        s = run_scaling(Path(repo_root) / "scaling", progress=progress)
+        s = run_scaling(Path(repo_root) / "scaling", repeat=repeat, progress=progress)
         parts.append(format_scaling(s))
         figures["scaling"] = s
     if json_out:
@@ -542,12 +550,15 @@ def format_growth(g: dict) -> str:
 
 # -- scaling: 8 quanta end to end, serial, 2 processes, 2 Dask workers ---------------------------
 
-def run_scaling(root: str | Path, *, progress: bool = True) -> dict:
-    """Simulate the ``scaling`` recipe into ``root`` when missing; time run_all four ways (force=True).
+def run_scaling(root: str | Path, *, repeat: int = 3, progress: bool = True) -> dict:
+    """Simulate the ``scaling`` recipe into ``root`` when missing; time run_all four ways (force=True),
+    ``repeat`` rounds of the four, each mode's best wall kept.
 
     Each ``run_all`` call runs in a fresh interpreter (imports done, kernels loaded from the cache
     as the quanta need them), so one process and the workers start from the same state; this
-    process only compiles (when the cache is cold) beforehand.
+    process only compiles (when the cache is cold) beforehand. The modes take turns within a round,
+    so a slower spell of the machine (single runs here vary by up to ~15%) falls on all of them,
+    and the best of the rounds is compared, as for the kernels.
     """
     from forcedphot.kernels.compile import is_warm
     from forcedphot.repository import Repository
@@ -574,31 +585,42 @@ def run_scaling(root: str | Path, *, progress: bool = True) -> dict:
         modes.append((f"jobs=1, {cores} threads", {"jobs": 1}, cores))
     modes += [("jobs=2 (processes)", {"jobs": 2}, default_threads(2)),
               ("dask local, 2 workers", {"dask": "local", "jobs": 2}, default_threads(2))]
-    runs = []
-    for label, kw, nt in modes:  # each from a fresh interpreter, as `forcedphot run` would be
-        res = _run_module(["run_all", repo.root, json.dumps(kw)])
-        if res["failed"]:
-            raise ForcedPhotError(f"scaling run {label}: {len(res['failed'])} quanta failed: {res['failed'][0][1]}")
-        runs.append({"mode": label, **kw, "threads_per_quantum": nt, "wall_s": res["wall_s"],
-                     "child_elapsed_s": res["child_elapsed_s"], "quanta": len(res["done"]),
-                     "rows": sum(n for _, n, _ in res["done"]), "quantum_s": [s for _, _, s in res["done"]],
-                     "parallel": kw["jobs"] > 1})
+    best: dict[str, dict] = {}
+    walls: dict[str, list[float]] = {label: [] for label, _, _ in modes}
+    for _ in range(max(1, int(repeat))):
+        for label, kw, nt in modes:  # each from a fresh interpreter, as `forcedphot run` would be
+            res = _run_module(["run_all", repo.root, json.dumps(kw)])
+            if res["failed"]:
+                raise ForcedPhotError(f"scaling run {label}: {len(res['failed'])} quanta failed: "
+                                      f"{res['failed'][0][1]}")
+            walls[label].append(res["wall_s"])
+            if label not in best or res["wall_s"] < best[label]["wall_s"]:
+                best[label] = {"mode": label, **kw, "threads_per_quantum": nt, "wall_s": res["wall_s"],
+                               "child_elapsed_s": res["child_elapsed_s"], "quanta": len(res["done"]),
+                               "rows": sum(n for _, n, _ in res["done"]), "quantum_s": [s for _, _, s in res["done"]],
+                               "parallel": kw["jobs"] > 1}
+    runs = [best[label] | {"walls_s": walls[label]} for label, _, _ in modes]
     for r in runs:
         r["speedup"] = runs[0]["wall_s"] / r["wall_s"]
+        r["speedups_per_round"] = [w0 / w for w0, w in zip(runs[0]["walls_s"], r["walls_s"])]
     return {"root": str(repo.root), "compile": compiled, "primed_s": primed, "runs": runs, "floor": SCALING_FLOOR,
-            "reference": runs[0]["mode"]}
+            "reference": runs[0]["mode"], "rounds": max(1, int(repeat))}
 
 
 def format_scaling(s: dict) -> str:
+    rounds = s.get("rounds", 1)
     lines = [f"{'mode':24s} {'thr':>3s} {'quanta':>6s} {'rows':>7s} {'wall (s)':>9s} {'sum of quanta (s)':>18s} "
-             f"{'speed-up':>9s}  target", "-" * 100]
+             f"{'speed-up':>9s}  {'target':14s} per round", "-" * 112]
     for r in s["runs"]:
         target = f">= {s['floor']}x {'yes' if r['speedup'] >= s['floor'] else 'NO'}" if r.get("parallel") else ""
+        per_round = " / ".join(f"{x:.2f}" for x in r.get("speedups_per_round", [])) if rounds > 1 else ""
         lines.append(f"{r['mode']:24s} {r.get('threads_per_quantum', 0):3d} {r['quanta']:6d} {r['rows']:7d} "
-                     f"{r['wall_s']:9.2f} {sum(r['quantum_s']):18.2f} {r['speedup']:9.2f}  {target}")
-    lines.append(f"(run_all(force=True) from a fresh interpreter on {s['root']}; speed-up over "
-                 f"{s.get('reference', s['runs'][0]['mode'])}; thr: threads per quantum; wall includes starting "
-                 "workers and loading the kernels)")
+                     f"{r['wall_s']:9.2f} {sum(r['quantum_s']):18.2f} {r['speedup']:9.2f}  {target:14s} "
+                     f"{per_round}".rstrip())
+    lines.append(f"(run_all(force=True) from a fresh interpreter on {s['root']}; "
+                 + (f"best wall of {rounds} rounds, the modes taking turns; " if rounds > 1 else "")
+                 + f"speed-up over {s.get('reference', s['runs'][0]['mode'])}; thr: threads per quantum; "
+                 "wall includes starting workers and loading the kernels)")
     return "\n".join(lines)
 
 
