@@ -4,6 +4,7 @@ kernel-cache check. No timing assertions."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import textwrap
 
@@ -284,3 +285,16 @@ def test_format_scaling_rounds_show_each_round():
     lines = bench.format_scaling(s).splitlines()
     assert lines[4].rstrip().endswith("1.90 / 1.71")  # jobs=2: best-round figure first, then each round
     assert "best wall of 2 rounds, the modes taking turns" in lines[6]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_child_peak_rss_is_its_own_not_its_parents():
+    """ru_maxrss survives exec on Linux: a child of a large process must not report the parent's peak."""
+    code = ("import numpy as np, subprocess, sys\n"
+            "big = np.ones(800 * 2**20 // 8)\n"  # the parent holds 800 MB
+            "out = subprocess.run([sys.executable, '-c', 'from forcedphot.bench import _peak_rss_bytes; "
+            "print(_peak_rss_bytes())'], capture_output=True, text=True, check=True).stdout\n"
+            "print(out.strip(), big.nbytes)")
+    child_peak, parent_bytes = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                                       check=True).stdout.split())
+    assert 0 < child_peak < parent_bytes / 2

@@ -383,16 +383,32 @@ def fit_exponent(n, t) -> tuple[float, list[float]]:
     return a, steps
 
 
-def _rss_bytes(pid: int | str = "self") -> int:
-    """Resident set size now (Linux /proc; 0 where unavailable)."""
+def _status_bytes(key: str, pid: int | str = "self") -> int:
+    """A memory line of /proc/PID/status in bytes (Linux; 0 where unavailable)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def _rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size now (Linux /proc; 0 where unavailable)."""
+    return _status_bytes("VmRSS", pid)
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak RSS since it started its program: VmHWM (Linux), else ru_maxrss.
+
+    Not ru_maxrss on Linux: it survives exec, so a child started by a bench process that held
+    1.3 GB reported 1.3 GB whatever it used itself (seen with --table --growth in one run).
+    """
+    import resource
+
+    return _status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _available_bytes() -> int:
@@ -452,8 +468,6 @@ def run_child(root: str | Path, band: str, threads: int, *, rss_limit: int = 0, 
 
 def _child_main(root: str, band: str, threads: str) -> dict:
     """In the child: imports, kernels loaded, baseline RSS; then one whole quantum and the peak RSS."""
-    import resource
-
     from forcedphot import threads as pools
     from forcedphot.kernels.compile import warm_up
     from forcedphot.plan import plan_quanta
@@ -463,7 +477,7 @@ def _child_main(root: str, band: str, threads: str) -> dict:
     pools.configure(int(threads))
     warm_s = warm_up()
     baseline = _rss_bytes()
-    baseline_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    baseline_max = _peak_rss_bytes()
     repo = Repository(root)
     quanta = [q for q in plan_quanta(repo, bands=[band]) if q.ready]
     if not quanta:
@@ -472,7 +486,7 @@ def _child_main(root: str, band: str, threads: str) -> dict:
     t0 = time.perf_counter()
     res = task.run_quantum(quanta[0])
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    peak = _peak_rss_bytes()
     coadd = task.get_exposure(quanta[0])
     plane_bytes = int(coadd.image.nbytes + coadd.mask.nbytes + coadd.variance.nbytes)
     return {"root": str(root), "data_id": str(quanta[0].data_id), "n_rows": res.n_rows, "wall_s": wall,
