@@ -298,3 +298,14 @@ def test_child_peak_rss_is_its_own_not_its_parents():
     child_peak, parent_bytes = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                                        check=True).stdout.split())
     assert 0 < child_peak < parent_bytes / 2
+
+
+def test_read_inputs_reads_every_input_of_the_band(tiny_repo):
+    from pathlib import Path
+
+    from forcedphot.plan import plan_quanta
+    from forcedphot.repository import Repository
+
+    quanta = plan_quanta(Repository(tiny_repo), bands=["i"])
+    expected = sum(Path(p).stat().st_size for q in quanta for p in q.input_files().values() if Path(p).exists())
+    assert expected > 0 and bench.read_inputs(tiny_repo, "i") == expected
