@@ -593,7 +593,7 @@ def run_scaling(root: str | Path, *, repeat: int = 3, progress: bool = True) -> 
     Each ``run_all`` call runs in a fresh interpreter (imports done, kernels loaded from the cache
     as the quanta need them), so one process and the workers start from the same state; this
     process only compiles (when the cache is cold) beforehand. The modes take turns within a round,
-    so a slower spell of the machine (single runs here vary by up to ~15%) falls on all of them,
+    so a slower spell of the machine (single runs here vary by up to ~30%) falls on all of them,
     and the best of the rounds is compared, as for the kernels.
     """
     from forcedphot.kernels.compile import is_warm
