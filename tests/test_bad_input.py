@@ -40,7 +40,11 @@ def one_quantum(tiny_repo_master, tmp_path):
 def overwrite_bytes(path, n=256, where=0.5):
     """Overwrite ``n`` bytes inside the file's data (not its footer) with seeded random bytes."""
     data = bytearray(path.read_bytes())
-    start = int(len(data) * where)
+    end = len(data)
+    if data[-4:] == b"PAR1":  # a Parquet file: its data end where the footer (length in the 4 bytes before) starts
+        end -= 8 + int.from_bytes(data[-8:-4], "little")
+    start = int(end * where)
+    assert start + n <= end
     data[start:start + n] = np.random.default_rng(1).integers(0, 256, n, dtype=np.uint8).tobytes()
     path.write_bytes(bytes(data))
 
