@@ -101,9 +101,9 @@ class Job:
 
 def _run_one(job: Job) -> tuple:
     """Worker: under the quantum's lock, decide (up to date?) and measure; returns (data_id, status, payload)."""
-    if job.watch_pid is not None:
+    if job.watch_pid is not None:  # a LocalCluster worker, our child (not a caller's own process)
         watch_parent(job.watch_pid)
-    freeze_gc_at_exit()  # a Dask worker's exit, which its cluster's close waits for
+        freeze_gc_at_exit()  # its exit, which the cluster's close waits for
     q = job.quantum
     did = str(q.data_id)
     repo = Repository(job.root)
