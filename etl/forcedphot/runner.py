@@ -250,16 +250,18 @@ class _Pool:
     def _feed(self, results: queue.Queue) -> None:
         """Keep every worker busy with one quantum; results go to ``results``, then None."""
         inflight = set()
+        taken = None  # a quantum off the queue not yet handed over: reported too if the hand-over fails
         try:
             while True:
                 while len(inflight) < self.n_workers:
-                    item = self._take()
-                    if item is None:
+                    taken = self._take()
+                    if taken is None:
                         break
-                    fn, job = item
+                    fn, job = taken
                     fut = self.pool.submit(fn, job)
                     fut.data_id = str(job.quantum.data_id)
                     inflight.add(fut)
+                    taken = None
                 if not inflight:
                     return
                 done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
@@ -268,6 +270,9 @@ class _Pool:
         except Exception as exc:  # the pool is broken or shut down (an interrupted run): say why, then stop
             for fut in inflight:
                 results.put(_result(fut) if fut.done() else (fut.data_id, "worker-died", f"{fut.data_id}: {exc}"))
+            if taken is not None:  # e.g. the pool broke (a worker died) before this quantum was submitted
+                did = str(taken[1].quantum.data_id)
+                results.put((did, "worker-died", f"{did}: worker died: {type(exc).__name__}: {exc}"))
         finally:
             results.put(None)
 
