@@ -7,8 +7,10 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from forcedphot import bench
@@ -148,6 +150,17 @@ def test_child_reports_one_quantum(tiny_repo):
     assert killed["killed"] and killed["polled_peak_rss_bytes"] > 1
     res = bench._run_module(["run_all", tiny_repo, json.dumps({"jobs": 1, "n_threads": 1, "bands": ["i"]})])
     assert len(res["done"]) == 4 and not res["failed"] and res["wall_s"] > 0  # the scaling child: 4 patches, band i
+
+
+@pytest.mark.slow
+def test_scaling_child_on_a_running_cluster(tiny_repo):
+    """The 'running' scaling mode starts a LocalCluster before the run and hands run_all its address:
+    every quantum is measured on the cluster's workers, not in the child."""
+    res = bench._run_module(["run_all", tiny_repo, json.dumps({"jobs": 2, "dask": bench.RUNNING, "bands": ["i"]})])
+    assert len(res["done"]) == 4 and not res["failed"] and res["wall_s"] > 0
+    records = sorted((Path(tiny_repo) / "runs" / "ledger" / "quanta" / res["run_id"]).glob("*.parquet"))
+    pids = {pq.read_table(f).column("pid")[0].as_py() for f in records}
+    assert len(records) == 4 and pids and res["pid"] not in pids
 
 
 def test_kernel_cache_check(tmp_path, monkeypatch):
