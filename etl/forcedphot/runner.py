@@ -269,10 +269,9 @@ class _Pool:
                     results.put(_result(fut))
         except Exception as exc:  # the pool is broken or shut down (an interrupted run): say why, then stop
             for fut in inflight:
-                results.put(_result(fut) if fut.done() else (fut.data_id, "worker-died", f"{fut.data_id}: {exc}"))
+                results.put(_result(fut) if fut.done() else _worker_died(fut.data_id, exc))
             if taken is not None:  # e.g. the pool broke (a worker died) before this quantum was submitted
-                did = str(taken[1].quantum.data_id)
-                results.put((did, "worker-died", f"{did}: worker died: {type(exc).__name__}: {exc}"))
+                results.put(_worker_died(str(taken[1].quantum.data_id), exc))
         finally:
             results.put(None)
 
@@ -396,8 +395,12 @@ def _result(fut, data_id: str | None = None) -> tuple:
     try:
         return fut.result()
     except Exception as exc:
-        did = data_id or fut.data_id
-        return did, "worker-died", f"{did}: worker died: {type(exc).__name__}: {exc}"
+        return _worker_died(data_id or fut.data_id, exc)
+
+
+def _worker_died(data_id: str, exc: BaseException) -> tuple:
+    """The result of a quantum whose worker died (or whose pool broke) before it returned."""
+    return data_id, "worker-died", f"{data_id}: worker died: {type(exc).__name__}: {exc}"
 
 
 class _Interrupts:
