@@ -14,7 +14,7 @@ Three modes, each printing a table (``--json`` writes every figure; nothing here
   exponent a of time ~ N^a.
 * ``--scaling``: the 8 quanta of the ``scaling`` recipe end to end with ``run_all`` (each call
   from a fresh interpreter): one process at 1 thread (the reference) and at every core, 2 worker
-  processes, and a local Dask cluster of 2 workers.
+  processes, a local Dask cluster of 2 workers started by the run, and one started before it.
 """
 
 from __future__ import annotations
@@ -629,7 +629,7 @@ def format_growth(g: dict) -> str:
 # -- scaling: 8 quanta end to end, serial, 2 processes, 2 Dask workers ---------------------------
 
 def run_scaling(root: str | Path, *, repeat: int = 3, progress: bool = True) -> dict:
-    """Simulate the ``scaling`` recipe into ``root`` when missing; time run_all four ways (force=True),
+    """Simulate the ``scaling`` recipe into ``root`` when missing; time run_all five ways (force=True),
     ``repeat`` rounds of the four, each mode's best wall kept.
 
     Each ``run_all`` call runs in a fresh interpreter (imports done, kernels loaded from the cache
