@@ -630,7 +630,7 @@ def format_growth(g: dict) -> str:
 
 def run_scaling(root: str | Path, *, repeat: int = 3, progress: bool = True) -> dict:
     """Simulate the ``scaling`` recipe into ``root`` when missing; time run_all five ways (force=True),
-    ``repeat`` rounds of the four, each mode's best wall kept.
+    ``repeat`` rounds of the five, each mode's best wall kept.
 
     Each ``run_all`` call runs in a fresh interpreter (imports done, kernels loaded from the cache
     as the quanta need them), so one process and the workers start from the same state; this
