@@ -544,14 +544,11 @@ def _run_all_main(root: str, options: str) -> dict:
     if kw.get("dask") != RUNNING:
         summary = run_all(Repository(root), force=True, progress=False, **kw)
         return _run_all_figures(summary)
-    import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    from forcedphot.runner import LOCAL_CLUSTER_CONFIG
+    from forcedphot.runner import local_cluster
 
-    with dask.config.set(LOCAL_CLUSTER_CONFIG):
-        cluster = LocalCluster(n_workers=kw["jobs"], threads_per_worker=1, processes=True, dashboard_address=None)
-    with cluster, Client(cluster) as client:
+    with local_cluster(kw["jobs"]) as cluster, Client(cluster) as client:
         client.run(_import_package)
         summary = run_all(Repository(root), force=True, progress=False, **(kw | {"dask": cluster.scheduler_address}))
     return _run_all_figures(summary)

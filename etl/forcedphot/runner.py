@@ -315,6 +315,17 @@ LOCAL_CLUSTER_CONFIG = {
 }
 
 
+def local_cluster(n_workers: int):
+    """A Dask LocalCluster of ``n_workers`` single-threaded worker processes, configured for our quanta
+    (:data:`LOCAL_CLUSTER_CONFIG`), logging at this process's level."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set(LOCAL_CLUSTER_CONFIG):
+        return LocalCluster(n_workers=max(n_workers, 1), threads_per_worker=1, processes=True, dashboard_address=None,
+                            silence_logs=logging.getLogger().getEffectiveLevel())
+
+
 class _Dask:
     """Quanta on a Dask cluster: ``address`` of a running scheduler, or ``"local"`` for a LocalCluster
     of ``jobs`` worker processes.
@@ -337,14 +348,10 @@ class _Dask:
         self._starter.start()
 
     def _start(self, address: str, jobs: int) -> None:
-        import dask
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
         try:
-            with dask.config.set(LOCAL_CLUSTER_CONFIG):
-                self.cluster = LocalCluster(n_workers=max(jobs, 1), threads_per_worker=1, processes=True,
-                                            dashboard_address=None,
-                                            silence_logs=logging.getLogger().getEffectiveLevel()) if self.local else None
+            self.cluster = local_cluster(jobs) if self.local else None
             self.client = Client(self.cluster or address)
         except BaseException as exc:  # raised in the run's thread at the first submit
             self._error = exc

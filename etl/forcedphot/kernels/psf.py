@@ -284,8 +284,6 @@ def clear_heavy(fp, src, cy, cx, half, has):
                 has[j, x - cx + half] = 0
 
 
-
-
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def fit_sums(p, cy, cx, image, original, variance, good, hv, has, undeblended, sums):
     """The PSF fit's sums over the good pixels of the box centred on local pixel (cx, cy).
