@@ -114,3 +114,10 @@ def test_reader_refuses_unknown_major_version(tmp_path):
     minor = tmp_path / "minor.parquet"
     pq.write_table(t.replace_schema_metadata({**t.schema.metadata, META_VERSION: b"1.7.0"}), minor)
     assert read_parquet(minor, schema).num_rows == 1
+
+
+def test_the_fast_yaml_loader_reads_every_schema_as_the_safe_loader_does():
+    from forcedphot.schema import SafeLoader
+
+    for path in sorted(SCHEMA_DIR.glob("*.yaml")):
+        assert yaml.load(path.read_text(), Loader=SafeLoader) == yaml.safe_load(path.read_text()), path.name

@@ -14,6 +14,7 @@ import sys
 import yaml
 
 from forcedphot.resources import SCHEMA_DIR
+from forcedphot.schema import SafeLoader
 
 NAME = "forcedphot"
 # (table, constraint name, columns, referenced columns, why)
@@ -29,7 +30,7 @@ def combined_schema(*, schema_dir=SCHEMA_DIR) -> dict:
     """The tables of every schema file in one Felis schema document, with :data:`FOREIGN_KEYS`."""
     tables, versions = [], []
     for path in sorted(schema_dir.glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.load(path.read_text(), Loader=SafeLoader)
         tables += doc["tables"]
         versions.append(f"{path.stem} {doc['version']}")
     by_name = {t["name"]: t for t in tables}

@@ -119,9 +119,14 @@ class TableSchema:
         return version
 
 
+# libyaml's safe loader where PyYAML was built with it (its wheels are): the same documents,
+# ~9x faster than the pure-Python one (0.15 s for the schemas of a quantum, paid by every process)
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _load_yaml(path: Path) -> dict:
     with open(path) as f:
-        return yaml.safe_load(f)
+        return yaml.load(f, Loader=SafeLoader)
 
 
 @lru_cache(maxsize=None)
