@@ -120,6 +120,7 @@ def test_parallel_runs_give_identical_tables(tiny_repo, tmp_path):
         shutil.rmtree(other / "forced_source")
         summary = run_all(Repository(other), progress=False, bands=["r"], **kw)
         assert summary.ok and len(summary.done) == 4
+        assert not list((other / "runs" / "locks").glob("*.cores*"))  # the run's core share is gone with it
         for rel, table in want.items():
             got = pq.read_table(other / rel)
             assert got.schema.equals(table.schema)

@@ -80,3 +80,61 @@ def test_every_parallel_kernel_releases_the_gil():
     assert len(parallel) >= 20
     held = [name for name, d in parallel if not d.targetoptions.get("nogil")]
     assert not held, f"parallel kernels holding the GIL: {held}"
+
+
+def test_a_quantum_measuring_alone_takes_every_core_and_shares_them_when_another_starts(tmp_path):
+    """The run's processes count the quanta measuring now (threads.CoreShare); each stage takes
+    cores // that count, so a quantum alone (workers starting, the run's tail) leaves no core idle."""
+    import subprocess
+    import sys
+    import threading
+
+    cores = threads.available_cores()
+    path = tmp_path / "run.cores"
+    share = threads.CoreShare.create(path)
+    started, release = threading.Event(), threading.Event()
+
+    def other_quantum():  # a second quantum of the run, in another thread (numba's count is per thread)
+        with threads.sharing(path):
+            started.set()
+            release.wait(30)
+
+    try:
+        with threads.sharing(path):
+            assert share.measuring() == 1 and threads.rebalance() == cores
+            other = threading.Thread(target=other_quantum)
+            other.start()
+            assert started.wait(30)
+            assert share.measuring() == 2 and threads.rebalance() == threads.default_threads(2)
+            # and from another process, which maps the same file
+            code = ("import sys; from forcedphot import threads; "
+                    "s = threads.CoreShare(sys.argv[1]); print(s.measuring(), s.threads())")
+            out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+            assert out.stdout.split() == ["2", str(threads.default_threads(2))]
+            release.set()
+            other.join(30)
+            assert share.measuring() == 1 and threads.rebalance() == cores
+        assert share.measuring() == 0
+    finally:
+        release.set()
+        threads.configure()
+        share.remove()
+    assert not path.exists()
+
+
+def test_without_a_core_share_the_configured_count_stays():
+    try:
+        threads.configure(1)
+        with threads.sharing(None):
+            assert threads.rebalance() == 1
+    finally:
+        threads.configure()
+
+
+def test_a_core_share_that_is_gone_leaves_the_count_as_configured(tmp_path):
+    try:
+        threads.configure(1)
+        with threads.sharing(tmp_path / "gone.cores"):  # e.g. the run removed it while being torn down
+            assert threads.rebalance() == 1
+    finally:
+        threads.configure()

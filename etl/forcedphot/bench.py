@@ -696,7 +696,8 @@ def format_scaling(s: dict) -> str:
                      f"{per_round}".rstrip())
     lines.append(f"(run_all(force=True) from a fresh interpreter on {s['root']}; "
                  + (f"best wall of {rounds} rounds, the modes taking turns; " if rounds > 1 else "")
-                 + f"speed-up over {s.get('reference', s['runs'][0]['mode'])}; thr: threads per quantum; "
+                 + f"speed-up over {s.get('reference', s['runs'][0]['mode'])}; thr: threads per quantum (jobs=2 "
+                 "and dask local: every core for a quantum measuring alone); "
                  "wall includes starting workers and loading the kernels)")
     return "\n".join(lines)
 

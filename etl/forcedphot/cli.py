@@ -330,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dask", metavar="ADDRESS", help="run quanta on a Dask distributed scheduler "
                    "(tcp://host:8786), or 'local' for a LocalCluster of --jobs workers")
     r.add_argument("--threads", type=_positive_int, metavar="N",
-                   help="threads per quantum (default: cores / quanta running at once); results do not depend on it")
+                   help="threads per quantum (default: cores / quanta measuring at that moment, taken again at "
+                        "every stage); results do not depend on it")
     r.add_argument("--wait", action="store_true", help="wait for quanta another live run is measuring instead of "
                    "leaving them to it (reported as running elsewhere)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar (there is none off a terminal)")

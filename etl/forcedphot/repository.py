@@ -13,6 +13,7 @@ Layout (hive partitions, the keys are also stored as columns)::
     <root>/runs/last_run.json                            (last run: measured, skipped, failed quanta)
     <root>/runs/ledger/{run_start,run_end,quanta}/...    (append-only run history, see ledger.py)
     <root>/runs/locks/T-P-B.lock                         (a quantum's lock while a run decides or measures it)
+    <root>/runs/locks/<run id>.cores                     (while a run of several processes lasts: its quanta measuring now)
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ class Repository:
 
     def lock_path(self, data_id: DataId) -> Path:
         return self.root / "runs" / "locks" / f"{data_id.tract}-{data_id.patch}-{data_id.band}.lock"
+
+    def core_share_path(self, run_id: str) -> Path:
+        """The count of a run's quanta measuring now (:class:`forcedphot.threads.CoreShare`)."""
+        return self.root / "runs" / "locks" / f"{run_id}.cores"
 
     # -- skymap -----------------------------------------------------------------
     def write_skymap(self, skymap: SkyMap) -> None:

@@ -97,6 +97,7 @@ class Job:
     run_started: float  # time.time() at the run's start: outputs newer than this were written during it
     n_threads: int | None
     watch_pid: int | None = None  # Dask workers of a LocalCluster: exit when this process dies
+    core_share: str | None = None  # the run's threads.CoreShare file: threads follow the quanta measuring now
 
 
 def _run_one(job: Job) -> tuple:
@@ -145,7 +146,8 @@ def _decide_and_measure(job: Job, repo: Repository, note: dict) -> None:
         note.update(status="up-to-date", checksum=file_digest(out))
         return
     threads.configure(job.n_threads)
-    res = ForcedPhotCoaddTask(repo, job.config).run_quantum(q, inputs_fingerprint=fingerprints, locked=True)
+    with threads.sharing(job.core_share):
+        res = ForcedPhotCoaddTask(repo, job.config).run_quantum(q, inputs_fingerprint=fingerprints, locked=True)
     note.update(status="done", payload=(res.n_rows, res.timings.get("total", 0.0), res.n_unmatched_footprints),
                 checksum=file_digest(res.path), n_rows=res.n_rows,
                 timings={k: round(v, 4) for k, v in res.timings.items()})
@@ -487,9 +489,10 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
     distributed scheduler (``tcp://host:8786``) or ``"local"`` for a LocalCluster of ``jobs``
     workers: quanta are then submitted to the cluster's workers, which must see the repository path.
     ``wait``: wait for quanta another live run holds instead of reporting them "running elsewhere".
-    ``n_threads``: threads per quantum (default: cores / quanta running at once, see
-    :mod:`forcedphot.threads`); results are the same for any count. ``before_measuring()`` is called
-    once, when there is a ready quantum, before any is started (the CLI compiles the kernels there).
+    ``n_threads``: threads per quantum (default: cores / quanta measuring at that moment, counted by
+    this machine's processes of the run, see :mod:`forcedphot.threads`); results are the same for
+    any count. ``before_measuring()`` is called once, when there is a ready quantum, before any is
+    started (the CLI compiles the kernels there).
     ``command`` is recorded in the ledger (default ``sys.argv``). KeyboardInterrupt stops the workers
     at once (their quanta are not written) and is re-raised.
     """
@@ -502,7 +505,7 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
     except BaseException:
         interrupts.restore()
         raise
-    interrupted, bar = True, None
+    interrupted, bar, share = True, None, None
     try:
         config = config or ForcedPhotConfig()
         every = plan_quanta(repo, footprint_dataset=config.footprint_dataset)
@@ -523,10 +526,13 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
         if ready and before_measuring is not None:
             before_measuring()
         concurrent = max(1, min(jobs, len(ready))) if (dask or jobs > 1) else 1
+        if n_threads is None and concurrent > 1 and dask in (None, "local"):  # processes of this machine
+            share = threads.CoreShare.create(repo.core_share_path(summary.run_id))
         n_threads = n_threads or threads.default_threads(concurrent)
         bar = tqdm(total=len(ready), desc="forced photometry", unit="quantum", disable=not progress)
         futures = [workers.submit(_run_one, Job(str(repo.root.resolve()), summary.run_id, config, q, force, wait,
-                                                started, n_threads)) for q in ready]
+                                                started, n_threads, core_share=share and str(share.path)))
+                   for q in ready]
         by_id = {str(q.data_id): q.data_id for q in ready}
         for did, status, payload in workers.completed(futures):
             if status == "worker-died":  # it could not record its quantum: the parent does
@@ -540,6 +546,8 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
         interrupted = False
     finally:
         workers.stop(interrupted=interrupted)
+        if share is not None:
+            share.remove()
         interrupts.restore()
         if bar is not None:
             bar.close()

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 from filelock import FileLock, Timeout
 
-from forcedphot import calibrate
+from forcedphot import calibrate, threads
 from forcedphot.config import ForcedPhotConfig
 from forcedphot.errors import InputError, QuantumError
 from forcedphot.ids import IdPacker
@@ -83,6 +83,7 @@ class ForcedPhotCoaddTask:
     # -- Rubin-style members -------------------------------------------------------
     @contextmanager
     def timer(self, name: str):
+        threads.rebalance()  # every stage starts with this quantum's current share of the cores
         t0 = time.perf_counter()
         try:
             yield

@@ -4,13 +4,24 @@ A quantum's kernels run threaded across its sources; quanta run in processes (``
 Dask workers. By default every process gets cores // concurrent quanta threads, so a machine
 is never oversubscribed; ``--threads N`` overrides. Results do not depend on the count:
 kernels split work by source and every source's sums run in a fixed order.
+
+The processes of one run on one machine (``--jobs N``, ``--dask local``) also share a count of
+the quanta measuring right now (:class:`CoreShare`), and each takes cores // that count at the
+start of every stage: a quantum measuring alone (while the other workers start, or after the
+last quantum was handed out) uses every core instead of leaving them idle.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+import struct
+import threading
+from contextlib import contextmanager
+from pathlib import Path
 
 _state = {"threads": None}
+_measuring = threading.local()  # .share: the CoreShare of the quantum this thread measures
 
 
 def available_cores() -> int:
@@ -45,6 +56,80 @@ def threads() -> int:
     if _state["threads"] is None:
         configure()
     return _state["threads"]
+
+
+class CoreShare:
+    """The number of quanta of one run measuring at once on this machine, in a 4-byte file every
+    process of the run maps (``runs/locks/<run id>.cores``); it changes under a file lock."""
+
+    def __init__(self, path: str | Path):
+        from filelock import FileLock
+
+        self.path = Path(path)
+        self._lock = FileLock(str(self.path) + ".lock")
+        with open(self.path, "r+b") as f:
+            self._map = mmap.mmap(f.fileno(), 4)
+
+    @classmethod
+    def create(cls, path: str | Path) -> "CoreShare":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(struct.pack("<i", 0))
+        return cls(path)
+
+    def measuring(self) -> int:
+        return struct.unpack_from("<i", self._map)[0]
+
+    def add(self, k: int) -> None:
+        """Count ``k`` more quanta measuring (negative: fewer)."""
+        with self._lock:
+            struct.pack_into("<i", self._map, 0, max(0, self.measuring() + k))
+
+    def threads(self) -> int:
+        """This quantum's share of the cores now."""
+        return default_threads(max(1, self.measuring()))
+
+    def close(self) -> None:
+        self._map.close()
+
+    def remove(self) -> None:
+        """Delete the files (the run is over; processes that still map the count keep their copy)."""
+        self.close()
+        for p in (self.path, Path(str(self.path) + ".lock")):
+            p.unlink(missing_ok=True)
+
+
+@contextmanager
+def sharing(path: str | Path | None):
+    """Measure one quantum counted in the run's :class:`CoreShare` at ``path``.
+
+    None, or a file that is gone (a run being torn down), keeps the configured count: the share
+    only decides how many threads, never whether the quantum is measured."""
+    try:
+        share = CoreShare(path) if path is not None else None
+    except OSError:
+        share = None
+    if share is None:
+        yield
+        return
+    share.add(1)
+    _measuring.share = share
+    try:
+        rebalance()
+        yield
+    finally:
+        _measuring.share = None
+        share.add(-1)
+        share.close()
+
+
+def rebalance() -> int:
+    """Take this quantum's share of the cores now (called at the start of every stage); returns the threads."""
+    share = getattr(_measuring, "share", None)
+    if share is not None:
+        n = share.threads()
+        if n != _state["threads"]:
+            configure(n)
+    return threads()
 
 
 def fft_workers() -> int:
