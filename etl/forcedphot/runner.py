@@ -319,13 +319,14 @@ LOCAL_CLUSTER_CONFIG = {
 
 def local_cluster(n_workers: int):
     """A Dask LocalCluster of ``n_workers`` single-threaded worker processes, configured for our quanta
-    (:data:`LOCAL_CLUSTER_CONFIG`), logging at this process's level."""
+    (:data:`LOCAL_CLUSTER_CONFIG`), that import the package as they start (:mod:`forcedphot.worker_start`),
+    logging at this process's level."""
     import dask
     from distributed import LocalCluster
 
     with dask.config.set(LOCAL_CLUSTER_CONFIG):
         return LocalCluster(n_workers=max(n_workers, 1), threads_per_worker=1, processes=True, dashboard_address=None,
-                            silence_logs=logging.getLogger().getEffectiveLevel())
+                            silence_logs=logging.getLogger().getEffectiveLevel(), preload=["forcedphot.worker_start"])
 
 
 class _Dask:
