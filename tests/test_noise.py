@@ -127,6 +127,30 @@ def test_vectorised_noise_replacement_equals_the_sequential_noise_replacer(crowd
                     assert a == pytest.approx(b, rel=1e-6, abs=1e-6 * (abs(b) + 1)), (c, i, a, b)
 
 
+def test_the_noise_image_is_the_same_drawn_in_turn_on_one_thread_or_beside_the_statistics_on_two(crowded, monkeypatch):
+    from forcedphot import noise, threads
+
+    repo, quantum = crowded
+    inputs = load_quantum(quantum)
+    prefetched = []
+
+    class Counted(noise._Prefetch):
+        def __init__(self, items, depth: int = 2):
+            prefetched.append(1)
+            super().__init__(items, depth)
+
+    monkeypatch.setattr(noise, "_Prefetch", Counted)
+    bases = {}
+    try:
+        for n in (1, 2):
+            threads.configure(n)
+            bases[n] = ForcedPhotCoaddTask(repo).make_noise_replacer(inputs).base
+            assert len(prefetched) == (0 if n == 1 else 1), n  # one thread: no second thread for the draws
+    finally:
+        threads.configure()
+    np.testing.assert_array_equal(bases[1], bases[2])
+
+
 def test_every_band_of_a_patch_gets_the_same_noise_stream(crowded):
     repo, _ = crowded
     task = ForcedPhotCoaddTask(repo)

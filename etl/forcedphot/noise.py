@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from forcedphot import threads
 from forcedphot.errors import InputError
 
 DRAW_CHUNK = 1 << 22  # normals drawn at once (32 MB); a larger footprint bounding box is drawn alone
@@ -128,13 +129,16 @@ class NoiseReplacer:
                  footprints: HeavyFootprints, *, seed: int, offset: float = 0.0):
         self.origin = origin  # tract (x, y) of image[0, 0]
         self.footprints = footprints
-        draws = _Prefetch(noise_draws(footprints, seed))  # drawn while the (compiled) statistics run
+        draws = noise_draws(footprints, seed)
+        if threads.threads() > 1:  # drawn in a thread while the (compiled) statistics run; one thread: in turn
+            draws = _Prefetch(draws)
         try:
             self.mean, self.sigma = clipped_stats_1d(image)
             self.mean += offset
             self.base = noise_image(image, origin, footprints, draws, self.mean, self.sigma)
         finally:
-            draws.close()
+            if isinstance(draws, _Prefetch):
+                draws.close()
         self.used = _used_footprints(ids, parents, footprints.has)
 
 

@@ -1,5 +1,8 @@
 """The one place that decides how many threads each pool uses (numba, BLAS/OpenMP, FFT).
 
+The rest follow :func:`threads`: the quantum's DuckDB join (``quantum.load_refs``) and the
+noise draws, which run in a thread beside the statistics only when the quantum has 2 or more.
+
 A quantum's kernels run threaded across its sources; quanta run in processes (``--jobs``) or
 Dask workers. By default every process gets cores // concurrent quanta threads, so a machine
 is never oversubscribed; ``--threads N`` overrides. Results do not depend on the count:
