@@ -547,9 +547,10 @@ def _run_all_main(root: str, options: str) -> dict:
     from distributed import Client
 
     from forcedphot.runner import local_cluster
+    from forcedphot.worker_start import import_package
 
     with local_cluster(kw["jobs"]) as cluster, Client(cluster) as client:
-        client.run(_import_package)
+        client.run(import_package)  # waits for the preload's imports to finish on every worker
         summary = run_all(Repository(root), force=True, progress=False, **(kw | {"dask": cluster.scheduler_address}))
     return _run_all_figures(summary)
 
@@ -557,11 +558,6 @@ def _run_all_main(root: str, options: str) -> dict:
 def _run_all_figures(summary) -> dict:
     return {"wall_s": summary.seconds, "done": summary.done, "failed": summary.failed, "run_id": summary.run_id,
             "pid": os.getpid()}
-
-
-def _import_package() -> None:
-    import forcedphot.runner  # noqa: F401
-    import forcedphot.task  # noqa: F401
 
 
 def run_growth(repo_root: str | Path, *, sizes=GROWTH_SIZES, band: str = "i", threads: int = 2,

@@ -69,7 +69,7 @@ class CoreShare:
         from filelock import FileLock
 
         self.path = Path(path)
-        self._lock = FileLock(str(self.path) + ".lock")
+        self._lock = FileLock(self.path.with_name(self.path.name + ".lock"))
         with open(self.path, "r+b") as f:
             self._map = mmap.mmap(f.fileno(), 4)
 
@@ -97,7 +97,7 @@ class CoreShare:
     def remove(self) -> None:
         """Delete the files (the run is over; processes that still map the count keep their copy)."""
         self.close()
-        for p in (self.path, Path(str(self.path) + ".lock")):
+        for p in (self.path, Path(self._lock.lock_file)):
             p.unlink(missing_ok=True)
 
 

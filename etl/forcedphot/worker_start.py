@@ -12,9 +12,9 @@ import threading
 
 
 def dask_setup(worker) -> None:  # called by distributed when the worker starts
-    threading.Thread(target=_import_package, name="forcedphot-import", daemon=True).start()
+    threading.Thread(target=import_package, name="forcedphot-import", daemon=True).start()
 
 
-def _import_package() -> None:
+def import_package() -> None:
     import forcedphot.runner  # noqa: F401  (what a quantum's task needs)
     import forcedphot.task  # noqa: F401
