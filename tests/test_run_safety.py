@@ -224,7 +224,7 @@ def test_ctrl_c_stops_a_pooled_run_within_2_s_leaving_no_worker(measured_copy):
         proc = _popen(measured_copy, "--jobs", "2", "--force")
         _wait_for_records(measured_copy, before + 1)  # the workers are measuring
         workers = _descendants(proc.pid)
-        assert len(workers) >= 1  # --jobs 2: the run's process measures too, beside one spawned worker
+        assert len(workers) >= 1  # --jobs 2: the run's process measures too, beside one worker
         t0 = time.monotonic()
         if proc.poll() is None:
             break
@@ -247,7 +247,7 @@ def test_killing_the_parent_leaves_no_orphan_worker(measured_copy):
     proc = _popen(measured_copy, "--jobs", "2", "--force")
     _wait_for_records(measured_copy, before + 1)
     workers = _descendants(proc.pid)
-    assert len(workers) >= 2
+    assert len(workers) >= 1  # the pool's worker (and, when it was spawned, multiprocessing's resource tracker)
     os.kill(proc.pid, signal.SIGKILL)  # the parent only
     proc.communicate()
     t0 = time.monotonic()
