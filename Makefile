@@ -1,18 +1,22 @@
-# Everything a fresh machine (python3 + make only) needs.
-PYTHON ?= python3
+# Everything a fresh machine (a Python >= 3.12 on PATH or in pyenv, and make) needs.
+# tools/find-python.sh picks the Python; override with `make PYTHON=/path/to/python3.12`.
+PYTHON ?= $(shell tools/find-python.sh)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 REPO   ?= repo
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test clean venv
+.PHONY: demo test docs clean venv
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py
+	@test -n "$(PYTHON)" || { tools/find-python.sh >/dev/null; exit 1; }
+	@if [ -x $(BIN)/python ] && ! $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then \
+	    echo "$(VENV) holds a Python older than 3.12: recreating it with $(PYTHON)"; rm -rf $(VENV); fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,5 +28,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) $(REPO) bench-repo .pytest_cache
+	rm -rf $(VENV) $(REPO) bench-repo site .pytest_cache
