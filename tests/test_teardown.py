@@ -9,14 +9,14 @@ from forcedphot.teardown import freeze_gc_at_exit
 before = atexit._ncallbacks()
 freeze_gc_at_exit(); freeze_gc_at_exit()
 assert atexit._ncallbacks() == before + 1
-assert gc.get_freeze_count() == 0
+base = gc.get_freeze_count()  # some Python builds start with objects frozen (pyenv's 3.12: 375)
 class Cycle:
     pass
 a = Cycle(); a.me = a  # garbage only the collector could free
 f = open(sys.argv[1], "w"); f.write("kept")  # buffered, never closed by the program
-atexit.register(lambda: print("frozen", gc.get_freeze_count() > 0, flush=True))  # runs before the freeze
+atexit.register(lambda: print("frozen", gc.get_freeze_count() > base, flush=True))  # runs before the freeze
 atexit._run_exitfuncs()
-print("after", gc.get_freeze_count() > 0, flush=True)
+print("after", gc.get_freeze_count() > base, flush=True)
 """
 
 
