@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from forcedphot.io.coadd import Coadd
-from forcedphot.stages import ForcedCentres, SourcePixels
+from forcedphot.stages import ForcedCentres, PsfMixtures, SourcePixels
 
 if TYPE_CHECKING:  # plugins read a config they are given; they import no config module
     from forcedphot.config import ForcedPhotConfig
@@ -96,6 +96,12 @@ class MeasurementContext:
             y = np.where(self.usable, self.y, self.coadd.bbox.min_y)
             self.cache["psf_moments"] = self.coadd.psf.moments_at(x, y)
         return self.cache["psf_moments"]
+
+    def psf_mixtures(self) -> PsfMixtures:
+        """Each source's PSF as a Gaussian mixture at its forced centroid (the stage; cached)."""
+        if "psf_mixtures" not in self.cache:
+            self.cache["psf_mixtures"] = PsfMixtures.build(self.coadd.psf, self.x, self.y, self.usable)
+        return self.cache["psf_mixtures"]
 
 
 def _rows(value, start: int, stop: int):
