@@ -3,7 +3,7 @@
 The fixture edits a copy of one tiny-survey quantum (tract 0, patch 1, band r) in about a second:
 a NaN box (image NaN, no mask bit), zero and negative variance boxes, an all-masked (NO_DATA)
 box, each centred on sources, and references moved to the coadd's edge and off it. Then for
-each plugin's value/error/flag triple (``plugins.validity.forced_source_measurements``) a
+each plugin's value/error/flag triple (``validity.forced_source_measurements``) a
 non-finite value, a non-finite error or an error <= 0 must have its general flag set.
 """
 
@@ -23,7 +23,7 @@ from forcedphot.io.coadd import read_coadd, write_coadd
 from forcedphot.io.parquet import write_parquet
 from forcedphot.plan import plan_quanta
 from forcedphot.plugins.base import Column, flag
-from forcedphot.plugins.validity import flag_invalid, forced_source_measurements, invalid, measurements
+from forcedphot.validity import flag_invalid, forced_source_measurements, invalid, measurements
 from forcedphot.repository import DataId, Repository
 from forcedphot.schema import load_schema
 from forcedphot.task import ForcedPhotCoaddTask

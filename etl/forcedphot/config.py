@@ -20,13 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 
 from forcedphot.errors import InputError
 from forcedphot.flags import DEFAULT_MASK_PLANES
-
-# The forced_source schema carries a column group for each of these radii (pixels), as Rubin's
-# obs_lsst apertures.py; a run measures the configured subset and leaves the others null.
-STANDARD_APERTURE_RADII = (3.0, 4.5, 6.0, 9.0, 12.0, 17.0, 25.0, 35.0, 50.0, 70.0)
-UNDEBLENDED_PLUGINS = ("PsfFlux", "CircularApertureFlux", "KronFlux")  # undeblended copies in the schema
-PIXEL_FLAG_PLANES = ("BAD", "CR", "EDGE", "INTRP", "NO_DATA", "SAT", "SUSPECT",
-                     "CLIPPED", "SENSOR_EDGE", "REJECTED", "INEXACT_PSF")
+from forcedphot.layout import PIXEL_FLAG_PLANES, STANDARD_APERTURE_RADII, UNDEBLENDED_PLUGINS  # noqa: F401
 
 
 class ConfigError(InputError):
@@ -88,7 +82,7 @@ class ConfigSchema(BaseModel):
     @field_validator("plugins")
     @classmethod
     def _known_plugins(cls, names):
-        from forcedphot.plugins import PLUGINS  # late import: plugins import this module
+        from forcedphot.plugins import PLUGINS  # on use: importing config alone loads no plugin (nor numba)
 
         unknown = [p for p in names if p not in PLUGINS]
         if unknown:

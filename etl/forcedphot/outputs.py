@@ -12,7 +12,8 @@ import sys
 import yaml
 
 from forcedphot import calibrate
-from forcedphot.config import UNDEBLENDED_PLUGINS, ForcedPhotConfig
+from forcedphot.config import ForcedPhotConfig
+from forcedphot.layout import UNDEBLENDED, UNDEBLENDED_PLUGINS
 from forcedphot.plugins import PLUGINS, ordered
 from forcedphot.plugins.base import Column
 from forcedphot.ucds import column_ucd, is_principal
@@ -22,7 +23,6 @@ TAP_TABLE_INDEX = 70  # unique over schemas/*.yaml (see forcedphot.catalog_schem
 INDEXES = (("objectId", "Rows of one object (all bands); the foreign key to ref.id."),
            ("coord_ra", "Sky range queries on right ascension."),
            ("band", "Rows of one band."))
-UNDEBLENDED = "undeblended_"
 
 # Copied from the reference catalog (Rubin copyColumns) and the data ID.
 IDENTITY_COLUMNS: tuple[Column, ...] = (

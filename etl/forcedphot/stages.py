@@ -3,7 +3,8 @@
 :class:`SourcePixels` is what every compiled kernel reads: the coadd planes in coadd-local
 pixels (no padded copies), one validity plane, and each source's own footprint for noise
 replacement (see :mod:`forcedphot.kernels.pixels`). :class:`ForcedCentres` holds the forced
-centroids as kernels want them: nearest local pixel and sub-pixel offset.
+centroids as kernels want them: nearest local pixel and sub-pixel offset. :class:`PsfMixtures`
+is each source's PSF as a few Gaussians, which model fits (CModel) convolve their profiles with.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from forcedphot.io.coadd import Coadd
 from forcedphot.kernels.pixels import no_footprints
+from forcedphot.psf import MAX_RESIDUAL, MIXTURE_FAILED, MIXTURE_POOR, N_COMPONENTS, PsfGrid
 
 
 @dataclass(frozen=True)
@@ -137,3 +139,39 @@ class ForcedCentres:
         cx = np.floor(xl + 0.5)
         cy = np.floor(yl + 0.5)
         return cls(cx.astype(np.int64), cy.astype(np.int64), xl - cx, yl - cy, xl, yl, usable.astype(np.uint8))
+
+
+@dataclass(frozen=True)
+class PsfMixtures:
+    """Each source's PSF as a mixture of Gaussians (the role of Rubin's DoubleShapeletPsfApprox).
+
+    Fitted once to every PSF grid node image (:meth:`forcedphot.psf.PsfGrid.node_mixtures`, cached
+    on the grid) and blended to each source like the PSF images (:meth:`forcedphot.psf.PsfGrid.mixtures_at`).
+    A source without a usable centroid has NaN components and ``MIXTURE_FAILED``.
+    """
+
+    amp: np.ndarray  # (N, M) component fluxes (the PSF image sums to 1), smallest component first
+    centre: np.ndarray  # (N, M, 2) component centres (x, y), offsets from the source's position, pixels
+    cov: np.ndarray  # (N, M, 3) covariances (xx, yy, xy), pixels^2
+    residual: np.ndarray  # (N,) the largest sum|mixture - image| / sum|image| of the nodes blended
+    flags: np.ndarray  # (N,) int32: MIXTURE_FAILED | MIXTURE_MAX_ITER | MIXTURE_POOR of those nodes
+
+    @property
+    def flag(self) -> np.ndarray:
+        """(N,) bool: no mixture, or one that misplaces more than the allowed residual of the PSF's light."""
+        return (self.flags & (MIXTURE_FAILED | MIXTURE_POOR)) != 0
+
+    @classmethod
+    def build(cls, psf: PsfGrid, x: np.ndarray, y: np.ndarray, usable: np.ndarray, *,
+              n_components: int = N_COMPONENTS, max_residual: float = MAX_RESIDUAL) -> "PsfMixtures":
+        """The mixtures at tract pixel (x, y) of the sources with ``usable`` centroids."""
+        ok = np.asarray(usable, bool)
+        xs = np.where(ok, x, psf.x[0])
+        ys = np.where(ok, y, psf.y[0])
+        amp, centre, cov, residual, flags = psf.mixtures_at(xs, ys, n_components, max_residual=max_residual)
+        amp[~ok] = np.nan
+        centre[~ok] = np.nan
+        cov[~ok] = np.nan
+        residual[~ok] = np.nan
+        flags[~ok] = MIXTURE_FAILED
+        return cls(amp, centre, cov, residual, flags)

@@ -38,11 +38,11 @@ from forcedphot.ids import IdPacker
 from forcedphot.io.parquet import write_parquet
 from forcedphot.outputs import forced_source_columns
 from forcedphot.noise import NoiseReplacer
-from forcedphot.outputs import UNDEBLENDED
+from forcedphot.layout import UNDEBLENDED
 from forcedphot.plan import Quantum
 from forcedphot.plugins import PLUGINS, MeasurementContext, ordered
 from forcedphot.plugins.base import excluded_bits
-from forcedphot.plugins.validity import flag_invalid
+from forcedphot.validity import flag_invalid
 from forcedphot.provenance import input_fingerprints, make_provenance
 from forcedphot.quantum import QuantumInputs, load_quantum, load_refs, read_footprints
 from forcedphot.repository import DataId, Repository
@@ -164,7 +164,7 @@ class ForcedPhotCoaddTask:
             for name in separate:
                 with self.timer(f"undeblended_{name}"):
                     values.update({f"{UNDEBLENDED}{k}": v for k, v in PLUGINS[name](self.config).measure(plain).items()})
-        flag_invalid(values)  # every number carries its flag (plugins/validity.py), before ApCorr reads them
+        flag_invalid(values)  # every number carries its flag (forcedphot/validity.py), before ApCorr reads them
         for plugin in after:
             with self.timer(plugin.name):
                 values.update(plugin.measure(ctx))

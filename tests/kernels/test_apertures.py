@@ -11,7 +11,7 @@ from forcedphot.kernels.apertures import exact_apertures
 from forcedphot.plugins import PLUGINS
 from forcedphot.plugins.aperture import aperture_name
 from forcedphot.plugins.aperture_exact import pixel_overlap
-from forcedphot.plugins.aperture_sinc import sinc_coefficients, sinc_width
+from forcedphot.kernels.aperture_sinc import sinc_coefficients, sinc_width
 from tests.kernels.context import quantum_context
 from tests.kernels.reference_apertures import ReferenceCircularApertureFlux
 from tests.kernels.reference_apertures import sinc_coefficients as fft_sinc_coefficients

@@ -13,8 +13,8 @@ from forcedphot.kernels.footprints import EXCLUDED, pixel_classes
 from forcedphot.kernels.moments import MAX_EXPONENT, gaussian_flux, read_only, spatial_order
 from forcedphot.kernels.pixels import no_footprints
 from forcedphot.plugins.aperture_exact import pixel_overlap
-from forcedphot.plugins.aperture_naive import naive_apertures
-from forcedphot.plugins.aperture_sinc import sinc_apertures, sinc_width
+from forcedphot.kernels.aperture_naive import naive_apertures
+from forcedphot.kernels.aperture_sinc import sinc_apertures, sinc_width
 
 H, W = 90, 110
 RADII = (3.0, 4.5, 6.0, 9.0)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from forcedphot.kernels.pixels import no_footprints
-from forcedphot.plugins.aperture_naive import naive_apertures
-from forcedphot.plugins.aperture_sinc import sinc_apertures, sinc_coefficients, sinc_width
+from forcedphot.kernels.aperture_naive import naive_apertures
+from forcedphot.kernels.aperture_sinc import sinc_apertures, sinc_coefficients, sinc_width
 
 
 def test_sinc_widths_and_normalisation():

@@ -15,7 +15,7 @@ Sources or radii not to measure (``todo`` 0) get NaN fluxes and variances and 0 
   are a run of weight 1; only the pixels the circle crosses get the closed-form overlap of
   ``plugins/aperture_exact.py`` (corner function), from one sqrt and asin per pixel edge.
 - Sinc: the coefficient image of radius r on its W x W grid shifted to the source's sub-pixel
-  centre, computed exactly without FFT as C = Ay D' Ax^T (``plugins/aperture_sinc.py``; the two
+  centre, computed exactly without FFT as C = Ay D' Ax^T (``kernels/aperture_sinc.py``; the two
   small products accumulate in vector registers, :func:`small_matmul`); each source's
   coefficients are made once and used for both images, the variance and the invalid weight.
 - Naive (pixel centres in the closed disk, afw's PixelRegion rows): row runs summed with the
@@ -821,10 +821,8 @@ def ellipse_sums(image, original, variance, valid, fp, cx, cy, xl, yl, qa, qb, q
 
 
 def _warm():
-    """Every kernel once on tiny planes with the dtypes and flags the plugins pass (see forcedphot.kernels.compile)."""
-    from forcedphot.plugins.aperture_naive import naive_apertures
-    from forcedphot.plugins.aperture_sinc import sinc_apertures, sinc_coefficients
-
+    """The exact and ellipse kernels once on tiny planes with the dtypes and flags the plugins pass (the sinc and
+    naive kernels are warmed by :mod:`.aperture_sinc` and :mod:`.aperture_naive`; see forcedphot.kernels.compile)."""
     image = np.zeros((16, 16), np.float32)
     variance = np.ones((16, 16), np.float32)
     valid = np.ones((16, 16), np.uint8)
@@ -833,9 +831,6 @@ def _warm():
     todo = np.ones((1, 1), np.uint8)
     exact_apertures(image, variance, valid, one_i, one_i, one_f, one_f, np.array([3.0]), False)
     exact_fluxes(image, image, variance, valid, fp, one_i, one_i, one_f, one_f, todo, np.array([3.0]), True, True)
-    sinc_apertures(image, image, variance, valid, fp, one_i, one_i, one_f, one_f, todo, (3.0,), both=True)
-    sinc_coefficients(3.0, one_f, one_f)
-    naive_apertures(image, image, variance, valid, fp, one_f + 8, one_f + 8, todo, (3.0,), both=True)
     ellipse_sums(image, image, variance, valid, fp, one_i, one_i, one_f + 8, one_f + 8, one_f + 1, one_f, one_f + 1,
                  np.full(1, 3, np.int64), np.ones(1, np.uint8), True)
 

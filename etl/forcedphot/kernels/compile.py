@@ -1,8 +1,8 @@
 """Compile the measurement kernels once: is numba's on-disk cache warm, and warm it up.
 
-Every ``@njit(cache=True)`` function of the modules of :mod:`forcedphot.kernels` and
-:mod:`forcedphot.plugins` (found with pkgutil, so new kernel modules are picked up without a
-list here) keeps an index file (``<function>-<line>.pyXY.nbi``) next to its compiled code. A
+Every ``@njit(cache=True)`` function of the modules of :mod:`forcedphot.kernels` (found with
+pkgutil, so new kernel modules are picked up without a list here; compiled code lives nowhere
+else) keeps an index file (``<function>-<line>.pyXY.nbi``) next to its compiled code. A
 kernel is *warm* when that index holds an entry for this numba version, this source file (its
 stamp), this function's bytecode and this CPU; it is then loaded in milliseconds instead of
 compiled in seconds.
@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 # Seconds to compile one parallel kernel with its helpers from cold, on average (numba 0.68, this
 # 2-core machine, load ~1: 23 kernels in ~195 s); only used for the estimate in the message.
 SECONDS_PARALLEL = 8.0
-PACKAGES = ("forcedphot.kernels", "forcedphot.plugins")
+PACKAGES = ("forcedphot.kernels",)
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,19 @@
-"""The plugin registry: name -> class, run in Rubin's execution order (centroid first)."""
+"""The plugin registry: name -> class, run in Rubin's execution order (centroid first).
+
+Each plugin registers itself (``@register`` from :mod:`forcedphot.plugins.base`); importing this
+package imports every module in it, so a new plugin module needs no list edited here.
+"""
 
 from __future__ import annotations
 
-from forcedphot.plugins.ap_corr import ApCorr, Extendedness
-from forcedphot.plugins.aperture import CircularApertureFlux
-from forcedphot.plugins.base import Column, MeasurementContext, Plugin
-from forcedphot.plugins.centroid import TransformedCentroid
-from forcedphot.plugins.gaussian_flux import GaussianFlux
-from forcedphot.plugins.input_count import InputCount
-from forcedphot.plugins.kron import KronFlux
-from forcedphot.plugins.local_background import LocalBackground
-from forcedphot.plugins.pixel_flags import PixelFlags
-from forcedphot.plugins.psf_flux import PsfFlux
-from forcedphot.plugins.sdss_centroid import SdssCentroid
-from forcedphot.plugins.sdss_shape import SdssShape
-from forcedphot.plugins.shape import TransformedShape
-from forcedphot.plugins.variance import Variance
+import importlib
+import pkgutil
 
-PLUGINS: dict[str, type[Plugin]] = {
-    cls.name: cls for cls in (TransformedCentroid, SdssCentroid, TransformedShape, SdssShape, InputCount,
-                              PixelFlags, PsfFlux, GaussianFlux, CircularApertureFlux, LocalBackground, Variance,
-                              KronFlux, ApCorr, Extendedness)
-}
-DEFAULT_PLUGINS = tuple(PLUGINS)
+from forcedphot.plugins.base import PLUGINS, Column, MeasurementContext, Plugin, register
+
+for _info in pkgutil.iter_modules(__path__, __name__ + "."):  # sorted by name: a fixed registration order
+    importlib.import_module(_info.name)
+
 REQUIRED = ("TransformedCentroid", "TransformedShape")  # the slots every other plugin reads
 
 
@@ -34,4 +25,6 @@ def ordered(names) -> list[type[Plugin]]:
     return slots + rest
 
 
-__all__ = ["PLUGINS", "DEFAULT_PLUGINS", "Column", "MeasurementContext", "Plugin", "ordered"]
+DEFAULT_PLUGINS = tuple(c.name for c in ordered(PLUGINS))  # every registered plugin, in run order
+
+__all__ = ["PLUGINS", "DEFAULT_PLUGINS", "Column", "MeasurementContext", "Plugin", "ordered", "register"]

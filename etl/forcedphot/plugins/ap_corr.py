@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
+from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag, register
 
 AP_CORR_FLUXES = ("psfFlux", "gaussianFlux", "kronFlux")
 FLUX_RATIO = 0.985
 
 
+@register
 class ApCorr(Plugin):
     name = "ApCorr"
     order = 3.0
@@ -68,6 +69,7 @@ class ApCorr(Plugin):
         return out
 
 
+@register
 class Extendedness(Plugin):
     name = "Extendedness"
     order = 4.0

@@ -3,7 +3,7 @@
 Three methods, chosen by ``aperture_method``:
 
 - ``"sinc"`` (default, Rubin's): band-limited sinc coefficients for r <= ``max_sinc_radius``
-  (12 px, as obs_lsst) and the naive pixel-centre sum above (see aperture_sinc/aperture_naive);
+  (12 px, as obs_lsst) and the naive pixel-centre sum above (see kernels/aperture_sinc, kernels/aperture_naive);
 - ``"naive"``: pixel centres in the closed disk at every radius;
 - ``"exact"``: exact pixel/circle overlap (SEP ``subpix=0`` and photutils ``method='exact'``).
 
@@ -21,7 +21,7 @@ The compiled kernels (:mod:`forcedphot.kernels.apertures`) measure every radius 
 one pass per source, and the undeblended image in the same pass when the task asks for it
 (``measures_undeblended``).
 
-The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
+The general flag is also set centrally (:mod:`forcedphot.validity`, applied by
 ``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever an
 aperture flux or its error is not finite or the error is <= 0 (deblended and undeblended); this
 plugin sets its specific flags.
@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.config import STANDARD_APERTURE_RADII
-from forcedphot.plugins.aperture_naive import naive_apertures
-from forcedphot.plugins.aperture_sinc import sinc_apertures, sinc_width
-from forcedphot.plugins.base import Column, MeasurementContext, Plugin, excluded_bits, flag
+from forcedphot.kernels.aperture_naive import naive_apertures
+from forcedphot.kernels.aperture_sinc import sinc_apertures, sinc_width
+from forcedphot.layout import STANDARD_APERTURE_RADII, UNDEBLENDED
+from forcedphot.plugins.base import Column, MeasurementContext, Plugin, excluded_bits, flag, register
 
 MAX_SINC_RADIUS_IN_SCHEMA = 12.0
-UNDEBLENDED = "undeblended_"
 
 
 def aperture_name(radius: float) -> str:
@@ -64,6 +63,7 @@ def method_for(radius: float, config) -> str:
     return config.aperture_method
 
 
+@register
 class CircularApertureFlux(Plugin):
     name = "CircularApertureFlux"
     measures_undeblended = True

@@ -9,12 +9,15 @@ measured and in nJy after :mod:`forcedphot.calibrate`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from forcedphot.config import ForcedPhotConfig
 from forcedphot.io.coadd import Coadd
-from forcedphot.stages import ForcedCentres, SourcePixels
+from forcedphot.stages import ForcedCentres, PsfMixtures, SourcePixels
+
+if TYPE_CHECKING:  # plugins read a config they are given; they import no config module
+    from forcedphot.config import ForcedPhotConfig
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,12 @@ class MeasurementContext:
             self.cache["psf_moments"] = self.coadd.psf.moments_at(x, y)
         return self.cache["psf_moments"]
 
+    def psf_mixtures(self) -> PsfMixtures:
+        """Each source's PSF as a Gaussian mixture at its forced centroid (the stage; cached)."""
+        if "psf_mixtures" not in self.cache:
+            self.cache["psf_mixtures"] = PsfMixtures.build(self.coadd.psf, self.x, self.y, self.usable)
+        return self.cache["psf_mixtures"]
+
 
 def _rows(value, start: int, stop: int):
     """Rows start..stop-1 of a per-source value: an array, an Arrow array, or a CSR tuple (offsets, *flat)."""
@@ -109,7 +118,8 @@ def _rows(value, start: int, stop: int):
 
 
 class Plugin:
-    """Base class: ``name``, ``columns(config)`` and ``measure(ctx)``."""
+    """Base class: ``name``, ``columns(config)`` and ``measure(ctx)``; a subclass registers itself with
+    :func:`register` (its module only has to be in :mod:`forcedphot.plugins`)."""
 
     name: str = ""
     order: float = 2.0  # Rubin execution order: centroid 0, shape 1, flux 2, apCorr 3
@@ -134,3 +144,17 @@ class Plugin:
 
     def measure(self, ctx: MeasurementContext) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+
+PLUGINS: dict[str, type[Plugin]] = {}  # the registry: name -> class, filled by @register as plugin modules load
+
+
+def register(cls: type[Plugin]) -> type[Plugin]:
+    """Class decorator: add a plugin to :data:`PLUGINS` under its ``name`` (unique)."""
+    if not cls.name:
+        raise ValueError(f"plugin {cls.__qualname__} has no name")
+    known = PLUGINS.get(cls.name)
+    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"plugin name {cls.name!r} taken by {known.__module__}.{known.__qualname__}")
+    PLUGINS[cls.name] = cls
+    return cls

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
+from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag, register
 
 
+@register
 class TransformedCentroid(Plugin):
     name = "TransformedCentroid"
     order = 0.0

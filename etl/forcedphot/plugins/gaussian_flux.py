@@ -12,7 +12,7 @@ kernel :func:`forcedphot.kernels.moments.gaussian_flux`. Pixels in ``psf_bad_mas
 BAD, SAT) are summed as they are; weight on them above 1e-3 of the total sets the general flag,
 as for invalid pixels.
 
-The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
+The general flag is also set centrally (:mod:`forcedphot.validity`, applied by
 ``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever
 gaussianFlux or gaussianFluxErr is not finite or gaussianFluxErr <= 0; this plugin sets its
 specific flags: ``_flag_noRefShape`` where the reference has no shape (no value), and the general
@@ -26,7 +26,7 @@ import numpy as np
 
 from forcedphot.kernels.moments import gaussian_flux, read_only, spatial_order
 from forcedphot.moments import inverse_2x2
-from forcedphot.plugins.base import Column, MeasurementContext, Plugin, excluded_bits, flag
+from forcedphot.plugins.base import Column, MeasurementContext, Plugin, excluded_bits, flag, register
 from forcedphot.plugins.shape import missing_shape, ref_flag
 
 SUB = (np.arange(4) - 1.5) / 4  # 4x4 sub-pixel sample offsets
@@ -35,6 +35,7 @@ SUB = (np.arange(4) - 1.5) / 4  # 4x4 sub-pixel sample offsets
 STAMP_HALF_SIZES = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 
 
+@register
 class GaussianFlux(Plugin):
     name = "GaussianFlux"
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
+from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag, register
 
 
+@register
 class InputCount(Plugin):
     name = "InputCount"
 

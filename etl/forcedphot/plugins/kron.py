@@ -10,7 +10,7 @@ Aperture corrected. The undeblended flux comes from the same pass (``measures_un
 Pixels in ``psf_bad_mask_planes`` (e.g. BAD, SAT) inside the ellipse are summed as they are and
 set the general flag, as invalid pixels do.
 
-The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
+The general flag is also set centrally (:mod:`forcedphot.validity`, applied by
 ``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever
 kronFlux or kronFluxErr is not finite or kronFluxErr <= 0 (deblended and undeblended); this plugin
 sets its specific flags. A row without a reference radius or shape is flagged for that cause
@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from forcedphot.layout import UNDEBLENDED
 from forcedphot.moments import inverse_2x2
 from forcedphot.plugins.aperture import source_pixels
-from forcedphot.plugins.base import Column, MeasurementContext, Plugin, excluded_bits, flag
+from forcedphot.plugins.base import Column, MeasurementContext, Plugin, excluded_bits, flag, register
 from forcedphot.plugins.shape import missing_shape, ref_flag
 
 N_RADIUS_FOR_FLUX = 2.5
 MAX_HALF = 512  # ellipses taller than this many rows either side are treated as off the coadd
-UNDEBLENDED = "undeblended_"
 
 
+@register
 class KronFlux(Plugin):
     name = "KronFlux"
     measures_undeblended = True

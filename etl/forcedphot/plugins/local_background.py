@@ -8,7 +8,7 @@ determinant radius at the centre), pixel centres, ignoring BAD, SAT and NO_DATA 
 (:func:`forcedphot.kernels.background.annulus_clipped_stats`), the statistics of
 :func:`forcedphot.clipped.clipped_mean_std`.
 
-The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
+The general flag is also set centrally (:mod:`forcedphot.validity`, applied by
 ``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever
 localBackground or localBackgroundErr is not finite or localBackgroundErr <= 0; this plugin sets
 its specific flags.
@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
+from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag, register
 
 INNER, OUTER = 7.0, 15.0
 BAD_PLANES = ("BAD", "SAT", "NO_DATA")
 
 
+@register
 class LocalBackground(Plugin):
     name = "LocalBackground"
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.config import PIXEL_FLAG_PLANES
-from forcedphot.plugins.base import MeasurementContext, Plugin, flag
+from forcedphot.layout import PIXEL_FLAG_PLANES
+from forcedphot.plugins.base import MeasurementContext, Plugin, flag, register
 
 FLAG_NAMES = {"BAD": "bad", "CR": "cr", "EDGE": "edge", "INTRP": "interpolated", "NO_DATA": "nodata",
               "SAT": "saturated", "SUSPECT": "suspect", "CLIPPED": "clipped", "SENSOR_EDGE": "sensor_edge",
               "REJECTED": "rejected", "INEXACT_PSF": "inexact_psf"}
 
 
+@register
 class PixelFlags(Plugin):
     name = "PixelFlags"
 

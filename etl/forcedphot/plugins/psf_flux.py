@@ -17,7 +17,7 @@ One compiled pass (:func:`forcedphot.kernels.psf.psf_flux`) builds each source's
 and fits it to the noise-replaced image with the source's own footprint and, when the task
 asks for the undeblended copy (``ctx.undeblended``), to the original image.
 
-The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
+The general flag is also set centrally (:mod:`forcedphot.validity`, applied by
 ``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever
 psfFlux or psfFluxErr is not finite or psfFluxErr <= 0 (deblended and undeblended); this plugin
 sets its specific flags.
@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.plugins.base import Column, MeasurementContext, Plugin, excluded_bits, flag
+from forcedphot.layout import UNDEBLENDED
+from forcedphot.plugins.base import Column, MeasurementContext, Plugin, excluded_bits, flag, register
 from forcedphot.stages import SourcePixels
 
 
+@register
 class PsfFlux(Plugin):
     name = "PsfFlux"
     measures_undeblended = True  # one kernel pass: each PSF image fits the deblended and the original image
@@ -51,7 +53,6 @@ class PsfFlux(Plugin):
 
     def measure(self, ctx: MeasurementContext):
         from forcedphot.kernels.psf import frozen, psf_flux
-        from forcedphot.outputs import UNDEBLENDED
 
         pixels = ctx.pixels if ctx.pixels is not None else SourcePixels.build(ctx.coadd, ctx.n)
         image, variance, mask, valid, fp = pixels.planes()

@@ -16,11 +16,12 @@ import numpy as np
 
 from forcedphot.kernels.centroid import smoothed_cross
 from forcedphot.kernels.moments import read_only, spatial_order
-from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
+from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag, register
 
 MAX_DIST_TO_PEAK = 1.0
 
 
+@register
 class SdssCentroid(Plugin):
     name = "SdssCentroid"
     order = 0.0

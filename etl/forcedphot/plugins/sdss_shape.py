@@ -8,7 +8,7 @@ of the stamp. Errors propagate the pixel variances through the final weighted mo
 linearised version of Rubin's Fisher-matrix errors); PSF moments are the PSF model's at the
 centroid.
 
-The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
+The general flag is also set centrally (:mod:`forcedphot.validity`, applied by
 ``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever
 sdssShape_flux or sdssShape_fluxErr is not finite or sdssShape_fluxErr <= 0 (``sdssShape_flag``);
 this plugin sets its specific flags.
@@ -19,12 +19,13 @@ from __future__ import annotations
 import numpy as np
 
 from forcedphot.kernels.moments import read_only, sdss_shape, spatial_order
-from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
+from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag, register
 
 MAX_HALF = 64  # stamp half-size: the adaptive weight, the unweighted fallback and the errors stop there
 INITIAL, MAX_ITER, TOL1, TOL2, MAX_SHIFT = 1.5, 100, 1e-5, 1e-4, 2.0  # Rubin's SdssShape controls
 
 
+@register
 class SdssShape(Plugin):
     name = "SdssShape"
     order = 1.0

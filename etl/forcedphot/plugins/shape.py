@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from forcedphot.moments import positive_definite
-from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
+from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag, register
 
 STEP = 0.5  # pixels, for the finite-difference Jacobian
 
@@ -48,6 +48,7 @@ def ref_flag(ctx: MeasurementContext, name: str) -> np.ndarray:
     return v.astype(bool) if v.dtype == bool else np.equal(v, True).astype(bool)  # nulls (None) are False
 
 
+@register
 class TransformedShape(Plugin):
     name = "TransformedShape"
     order = 1.0

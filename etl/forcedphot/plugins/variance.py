@@ -6,7 +6,7 @@ is not measured (flagged empty). One compiled pass over the sources
 (:func:`forcedphot.kernels.background.ellipse_median`), the median of
 :func:`forcedphot.clipped.masked_median`.
 
-The general flag is also set centrally (:mod:`forcedphot.plugins.validity`, applied by
+The general flag is also set centrally (:mod:`forcedphot.validity`, applied by
 ``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever
 localVariance is not finite or <= 0; this plugin sets its specific flags.
 """
@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag
+from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag, register
 
 SCALE = 5.0
 MAX_HALF = 128  # largest pixel offset an ellipse may reach (the numpy version's largest stamp)
 EXCLUDED = ("DETECTED", "DETECTED_NEGATIVE", "BAD", "SAT", "NO_DATA")
 
 
+@register
 class Variance(Plugin):
     name = "Variance"
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from forcedphot.kernels.apertures import naive_aperture_kernel, read_only, row_stripes
+from forcedphot.kernels.pixels import no_footprints
+
 ROWS_PER_STRIPE = 256  # image rows of sources per stripe (each stripe sweeps its rows +- the radius once)
 
 
@@ -19,8 +22,6 @@ def naive_apertures(image, original, variance, valid, fp, xl, yl, todo, radii, *
                     rows_per_stripe: int = ROWS_PER_STRIPE):
     """(flux, flux_original, variance, invalid pixel count, EXCLUDED pixel count), each (N, R), at local
     positions (xl, yl); ``valid`` may be the pixel classes of :func:`forcedphot.kernels.footprints.pixel_classes`."""
-    from forcedphot.kernels.apertures import naive_aperture_kernel, read_only, row_stripes
-
     image, original, variance, valid = read_only(image, original, variance, valid)
     radii = np.asarray(radii, np.float64)
     up = np.argsort(radii, kind="stable")  # the kernel takes radii ascending
@@ -32,3 +33,14 @@ def naive_apertures(image, original, variance, valid, fp, xl, yl, todo, radii, *
                                 order, start, bool(both))
     back = np.argsort(up)
     return tuple(a[:, back] for a in res)
+
+
+def _warm():
+    """The kernel once on tiny planes with the dtypes and flags the plugins pass (see forcedphot.kernels.compile)."""
+    image = np.zeros((16, 16), np.float32)
+    one = np.full(1, 8.0)
+    naive_apertures(image, image, np.ones((16, 16), np.float32), np.ones((16, 16), np.uint8), no_footprints(1), one,
+                    one, np.ones((1, 1), np.uint8), (3.0,), both=True)
+
+
+WARMUP = [_warm]

@@ -21,6 +21,9 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import j1
 
+from forcedphot.kernels.apertures import read_only, sinc_aperture_kernel, sinc_coefficient_images, spatial_order
+from forcedphot.kernels.pixels import no_footprints
+
 
 def sinc_width(radius: float) -> int:
     h = 2 ** max(3, int(np.ceil(np.log2(2 * radius))))
@@ -82,8 +85,6 @@ def sinc_tables(radii) -> tuple:
 
 def sinc_coefficients(radius: float, fx: np.ndarray, fy: np.ndarray) -> np.ndarray:
     """(N, W, W) coefficients shifted by (fx, fy); element [W//2, W//2] is the source's nearest pixel."""
-    from forcedphot.kernels.apertures import sinc_coefficient_images
-
     w = sinc_width(radius)
     tc, ts = cosine_tables(w)
     return sinc_coefficient_images(np.ascontiguousarray(fx, np.float64), np.ascontiguousarray(fy, np.float64), w,
@@ -98,8 +99,6 @@ def sinc_apertures(image, original, variance, valid, fp, cx, cy, fx, fy, todo, r
     the pixel classes of :func:`forcedphot.kernels.footprints.pixel_classes`: excluded counts its
     EXCLUDED pixels (summed like the others) with centres within r + 0.5 of the centre.
     """
-    from forcedphot.kernels.apertures import read_only, sinc_aperture_kernel, spatial_order
-
     image, original, variance, valid = read_only(image, original, variance, valid)
     radii = [float(r) for r in radii]
     order = sorted(range(len(radii)), key=lambda k: (-sinc_width(radii[k]), radii[k]))  # widest first
@@ -112,3 +111,15 @@ def sinc_apertures(image, original, variance, valid, fp, cx, cy, fx, fy, todo, r
                                spatial_order(cx, cy, todo.any(axis=1)))
     back = np.argsort(order)
     return tuple(a[:, back] for a in res)
+
+
+def _warm():
+    """The kernels once on tiny planes with the dtypes and flags the plugins pass (see forcedphot.kernels.compile)."""
+    image = np.zeros((16, 16), np.float32)
+    one_i, one_f = np.full(1, 8, np.int64), np.zeros(1)
+    sinc_apertures(image, image, np.ones((16, 16), np.float32), np.ones((16, 16), np.uint8), no_footprints(1), one_i,
+                   one_i, one_f, one_f, np.ones((1, 1), np.uint8), (3.0,), both=True)
+    sinc_coefficients(3.0, one_f, one_f)
+
+
+WARMUP = [_warm]

@@ -1,0 +1,17 @@
+"""Fixed facts of the forced_source table's layout, read by the config and by the plugins.
+
+The config validates options against them (radii, pixelFlags planes, undeblended plugins) and
+the plugins declare their columns from them. They live here, below both, so that neither
+imports the other for them: the plugins read no config module, and the config imports the
+plugin registry only when it validates plugin names (see ``tests/test_imports.py``).
+"""
+
+from __future__ import annotations
+
+# The forced_source schema carries a column group for each of these radii (pixels), as Rubin's
+# obs_lsst apertures.py; a run measures the configured subset and leaves the others null.
+STANDARD_APERTURE_RADII = (3.0, 4.5, 6.0, 9.0, 12.0, 17.0, 25.0, 35.0, 50.0, 70.0)
+UNDEBLENDED_PLUGINS = ("PsfFlux", "CircularApertureFlux", "KronFlux")  # undeblended copies in the schema
+UNDEBLENDED = "undeblended_"  # prefix of the undeblended copies' columns
+PIXEL_FLAG_PLANES = ("BAD", "CR", "EDGE", "INTRP", "NO_DATA", "SAT", "SUSPECT",
+                     "CLIPPED", "SENSOR_EDGE", "REJECTED", "INEXACT_PSF")  # planes with pixelFlags columns
