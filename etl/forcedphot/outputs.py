@@ -17,14 +17,14 @@ from forcedphot.plugins import PLUGINS, ordered
 from forcedphot.plugins.base import Column
 from forcedphot.ucds import column_ucd, is_principal
 
-SCHEMA_VERSION = "1.2.0"
+SCHEMA_VERSION = "1.3.0"
 TAP_TABLE_INDEX = 70  # unique over schemas/*.yaml (see forcedphot.catalog_schema)
 INDEXES = (("objectId", "Rows of one object (all bands); the foreign key to ref.id."),
            ("coord_ra", "Sky range queries on right ascension."),
            ("band", "Rows of one band."))
 UNDEBLENDED = "undeblended_"
 
-# Copied from the reference catalog (Rubin copyColumns) and the data ID.
+# Copied from the reference catalog (Rubin copyColumns), the band's footprints and the data ID.
 IDENTITY_COLUMNS: tuple[Column, ...] = (
     Column("objectId", "long", "Unique id of the reference object (tract and patch packed in the high bits)."),
     Column("parentObjectId", "long", "Id of the blend parent; 0 for isolated objects and parents."),
@@ -36,6 +36,9 @@ IDENTITY_COLUMNS: tuple[Column, ...] = (
     Column("coord_dec", "double", "Declination (ICRS) of the reference position.", "deg"),
     Column("refBand", "char", "Band of the reference measurement."),
     Column("deblend_nChild", "int", "Number of deblended children of this object (0 for leaves)."),
+    Column("deblend_zeroFlux", "boolean", "True where the ingest deblender gave this blend child no flux in this band "
+                                          "(footprints.deblend_zeroFlux): its measurements of the deblended image "
+                                          "are flagged; null where no fit was made."),
     Column("detect_isPrimary", "boolean", "True for the unique deblended, patch- and tract-inner record of an object."),
 )
 NOT_NULL = {"objectId", "parentObjectId", "tract", "patch", "band", "coord_ra", "coord_dec", "deblend_nChild",
