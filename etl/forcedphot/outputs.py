@@ -28,7 +28,9 @@ UNDEBLENDED = "undeblended_"
 IDENTITY_COLUMNS: tuple[Column, ...] = (
     Column("objectId", "long", "Unique id of the reference object (tract and patch packed in the high bits)."),
     Column("parentObjectId", "long", "Id of the blend parent; 0 for isolated objects and parents."),
-    Column("externalId", "long", "Id of the object in the catalog it was ingested from (null for simulated or non-integer ids)."),
+    Column("externalId", "long", "Key of the catalog row the object was ingested from (ref.externalId): the catalog's "
+                                 "integer id or the row's 0-based number in the catalog file; null for simulated "
+                                 "objects and deblender-made parents."),
     Column("tract", "long", "Tract of the quantum."),
     Column("patch", "long", "Patch of the quantum."),
     Column("band", "char", "Band of the coadd measured."),
@@ -40,6 +42,9 @@ IDENTITY_COLUMNS: tuple[Column, ...] = (
                                           "(footprints.deblend_zeroFlux): its measurements of the deblended image "
                                           "are flagged; null where no fit was made."),
     Column("detect_isPrimary", "boolean", "True for the unique deblended, patch- and tract-inner record of an object."),
+    Column("detect_isDuplicate", "boolean", "True for a catalog row at the same position as another, kept by ingest "
+                                            "--duplicates flag (ref.detect_isDuplicate): its measurements of the "
+                                            "deblended image are flagged; null where ingest made no check."),
 )
 NOT_NULL = {"objectId", "parentObjectId", "tract", "patch", "band", "coord_ra", "coord_dec", "deblend_nChild",
             "detect_isPrimary"}

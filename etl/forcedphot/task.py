@@ -129,6 +129,7 @@ class ForcedPhotCoaddTask:
             "band": np.full(n, d.band, object), "coord_ra": ref["coord_ra"], "coord_dec": ref["coord_dec"],
             "refBand": ref["refBand"], "deblend_nChild": ref["deblend_nChild"],
             "deblend_zeroFlux": ref["deblend_zeroFlux"], "detect_isPrimary": ref["detect_isPrimary"],
+            "detect_isDuplicate": ref["detect_isDuplicate"],
         }
 
     def run(self, meas_cat: dict, inputs: QuantumInputs) -> pa.Table:

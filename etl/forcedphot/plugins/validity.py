@@ -8,7 +8,7 @@ measurement's general flag.
 flags (edge, truncation, no good pixels...) themselves.
 
 Rows whose deblended pixels hold no measurement of their own (:func:`unmeasurable_deblended`: a blend
-child the deblender gave zero flux) get the general
+child the deblender gave zero flux, a catalog row kept at another row's position) get the general
 flag of every measurement of the deblended image (:func:`flag_deblended`); their ``undeblended_``
 measurements of the original image stand.
 """
@@ -94,9 +94,11 @@ def _true(ref: dict, name: str, n: int) -> np.ndarray:
 
 def unmeasurable_deblended(ref: dict, *, replaced: bool) -> np.ndarray:
     """Rows whose deblended measurements describe no object: ``deblend_zeroFlux`` children (when the
-    deblended image is measured, ``replaced``)."""
+    deblended image is measured, ``replaced``) and ``detect_isDuplicate`` rows (their share of one
+    object's flux is arbitrary)."""
     n = len(ref["id"])
-    return _true(ref, "deblend_zeroFlux", n) if replaced else np.zeros(n, bool)
+    zero = _true(ref, "deblend_zeroFlux", n) if replaced else np.zeros(n, bool)
+    return zero | _true(ref, "detect_isDuplicate", n)
 
 
 def flag_deblended(values: dict, rows: np.ndarray, measured=None) -> dict:
