@@ -18,7 +18,8 @@ FROM (
            any_value(coord_dec) AS coord_dec,
            any_value(refBand) AS refBand,
            any_value(deblend_nChild) AS deblend_nChild,
-           bool_or(detect_isPrimary) AS detect_isPrimary@band_columns@
+           bool_or(detect_isPrimary) AS detect_isPrimary,
+           any_value(detect_isDuplicate) AS detect_isDuplicate@band_columns@
     FROM forced_source
     WHERE @primary@
     GROUP BY objectId, tract, patch

@@ -5,9 +5,10 @@
 
 `forcedphot sql` opens no file but the repository's, so the catalog columns travel inside the query:
 the output is `WITH <as>(<columns>) AS (VALUES ...)` followed by QUERY.sql, which joins `<as>` to
-`forced_source` (by `externalId`, or by position with `--sky LON,LAT`: adds ICRS `ra`, `dec` columns,
-deg, converted with astropy from `--frame`). The catalog is any table astropy reads (SExtractor
-ASCII, VOTable, CSV, FITS).
+`forced_source` by `externalId`: the catalog's integer id column, or for catalogs ingested without one
+the row's 0-based number in the file (`--row NAME` adds it as column NAME), or by position with
+`--sky LON,LAT` (adds ICRS `ra`, `dec` columns, deg, converted with astropy from `--frame`). The catalog
+is any table astropy reads (SExtractor ASCII, VOTable, CSV, FITS).
 """
 
 import argparse
@@ -37,6 +38,8 @@ def main(argv=None):
     p.add_argument("catalog")
     p.add_argument("query", help="SQL file whose SELECT uses the catalog as the table named by --as")
     p.add_argument("--columns", required=True, help="comma-separated catalog columns to carry")
+    p.add_argument("--row", metavar="NAME", help="also carry each row's 0-based number in the file as column NAME "
+                                                 "(externalId of a catalog ingested without an id column)")
     p.add_argument("--as", dest="name", default="cat", help="name of the catalog table in the query")
     p.add_argument("--sky", help="LON,LAT columns (deg) to convert to ICRS ra, dec")
     p.add_argument("--frame", default="icrs", help="astropy frame of --sky (default icrs)")
@@ -48,6 +51,8 @@ def main(argv=None):
     if missing:
         sys.exit(f"{args.catalog}: no column(s) {missing}; it has {table.colnames}")
     cols = [np.asarray(table[n]) for n in names]
+    if args.row:
+        names, cols = [args.row] + names, [np.arange(len(table))] + cols
     if args.sky:
         lon, lat = args.sky.split(",")
         icrs = SkyCoord(np.asarray(table[lon], float) * u.deg, np.asarray(table[lat], float) * u.deg,

@@ -18,17 +18,19 @@ from forcedphot.plugins import PLUGINS, ordered
 from forcedphot.plugins.base import Column
 from forcedphot.ucds import column_ucd, is_principal
 
-SCHEMA_VERSION = "1.2.0"
+SCHEMA_VERSION = "1.3.0"
 TAP_TABLE_INDEX = 70  # unique over schemas/*.yaml (see forcedphot.catalog_schema)
 INDEXES = (("objectId", "Rows of one object (all bands); the foreign key to ref.id."),
            ("coord_ra", "Sky range queries on right ascension."),
            ("band", "Rows of one band."))
 
-# Copied from the reference catalog (Rubin copyColumns) and the data ID.
+# Copied from the reference catalog (Rubin copyColumns), the band's footprints and the data ID.
 IDENTITY_COLUMNS: tuple[Column, ...] = (
     Column("objectId", "long", "Unique id of the reference object (tract and patch packed in the high bits)."),
     Column("parentObjectId", "long", "Id of the blend parent; 0 for isolated objects and parents."),
-    Column("externalId", "long", "Id of the object in the catalog it was ingested from (null for simulated or non-integer ids)."),
+    Column("externalId", "long", "Key of the catalog row the object was ingested from (ref.externalId): the catalog's "
+                                 "integer id or the row's 0-based number in the catalog file; null for simulated "
+                                 "objects and deblender-made parents."),
     Column("tract", "long", "Tract of the quantum."),
     Column("patch", "long", "Patch of the quantum."),
     Column("band", "char", "Band of the coadd measured."),
@@ -36,7 +38,13 @@ IDENTITY_COLUMNS: tuple[Column, ...] = (
     Column("coord_dec", "double", "Declination (ICRS) of the reference position.", "deg"),
     Column("refBand", "char", "Band of the reference measurement."),
     Column("deblend_nChild", "int", "Number of deblended children of this object (0 for leaves)."),
+    Column("deblend_zeroFlux", "boolean", "True where the ingest deblender gave this blend child no flux in this band "
+                                          "(footprints.deblend_zeroFlux): its measurements of the deblended image "
+                                          "are flagged; null where no fit was made."),
     Column("detect_isPrimary", "boolean", "True for the unique deblended, patch- and tract-inner record of an object."),
+    Column("detect_isDuplicate", "boolean", "True for a catalog row at the same position as another, kept by ingest "
+                                            "--duplicates flag (ref.detect_isDuplicate): its measurements of the "
+                                            "deblended image are flagged; null where ingest made no check."),
 )
 NOT_NULL = {"objectId", "parentObjectId", "tract", "patch", "band", "coord_ra", "coord_dec", "deblend_nChild",
             "detect_isPrimary"}

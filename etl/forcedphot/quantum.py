@@ -108,6 +108,8 @@ def load_refs(quantum: Quantum, footprints: pa.Table) -> tuple[pa.Table, np.ndar
     params = {"ref_file": quantum.ref_file}
     keys = footprints.select([c for c in footprints.column_names if c not in LIST_COLUMNS])
     keys = keys.append_column("fp_row", pa.array(np.arange(footprints.num_rows, dtype=np.int64)))
+    if "deblend_zeroFlux" not in keys.column_names:  # footprints of 1.0.0 files and derived from scarlet models
+        keys = keys.append_column("deblend_zeroFlux", pa.nulls(keys.num_rows, pa.bool_()))
     con = duckdb.connect(config={"threads": threads.threads()})  # the quantum's share of the cores, as every pool
     try:
         con.register("footprints", keys)  # ids and boxes only: the ragged columns never pass through SQL

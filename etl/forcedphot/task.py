@@ -42,7 +42,7 @@ from forcedphot.layout import UNDEBLENDED
 from forcedphot.plan import Quantum
 from forcedphot.plugins import PLUGINS, MeasurementContext, ordered
 from forcedphot.plugins.base import excluded_bits
-from forcedphot.validity import flag_invalid
+from forcedphot.validity import flag_deblended, flag_invalid, unmeasurable_deblended
 from forcedphot.provenance import input_fingerprints, make_provenance
 from forcedphot.quantum import QuantumInputs, load_quantum, load_refs, read_footprints
 from forcedphot.repository import DataId, Repository
@@ -128,7 +128,8 @@ class ForcedPhotCoaddTask:
             "tract": np.full(n, d.tract, np.int64), "patch": np.full(n, d.patch, np.int64),
             "band": np.full(n, d.band, object), "coord_ra": ref["coord_ra"], "coord_dec": ref["coord_dec"],
             "refBand": ref["refBand"], "deblend_nChild": ref["deblend_nChild"],
-            "detect_isPrimary": ref["detect_isPrimary"],
+            "deblend_zeroFlux": ref["deblend_zeroFlux"], "detect_isPrimary": ref["detect_isPrimary"],
+            "detect_isDuplicate": ref["detect_isDuplicate"],
         }
 
     def run(self, meas_cat: dict, inputs: QuantumInputs) -> pa.Table:
@@ -165,6 +166,7 @@ class ForcedPhotCoaddTask:
                 with self.timer(f"undeblended_{name}"):
                     values.update({f"{UNDEBLENDED}{k}": v for k, v in PLUGINS[name](self.config).measure(plain).items()})
         flag_invalid(values)  # every number carries its flag (forcedphot/validity.py), before ApCorr reads them
+        flag_deblended(values, unmeasurable_deblended(inputs.ref, replaced=replacer is not None))
         for plugin in after:
             with self.timer(plugin.name):
                 values.update(plugin.measure(ctx))

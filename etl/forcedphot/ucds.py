@@ -21,6 +21,7 @@ EXACT = {
     "coord_ra": "pos.eq.ra;meta.main",
     "coord_dec": "pos.eq.dec;meta.main",
     "deblend_nChild": "meta.number",
+    "deblend_zeroFlux": "meta.code",
     "inputCount": "meta.number",
     "extendedness": "src.class.starGalaxy",
     "localVariance": "stat.variance",

@@ -6,6 +6,11 @@ measurement's general flag.
 :class:`forcedphot.task.ForcedPhotCoaddTask.run` applies it after the measurement plugins (so
 ``ApCorr`` and ``Extendedness`` see it) and again after calibration; plugins set their specific
 flags (edge, truncation, no good pixels...) themselves.
+
+Rows whose deblended pixels hold no measurement of their own (:func:`unmeasurable_deblended`: a blend
+child the deblender gave zero flux, a catalog row kept at another row's position) get the general
+flag of every measurement of the deblended image (:func:`flag_deblended`); their ``undeblended_``
+measurements of the original image stand.
 """
 
 from __future__ import annotations
@@ -75,4 +80,34 @@ def flag_invalid(values: dict, measured=None) -> dict:
         error = values.get(m.error) if m.error else None
         error = None if error is None else np.asarray(error, float)
         values[m.flag] = np.asarray(flag, bool) | invalid(np.asarray(value, float), error, positive=m.positive)
+    return values
+
+
+def _true(ref: dict, name: str, n: int) -> np.ndarray:
+    """A nullable boolean reference column as bools (null or absent: False)."""
+    v = ref.get(name)
+    if v is None:
+        return np.zeros(n, bool)
+    v = np.asarray(v)
+    return v.astype(bool) if v.dtype == bool else np.equal(v, True).astype(bool)
+
+
+def unmeasurable_deblended(ref: dict, *, replaced: bool) -> np.ndarray:
+    """Rows whose deblended measurements describe no object: ``deblend_zeroFlux`` children (when the
+    deblended image is measured, ``replaced``) and ``detect_isDuplicate`` rows (their share of one
+    object's flux is arbitrary)."""
+    n = len(ref["id"])
+    zero = _true(ref, "deblend_zeroFlux", n) if replaced else np.zeros(n, bool)
+    return zero | _true(ref, "detect_isDuplicate", n)
+
+
+def flag_deblended(values: dict, rows: np.ndarray, measured=None) -> dict:
+    """Set the general flag of every measurement of the deblended image (not ``undeblended_``) on ``rows``."""
+    if not rows.any():
+        return values
+    for m in measured or forced_source_measurements():
+        flag = values.get(m.flag)
+        if m.value.startswith("undeblended_") or flag is None or not isinstance(values.get(m.value), np.ndarray):
+            continue
+        values[m.flag] = np.asarray(flag, bool) | rows
     return values

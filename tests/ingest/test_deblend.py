@@ -266,7 +266,9 @@ def test_model_stamps_are_the_psf_flux_shift_and_exact_galaxy_profiles():
 
 def test_a_child_with_no_flux_is_flagged_and_gets_nothing(tmp_path):
     """A catalog object on an over-subtracted (negative) patch of sky beside a bright star: its least-squares
-    amplitude is negative, so the non-negative fit gives it 0: zero heavy values and deblend_zeroFlux."""
+    amplitude is negative, so the non-negative fit gives it 0: zero heavy values and deblend_zeroFlux. Its
+    forced_source row carries deblend_zeroFlux and the general flag of every deblended measurement (psfFlux
+    ~ 0 is no measurement of it); its undeblended measurements and the star's stand."""
     tan = make_tan(SHAPE, 0.2, ra=30.0, dec=-10.0)
     x, y = np.array([30.3, 33.1]), np.array([30.6, 31.4])
     img = (gaussian_image(SHAPE, x, y, [5000.0, -50.0], 3.0)
@@ -284,3 +286,10 @@ def test_a_child_with_no_flux_is_flagged_and_gets_nothing(tmp_path):
     assert np.all(np.asarray(fp.loc[empty, "values"]) == 0)
     np.testing.assert_array_equal(fp.loc[star, "values"], fp.loc[parent, "values"])
     _check_conservation(repo, ref, "r")
+    assert main(["run", "--repo", str(repo.root), "-q"]) == 0
+    out = sql(repo, """SELECT objectId, deblend_zeroFlux, psfFlux_flag, ap03Flux_flag, kronFlux_flag,
+                              gaussianFlux_flag, undeblended_psfFlux_flag FROM forced_source""").to_pandas()
+    out = out.set_index("objectId")
+    assert out.loc[empty].drop("undeblended_psfFlux_flag").tolist() == [True] * 5
+    assert out.loc[star].tolist() == [False] * 6
+    assert not out.loc[empty, "undeblended_psfFlux_flag"] and out.loc[parent, "deblend_zeroFlux"] is None

@@ -170,3 +170,60 @@ def test_refuses_existing_repository_unless_overwrite(synthetic, tmp_path, capsy
     (other / "keep.txt").write_text("x")
     _fails(capsys, [*argv[2:-1], str(other), "--overwrite"], str(other), "not an empty folder")
     assert (other / "keep.txt").exists()
+
+
+# -- duplicate ids and positions ---------------------------------------------------------
+def _sky_catalog(s, path, x, y, **columns):
+    ra, dec = s.wcs.all_pix2world(x, y, 0)
+    Table({**columns, "ra": ra, "dec": dec}).write(path, overwrite=True)
+    return path
+
+
+def test_duplicate_ids_are_refused_naming_them(synthetic, tmp_path, capsys):
+    """Repeated ids are refused with the ids and their 0-based rows; keyed by row number, ids are not used."""
+    s = synthetic
+    ids = np.arange(100, 100 + s.x.size)
+    ids[[7, 9]] = ids[2]
+    ids[11] = ids[4]
+    cat = _sky_catalog(s, s.root / "ids.fits", s.x, s.y, NUMBER=ids)
+    repo = tmp_path / "repo"
+    line = _fails(capsys, [*_band(s), "--catalog", str(cat), "--repo", str(repo)], str(cat),
+                  "column 'NUMBER' repeats ids", "102 (rows 2, 7, 9)", "104 (rows 4, 11)", "--key row")
+    assert "100 " not in line and "103 " not in line
+    assert not repo.exists()
+    _fails(capsys, [*_band(s), "--catalog", str(cat), "--id-col", "NUMBER", "--repo", str(repo)], "repeats ids")
+    assert main(["ingest", "fits", *_band(s), "--catalog", str(cat), "--key", "row", "--repo", str(repo)]) == 0
+
+
+def test_duplicate_positions_are_refused_naming_them(synthetic, tmp_path, capsys):
+    """Rows repeating a position (within 0.1 px) are refused with their rows and ids; a real neighbour at 0.5 FWHM
+    and a catalog parent sitting on its only child are not duplicates."""
+    s = synthetic
+    half_fwhm = 0.5 * 3.0  # px, the --psf-fwhm of _band
+    x = np.r_[s.x, s.x[2], s.x[5] + 0.05, s.x[0] + half_fwhm]  # rows 12, 13 repeat rows 2, 5; row 14 is a neighbour
+    y = np.r_[s.y, s.y[2], s.y[5] - 0.05, s.y[0]]
+    ids = np.arange(100, 100 + x.size)
+    cat = _sky_catalog(s, s.root / "dup.fits", x, y, NUMBER=ids)
+    repo = tmp_path / "repo"
+    line = _fails(capsys, [*_band(s), "--catalog", str(cat), "--repo", str(repo)], str(cat),
+                  "2 groups of rows at one position (within 0.1 px)", "rows 2 and 12 (ids 102 and 112)",
+                  "rows 5 and 13 (ids 105 and 113)", "--duplicates drop", "--duplicates flag")
+    assert "114" not in line and "rows 0 and" not in line
+    assert not repo.exists()
+    cat = _sky_catalog(s, s.root / "pairs.fits", x[[*range(12), 14]], y[[*range(12), 14]], NUMBER=ids[[*range(12), 14]])
+    assert main(["ingest", "fits", *_band(s), "--catalog", str(cat), "--repo", str(repo)]) == 0
+    parent = np.r_[np.zeros(s.x.size, np.int64), 0]
+    parent[3] = 999  # row 3's parent is row 12 (id 999), at row 3's position
+    cat = _sky_catalog(s, s.root / "family.fits", np.r_[s.x, s.x[3]], np.r_[s.y, s.y[3]],
+                       id=np.r_[ids[:s.x.size], 999], parent=parent)
+    assert main(["ingest", "fits", *_band(s), "--catalog", str(cat), "--repo", str(tmp_path / "family")]) == 0
+
+
+def test_key_id_needs_an_integer_id_column(synthetic, tmp_path, capsys):
+    s = synthetic
+    cat = _sky_catalog(s, s.root / "noid.fits", s.x, s.y)
+    _fails(capsys, [*_band(s), "--catalog", str(cat), "--key", "id", "--repo", str(tmp_path / "r")], str(cat),
+           "--key id needs an id column", "--id-col")
+    cat = _sky_catalog(s, s.root / "names.fits", s.x, s.y, name=[f"star{i}" for i in range(s.x.size)])
+    _fails(capsys, [*_band(s), "--catalog", str(cat), "--id-col", "name", "--key", "id", "--repo", str(tmp_path / "r")],
+           str(cat), "column 'name' does not hold an integer id", "--key row")

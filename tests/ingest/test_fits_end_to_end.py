@@ -111,3 +111,103 @@ def test_skymap_stores_the_image_wcs(synthetic, tmp_path):
                                atol=1e-10)
     assert tract.n_patches == 1 and tract.patch_border == 0
     assert tract.patch(0).inner.width >= SHAPE[1] and tract.patch(0).inner.height >= SHAPE[0]
+
+
+# -- keys back to the catalog rows, duplicates -------------------------------------------
+def _g_band(s):
+    return ["--band", "g", "--image", s.files["g"]["image"], "--variance", s.files["g"]["variance"],
+            "--psf-fwhm", f"{FWHM_PX['g']}px", "--zero-point", str(ZERO_POINT["g"])]
+
+
+def test_rows_without_ids_are_keyed_by_row_number_and_join_back(synthetic, tmp_path):
+    """A catalog without an id column (positions only, as the GLIMPSE VOTable): externalId is each row's 0-based
+    row number in the file, in ref, forced_source and the object view, and SQL joins the results back to the
+    user's rows. Row 0 is off the image and the rows are reversed, so row numbers are not ref's order; with
+    overlapping patches a row is measured in each patch holding it and is primary in one."""
+    from forcedphot import query
+
+    s = synthetic
+    x, y, flux = np.r_[-30.0, s.x[::-1]], np.r_[5.0, s.y[::-1]], np.r_[np.nan, s.njy("g")[::-1]]
+    ra, dec = s.wcs.all_pix2world(x, y, 0)
+    cat = s.root / "noid.csv"
+    pacsv.write_csv(pa.table({"RA": ra, "DEC": dec, "mag": np.zeros(x.size)}), cat)
+    repo = tmp_path / "repo"
+    assert main(["ingest", "fits", "--repo", str(repo), *_g_band(s), "--catalog", str(cat), "--patch-size", "40",
+                 "--patch-border", "8"]) == 0
+    assert main(["run", "--repo", str(repo), "-q"]) == 0
+    rows = list(range(1, x.size))
+    assert sql(repo, "SELECT count(*) AS n FROM ref").column("n")[0].as_py() > len(rows)  # rows in overlaps
+    assert sorted(set(sql(repo, "SELECT externalId FROM ref").column("externalId").to_pylist())) == rows
+    primary = sql(repo, "SELECT externalId FROM forced_source WHERE detect_isPrimary ORDER BY externalId")
+    assert primary.column("externalId").to_pylist() == rows
+    assert sql(repo, "SELECT externalId FROM object ORDER BY externalId").column("externalId").to_pylist() == rows
+    assert Repository(repo).metadata()["ingest"]["catalog"]["externalId"] == "row"
+    # the user's rows (with a 0-based row column) joined to the results
+    con = query.connect(repo)
+    con.register("cat", pa.table({"row": np.arange(x.size), "RA": ra, "flux": flux}))
+    got = con.sql("""SELECT c.row, c.RA, c.flux, f.coord_ra, f.psfFlux FROM cat c
+                     JOIN forced_source f ON f.externalId = c.row WHERE f.detect_isPrimary ORDER BY c.row""").df()
+    wide = con.sql("SELECT c.row, o.g_psfFlux FROM cat c JOIN object o ON o.externalId = c.row ORDER BY c.row").df()
+    missing = con.sql("SELECT row FROM cat ANTI JOIN object o ON o.externalId = cat.row").df()
+    con.close()
+    assert got.row.tolist() == rows and wide.row.tolist() == rows and missing.row.tolist() == [0]
+    np.testing.assert_allclose(got.coord_ra, got.RA, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(got.psfFlux, got.flux, rtol=0.01)
+    np.testing.assert_allclose(wide.g_psfFlux, got.psfFlux, rtol=1e-12)
+
+
+def test_id_column_and_key_options(synthetic, tmp_path):
+    """--id-col picks the key among integer columns; --key row keys by row number although ids exist."""
+    s = synthetic
+    ids, src = np.arange(500, 500 + s.x.size), np.arange(s.x.size)[::-1] * 7 + 3
+    cat = s.root / "two.fits"
+    Table({"id": ids, "SRC": src, "ra": s.ra, "dec": s.dec}).write(cat)
+    keys = {}
+    for name, extra in (("auto", []), ("src", ["--id-col", "SRC"]), ("row", ["--key", "row"])):
+        repo = tmp_path / name
+        assert main(["ingest", "fits", "--repo", str(repo), *_g_band(s), "--catalog", str(cat), *extra]) == 0
+        keys[name] = sql(repo, "SELECT externalId FROM ref ORDER BY id").column("externalId").to_pylist()
+        assert Repository(repo).metadata()["ingest"]["catalog"]["externalId"] == ("row" if name == "row" else "id")
+    assert keys == {"auto": ids.tolist(), "src": src.tolist(), "row": list(range(s.x.size))}
+    assert Repository(tmp_path / "src").metadata()["ingest"]["catalog"]["id_column"] == "SRC"
+
+
+def test_duplicate_rows_flagged_or_dropped(synthetic, tmp_path):
+    """Row 12 repeats row 3. --duplicates flag keeps both with detect_isDuplicate and flags their deblended
+    measurements (the undeblended ones stand); --duplicates drop keeps row 3 only, measured as a lone star."""
+    s = synthetic
+    n = s.x.size
+    ids = np.arange(100, 101 + n)
+    cat = s.root / "dup.fits"
+    Table({"NUMBER": ids, "ra": np.r_[s.ra, s.ra[3]], "dec": np.r_[s.dec, s.dec[3]]}).write(cat)
+    truth = np.r_[s.njy("g"), s.njy("g")[3]]
+    query_text = """SELECT externalId, detect_isDuplicate, psfFlux, psfFlux_flag, ap03Flux_flag, kronFlux_flag,
+                           undeblended_psfFlux, undeblended_psfFlux_flag
+                    FROM forced_source WHERE deblend_nChild = 0 ORDER BY externalId"""
+    repo = tmp_path / "flag"
+    assert main(["ingest", "fits", "--repo", str(repo), *_g_band(s), "--catalog", str(cat), "--duplicates",
+                 "flag"]) == 0
+    assert main(["run", "--repo", str(repo), "-q"]) == 0
+    t = sql(repo, query_text).to_pandas()
+    assert t.externalId.tolist() == ids.tolist()
+    twins = t.externalId.isin([103, 112]).to_numpy()
+    assert t.detect_isDuplicate.tolist() == twins.tolist()
+    for col in ("psfFlux_flag", "ap03Flux_flag", "kronFlux_flag"):
+        assert t[col].tolist() == twins.tolist(), col
+    assert not t.undeblended_psfFlux_flag.any()
+    np.testing.assert_allclose(t.undeblended_psfFlux, truth, rtol=0.01)
+    np.testing.assert_allclose(t.psfFlux[~twins], truth[~twins], rtol=0.01)
+    obj = sql(repo, "SELECT externalId, detect_isDuplicate, g_psfFlux_flag FROM object ORDER BY externalId").to_pandas()
+    assert obj.detect_isDuplicate.tolist() == twins.tolist() and obj.g_psfFlux_flag.tolist() == twins.tolist()
+    meta = Repository(repo).metadata()["ingest"]["catalog"]["duplicates"]
+    assert meta == {"mode": "flag", "radius_px": 0.1, "groups": 1, "rows": [3, 12]}
+
+    repo = tmp_path / "drop"
+    assert main(["ingest", "fits", "--repo", str(repo), *_g_band(s), "--catalog", str(cat), "--duplicates",
+                 "drop"]) == 0
+    assert main(["run", "--repo", str(repo), "-q"]) == 0
+    t = sql(repo, query_text).to_pandas()
+    assert t.externalId.tolist() == ids[:n].tolist()
+    assert not t.detect_isDuplicate.any() and not t.psfFlux_flag.any()
+    np.testing.assert_allclose(t.psfFlux, truth[:n], rtol=0.01)
+    assert Repository(repo).metadata()["ingest"]["catalog"]["duplicates"]["rows"] == [12]

@@ -335,12 +335,13 @@ def test_ingest_help(cmd, capsys):
     if cmd[-1] == "fits":
         for option in ("--band", "--image", "--invvar", "--psf-fwhm", "--zero-point", "--flux-unit", "--catalog",
                        "--xy-origin", "--patch-size", "--manifest", "--overwrite", "--assume-njy", "--frame",
-                       "--equinox", "BUNIT", "PHOTFLAM+PHOTPLAM", "example:"):
+                       "--equinox", "--key", "--duplicates", "BUNIT", "PHOTFLAM+PHOTPLAM", "example:"):
             assert option in out
 
 
 def test_external_ids_fill_the_externalId_column_and_reach_the_output(synthetic, tmp_path):
-    """Integer catalog ids land in ref.externalId and forced_source.externalId; others stay null."""
+    """Integer catalog ids land in ref.externalId and forced_source.externalId; without integer ids,
+    each row's 0-based row number does."""
     from forcedphot import query
     from forcedphot.runner import run_all
 
@@ -356,7 +357,7 @@ def test_external_ids_fill_the_externalId_column_and_reach_the_output(synthetic,
     assert out == big.tolist()
     Table({"name": [f"star{i}" for i in range(s.x.size)], "ra": s.ra, "dec": s.dec}).write(s.root / "str.fits")
     repo = ingest_fits(tmp_path / "b", [band], CatalogSpec(path=s.root / "str.fits", id="name"))
-    assert pq.read_table(repo.ref_path(0, 0)).column("externalId").null_count == s.x.size
+    assert pq.read_table(repo.ref_path(0, 0)).column("externalId").to_pylist() == list(range(s.x.size))
 
 
 # -- calibration from FITS headers (issue 10) ------------------------------------------------
@@ -560,3 +561,29 @@ def test_an_option_is_not_blocked_by_a_broken_header_key():
     with pytest.raises(InputError, match="header MAGZERO = 'n/a' is not a number"):
         _calib(bad)
     assert _calib(bad, zero_point=25.0).njy == pytest.approx(zero_point_calib(25.0))
+
+
+def test_manifest_and_cli_carry_id_column_key_and_duplicates(tmp_path):
+    """The [catalog] table takes id, key and duplicates as the command line's --id-col, --key, --duplicates."""
+    (tmp_path / "m.toml").write_text("""
+[bands.g]
+image = "g.fits"
+sigma = 0.1
+psf_fwhm = "3px"
+[catalog]
+path = "cat.fits"
+id = "SRC"
+key = "row"
+duplicates = "drop"
+""")
+    args = build_parser().parse_args(["ingest", "fits", "--manifest", str(tmp_path / "m.toml"), "--repo", "r"])
+    catalog = specs_from_args(args)[2]
+    assert (catalog.id, catalog.key, catalog.duplicates) == ("SRC", "row", "drop")
+    args = build_parser().parse_args(["ingest", "fits", "--manifest", str(tmp_path / "m.toml"), "--repo", "r",
+                                      "--key", "id", "--duplicates", "flag"])
+    catalog = specs_from_args(args)[2]
+    assert (catalog.id, catalog.key, catalog.duplicates) == ("SRC", "id", "flag")
+    with pytest.raises(InputError, match="duplicates must be refuse, flag or drop"):
+        CatalogSpec(path="c.fits", duplicates="keep")
+    with pytest.raises(InputError, match="key must be auto, id or row"):
+        CatalogSpec(path="c.fits", key="name")

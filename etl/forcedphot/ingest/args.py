@@ -35,6 +35,7 @@ the images' 0-based pixel frame. A TOML manifest holds the same settings:
   [catalog]
   path = "objects.parquet"
   x = "X_IMAGE"              # column options as below, without "-col"
+  key = "row"                # externalId: the 0-based catalog row (default auto: the id column, else the row)
 """
 
 # per-band option -> (BandSpec field, type, metavar, help)
@@ -90,9 +91,16 @@ CATALOG_OPTIONS = {
     "--xy-origin": ("xy_origin", int, "coordinate of the first pixel's centre in x/y: 0, or 1 as in "
                                       "SExtractor and FITS (default: 1 for SExtractor catalogs, else 0)"),
     "--positions": ("positions", str, "auto: RA/Dec through the WCS when both exist, else x/y (default auto)"),
-    "--id-col": ("id", str, "object id column: parent links, and externalId where the ref schema has it "
-                         "(default: id, objectId, NUMBER ...)"),
+    "--id-col": ("id", str, "object id column: parent links and, with --key auto or id, externalId; its ids must be "
+                         "unique (default: id, objectId, NUMBER ...)"),
     "--parent-col": ("parent", str, "parent id column (0, -1 or null: no parent)"),
+    "--key": ("key", str, "what externalId holds, the key that joins every output row back to its catalog row: id "
+                          "(the id column's integer ids), row (the row's 0-based number in the catalog file, in file "
+                          "order), auto (default: id when the catalog has an id column of integers, else row)"),
+    "--duplicates": ("duplicates", str, "rows at the same position as another row (within 0.1 px, parent and "
+                                        "child aside): refuse (default: exit 2 naming them), drop (keep the first "
+                                        "of each group, in catalog order) or flag (keep them all: detect_isDuplicate "
+                                        "and the general flag of every deblended measurement set)"),
     "--xx-col": ("xx", str, "second moment xx, pixels^2 (default: shape_xx, X2_IMAGE ...)"),
     "--yy-col": ("yy", str, "second moment yy"),
     "--xy-col": ("xy", str, "second moment xy"),
@@ -114,7 +122,8 @@ CATALOG_OPTIONS = {
 }
 
 CHOICES = {"xy_origin": (0, 1), "positions": ("auto", "sky", "pixel"), "theta_unit": ("deg", "rad"),
-           "kron_unit": ("pix", "shape"), "deblend": ("peaks", "none")}
+           "kron_unit": ("pix", "shape"), "deblend": ("peaks", "none"), "key": ("auto", "id", "row"),
+           "duplicates": ("refuse", "flag", "drop")}
 
 
 class BandGroup(argparse.Action):

@@ -6,6 +6,13 @@ named explicitly are looked up among the names common surveys and tools use, exa
 spelling first, then case-insensitively. Rows off the image are counted and skipped with
 a warning: a catalog covering a larger area is normal; all rows off means a mistake
 (wrong columns or origin) and is an error.
+
+Every row keeps a key that joins the outputs back to it: ``externalId`` holds the id column's
+integer ids or, without one (or with ``key="row"``), the row's 0-based number in the catalog file.
+Ids must be unique. Rows at the same position as another row (within ``DUPLICATE_RADIUS_PX``,
+a row and its catalog parent or child aside) are refused, dropped or flagged
+(``CatalogSpec.duplicates``): their deblended fluxes would otherwise be an arbitrary split of one
+object's flux, often zero for all but one of them.
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ CANDIDATES = {
     "kron": ("KRON_RADIUS", "kron_radius", "kronrad"),
 }
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.fz")
+# Rows closer than this (tract pixels) are one position: two PSF models 0.1 px apart correlate to better than
+# 0.996 for a FWHM of 2 px (exp(-d^2 / 4 sigma^2)), so no fit can split their flux; a close pair of real objects
+# at 0.5 FWHM (>= 1 px on any sampled image) correlates to 0.71 and is deblended as usual.
+DUPLICATE_RADIUS_PX = 0.1
+NAMED = 10  # rows or ids named in one error or warning line
 
 
 @dataclass
@@ -55,10 +67,12 @@ class RefObjects:
     dec: np.ndarray
     shape: np.ndarray | None  # (N, 2, 2) second moments, NaN rows where unknown
     kron: np.ndarray | None  # Kron radius sqrt(ab) in pixels, NaN where unknown
-    external_id: np.ndarray | None  # int64 user ids (None when absent or not integers)
+    external_id: np.ndarray  # int64 key of each row: its id, or its 0-based row in the file (see ``keys``)
     parent: np.ndarray  # row index of the parent among these rows, -1 for none
     label: str  # the catalog file
     positions: dict | None = None  # how positions were read (columns, frame), for the repository's metadata
+    duplicate: np.ndarray | None = None  # True for rows kept at another row's position (duplicates="flag")
+    keys: dict | None = None  # what external_id holds and what was done with duplicates, for the metadata
 
     def __len__(self) -> int:
         return self.x.size
@@ -177,17 +191,74 @@ def _float(columns, name, label) -> np.ndarray:
         raise InputError(f"{label}: column {name!r} is not numeric") from exc
 
 
-# -- ids and parents ---------------------------------------------------------------------
-def _external_ids(values: np.ndarray | None, label: str) -> np.ndarray | None:
-    if values is None:
-        return None
+# -- ids, keys and parents ----------------------------------------------------------------
+def _integer_ids(values: np.ndarray) -> np.ndarray | None:
+    """The ids as int64, or None when some are missing or not integers."""
     v = np.asarray(values)
     if v.dtype.kind in "iu":
-        return v.astype(np.int64)
+        return v.astype(np.int64) if v.dtype.kind == "i" or not v.size or v.max() < 2 ** 63 else None
     if v.dtype.kind == "f" and np.all(np.isfinite(v)) and np.all(v == np.round(v)) and np.all(np.abs(v) < 2 ** 53):
         return v.astype(np.int64)
-    log.warning("%s: catalog ids are not integers; externalId is left null", label)
     return None
+
+
+def _null_ids(values: np.ndarray) -> np.ndarray:
+    v = np.asarray(values)
+    if v.dtype.kind == "f":
+        return ~np.isfinite(v)
+    if v.dtype.kind == "O":
+        return np.array([x is None or (isinstance(x, float) and not np.isfinite(x)) for x in v], bool)
+    return np.zeros(v.shape, bool)
+
+
+def _listed(items: list[str], total: int) -> str:
+    more = total - len(items)
+    return ", ".join(items) + (f" and {more} more" if more > 0 else "")
+
+
+def check_unique_ids(values: np.ndarray, column: str, label: str, *, why: str) -> None:
+    """Refuse repeated ids (nulls aside), naming the first ``NAMED`` of them with their 0-based rows."""
+    v = np.asarray(values)
+    rows = np.flatnonzero(~_null_ids(v))
+    v = v[rows]
+    if v.dtype.kind == "O":
+        v = v.astype(str)
+    elif v.dtype.kind == "f" and np.all(v == np.round(v)) and np.all(np.abs(v) < 2 ** 63):
+        v = v.astype(np.int64)  # named as the integers they are
+    order = np.argsort(v, kind="stable")  # equal ids stay in row order
+    sv, sr = v[order], rows[order]
+    starts = np.r_[0, np.flatnonzero(sv[1:] != sv[:-1]) + 1]
+    counts = np.diff(np.r_[starts, sv.size])
+    starts, counts = starts[counts > 1], counts[counts > 1]
+    if not starts.size:
+        return
+    first = np.argsort(sr[starts], kind="stable")[:NAMED]  # the repeats met first in the file
+    named = [f"{sv[starts[i]]} (rows {', '.join(str(r) for r in sr[starts[i]:starts[i] + counts[i]][:NAMED])})"
+             for i in first]
+    raise InputError(f"{label}: column {column!r} repeats ids: {_listed(named, starts.size)}; ids must be unique "
+                     f"({why})")
+
+
+def external_keys(ids: np.ndarray | None, column: str | None, key: str, n: int, label: str) -> tuple[np.ndarray, dict]:
+    """(int64 key of every row, what it is): the id column's integers or the 0-based row numbers."""
+    rows = np.arange(n, dtype=np.int64)
+    if key == "row":
+        return rows, {"externalId": "row"}
+    ints = None if ids is None else _integer_ids(ids)
+    if ints is not None:
+        return ints, {"externalId": "id", "id_column": column}
+    if key == "id":
+        if column is None:
+            raise InputError(f"{label}: --key id needs an id column (looked for {', '.join(CANDIDATES['id'])}); name "
+                             "it with --id-col, or key rows by their row number with --key row")
+        raise InputError(f"{label}: column {column!r} does not hold an integer id on every row (externalId is a "
+                         "64-bit integer); key rows by their row number with --key row")
+    if column is not None:
+        log.warning("%s: column %s does not hold an integer id on every row; externalId holds each row's 0-based row "
+                    "number in the catalog instead", label, column)
+    else:
+        log.info("%s: no id column; externalId holds each row's 0-based row number in the catalog", label)
+    return rows, {"externalId": "row"}
 
 
 def _no_parent(values: np.ndarray) -> np.ndarray:
@@ -210,8 +281,9 @@ def _parent_rows(ids: np.ndarray, parents: np.ndarray, label: str) -> np.ndarray
         ids, parents = ids.astype(str), parents.astype(str)
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
-    if sorted_ids.size > 1 and np.any(sorted_ids[1:] == sorted_ids[:-1]):
-        raise InputError(f"{label}: ids are not unique; parent links need unique ids")
+    if sorted_ids.size > 1 and np.any(sorted_ids[1:] == sorted_ids[:-1]):  # distinct ids equal as float64
+        raise InputError(f"{label}: ids are not unique once compared with the parent column's type; parent links "
+                         "need unique ids")
     none = _no_parent(parents)
     pos = np.clip(np.searchsorted(sorted_ids, parents), 0, max(ids.size - 1, 0))
     found = (sorted_ids[pos] == parents) & ~none if ids.size else np.zeros(parents.shape, bool)
@@ -249,6 +321,82 @@ def _shape(columns, spec: CatalogSpec, label: str) -> np.ndarray | None:
     bad = ~(np.isfinite(det) & (det > 0) & (xx > 0) & (yy > 0))
     m[bad] = np.nan
     return m
+
+
+# -- duplicate positions -------------------------------------------------------------------
+def _related(parent: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """True where row a is an ancestor of row b or b of a (``parent``: row of each row's parent, -1 for none)."""
+    out = np.zeros(a.size, bool)
+    for lo, hi in ((a, b), (b, a)):
+        up = parent[hi]
+        for _ in range(64):
+            out |= up == lo
+            if not (up >= 0).any():
+                break
+            up = np.where(up >= 0, parent[np.maximum(up, 0)], -1)
+    return out
+
+
+def coincident_groups(x: np.ndarray, y: np.ndarray, rows: np.ndarray, parent: np.ndarray,
+                      radius: float = DUPLICATE_RADIUS_PX) -> list[np.ndarray]:
+    """Groups of ``rows`` within ``radius`` pixels of each other (linked pairs, a row and its ancestors aside),
+    each sorted, in the order of their first row."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    if rows.size < 2:
+        return []
+    pairs = cKDTree(np.stack([x[rows], y[rows]], 1)).query_pairs(radius, output_type="ndarray")
+    pairs = pairs[~_related(parent, rows[pairs[:, 0]], rows[pairs[:, 1]])] if pairs.size else pairs
+    if not pairs.size:
+        return []
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(rows.size, rows.size))
+    _, component = connected_components(graph, directed=False)
+    members = np.unique(pairs)
+    groups = [rows[members[component[members] == c]] for c in np.unique(component[members])]
+    return sorted((np.sort(g) for g in groups), key=lambda g: g[0])
+
+
+def _describe(groups: list[np.ndarray], keys: np.ndarray | None) -> str:
+    """``rows 3 and 9 (ids 17 and 23), ...`` for the first ``NAMED`` groups."""
+    out = []
+    for g in groups[:NAMED]:
+        text = "rows " + " and ".join(str(r) for r in g)
+        if keys is not None:
+            text += " (ids " + " and ".join(str(k) for k in keys[g]) + ")"
+        out.append(text)
+    return _listed(out, len(groups))
+
+
+def handle_duplicates(x: np.ndarray, y: np.ndarray, on: np.ndarray, parent: np.ndarray, keys: np.ndarray | None,
+                      mode: str, label: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(rows to keep, rows flagged as duplicates, metadata) for rows at one position, by ``mode``:
+    refuse (an error naming them), drop (all but the first of each group, in catalog order) or flag."""
+    groups = coincident_groups(x, y, np.flatnonzero(on), parent)
+    record = {"mode": mode, "radius_px": DUPLICATE_RADIUS_PX, "groups": len(groups)}
+    flagged = np.zeros(x.size, bool)
+    if not groups:
+        return on, flagged, record
+    n_rows = sum(g.size for g in groups)
+    where = (f"{len(groups)} group{'s' if len(groups) > 1 else ''} of rows at one position (within "
+             f"{DUPLICATE_RADIUS_PX} px): {_describe(groups, keys)}")
+    if mode == "refuse":
+        raise InputError(f"{label}: {where}; their deblended fluxes would split one object's flux arbitrarily: remove "
+                         "the repeats, or pass --duplicates drop (keep the first of each) or --duplicates flag (keep "
+                         "all, flagged)")
+    if mode == "drop":
+        dropped = np.concatenate([g[1:] for g in groups])
+        on = on.copy()
+        on[dropped] = False
+        record["rows"] = dropped.tolist()
+        log.warning("%s: %s; kept the first of each, dropped %d rows (no output for them)", label, where, dropped.size)
+    else:
+        flagged[np.concatenate(groups)] = True
+        record["rows"] = np.flatnonzero(flagged).tolist()
+        log.warning("%s: %s; all %d kept with detect_isDuplicate and their deblended measurements flagged", label,
+                    where, n_rows)
+    return on, flagged, record
 
 
 # -- positions ---------------------------------------------------------------------------
@@ -309,11 +457,20 @@ def load_catalog(spec: CatalogSpec, grid: Grid) -> RefObjects:
                     label, int((~on).sum()), n)
     id_c = find_column(columns, "id", spec.id, label)
     parent_c = find_column(columns, "parent", spec.parent, label)
+    if id_c is not None and (spec.key != "row" or parent_c is not None):
+        uses = [use for use, on_ in (("the outputs' key (externalId)", spec.key != "row"),
+                                     ("the parent links", parent_c is not None)) if on_]
+        check_unique_ids(columns[id_c], id_c, label, why=f"{' and '.join(uses)}: fix the catalog, or name another id "
+                         "column with --id-col" + ("" if parent_c is not None else
+                                                   ", or key rows by their row number with --key row"))
     parent = np.full(n, -1)
     if parent_c is not None:
         if id_c is None:
             raise InputError(f"{label}: a parent column ({parent_c}) needs an id column (--id-col)")
         parent = _parent_rows(columns[id_c], columns[parent_c], label)
+    ext, keys = external_keys(columns[id_c] if id_c else None, id_c, spec.key, n, label)
+    on, duplicate, keys["duplicates"] = handle_duplicates(x, y, on, parent, ext if keys["externalId"] == "id" else None,
+                                                          spec.duplicates, label)
     # keep rows on the image; re-index parents, dropping links to parents that were skipped
     keep = np.flatnonzero(on)
     new_index = np.full(n, -1)
@@ -322,12 +479,11 @@ def load_catalog(spec: CatalogSpec, grid: Grid) -> RefObjects:
     used = set(positions["columns"])  # l/b positions are not a shape's b
     shape = _shape({k: v for k, v in columns.items() if k not in used}, spec, label)
     kron = _kron(columns, spec, fmt, shape, label)
-    ext = _external_ids(columns[id_c], label) if id_c else None
     return RefObjects(
         x=x[keep], y=y[keep], ra=np.asarray(ra, float)[keep], dec=np.asarray(dec, float)[keep],
         shape=shape[keep] if shape is not None else None, kron=kron[keep] if kron is not None else None,
-        external_id=ext[keep] if ext is not None else None, parent=parent, label=label,
-        positions=positions)
+        external_id=ext[keep], parent=parent, label=label, positions=positions, duplicate=duplicate[keep],
+        keys=keys)
 
 
 SEXTRACTOR_KRON_FACTOR = 2.5  # PHOT_AUTOPARAMS k, folded into KRON_RADIUS

@@ -108,7 +108,7 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
             b.record["psf"]["estimate"]["file"] = f"{INGEST_DIR}/psf_{b.name}.fits"
     metadata = {"ingest": {"bands": {b.name: {"image": b.label, **cal.as_dict(), **b.record}
                                      for b, cal in zip(data, calibs)},
-                           "catalog": {"path": objects.label, **(objects.positions or {})}}}
+                           "catalog": {"path": objects.label, **(objects.positions or {}), **(objects.keys or {})}}}
     tract = _make_tract(grid, patch_size, patch_border)
     skymap = SkyMap(f"fits-{Path(str(data[0].label)).stem}"[:64], (tract,))
 
@@ -257,9 +257,11 @@ def ref_table(objects: RefObjects, rows: np.ndarray, ids: np.ndarray, parent_ids
                                 ("kron_radius_flag", measured.kron_flag, measured.kron_measured)):
             if col in names and done.any():
                 cols[col] = pa.array(np.r_[flag, np.zeros(m, bool)], pa.bool_(), mask=~np.r_[done, np.zeros(m, bool)])
-    if "externalId" in names and objects.external_id is not None:
-        cols["externalId"] = pa.array(np.r_[objects.external_id[rows], np.zeros(m, np.int64)], pa.int64(),
-                                      mask=np.r_[np.zeros(rows.size, bool), np.ones(m, bool)])
+    new_rows = np.r_[np.zeros(rows.size, bool), np.ones(m, bool)]  # no catalog row: null key and flag
+    cols["externalId"] = pa.array(np.r_[objects.external_id[rows], np.zeros(m, np.int64)], pa.int64(), mask=new_rows)
+    if objects.duplicate is not None:
+        cols["detect_isDuplicate"] = pa.array(np.r_[objects.duplicate[rows], np.zeros(m, bool)], pa.bool_(),
+                                              mask=new_rows)
     return with_null_columns(pa.table(cols), "ref")
 
 

@@ -110,6 +110,9 @@ class CatalogSpec:
     y: str | None = None
     id: str | None = None
     parent: str | None = None  # parent's id; null, 0, -1 or "" for no parent
+    key: str = "auto"  # what externalId holds: "id" (the id column's integers), "row" (0-based row in the file),
+    #                    "auto": id when the catalog has an integer id column, else row
+    duplicates: str = "refuse"  # rows at the same position (catalog.DUPLICATE_RADIUS_PX): refuse, flag or drop
     xx: str | None = None  # second moments, pixels^2 ...
     yy: str | None = None
     xy: str | None = None
@@ -135,6 +138,10 @@ class CatalogSpec:
             raise InputError(f"{self.path}: positions must be auto, sky or pixel, not {self.positions!r}")
         if self.kron_unit not in (None, "pix", "shape"):
             raise InputError(f"{self.path}: Kron unit must be pix or shape, not {self.kron_unit!r}")
+        if self.key not in ("auto", "id", "row"):
+            raise InputError(f"{self.path}: key must be auto, id or row, not {self.key!r}")
+        if self.duplicates not in ("refuse", "flag", "drop"):
+            raise InputError(f"{self.path}: duplicates must be refuse, flag or drop, not {self.duplicates!r}")
         if self.deblend not in ("peaks", "none"):
             raise InputError(f"{self.path}: deblend must be peaks or none, not {self.deblend!r}")
         if self.frame is not None:

@@ -482,7 +482,8 @@ def _ref_row(oid, parent, tract, p, x, y, shape, n_child, inner, recipe, *, kron
             "kron_radius": None if kron_radius is None else float(kron_radius),
             "shape_flag": None, "kron_radius_flag": None,  # measured by the simulator, not at ingest
             "deblend_nChild": int(n_child), "detect_isPrimary": bool(inner and n_child == 0),
-            "detect_isPatchInner": bool(p.inner.contains(x, y)), "refBand": recipe.ref_band}
+            "detect_isPatchInner": bool(p.inner.contains(x, y)), "detect_isDuplicate": None,  # no catalog to check
+            "refBand": recipe.ref_band}
 
 
 def _fp_row(oid, parent, tract, p, band, bbox, spans, values):
