@@ -26,7 +26,6 @@ import re
 import textwrap
 
 from docutils import nodes
-from docutils.parsers.rst import directives
 from sphinx.util.docutils import SphinxDirective
 
 _CODE = re.compile(r"``([^`]+)``|`([^`]+)`")
@@ -152,8 +151,6 @@ class ObjectColumns(SphinxDirective):
 
 class ConfigOptions(SphinxDirective):
     """The run configuration options: name, default, description."""
-
-    option_spec = {"toml": directives.flag}
 
     def run(self):
         from forcedphot.config import ConfigSchema, ForcedPhotConfig, _toml_value
