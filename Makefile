@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 docs: $(STAMP)
-	$(BIN)/python -m mkdocs build --strict --site-dir site
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) $(REPO) bench-repo site .pytest_cache
+	rm -rf $(VENV) $(REPO) bench-repo docs/_build .pytest_cache

@@ -1,4 +1,4 @@
-"""Every file of the SQL library (sql/examples/) is documented, listed in the README and runs on the tiny survey."""
+"""Every file of the SQL library (sql/examples/) is documented, listed in the query guide and runs on the tiny survey."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from forcedphot import query
 from forcedphot.cli import main
 from forcedphot.resources import EXAMPLES_DIR
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide" / "query.md"
 EXAMPLES = sorted(p.stem for p in EXAMPLES_DIR.glob("*.sql"))
 PARAMS = {"snr_histogram": {"bins_per_decade": 4}, "mag_histogram": {"bin_width": 0.5},
           "colour_magnitude": {"r_min": 16, "r_max": 24, "colour_min": 0.0, "colour_max": 1.0},
@@ -42,7 +42,7 @@ def test_example_is_documented_and_listed(name):
     documented = set(re.findall(r"\$(\w+)", header["Parameters"]))
     assert used == documented, (name, used, documented)
     assert f"--example {name}" in header["Run"]
-    assert f"`{name}`" in README.read_text(), f"README does not list {name}"
+    assert f"`{name}`" in GUIDE.read_text(), f"{GUIDE.name} does not list {name}"
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,8 @@ class DataId:
 
 
 class Repository:
+    """The repository at ``root``: paths of every dataset, the skymap and ``repository.json``."""
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
 

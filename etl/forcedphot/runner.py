@@ -650,6 +650,7 @@ def _write_run_log(repo: Repository, summary: RunSummary, config: ForcedPhotConf
 
 
 def read_last_run(repo: Repository) -> dict | None:
+    """``runs/last_run.json``: the summary of the repository's last run (None before the first)."""
     path = repo.root / "runs" / "last_run.json"
     return json.loads(path.read_text()) if path.exists() else None
 

@@ -43,6 +43,7 @@ class ColumnDef:
     unit: str | None
     description: str
     is_array: bool
+    ucd: str | None = None  # ivoa:ucd (IVOA Unified Content Descriptor)
 
     @property
     def arrow_type(self) -> pa.DataType:
@@ -153,6 +154,7 @@ def load_schema(dataset: str, table: str | None = None, *, schema_dir: Path = SC
             unit=c.get("ivoa:unit") or c.get("fits:tunit") or None,
             description=c.get("description", ""),
             is_array=c.get("votable:arraysize") == "*",
+            ucd=c.get("ivoa:ucd") or None,
         )
         for c in chosen["columns"]
     )

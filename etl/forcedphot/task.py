@@ -68,6 +68,12 @@ class QuantumResult:
 
 
 class ForcedPhotCoaddTask:
+    """Forced measurement of one quantum of ``repo`` with ``config`` (default: the defaults).
+
+    :meth:`run_quantum` locks, loads, measures, calibrates and writes one quantum; the other members
+    are its steps, named as Rubin's (see the module docstring for the mapping).
+    """
+
     _DefaultName = "forcedPhotCoadd"
     canMultiprocess = True
 

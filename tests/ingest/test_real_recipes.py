@@ -1,7 +1,7 @@
-"""The README "Real data" recipes end to end: the example scripts of datasets/real, `forcedphot ingest
-fits` and `run` through the CLI, and each comparison query against the dataset's own reference
-(SExtractor, scarlet's SEP catalog, HST detections, published GLIMPSE fluxes). Tolerances are the
-measured agreement with room for noise; the tests skip when ../shared/data/real is absent."""
+"""The real data recipes (docs/guide/real-data.md) end to end: the example scripts of datasets/real,
+`forcedphot ingest fits` and `run` through the CLI, and each comparison query against the dataset's own
+reference (SExtractor, scarlet's SEP catalog, HST detections, published GLIMPSE fluxes). Tolerances are
+the measured agreement with room for noise; the tests skip when ../shared/data/real is absent."""
 
 from __future__ import annotations
 
@@ -104,8 +104,8 @@ def test_glimpse_against_published_fluxes(tmp_path):
     # the catalog has no id column: every row comes back by its row number (externalId)
     assert t.loc["rows joined", "n"] == 224
     assert psf.n >= 210 and ap3.n >= 210  # of 224, without a flag
-    # measured deficits (README): the supplied PSF is narrower than the mosaic's and the catalog is
-    # offset by ~0.3 px in y; a 3 px aperture misses the IRAC aperture correction (~1.1)
+    # measured deficits (docs/guide/real-data.md): the supplied PSF is narrower than the mosaic's
+    # and the catalog is offset by ~0.3 px in y; a 3 px aperture misses the IRAC aperture correction (~1.1)
     assert 0.82 <= psf["median"] <= 0.91 and psf.p84 - psf.p16 < 0.15, psf
     assert 0.90 <= ap3["median"] <= 0.96 and ap3.p84 - ap3.p16 < 0.1, ap3
     off = sql(repo, "SELECT median(sdssCentroid_x - centroid_x) AS dx, median(sdssCentroid_y - centroid_y) AS dy "
