@@ -71,6 +71,7 @@ def test_simulate_into_a_repository_replaces_its_inputs_and_keeps_its_outputs(me
     fresh = tmp_path / "fresh"
     simulate(load_recipe("tiny", **SMALL), fresh, progress=False)
     assert _input_bytes(root) == _input_bytes(fresh)
+    assert sorted(p.name for p in (root / "coadd" / "tract=0").iterdir()) == ["patch=0"]  # no empty folder left
     assert {p.relative_to(root): p.read_bytes() for p in (root / "forced_source").rglob("*.parquet")} == outputs
     assert len(_runs(root)) == 1
     # the next run drops the outputs of the 15 quanta that are gone and re-measures the one whose inputs changed
