@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 REPO   ?= repo
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test docs clean venv
+.PHONY: demo test docs clean venv chromium
 
 venv: $(STAMP)
 
@@ -25,7 +25,11 @@ demo: $(STAMP)
 	$(BIN)/forcedphot status --repo $(REPO)
 	$(BIN)/forcedphot sql --repo $(REPO) --file sql/examples/star_pulls.sql
 
-test: $(STAMP)
+# the report's browser test needs chromium: installed when missing and root, else one line says it will skip
+chromium:
+	@tools/ensure-chromium.sh
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 docs: $(STAMP)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -59,13 +61,25 @@ def test_forced_source_export_and_refusals(measured_tiny_repo, catalog_dir, tmp_
     # not a repository
     assert main(["export", "hats", "--repo", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) != 0
     assert "not a forcedphot repository" in capsys.readouterr().err and not (tmp_path / "x").exists()
-    # the long table, replacing a folder with --overwrite; nothing else left next to it
+    # --overwrite of a folder export did not write: refused with one line, nothing in it touched
+    mine = tmp_path / "thesis"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "thesis.tex").write_text("tex")
+    (mine / "sub" / "data.csv").write_text("1,2")
+    assert main(["export", "hats", "--repo", str(measured_tiny_repo), "--out", str(mine), "--overwrite"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"forcedphot: error: {mine}: not a HATS catalog written by forcedphot export hats (no forcedphot_writer in "
+        f"{mine / 'properties'}); refusing to overwrite it")
+    assert sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*")) == ["sub", "sub/data.csv", "thesis.tex"]
+    assert (mine / "thesis.tex").read_text() == "tex" and (mine / "sub" / "data.csv").read_text() == "1,2"
+    # the long table, replacing an earlier export with --overwrite; nothing else left next to it
     out = tmp_path / "fs"
-    out.mkdir()
+    shutil.copytree(catalog_dir, out)
     (out / "stale").write_text("old")
     assert main(["export", "hats", "--repo", str(measured_tiny_repo), "--out", str(out), "--table", "forced_source",
                  "--overwrite", "--highest-order", "5"]) == 0
-    assert not (out / "stale").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["fs"]
+    assert not (out / "stale").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["fs", "thesis"]
+    assert "forcedphot_writer=forcedphot-" in (out / "properties").read_text()
     long = lsdb.open_catalog(out).compute()
     want = query.load_forced_source(measured_tiny_repo, columns=["objectId", "band", "psfFlux"]).to_pandas()
     assert len(long) == len(want) > 0

@@ -35,16 +35,16 @@ def _csv_strs(text: str) -> list[str]:
 
 
 def cmd_simulate(args) -> int:
-    from forcedphot.repository import Repository
-    from forcedphot.sim import load_recipe, simulate
+    from forcedphot.repository_inputs import check_inputs_target
+    from forcedphot.sim import load_recipe
+    from forcedphot.sim.survey import simulate_into
 
-    repo = Repository(args.repo)
-    if repo.exists() and not args.overwrite:
-        raise ForcedPhotError(f"{repo.root}: repository exists; pass --overwrite to simulate into it again")
+    exists = "repository exists; pass --overwrite to simulate into it again"
+    check_inputs_target(args.repo, overwrite=args.overwrite, exists=exists)  # before loading the recipe
     overrides = {"seed": args.seed} if args.seed is not None else {}
     recipe = load_recipe(args.recipe, **overrides)
-    simulate(recipe, repo.root, progress=_progress(args))
-    print(f"simulated recipe {recipe.name!r} (seed {recipe.seed}) into {repo.root}")
+    update = simulate_into(recipe, args.repo, progress=_progress(args), overwrite=args.overwrite)
+    print(f"simulated recipe {recipe.name!r} (seed {recipe.seed}) into {update.root}{update.describe()}")
     return 0
 
 
@@ -312,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recipe", default="default", help="recipe name in datasets/ or a TOML path (default: default)")
     s.add_argument("--repo", required=True, help="repository folder to create")
     s.add_argument("--seed", type=int, help="override the recipe's seed")
-    s.add_argument("--overwrite", action="store_true", help="simulate into an existing repository")
+    s.add_argument("--overwrite", action="store_true",
+                   help="simulate into an existing repository: replaces the input files that changed, keeps its "
+                        "outputs and run history; refuses a folder holding anything forcedphot did not write")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar (there is none off a terminal)")
     _add_verbose(s)
     s.set_defaults(func=cmd_simulate)

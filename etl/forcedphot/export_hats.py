@@ -2,7 +2,8 @@
 
 HATS partitions a catalog by HEALPix pixel so LSDB can cone-search and cross-match it lazily.
 hats-import does the partitioning; it writes into a hidden folder next to ``--out`` that is
-renamed to ``--out`` only when the catalog is complete.
+renamed to ``--out`` only when the catalog is complete. Its ``properties`` carry
+``forcedphot_writer``: ``--overwrite`` replaces only a catalog with that mark (or an empty folder).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import logging
 import shutil
 from pathlib import Path
 
+from forcedphot import __version__
 from forcedphot.errors import ForcedPhotError, InputError
 from forcedphot.io.atomic import atomic_dir, temp_path_for
+from forcedphot.io.targets import MARKER_KEY, check_target
 
 TABLES = ("object", "forced_source")
 RA, DEC = "coord_ra", "coord_dec"
@@ -37,6 +40,21 @@ def _quiet_dask() -> None:
     if logging.getLogger().getEffectiveLevel() > logging.INFO:
         for name in ("distributed", "hats_import", "hats"):
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _marker(table: str) -> str:
+    return f"forcedphot-{__version__}-export-hats-{table}"
+
+
+def not_an_export(out: Path) -> str | None:
+    """Why a folder is not a catalog ``export hats`` wrote (its ``properties`` carry our marker), or None."""
+    try:
+        lines = (out / "properties").read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    if any(line.split("=", 1)[0].strip() == MARKER_KEY for line in lines):
+        return None
+    return f"not a HATS catalog written by forcedphot export hats (no {MARKER_KEY} in {out / 'properties'})"
 
 
 def _stage_input(repo, table: str, staging: Path) -> list[Path]:
@@ -64,10 +82,7 @@ def export_hats(repo, out, *, table: str = "object", overwrite: bool = False, hi
         raise InputError(f"table must be one of {', '.join(TABLES)}, not {table!r}")
     repo = _as_repository(repo)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise InputError(f"{out}: already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
+    check_target(out, overwrite=overwrite, foreign=not_an_export)
     Client, ImportArguments, pipeline_with_client = _import_modules()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = temp_path_for(out, "tmpdir")
@@ -86,6 +101,7 @@ def export_hats(repo, out, *, table: str = "object", overwrite: bool = False, hi
                     catalog_type="object" if table == "object" else "source",
                     lowest_healpix_order=0, highest_healpix_order=highest_order, pixel_threshold=pixel_threshold,
                     tmp_dir=staging / "work", resume=False, progress_bar=False,
+                    addl_hats_properties={MARKER_KEY: _marker(table)},  # what --overwrite may replace
                 )
                 pipeline_with_client(args, client)
             except Exception as exc:  # hats-import's own errors: one line naming the target

@@ -14,6 +14,10 @@ Layout (hive partitions, the keys are also stored as columns)::
     <root>/runs/ledger/{run_start,run_end,quanta}/...    (append-only run history, see ledger.py)
     <root>/runs/locks/T-P-B.lock                         (a quantum's lock while a run decides or measures it)
     <root>/runs/locks/<run id>.cores                     (while a run of several processes lasts: its quanta measuring now)
+    <root>/ingest/psf_<band>.fits                        (PSFs ingest estimated)
+
+``simulate`` and ``ingest`` write the inputs (every entry but forced_source/ and runs/); into an
+existing repository they replace only the input files that changed (:mod:`forcedphot.repository_inputs`).
 """
 
 from __future__ import annotations
@@ -82,6 +86,11 @@ class Repository:
             raise InputError(f"{self.manifest_path}: not a readable repository manifest ({exc})") from None
         if fmt != REPO_FORMAT:
             raise InputError(f"{self.manifest_path}: repository format {fmt}, this forcedphot reads {REPO_FORMAT}")
+        updating = manifest.get("updating")
+        if updating:  # see forcedphot.repository_inputs: a killed simulate or ingest into an existing repository
+            command = updating.get("command", "the command") if isinstance(updating, dict) else "the command"
+            raise InputError(f"{self.root}: `{command}` was interrupted while it replaced this repository's "
+                             "inputs; run it again (with --overwrite) to complete them")
 
     # -- paths ------------------------------------------------------------------
     def dataset_dir(self, dataset: str) -> Path:

@@ -162,9 +162,16 @@ def test_refuses_existing_repository_unless_overwrite(synthetic, tmp_path, capsy
     assert list((tmp_path / "repo" / "forced_source").rglob("*.parquet"))
     capsys.readouterr()
     _fails(capsys, argv[2:], "repository exists", "--overwrite")
-    assert main([*argv, "--overwrite"]) == 0
-    assert not (tmp_path / "repo" / "forced_source").exists()  # a fresh repository: old outputs are gone
+    outputs = {p: p.read_bytes() for p in (tmp_path / "repo" / "forced_source").rglob("*.parquet")}
+    assert main([*argv, "--overwrite"]) == 0  # the same inputs again: its outputs are kept, and up to date
+    assert {p: p.read_bytes() for p in (tmp_path / "repo" / "forced_source").rglob("*.parquet")} == outputs
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+    capsys.readouterr()
+    assert main(["run", "--repo", str(tmp_path / "repo"), "-q"]) == 0
+    assert "0 quanta measured (0 rows), 1 up to date" in capsys.readouterr().out
+    (tmp_path / "repo" / "notes.txt").write_text("mine")  # a file ingest did not write: never overwritten
+    _fails(capsys, [*argv[2:], "--overwrite"], "holds notes.txt, which forcedphot did not write")
+    assert (tmp_path / "repo" / "notes.txt").read_text() == "mine"
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("x")

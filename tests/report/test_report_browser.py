@@ -13,7 +13,8 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 def _browser_or_skip():
     if not Path(CHROMIUM).exists():
-        pytest.skip("no chromium executable (Debian package `chromium`; .ci/run installs it when run as root)")
+        pytest.skip("no chromium executable (Debian package `chromium`; `make test` installs it when run as root, "
+                    "see tools/ensure-chromium.sh)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

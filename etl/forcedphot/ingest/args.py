@@ -153,7 +153,8 @@ def add_fits_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", metavar="FILE.toml", help="TOML file with the same settings "
                    "([bands.NAME] tables, a [catalog] table); command-line options add to or override it")
     p.add_argument("--overwrite", action="store_true", default=None,
-                   help="replace an existing repository at --repo")
+                   help="ingest into an existing repository at --repo: replaces the input files that changed, keeps "
+                        "its outputs and run history; refuses a folder holding anything forcedphot did not write")
     p.add_argument("--assume-njy", action="store_true", default=None,
                    help="take the pixels of every band whose options and header give no usable flux unit or zero "
                         "point as nJy (with a warning) instead of failing; header units still apply where present")

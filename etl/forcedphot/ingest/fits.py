@@ -33,17 +33,18 @@ from forcedphot.ingest.planes import BandData, load_band
 from forcedphot.ingest.refmeasure import RefMeasurements, default_reference_band, measure_references
 from forcedphot.ingest.specs import BandSpec, CatalogSpec
 from forcedphot.ingest.estimate import write_psf_fits
-from forcedphot.io.atomic import atomic_dir
 from forcedphot.io.coadd import Coadd, write_coadd
 from forcedphot.io.parquet import write_parquet
 from forcedphot.psf import PsfGrid
 from forcedphot.repository import DataId, Repository
+from forcedphot.repository_inputs import check_inputs_target, writing_inputs
 from forcedphot.schema import load_schema
 from forcedphot.skymap import Box, PatchInfo, SkyMap, TractInfo
 
 log = logging.getLogger(__name__)
 
 TRACT = 0
+EXISTS = "repository exists; pass --overwrite to replace its inputs"
 INGEST_DIR = "ingest"  # inside the repository: what ingest estimated (PSF FITS files)
 DEFAULT_BORDER = 100  # Rubin's patch border, capped at a quarter of the patch for small patches
 
@@ -54,6 +55,11 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
                 patch_border: int | None = None, pixel_scale: float | None = None, ref_band: str | None = None,
                 overwrite: bool = False, deblend: str | None = None, assume_njy: bool = False) -> Repository:
     """Write a new repository at ``repo_root`` from per-band FITS images and a catalog.
+
+    With ``overwrite``, an existing repository there gets the new inputs: only the files whose
+    bytes changed are replaced, its outputs and run history are kept (stale outputs are re-measured
+    by the next run); a folder holding anything forcedphot did not write is refused
+    (:mod:`forcedphot.repository_inputs`).
 
     ``patch_size`` (pixels, default: one patch covering the image) and ``patch_border``
     (default: 0 for one patch, else min(100, patch_size // 4)) define the patches;
@@ -84,7 +90,7 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     if ref_band not in names:
         raise InputError(f"reference band {ref_band!r} is not among the bands {names}")
     root = Path(repo_root)
-    _check_target(root, overwrite)
+    check_inputs_target(root, overwrite=overwrite, exists=EXISTS)  # before reading any image
     target = root.resolve()
 
     images = [read_image(b.image, what=f"band {b.name} image") for b in bands]
@@ -112,9 +118,11 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     tract = _make_tract(grid, patch_size, patch_border)
     skymap = SkyMap(f"fits-{Path(str(data[0].label)).stem}"[:64], (tract,))
 
-    with atomic_dir(target) as tmp:  # assembled next to the target, swapped in whole when complete
-        repo = Repository(tmp).create(description=f"ingested from FITS: bands {names}, catalog {objects.label}",
-                                      metadata=metadata)
+    # assembled next to the target; a new repository is renamed into place, an existing one gets the files that
+    # changed (its outputs and run history are kept)
+    with writing_inputs(target, overwrite=overwrite, command="forcedphot ingest fits", exists=EXISTS) as update:
+        repo = Repository(update.staging).create(
+            description=f"ingested from FITS: bands {names}, catalog {objects.label}", metadata=metadata)
         _write_estimated_psfs(repo, root, data)
         repo.write_skymap(skymap)
         packer = IdPacker(skymap.n_tracts, skymap.n_patches)
@@ -122,8 +130,8 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
         models = _Models(data, objects, ref_band) if method == "peaks" else None
         for p in tract.patches():
             _write_patch(repo, tract, p, packer, grid, data, objects, ref_band, fwhm, models, refs, measured)
-    log.info("ingested %d objects in %d band(s) into %s (%d patches)", len(objects), len(data), root,
-             tract.n_patches)
+    log.info("ingested %d objects in %d band(s) into %s (%d patches)%s", len(objects), len(data), root,
+             tract.n_patches, update.describe())
     return Repository(root)
 
 
@@ -142,18 +150,6 @@ def _write_estimated_psfs(repo: Repository, root: Path, bands: list[BandData]) -
         log.warning("band %s (%s): PSF estimated with photutils EPSFBuilder from %d stars (of %d catalog objects; "
                     "%d px cutouts, oversampling %d): FWHM %.3g px%s; written to %s", b.name, b.label, e.n_stars,
                     e.n_candidates, e.size, e.oversampling, e.fwhm, off, root / INGEST_DIR / name)
-
-
-# -- target folder ----------------------------------------------------------------------
-def _check_target(root: Path, overwrite: bool) -> None:
-    repo = Repository(root)
-    if repo.exists():
-        if not overwrite:
-            raise InputError(f"{root}: repository exists; pass --overwrite to replace it")
-        return
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise InputError(f"{root}: exists and is not an empty folder or a forcedphot repository; "
-                         "choose a new --repo")
 
 
 # -- geometry -----------------------------------------------------------------------------

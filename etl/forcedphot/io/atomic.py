@@ -62,6 +62,11 @@ def writer_alive(host: str, pid: int, start: int) -> bool:
     return now != -1 and (start == 0 or now in (0, start))
 
 
+def is_temp_name(name: str) -> bool:
+    """Is ``name`` the temporary name of a forcedphot writer (a file or folder being written)?"""
+    return _TEMP_NAME.match(name) is not None
+
+
 def temp_path_for(path: Path, kind: str = "tmp") -> Path:
     """A hidden temporary name in the same directory (so the rename is atomic, and globs skip it)."""
     return path.with_name(f".{path.name}.w-{writer_token()}-{uuid.uuid4().hex[:8]}.{kind}")

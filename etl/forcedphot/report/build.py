@@ -6,8 +6,8 @@ import html
 import time
 from pathlib import Path
 
-from forcedphot.errors import InputError
 from forcedphot.io.atomic import atomic_dir
+from forcedphot.io.targets import check_target
 from forcedphot.report import figures
 from forcedphot.report.data import ReportData, gather
 from forcedphot.report.gallery import CoaddCache, cutouts, gallery_figure
@@ -23,18 +23,12 @@ MODEL_TEXT = ("Each row: <b>data</b>, the coadd image around the forced position
               "artefacts remain in the residual.")
 
 
-def check_target(out: Path, *, overwrite: bool) -> None:
-    """Refuse an existing ``out`` without ``overwrite``, and any folder that is not an earlier report."""
-    if not out.exists():
-        return
-    if not overwrite:
-        raise InputError(f"{out}: exists; pass --overwrite to replace it")
+def not_a_report(out: Path) -> str | None:
+    """Why a folder is not an earlier report (its index.html carries our generator tag), or None."""
     index = out / "index.html"
-    empty = out.is_dir() and not any(out.iterdir())
-    ours = index.is_file() and f'name="generator" content="{GENERATOR}"' in index.read_text(errors="replace")
-    if not (empty or ours):
-        raise InputError(f"{out}: not a forcedphot report folder (no index.html written by {GENERATOR}); "
-                         "refusing to replace it")
+    if index.is_file() and f'name="generator" content="{GENERATOR}"' in index.read_text(errors="replace"):
+        return None
+    return f"not a forcedphot report folder (no index.html written by {GENERATOR})"
 
 
 def write_report(repo, out, *, overwrite: bool = False) -> Path:
@@ -42,7 +36,7 @@ def write_report(repo, out, *, overwrite: bool = False) -> Path:
     repo = repo if isinstance(repo, Repository) else Repository(repo)
     repo.check()
     out = Path(out).absolute()
-    check_target(out, overwrite=overwrite)
+    check_target(out, overwrite=overwrite, foreign=not_a_report)  # only an earlier report is replaced
     data = gather(repo)
     with atomic_dir(out) as tmp:
         sections = _sections(repo, data, tmp)

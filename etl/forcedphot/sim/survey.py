@@ -24,11 +24,11 @@ from forcedphot.errors import InputError
 from forcedphot.flags import MaskPlanes
 from forcedphot.footprint import mask_to_spans
 from forcedphot.ids import IdPacker
-from forcedphot.io.atomic import atomic_dir
 from forcedphot.io.coadd import Coadd, write_coadd
 from forcedphot.io.parquet import write_parquet
 from forcedphot.psf import PsfGrid
 from forcedphot.repository import DataId, Repository
+from forcedphot.repository_inputs import InputsUpdate, writing_inputs
 from forcedphot.schema import load_schema
 from forcedphot.sim.calibration_products import simulate_ap_corr, simulate_inputs
 from forcedphot.sim.profiles import PIXEL_VARIANCE, covariance, ellipse_covariance, render_mixture, sersic_mixture
@@ -275,20 +275,26 @@ def _moments(src: Sources, idx, psf: PsfField, band: str):
     return f, m, kron
 
 
-def simulate(recipe: Recipe, repo_root, *, progress: bool = True) -> Repository:
-    """Simulate ``recipe`` into a new repository at ``repo_root``, replacing any repository there.
+def simulate(recipe: Recipe, repo_root, *, progress: bool = True, overwrite: bool = True) -> Repository:
+    """Simulate ``recipe`` into the repository at ``repo_root`` (see :func:`simulate_into`)."""
+    simulate_into(recipe, repo_root, progress=progress, overwrite=overwrite)
+    return Repository(repo_root)
 
-    The survey is assembled in a temporary folder next to ``repo_root`` and swapped in whole when
-    complete: a killed simulation leaves no repository (or the old one), and nothing of an old
-    repository survives.
+
+def simulate_into(recipe: Recipe, repo_root, *, progress: bool = True, overwrite: bool = True) -> InputsUpdate:
+    """Simulate ``recipe`` into a new repository at ``repo_root``, or into the inputs of the repository there.
+
+    The survey is assembled in a temporary folder next to ``repo_root``. A new repository is
+    that folder renamed into place (a killed simulation leaves none). Into an existing one
+    (``overwrite``), only the input files whose bytes changed are replaced: its outputs and run
+    history are kept, and the next run re-measures exactly the quanta whose inputs changed (none
+    for the same recipe and seed); see :mod:`forcedphot.repository_inputs`. A folder holding
+    anything forcedphot did not write is refused (InputError) and left as it was.
     """
-    target = Path(repo_root)
-    if target.exists() and not Repository(target).exists() and (not target.is_dir() or any(target.iterdir())):
-        raise InputError(f"{target}: exists and is not an empty folder or a forcedphot repository; "
-                         "choose a new --repo")
-    with atomic_dir(target) as tmp:
-        _simulate_into(recipe, tmp, progress=progress)
-    return Repository(target)
+    with writing_inputs(repo_root, overwrite=overwrite, command="forcedphot simulate",
+                        exists="repository exists; pass --overwrite to simulate into it again") as update:
+        _simulate_into(recipe, update.staging, progress=progress)
+    return update
 
 
 def _simulate_into(recipe: Recipe, repo_root, *, progress: bool) -> Repository:
