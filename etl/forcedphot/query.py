@@ -61,8 +61,9 @@ def _dataset_folder(repo: Repository, dataset: str) -> Path:
     return repo.root / dataset
 
 
-def _partition_values(path: Path) -> dict[str, str]:
-    return dict(part.split("=", 1) for part in path.parts if "=" in part)
+def _partition_values(path: Path | tuple[str, ...]) -> dict[str, str]:
+    """{key: value} of the ``key=value`` folders of a path relative to the root (or of its parts)."""
+    return dict(part.split("=", 1) for part in (path.parts if isinstance(path, Path) else path) if "=" in part)
 
 
 def _stamp_check(path: Path, schema: TableSchema):
@@ -113,9 +114,9 @@ def dataset_files(repo, dataset: str, *, sky_patches: set[tuple[int, int]] | Non
     repo = _as_repository(repo)
     wanted = _partition_filter(repo, dataset, partitions)
     keep = None if sky_patches is None else {(str(t), str(p)) for t, p in sky_patches}
-    files = []
+    files, depth = [], len(repo.root.parts)
     for path in sorted(_dataset_folder(repo, dataset).glob("**/*.parquet")):
-        keys = _partition_values(path.relative_to(repo.root))
+        keys = _partition_values(path.parts[depth:])
         if keep is not None and (keys.get("tract"), keys.get("patch")) not in keep:
             continue
         if all(keys.get(k) in values for k, values in wanted.items()):

@@ -187,6 +187,7 @@ class VerifiedFiles:
 
     def __init__(self, root: str | Path):
         self.root = Path(os.path.abspath(root))
+        self._prefix = os.path.join(str(self.root), "")
         self.state_dir = self.root / STATE_DIR
         self._lock = threading.RLock()
         self._shards: dict[str, tuple[tuple | None, dict[str, Entry]]] = {}  # name -> (its file's stat key, entries)
@@ -200,12 +201,10 @@ class VerifiedFiles:
         with self._lock:
             self._fresh.clear()
 
-    def _rel(self, path: Path) -> str:
-        path = Path(os.path.abspath(path))
-        try:
-            return path.relative_to(self.root).as_posix()
-        except ValueError:  # not under the root (a file named by the caller): keyed by its absolute path
-            return path.as_posix()
+    def _rel(self, path: str | Path) -> str:
+        """``path`` relative to the root, or absolute where it is not under it (string operations: per file)."""
+        path = os.path.abspath(path)
+        return path[len(self._prefix):] if path.startswith(self._prefix) else path
 
     def _shard_path(self, name: str) -> Path:
         return self.state_dir / f"{name}.json"
@@ -244,7 +243,6 @@ class VerifiedFiles:
         ``check(metadata)`` (the schema stamp) runs on the remembered stamp or on the file's footer.
         ``force``: verify the bytes again whatever is remembered.
         """
-        path = Path(path)
         rel = self._rel(path)
         try:
             st = os.stat(path)
