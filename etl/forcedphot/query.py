@@ -19,7 +19,6 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from forcedphot.cone import make_cone, patches_in_cone
 from forcedphot.crossmatch import crossmatch  # noqa: F401  (part of the query surface)
@@ -71,38 +70,40 @@ def _stamp_check(path: Path, schema: TableSchema):
     def check(metadata: dict) -> None:
         stamped = metadata.get(META_SCHEMA, b"").decode() or None
         if stamped is not None and stamped != f"{schema.dataset}.{schema.table}":
-            raise InputError(f"{path}: a {stamped} file in the {schema.dataset} dataset; move it out of the repository")
+            raise InputError(f"{path}: a {stamped} file in the {schema.dataset} dataset; "
+                             "move it out of the repository")
         schema.check_metadata(metadata, where=str(path))
     return check
 
 
-def check_file(path: Path, dataset: str | TableSchema, *, verified: VerifiedFiles | None = None) -> None:
+def check_file(path: Path, dataset: str | TableSchema, *, verified: VerifiedFiles | None = None,
+               force: bool = False) -> None:
     """Raise ``InputError`` (one line naming ``path``) unless it is an intact forcedphot ``dataset`` file this
     code reads: readable Parquet, stamped for that dataset, a schema major version this code reads, and bytes
     that match the sha256 its writer recorded (``ChecksumError``). With ``verified`` (the repository's
     :class:`~forcedphot.io.verified.VerifiedFiles`) a file whose stat is unchanged since it was verified is
-    not read again; without it every byte is read."""
+    not read again (unless ``force``); without it every byte is read."""
     schema = load_schema(dataset) if isinstance(dataset, str) else dataset
     check = _stamp_check(path, schema)
     if verified is None:
         verify_file(path, check=check)
     else:
-        verified.entry(path, check=check)
+        verified.entry(path, check=check, force=force)
 
 
 def checked_files(repo: Repository, paths, schema: TableSchema | str, *, force: bool = False) -> list[Path]:
-    """``paths`` (files of ``repo``), each checked with :func:`check_file` against the repository's verified state."""
+    """``paths`` (files of ``repo``), each checked by :func:`check_file` against the repository's verified state,
+    which is saved at the end (also when a file is refused: what was verified stays verified)."""
     verified = verified_files(repo.root)
     verified.refresh()
     schema = load_schema(schema) if isinstance(schema, str) else schema
     checked = []
     try:
-        for path in paths:
-            path = Path(path)
-            verified.entry(path, check=_stamp_check(path, schema), force=force)
+        for path in map(Path, paths):
+            check_file(path, schema, verified=verified, force=force)
             checked.append(path)
     finally:
-        verified.save()  # what was verified stays verified, even when a later file is refused
+        verified.save()
     return checked
 
 
@@ -152,7 +153,7 @@ def arrow_dataset(repo, dataset: str, *, sky_patches=None, **partitions) -> pads
     return pads.dataset(files, schema=load_schema(dataset).arrow_schema(), format=PARQUET_FORMAT)
 
 
-def _query(repo: Repository, con, query: str, params: dict | None = None) -> pa.Table:
+def _query(repo, con, query: str, params: dict | None = None) -> pa.Table:
     """``query_arrow``; a page that fails its CRC (changed after it was verified, or bits rotted under the
     filesystem) re-verifies every file of the repository's views, so the error names the file."""
     try:
@@ -204,7 +205,6 @@ def sql(repo, query: str, params: dict | None = None) -> pa.Table:
         raise QueryError(f"SQL refused: {exc}") from exc
     except duckdb.Error as exc:
         raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
-    repo = _as_repository(repo)
     con = connect(repo)
     try:
         return _query(repo, con, query, params)
