@@ -73,20 +73,27 @@ def record_quantum(root, run_id: str, data_id, *, status: str, started: str, sec
         run_id, f"{data_id.tract}-{data_id.patch}-{data_id.band}.parquet")
 
 
+def ledger_files(repo) -> dict:
+    """{view name: (its table's schema, its record files)} of the ledger_* views."""
+    base = ledger_dir(repo.root)
+    return {name: (load_schema("ledger", name.removeprefix("ledger_")), sorted(base.glob(pattern)))
+            for name, pattern in RECORD_GLOBS.items()}
+
+
 def create_views(con, repo) -> None:
     """The ``runs`` and ``quanta`` views (and the ledger_* views under them) on a sandboxed connection.
 
-    The record files are handed to DuckDB as Arrow datasets with the schema's columns (empty
-    when a table has no record yet): the query connection itself opens no file.
+    The record files are checked as every dataset file of a query is (``query.checked_files``: the
+    sha256 their writer recorded, hashed once and then remembered) and handed to DuckDB as Arrow
+    datasets with the schema's columns (empty when a table has no record yet): the query connection
+    itself opens no file.
     """
     import pyarrow.dataset as pads
 
-    from forcedphot.query import view_statements
+    from forcedphot.query import PARQUET_FORMAT, checked_files, view_statements
 
-    base = ledger_dir(repo.root)
-    for name, pattern in RECORD_GLOBS.items():
-        files = [str(p) for p in sorted(base.glob(pattern))]
-        schema = load_schema("ledger", name.removeprefix("ledger_")).arrow_schema()
-        con.register(f"_{name}", pads.dataset(files, schema=schema, format="parquet"))
+    for name, (schema, files) in ledger_files(repo).items():
+        files = [str(p) for p in checked_files(repo, files, schema)]
+        con.register(f"_{name}", pads.dataset(files, schema=schema.arrow_schema(), format=PARQUET_FORMAT))
     for stmt in view_statements("ledger_views").values():
         con.execute(stmt)

@@ -2,9 +2,12 @@
 
 DuckDB gets no file access at all (``duck.sandboxed_connection``): the views of ``sql/views.sql``
 read each dataset's Parquet files through an Arrow dataset built here, after every file was checked
-(readable Parquet, written by forcedphot for that dataset, a schema major version this code reads).
-So a query reads the repository's datasets and nothing else, and writes, attaches, installs or loads
-nothing; a corrupt or foreign file is one error line naming it.
+(readable Parquet, written by forcedphot for that dataset, a schema major version this code reads,
+bytes matching the sha256 its writer recorded). So a query reads the repository's datasets and
+nothing else, and writes, attaches, installs or loads nothing; a corrupt or foreign file is one error
+line naming it. A file's bytes are hashed once and then remembered while its stat is unchanged
+(:mod:`forcedphot.io.verified`), so a query costs a ``stat`` per file, not a read of every byte; the
+Arrow datasets verify the page CRCs of what a query reads as well.
 """
 
 from __future__ import annotations
@@ -16,20 +19,24 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from forcedphot.cone import make_cone, patches_in_cone
 from forcedphot.crossmatch import crossmatch  # noqa: F401  (part of the query surface)
 from forcedphot.duck import query_arrow, refuse_unless_read_only, sandboxed_connection
 from forcedphot.errors import InputError, QueryError
+from forcedphot.io.verified import VerifiedFiles, verified_files, verify_file
 from forcedphot.objects import object_columns, object_select, repository_bands
 from forcedphot.repository import DATASETS, Repository
 from forcedphot.resources import read_sql
-from forcedphot.schema import META_SCHEMA, load_schema
+from forcedphot.schema import META_SCHEMA, TableSchema, load_schema
 from forcedphot.tables import convert
 
 _FILES = re.compile(r"@files\((\w+)\)@")
 PARTITION_KEYS = {"tract": int, "patch": int, "band": str}
+PAGE_CRC = "CRC checksum verification failed"  # pyarrow's message for a page that fails its CRC
+# the Arrow datasets handed to DuckDB verify the page CRCs of every page a query reads
+PARQUET_FORMAT = pads.ParquetFileFormat(
+    default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True))
 
 
 def view_statements(sql_file: str = "views") -> dict[str, str]:
@@ -53,39 +60,69 @@ def _dataset_folder(repo: Repository, dataset: str) -> Path:
     return repo.root / dataset
 
 
-def _partition_values(path: Path) -> dict[str, str]:
-    return dict(part.split("=", 1) for part in path.parts if "=" in part)
+def _partition_values(path: Path | tuple[str, ...]) -> dict[str, str]:
+    """{key: value} of the ``key=value`` folders of a path relative to the root (or of its parts)."""
+    return dict(part.split("=", 1) for part in (path.parts if isinstance(path, Path) else path) if "=" in part)
 
 
-def check_file(path: Path, dataset: str) -> None:
-    """Raise ``InputError`` (one line naming ``path``) unless it is a forcedphot ``dataset`` file this code reads."""
-    schema = load_schema(dataset)
+def _stamp_check(path: Path, schema: TableSchema):
+    """The schema checks of a file's key-value metadata: stamped for ``schema``'s table, a major version we read."""
+    def check(metadata: dict) -> None:
+        stamped = metadata.get(META_SCHEMA, b"").decode() or None
+        if stamped is not None and stamped != f"{schema.dataset}.{schema.table}":
+            raise InputError(f"{path}: a {stamped} file in the {schema.dataset} dataset; "
+                             "move it out of the repository")
+        schema.check_metadata(metadata, where=str(path))
+    return check
+
+
+def check_file(path: Path, dataset: str | TableSchema, *, verified: VerifiedFiles | None = None,
+               force: bool = False) -> None:
+    """Raise ``InputError`` (one line naming ``path``) unless it is an intact forcedphot ``dataset`` file this
+    code reads: readable Parquet, stamped for that dataset, a schema major version this code reads, and bytes
+    that match the sha256 its writer recorded (``ChecksumError``). With ``verified`` (the repository's
+    :class:`~forcedphot.io.verified.VerifiedFiles`) a file whose stat is unchanged since it was verified is
+    not read again (unless ``force``); without it every byte is read."""
+    schema = load_schema(dataset) if isinstance(dataset, str) else dataset
+    check = _stamp_check(path, schema)
+    if verified is None:
+        verify_file(path, check=check)
+    else:
+        verified.entry(path, check=check, force=force)
+
+
+def checked_files(repo: Repository, paths, schema: TableSchema | str, *, force: bool = False) -> list[Path]:
+    """``paths`` (files of ``repo``), each checked by :func:`check_file` against the repository's verified state,
+    which is saved at the end (also when a file is refused: what was verified stays verified)."""
+    verified = verified_files(repo.root)
+    verified.refresh()
+    schema = load_schema(schema) if isinstance(schema, str) else schema
+    checked = []
     try:
-        metadata = pq.read_metadata(path).metadata or {}
-    except (pa.ArrowException, OSError) as exc:
-        cause = " ".join(str(exc).split())
-        raise InputError(f"{path}: not a readable Parquet file ({cause}); move it out of the repository") from exc
-    stamped = metadata.get(META_SCHEMA, b"").decode() or None
-    if stamped is not None and stamped != f"{schema.dataset}.{schema.table}":
-        raise InputError(f"{path}: a {stamped} file in the {dataset} dataset; move it out of the repository")
-    schema.check_metadata(metadata, where=str(path))
+        for path in map(Path, paths):
+            check_file(path, schema, verified=verified, force=force)
+            checked.append(path)
+    finally:
+        verified.save()
+    return checked
 
 
-def dataset_files(repo, dataset: str, *, sky_patches: set[tuple[int, int]] | None = None, **partitions) -> list[Path]:
+def dataset_files(repo, dataset: str, *, sky_patches: set[tuple[int, int]] | None = None, force: bool = False,
+                  **partitions) -> list[Path]:
     """The checked Parquet files of ``dataset``, optionally only those of some partitions (tract/patch/band)
-    and of the (tract, patch) pairs in ``sky_patches`` (a cone's patches); other files are not opened."""
+    and of the (tract, patch) pairs in ``sky_patches`` (a cone's patches); other files are not opened.
+    ``force``: hash every file again, whatever the repository remembers of it."""
     repo = _as_repository(repo)
     wanted = _partition_filter(repo, dataset, partitions)
     keep = None if sky_patches is None else {(str(t), str(p)) for t, p in sky_patches}
-    files = []
+    files, depth = [], len(repo.root.parts)
     for path in sorted(_dataset_folder(repo, dataset).glob("**/*.parquet")):
-        keys = _partition_values(path.relative_to(repo.root))
+        keys = _partition_values(path.parts[depth:])
         if keep is not None and (keys.get("tract"), keys.get("patch")) not in keep:
             continue
         if all(keys.get(k) in values for k, values in wanted.items()):
-            check_file(path, dataset)
             files.append(path)
-    return files
+    return checked_files(repo, files, dataset, force=force)
 
 
 def _partition_filter(repo: Repository, dataset: str, partitions: dict) -> dict[str, set[str]]:
@@ -113,7 +150,29 @@ def _partition_filter(repo: Repository, dataset: str, partitions: dict) -> dict[
 def arrow_dataset(repo, dataset: str, *, sky_patches=None, **partitions) -> pads.Dataset:
     """The checked files of ``dataset`` as a pyarrow dataset with the columns of its schema (empty if none)."""
     files = [str(p) for p in dataset_files(repo, dataset, sky_patches=sky_patches, **partitions)]
-    return pads.dataset(files, schema=load_schema(dataset).arrow_schema(), format="parquet")
+    return pads.dataset(files, schema=load_schema(dataset).arrow_schema(), format=PARQUET_FORMAT)
+
+
+def _query(repo, con, query: str, params: dict | None = None) -> pa.Table:
+    """``query_arrow``; a page that fails its CRC (changed after it was verified, or bits rotted under the
+    filesystem) re-verifies every file of the repository's views, so the error names the file."""
+    try:
+        return query_arrow(con, query, params)
+    except duckdb.Error as exc:
+        if PAGE_CRC in str(exc):
+            recheck_all(repo)
+        raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+
+
+def recheck_all(repo) -> None:
+    """Hash every file the views read again (``ChecksumError`` naming the first corrupted one)."""
+    from forcedphot.ledger import ledger_files
+
+    repo = _as_repository(repo)
+    for dataset in dict.fromkeys(d for stmt in view_statements().values() for d in _FILES.findall(stmt)):
+        dataset_files(repo, dataset, force=True)
+    for schema, files in ledger_files(repo).values():
+        checked_files(repo, files, schema, force=True)
 
 
 def connect(repo: Repository | str | Path) -> duckdb.DuckDBPyConnection:
@@ -148,9 +207,7 @@ def sql(repo, query: str, params: dict | None = None) -> pa.Table:
         raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
     con = connect(repo)
     try:
-        return query_arrow(con, query, params)
-    except duckdb.Error as exc:
-        raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+        return _query(repo, con, query, params)
     finally:
         con.close()
 
@@ -222,8 +279,8 @@ def load_object(repo, *, tract=None, patch=None, primary_only: bool = True, ra=N
     try:
         con.register("forced_source", arrow_dataset(repo, "forced_source", tract=tract, patch=patch,
                                                     sky_patches=sky_patches))
-        table = query_arrow(con, object_select(repository_bands(repo), primary_only=primary_only)
-                            + "\nORDER BY objectId, tract, patch")
+        table = _query(repo, con, object_select(repository_bands(repo), primary_only=primary_only)
+                       + "\nORDER BY objectId, tract, patch")
     finally:
         con.close()
     units = {c.name: c.unit for c in object_columns(repository_bands(repo))}

@@ -14,6 +14,7 @@ Layout (hive partitions, the keys are also stored as columns)::
     <root>/runs/ledger/{run_start,run_end,quanta}/...    (append-only run history, see ledger.py)
     <root>/runs/locks/T-P-B.lock                         (a quantum's lock while a run decides or measures it)
     <root>/runs/locks/<run id>.cores                     (while a run of several processes lasts: its quanta measuring now)
+    <root>/runs/verified/<dataset>+tract=T.json          (files whose checksums were verified, by stat; see io/verified.py)
     <root>/ingest/psf_<band>.fits                        (PSFs ingest estimated)
 
 ``simulate`` and ``ingest`` write the inputs (every entry but forced_source/ and runs/); into an

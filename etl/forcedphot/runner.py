@@ -39,8 +39,9 @@ from forcedphot.config import ForcedPhotConfig
 from forcedphot.errors import ForcedPhotError, InputError
 from forcedphot.io.atomic import atomic_path, sweep_temp
 from forcedphot.io.parquet import read_provenance
+from forcedphot.io.verified import verified_files
 from forcedphot.plan import Quantum, plan_quanta
-from forcedphot.provenance import file_digest, input_fingerprints, is_up_to_date
+from forcedphot.provenance import input_fingerprints, is_up_to_date
 from forcedphot.repository import DataId, Repository
 from forcedphot.schema import load_schema
 from forcedphot.teardown import freeze_gc_at_exit
@@ -67,10 +68,17 @@ class RunSummary:
 
 
 def output_state(repo: Repository, quantum: Quantum, config: ForcedPhotConfig, fingerprints: dict) -> str:
-    """'new' | 'up-to-date' | 'stale' for a ready quantum whose inputs have these fingerprints."""
+    """'new' | 'up-to-date' | 'stale' | 'corrupt' for a ready quantum whose inputs have these fingerprints.
+
+    An output whose bytes no longer match the digest its writer recorded (or that is not readable
+    Parquet) is 'corrupt', never up to date: it is measured again. Its bytes are hashed once and then
+    remembered while the file's stat is unchanged (:mod:`forcedphot.io.verified`).
+    """
     out = repo.forced_source_path(quantum.data_id)
     if not out.exists():
         return "new"
+    if output_corruption(repo, out) is not None:
+        return "corrupt"
     stored = read_provenance(out)
     schema_version = load_schema("forced_source").version
     if is_up_to_date(stored, config=config, inputs=fingerprints, schema_version=schema_version):
@@ -78,8 +86,21 @@ def output_state(repo: Repository, quantum: Quantum, config: ForcedPhotConfig, f
     return "stale"
 
 
+def output_corruption(repo: Repository, out) -> str | None:
+    """None if the output ``out`` is intact (verified now, or earlier with its stat unchanged), else the cause."""
+    verified = verified_files(repo.root)
+    verified.refresh()
+    try:
+        verified.entry(out)
+    except InputError as exc:
+        return str(exc)
+    finally:
+        verified.save()
+    return None
+
+
 def quantum_state(repo: Repository, quantum: Quantum, config: ForcedPhotConfig) -> tuple[str, dict | None]:
-    """('missing' | 'up-to-date' | 'stale' | 'new', input fingerprints)."""
+    """('missing' | 'up-to-date' | 'stale' | 'corrupt' | 'new', input fingerprints)."""
     if not quantum.ready:
         return "missing", None
     fingerprints = input_fingerprints(quantum.input_files(config.footprint_dataset))
@@ -142,16 +163,20 @@ def _decide_and_measure(job: Job, repo: Repository, note: dict) -> None:
     fingerprints = input_fingerprints(q.input_files(job.config.footprint_dataset))
     note["inputs"] = fingerprints
     out = repo.forced_source_path(q.data_id)
-    state = output_state(repo, q, job.config, fingerprints)
+    corrupt = output_corruption(repo, out) if out.exists() else None
+    state = "corrupt" if corrupt else output_state(repo, q, job.config, fingerprints)
+    verified = verified_files(repo.root)
     # --force re-measures what was up to date when the run started, not what another run just wrote
     if state == "up-to-date" and (not job.force or out.stat().st_mtime >= job.run_started):
-        note.update(status="up-to-date", checksum=file_digest(out))
+        note.update(status="up-to-date", checksum=verified.entry(out).digest)
         return
     threads.configure(job.n_threads)
     with threads.sharing(job.core_share):
         res = ForcedPhotCoaddTask(repo, job.config).run_quantum(q, inputs_fingerprint=fingerprints, locked=True)
-    note.update(status="done", payload=(res.n_rows, res.timings.get("total", 0.0), res.n_unmatched_footprints),
-                checksum=file_digest(res.path), n_rows=res.n_rows,
+    # the whole-file digest the ledger records, and the output recorded as verified (one pass over its bytes)
+    note.update(status="done", payload=(res.n_rows, res.timings.get("total", 0.0), res.n_unmatched_footprints,
+                                        corrupt),
+                checksum=verified.record_written(res.path).digest, n_rows=res.n_rows,
                 timings={k: round(v, 4) for k, v in res.timings.items()})
 
 
@@ -625,8 +650,10 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
 def _record(summary: RunSummary, result: tuple) -> None:
     did, status, payload = result
     if status == "done":
-        n_rows, seconds, unmatched = payload
+        n_rows, seconds, unmatched, corrupt = payload
         summary.done.append((did, n_rows, round(seconds, 3)))
+        if corrupt:
+            log.warning("%s: its output was not intact, so it was measured again: %s", did, corrupt)
         log.info("%s: measured %d rows in %.2f s", did, n_rows, seconds)
         if unmatched:
             summary.unmatched_footprints[did] = unmatched

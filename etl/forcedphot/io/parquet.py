@@ -34,6 +34,11 @@ class ChecksumError(InputError):
     """A file's bytes differ from those its writer recorded: corrupted or modified after writing."""
 
 
+def checksum_mismatch_message(path) -> str:
+    return (f"{path}: content checksum mismatch (the file was corrupted or modified after it was written); "
+            "re-create it with the tool that wrote it")
+
+
 def _sha256_prefix(path: Path, n_bytes: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -94,8 +99,7 @@ def verify_checksum(path: str | Path, metadata=None) -> bool:
         raise ChecksumError(f"{path}: unreadable content checksum {recorded[:80]!r} (corrupted footer)") from None
     footer_start = os.path.getsize(path) - 8 - metadata.serialized_size
     if n_bytes != footer_start or _sha256_prefix(path, n_bytes) != expected:
-        raise ChecksumError(f"{path}: content checksum mismatch (the file was corrupted or modified after it "
-                            "was written); re-create it with the tool that wrote it")
+        raise ChecksumError(checksum_mismatch_message(path))
     return True
 
 
