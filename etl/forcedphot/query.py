@@ -10,6 +10,8 @@ nothing; a corrupt or foreign file is one error line naming it.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -138,19 +140,52 @@ def connect(repo: Repository | str | Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def sql(repo, query: str, params: dict | None = None) -> pa.Table:
-    """Run a read-only SQL query (SELECT or EXPLAIN statements) over the repository views; returns Arrow."""
+def sql(repo, query: str, params: dict | None = None, *, max_rows: int | None = None,
+        max_bytes: int | None | str = "auto") -> pa.Table:
+    """Run a read-only SQL query (SELECT or EXPLAIN statements) over the repository views; returns Arrow.
+
+    The result is bounded: above ``max_rows`` rows or ``max_bytes`` bytes of Arrow data (``"auto"``,
+    the default: half of this machine's physical memory; ``None``: no bound) the query is stopped
+    at the first batch past the limit and :class:`~forcedphot.results.ResultTooLarge` (a QueryError)
+    is raised; no result is ever returned cut. Repeated column names are made unique as DuckDB
+    does (``x``, ``x_1``...). For results larger than memory, stream them with :func:`sql_reader`.
+    """
+    with sql_reader(repo, query, params, max_rows=max_rows, max_bytes=max_bytes) as reader:
+        return reader.read_all()
+
+
+@contextmanager
+def sql_reader(repo, query: str, params: dict | None = None, *, max_rows: int | None = None,
+               max_bytes: int | None | str = None) -> Iterator[pa.RecordBatchReader]:
+    """The result of a read-only query as a ``pyarrow.RecordBatchReader`` read batch by batch
+    (bounded memory: DuckDB computes each batch as it is read), open while the ``with`` lasts.
+
+    Column names are unique (as :func:`sql`); ``max_rows``/``max_bytes`` (default: no bound; ``"auto"``:
+    half of the physical memory) raise :class:`~forcedphot.results.ResultTooLarge` while reading.
+    ``results.write_result(reader, path)`` writes it to a Parquet, CSV or NDJSON file atomically.
+    """
+    from forcedphot.duck import is_empty_query, query_reader
+    from forcedphot.results import batch_rows, bounded_reader, default_max_bytes
+
     try:
         refuse_unless_read_only(query)
     except ValueError as exc:
         raise QueryError(f"SQL refused: {exc}") from exc
     except duckdb.Error as exc:
         raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+    if is_empty_query(query):
+        raise QueryError("empty SQL query (no statement: only comments or semicolons)")
+    if max_bytes == "auto":
+        max_bytes = default_max_bytes()
     con = connect(repo)
     try:
-        return query_arrow(con, query, params)
-    except duckdb.Error as exc:
-        raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+        try:
+            reader = query_reader(con, query, params, batch_rows=batch_rows)
+        except duckdb.Error as exc:
+            raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+        if reader is None:
+            raise QueryError("SQL query without a result")
+        yield bounded_reader(reader, max_rows=max_rows, max_bytes=max_bytes)
     finally:
         con.close()
 
