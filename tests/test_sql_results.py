@@ -112,7 +112,9 @@ def test_a_result_above_the_row_limit_is_refused_whole(measured_tiny_repo, capsy
 
 def test_a_result_above_the_byte_limit_is_refused(measured_tiny_repo, capsys):
     assert run_sql(measured_tiny_repo, HUGE, "--row-limit", "-1", "--byte-limit", "4M") == 2
-    assert "exceeds --byte-limit (4194304 bytes of Arrow data)" in one_error_line(capsys)
+    assert "exceeds --byte-limit (4M of Arrow data)" in one_error_line(capsys)
+    assert run_sql(measured_tiny_repo, HUGE, "--row-limit", "-1", "--byte-limit", "1000000") == 2
+    assert "exceeds --byte-limit (1000000 bytes of Arrow data)" in one_error_line(capsys)
 
 
 @pytest.mark.parametrize("value", ["0", "abc", "-2", "1.5X"])
@@ -256,3 +258,54 @@ def test_sql_reader_streams_batches(measured_tiny_repo):
         sizes = [batch.num_rows for batch in reader]
     assert sum(sizes) == 200000 and len(sizes) > 1
     assert isinstance(reader, pa.RecordBatchReader)
+
+
+def test_an_interrupted_export_leaves_no_file_even_when_interrupted_twice(measured_tiny_repo, tmp_path,
+                                                                          monkeypatch):
+    """One Ctrl-C during Polars' CSV writing can raise twice: the second lands in the temporary file's
+    clean-up, which must still happen (the process then exits at once: nothing later would remove it)."""
+    from forcedphot import results
+    from forcedphot.io import atomic
+
+    real_atomic_path, kept = atomic.atomic_path, []
+
+    class InterruptedOnExit:  # the second KeyboardInterrupt, raised before atomic_path's own clean-up
+        def __init__(self, path):
+            self.cm = real_atomic_path(path)
+            kept.append(self.cm)  # never collected during the test: its clean-up cannot run late
+
+        def __enter__(self):
+            return self.cm.__enter__()
+
+        def __exit__(self, *exc):
+            raise KeyboardInterrupt
+
+    def interrupted_writer(batches, sink, fmt, schema):
+        sink.write(b"a,b\n1,2\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic, "atomic_path", InterruptedOnExit)
+    monkeypatch.setattr(results, "write_text", interrupted_writer)
+    with pytest.raises(KeyboardInterrupt):
+        with query.sql_reader(measured_tiny_repo, "SELECT 1 AS a, 2 AS b") as reader:
+            results.write_result(reader, tmp_path / "x.csv")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_query_is_a_keyboard_interrupt_not_an_sql_error():
+    """DuckDB reports an interrupt inside the Arrow stream as an OSError; the command must exit 130 on it."""
+    import threading
+
+    from forcedphot.results import bounded_reader
+
+    con = duckdb.connect()
+    reader = bounded_reader(con.sql(HUGE).to_arrow_reader(4096), max_rows=10**9)
+    timer = threading.Timer(0.5, con.interrupt)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for _ in reader:
+                pass
+    finally:
+        timer.cancel()
+        con.close()

@@ -156,7 +156,7 @@ def _example_path(name: str):
 # Bounds of a result printed to stdout (--row-limit, --byte-limit): it is read whole before the first
 # line is printed, so an error or a limit never leaves a partial result on stdout. --out streams.
 SQL_ROW_LIMIT = 1_000_000
-SQL_BYTE_LIMIT = 1 << 30
+SQL_BYTE_LIMIT = 512 << 20  # of Arrow data; the process peaks at about 2x this, plus ~300 MB
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -180,10 +180,18 @@ def _byte_size(text: str) -> int:
     return int(value)
 
 
+def _size_text(n: int) -> str:
+    """Bytes as --byte-limit takes them: 512M, 2G, or a number of bytes."""
+    for unit in ("T", "G", "M", "K"):
+        if n % _SIZE_UNITS[unit] == 0:
+            return f"{n // _SIZE_UNITS[unit]}{unit}"
+    return f"{n} bytes"
+
+
 def _too_large(exc, args, limits: dict) -> ForcedPhotError:
     """The one line of a result above --row-limit/--byte-limit."""
     option = "--row-limit" if exc.what == "rows" else "--byte-limit"
-    size = f"{limits[exc.what]} rows" if exc.what == "rows" else f"{limits[exc.what]} bytes of Arrow data"
+    size = f"{limits[exc.what]} rows" if exc.what == "rows" else f"{_size_text(limits[exc.what])} of Arrow data"
     if args.out:
         return ForcedPhotError(f"query result exceeds {option} ({size}); {args.out} was not written")
     return ForcedPhotError(f"query result exceeds {option} ({size}); nothing printed: add a LIMIT clause, raise "
@@ -233,7 +241,7 @@ def cmd_sql(args) -> int:
         sys.stdout.buffer.flush()
     else:
         with pl.Config(tbl_rows=args.max_rows, tbl_cols=-1, tbl_width_chars=200):
-            print(pl.from_arrow(table))
+            print(pl.from_arrow(table, rechunk=False))
     return 0
 
 
@@ -397,7 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("sql", help="run a DuckDB SQL query over the repository",
                        description="Read-only queries (SELECT, EXPLAIN) over the views forced_source, ref, truth, "
-                                   "skymap and object; DuckDB reads the repository's datasets and no other file.")
+                                   "skymap and object; DuckDB reads the repository's datasets and no other file. "
+                                   "Repeated column names are numbered as DuckDB numbers them (x, x_1, x_2). A "
+                                   "result is printed whole or not at all (--row-limit, --byte-limit); --out "
+                                   "streams one of any size to a file.")
     q.add_argument("query", nargs="?", help='SQL, e.g. "SELECT band, count(*) FROM forced_source GROUP BY band"')
     q.add_argument("--file", help="read the query from a .sql file (e.g. sql/examples/star_pulls.sql)")
     q.add_argument("--example", metavar="NAME", help="run sql/examples/NAME.sql as installed with forcedphot "
@@ -416,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"most rows of a result (default {SQL_ROW_LIMIT} on stdout, none with --out; -1: no "
                         "limit); a larger result is an error: nothing is printed or written")
     q.add_argument("--byte-limit", type=_byte_size, metavar="SIZE",
-                   help=f"most bytes of a result as Arrow data, e.g. 500M, 2G (default {SQL_BYTE_LIMIT >> 30}G "
+                   help=f"most bytes of a result as Arrow data, e.g. 500M, 2G (default {SQL_BYTE_LIMIT >> 20}M "
                         "on stdout, none with --out; -1: no limit)")
     _add_verbose(q)
     q.set_defaults(func=cmd_sql)

@@ -81,7 +81,7 @@ def default_max_bytes() -> int | None:
 def _read_error(exc: Exception) -> BaseException:
     """An error DuckDB raised while streaming (it reaches Python through the Arrow stream as an OSError)."""
     text = " ".join(str(exc).split())
-    if "interrupt" in text.lower():  # Ctrl-C or SIGTERM while DuckDB was computing a batch
+    if text.startswith("INTERRUPT Error"):  # the query was interrupted (Ctrl-C, SIGTERM) while computing a batch
         return KeyboardInterrupt()
     return QueryError(f"SQL error: {text}")
 
@@ -190,8 +190,27 @@ def write_result(reader: pa.RecordBatchReader, path: str | Path, *, overwrite: b
     if not path.parent.is_dir():
         raise QueryError(f"{path}: folder {path.parent} does not exist")
     sweep_temp(path.parent, prefix=f".{path.name}.")  # temporary files of killed exports to this name
-    with atomic_path(path) as tmp:
-        if fmt == "parquet":
-            return _write_parquet(reader, tmp)
-        with open(tmp, "wb") as sink:
-            return write_text(reader, sink, fmt, reader.schema)
+    temp = []
+    try:
+        with atomic_path(path) as tmp:
+            temp.append(tmp)
+            if fmt == "parquet":
+                return _write_parquet(reader, tmp)
+            with open(tmp, "wb") as sink:
+                return write_text(reader, sink, fmt, reader.schema)
+    except BaseException:
+        # atomic_path removes its temporary file, unless a second interrupt lands in its exit (one Ctrl-C
+        # during Polars' writing raises twice): then this does, so an interrupted export leaves nothing
+        for tmp in temp:
+            _discard(tmp)
+        raise
+
+
+def _discard(path: Path) -> None:
+    """Remove ``path``, retrying when an interrupt lands while doing so."""
+    for _ in range(100):
+        try:
+            path.unlink(missing_ok=True)
+            return
+        except KeyboardInterrupt:
+            continue
