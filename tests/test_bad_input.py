@@ -90,8 +90,18 @@ def strip_checksum_and_corrupt_pages(repo):
 
 def make_config(text):
     def write(repo):
-        (repo.root / "bad.toml").write_text(text)
+        path = repo.root / "bad.toml"
+        path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     return write
+
+
+def truncate(path):
+    """Keep the first half of the file's bytes (a copy or download cut short)."""
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+# the start of an executable (as --config /bin/true): not UTF-8 text
+BINARY = b"\x7fELF\x02\x01\x01\x00" + bytes(16) + b"\xd0\x8f\xff\xfe" * 64
 
 
 FILE_CASES = {  # kind: (corrupt(repo), message pattern of the one FAILED line)
@@ -119,6 +129,10 @@ FILE_CASES = {  # kind: (corrupt(repo), message pattern of the one FAILED line)
     "reference without footprint": (lambda r: edit_footprints(r, lambda t: t.slice(1)),
                                     r"1 reference id\(s\) have no footprint: \d+"),
     "coadd missing": (lambda r: r.coadd_path(DATA_ID).unlink(), r"tract=0 patch=1 band=r: missing inputs: coadd"),
+    "footprints truncated": (lambda r: truncate(r.footprints_path(DATA_ID)),
+                             r"footprints\.parquet: not a readable Parquet file"),
+    "ref truncated": (lambda r: truncate(r.ref_path(0, 1)), r"ref\.parquet: not a readable Parquet file"),
+    "coadd truncated": (lambda r: truncate(r.coadd_path(DATA_ID)), r"coadd\.arrow: not a readable Arrow IPC coadd"),
 }
 
 CONFIG_CASES = {  # kind: (config file text or None, extra options, message pattern)
@@ -140,7 +154,12 @@ CONFIG_CASES = {  # kind: (config file text or None, extra options, message patt
     "footprint_dataset unknown": ('footprint_dataset = "deep"\n', [], r"option footprint_dataset = 'deep': Input should be 'heavy' or 'scarlet'"),
     "pixel flag plane unknown": ('pixel_flag_planes = ["FOO"]\n', [], r"option pixel_flag_planes = \['FOO'\]: planes \['FOO'\] have no pixelFlags columns"),
     "plugins a string": ('plugins = "PsfFlux"\n', [], r"option plugins = 'PsfFlux': Input should be a valid tuple"),
-    "TOML syntax": ("chunk_size = = 3\n", [], r"bad\.toml: cannot read config \(Invalid value"),
+    "TOML syntax": ("chunk_size = = 3\n", [], r"bad\.toml: cannot read config \(not valid TOML: Invalid value"),
+    "binary file": (BINARY, [], r"bad\.toml: cannot read config \(not UTF-8 text, so not a TOML file: byte 26 is 0xff\)"),
+    "NUL byte": ("chunk_size = 4096\0\n", [], r"bad\.toml: cannot read config \(not valid TOML"),
+    "not TOML": ("root:x:0:0:root:/root:/bin/bash\n", [], r"bad\.toml: cannot read config \(not valid TOML"),
+    "too large": ("#" * (1 << 20) + "\nchunk_size = 5\n", [], r"bad\.toml: cannot read config \(larger than 1 MB"),
+    "config is a folder": (None, ["--config", "."], r"^forcedphot: error: \.: cannot read config \(\[Errno 21\]"),
     "config file missing": (None, ["--config", "missing.toml"], r"missing\.toml: cannot read config \(\[Errno 2\]"),
     "--radii not numbers": (None, ["--radii", "3,abc"], r"command line: option --radii = '3,abc': expected comma-separated numbers"),
     "--radii not in schema": (None, ["--radii", "3,5"], r"command line: option aperture_radii = \[3\.0, 5\.0\]: radii \[5\.0\] are not in"),
@@ -200,3 +219,42 @@ def test_every_dataset_file_records_its_checksum(tiny_repo_master):
     for path in sorted(tiny_repo_master.glob("coadd/**/coadd.arrow")):
         with pa.memory_map(str(path)) as source:
             assert META_CHECKSUM in pa.ipc.open_file(source).schema.metadata, path
+
+
+def test_scarlet_model_data_truncated_fails_naming_the_file(one_quantum, tiny_repo_master, capsys):
+    src = Repository(tiny_repo_master)
+    for table in ("blends", "sources"):
+        dst = one_quantum.scarlet_path(0, 1, table)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src.scarlet_path(0, 1, table), dst)
+    for table in ("blends", "sources"):
+        truncate(one_quantum.scarlet_path(0, 1, table))
+        assert main(["run", "--repo", str(one_quantum.root), "-q", "--footprints", "scarlet", *SELECT]) == 1
+        err = capsys.readouterr().err
+        failed = [line for line in err.splitlines() if line.startswith("FAILED ")]
+        assert len(failed) == 1 and f"{table}.parquet: not a readable Parquet file" in failed[0], err
+        shutil.copy(src.scarlet_path(0, 1, table), one_quantum.scarlet_path(0, 1, table))
+
+
+@pytest.mark.parametrize("dataset", ["truth", "ref", "skymap", "forced_source"])
+def test_a_truncated_file_read_by_sql_is_named(dataset, measured_tiny_repo, tmp_path, capsys):
+    root = tmp_path / "repo"
+    shutil.copytree(measured_tiny_repo, root)
+    repo = Repository(root)
+    path = {"truth": repo.truth_path(0, 2), "ref": repo.ref_path(0, 2), "skymap": repo.skymap_path(),
+            "forced_source": repo.forced_source_path(DataId(0, 2, "i"))}[dataset]
+    truncate(path)
+    assert main(["sql", "--repo", str(root), f"SELECT count(*) FROM {dataset}"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"forcedphot: error: {path}: not a readable Parquet file"), line
+
+
+@pytest.mark.parametrize("command", [["simulate", "--repo", "sim", "--recipe", "bad.toml"],
+                                     ["ingest", "fits", "--manifest", "bad.toml"]])
+def test_a_binary_recipe_or_manifest_is_one_line(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.toml").write_bytes(BINARY)
+    assert main(command) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("forcedphot: error: bad.toml: cannot read ") and "not UTF-8 text" in line, line
+    assert not (tmp_path / "sim").exists()

@@ -153,8 +153,56 @@ def _example_path(name: str):
     return path
 
 
+# Bounds of a result printed to stdout (--row-limit, --byte-limit): it is read whole before the first
+# line is printed, so an error or a limit never leaves a partial result on stdout. --out streams.
+SQL_ROW_LIMIT = 1_000_000
+SQL_BYTE_LIMIT = 512 << 20  # of Arrow data; the process peaks at about 2x this, plus ~300 MB
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _row_limit(text: str) -> int:
+    """A row count >= 1, or -1: no limit."""
+    return -1 if text.strip() == "-1" else _positive_int(text)
+
+
+def _byte_size(text: str) -> int:
+    """Bytes: a whole number with an optional K, M, G or T (powers of 1024, e.g. 500M, 2G); -1: no limit."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if t == "-1":
+        return -1
+    unit = t[-1:] if t[-1:] in _SIZE_UNITS else ""
+    try:
+        value = float(t[:len(t) - len(unit)]) * _SIZE_UNITS[unit]
+    except ValueError:
+        value = 0
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a size such as 500M or 2G (or -1: no limit), not {text!r}")
+    return int(value)
+
+
+def _size_text(n: int) -> str:
+    """Bytes as --byte-limit takes them: 512M, 2G, or a number of bytes."""
+    for unit in ("T", "G", "M", "K"):
+        if n % _SIZE_UNITS[unit] == 0:
+            return f"{n // _SIZE_UNITS[unit]}{unit}"
+    return f"{n} bytes"
+
+
+def _too_large(exc, args, limits: dict) -> ForcedPhotError:
+    """The one line of a result above --row-limit/--byte-limit."""
+    option = "--row-limit" if exc.what == "rows" else "--byte-limit"
+    size = f"{limits[exc.what]} rows" if exc.what == "rows" else f"{_size_text(limits[exc.what])} of Arrow data"
+    if args.out:
+        return ForcedPhotError(f"query result exceeds {option} ({size}); {args.out} was not written")
+    return ForcedPhotError(f"query result exceeds {option} ({size}); nothing printed: add a LIMIT clause, raise "
+                           f"{option} (-1: no limit), or stream it to a file with --out FILE.parquet (or .csv, "
+                           ".json)")
+
+
 def cmd_sql(args) -> int:
-    from forcedphot.query import sql
+    from forcedphot.duck import is_empty_query
+    from forcedphot.query import sql_reader
+    from forcedphot.results import ResultTooLarge, output_format, write_result, write_text
 
     if sum(x is not None for x in (args.query, args.file, args.example)) != 1:
         raise ForcedPhotError("give one of a SQL query, --file or --example")
@@ -162,21 +210,38 @@ def cmd_sql(args) -> int:
     if path:
         try:
             query = open(path).read()
-        except OSError as exc:
-            raise ForcedPhotError(f"{path}: cannot read SQL file ({exc.strerror})") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ForcedPhotError(f"{path}: cannot read SQL file ({getattr(exc, 'strerror', None) or exc})") from exc
     else:
         query = args.query
-    if not query.strip():
-        raise ForcedPhotError(f"{path or 'query'}: empty SQL query")
-    table = sql(args.repo, query, dict(args.param) or None)
-    df = pl.from_arrow(table)
-    if args.format == "csv":
-        sys.stdout.write(df.write_csv())
-    elif args.format == "json":
-        sys.stdout.write(df.write_ndjson())
+    if is_empty_query(query):
+        raise ForcedPhotError(f"{path or 'query'}: empty SQL query (no statement: only comments or semicolons)")
+    if args.out:  # streamed, bounded only when asked
+        fmt = output_format(args.out)
+        if args.format not in (None, fmt):
+            raise ForcedPhotError(f"--format {args.format} and --out {args.out} disagree; the file's suffix "
+                                  "sets the format")
+        limits = {"rows": args.row_limit, "bytes": args.byte_limit}
+    else:
+        limits = {"rows": SQL_ROW_LIMIT if args.row_limit is None else args.row_limit,
+                  "bytes": SQL_BYTE_LIMIT if args.byte_limit is None else args.byte_limit}
+    limits = {k: None if v == -1 else v for k, v in limits.items()}
+    try:
+        with sql_reader(args.repo, query, dict(args.param) or None, max_rows=limits["rows"],
+                        max_bytes=limits["bytes"]) as reader:
+            if args.out:
+                rows = write_result(reader, args.out, overwrite=args.overwrite)
+                print(f"wrote {rows} rows ({len(reader.schema)} columns) to {args.out}")
+                return 0
+            table = reader.read_all()  # whole before printing: an error never leaves half a result
+    except ResultTooLarge as exc:
+        raise _too_large(exc, args, limits) from None
+    if args.format in ("csv", "json"):
+        write_text(table.to_batches(), sys.stdout.buffer, args.format, table.schema)
+        sys.stdout.buffer.flush()
     else:
         with pl.Config(tbl_rows=args.max_rows, tbl_cols=-1, tbl_width_chars=200):
-            print(df)
+            print(pl.from_arrow(table, rechunk=False))
     return 0
 
 
@@ -342,7 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("sql", help="run a DuckDB SQL query over the repository",
                        description="Read-only queries (SELECT, EXPLAIN) over the views forced_source, ref, truth, "
-                                   "skymap and object; DuckDB reads the repository's datasets and no other file.")
+                                   "skymap and object; DuckDB reads the repository's datasets and no other file. "
+                                   "Repeated column names are numbered as DuckDB numbers them (x, x_1, x_2). A "
+                                   "result is printed whole or not at all (--row-limit, --byte-limit); --out "
+                                   "streams one of any size to a file.")
     q.add_argument("query", nargs="?", help='SQL, e.g. "SELECT band, count(*) FROM forced_source GROUP BY band"')
     q.add_argument("--file", help="read the query from a .sql file (e.g. sql/examples/star_pulls.sql)")
     q.add_argument("--example", metavar="NAME", help="run sql/examples/NAME.sql as installed with forcedphot "
@@ -350,8 +418,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--param", type=_sql_param, action="append", default=[], metavar="NAME=VALUE",
                    help="value of the query's $NAME parameter (repeatable; numbers are passed as numbers)")
     q.add_argument("--repo", required=True, help="repository folder")
-    q.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    q.add_argument("--format", choices=("table", "csv", "json"),
+                   help="output format on stdout: table (default), csv, or json (one object per line)")
     q.add_argument("--max-rows", type=int, default=40, help="rows shown in table format (-1: all)")
+    q.add_argument("--out", metavar="FILE", help="write the result to FILE.parquet, .csv or .json (one object per "
+                   "line) instead of stdout: streamed batch by batch in bounded memory, any size, and renamed to "
+                   "FILE only when complete")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    q.add_argument("--row-limit", type=_row_limit, metavar="N",
+                   help=f"most rows of a result (default {SQL_ROW_LIMIT} on stdout, none with --out; -1: no "
+                        "limit); a larger result is an error: nothing is printed or written")
+    q.add_argument("--byte-limit", type=_byte_size, metavar="SIZE",
+                   help=f"most bytes of a result as Arrow data, e.g. 500M, 2G (default {SQL_BYTE_LIMIT >> 20}M "
+                        "on stdout, none with --out; -1: no limit)")
     _add_verbose(q)
     q.set_defaults(func=cmd_sql)
 

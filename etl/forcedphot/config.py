@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Annotated, Literal
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 from forcedphot.errors import InputError
 from forcedphot.flags import DEFAULT_MASK_PLANES
 from forcedphot.layout import PIXEL_FLAG_PLANES, STANDARD_APERTURE_RADII, UNDEBLENDED_PLUGINS  # noqa: F401
+from forcedphot.tomlfile import read_toml
 
 
 class ConfigError(InputError):
@@ -175,11 +175,7 @@ def load_config(path: str | Path | None = None, **overrides) -> ForcedPhotConfig
     values: dict = {}
     if path is not None:
         path = Path(path)
-        try:
-            with open(path, "rb") as f:
-                values.update(tomllib.load(f))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc})") from exc
+        values.update(read_toml(path, "config", error=ConfigError))
     given = {k: v for k, v in overrides.items() if v is not None}
     values.update(given)
     known = {f.name for f in fields(ForcedPhotConfig)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import duckdb
 import pyarrow as pa
 
@@ -15,6 +17,33 @@ def query_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = 
             result = fn()
             return result.read_all() if isinstance(result, pa.RecordBatchReader) else result
     raise RuntimeError("this DuckDB cannot return Arrow tables")
+
+
+def query_reader(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None, *,
+                 batch_rows: int | Callable[[int], int] = 65536) -> pa.RecordBatchReader | None:
+    """Run ``sql`` (its last statement's result) as a stream of Arrow record batches; None when it has no
+    result (no statement). DuckDB computes the batches as they are read: reading stops the work.
+
+    ``batch_rows``: rows per batch, or a function of the result's column count that returns them.
+    """
+    rel = con.sql(sql, params=params) if params else con.sql(sql)
+    if rel is None:
+        return None
+    rows = batch_rows(len(rel.columns)) if callable(batch_rows) else batch_rows
+    for name in ("to_arrow_reader", "fetch_arrow_reader", "fetch_record_batch", "record_batch"):  # newest first
+        fn = getattr(rel, name, None)
+        if fn is not None:
+            return fn(rows)
+    raise RuntimeError("this DuckDB cannot stream Arrow record batches")
+
+
+def is_empty_query(sql: str) -> bool:
+    """True when ``sql`` holds no statement (blank, semicolons or comments only); a statement that does
+    not parse is not empty (running it reports the syntax error)."""
+    try:
+        return not duckdb.extract_statements(sql)
+    except duckdb.Error:
+        return False
 
 
 # DuckDB settings of a query connection: no file system, network or extension access at all (the

@@ -40,12 +40,16 @@ class QuantumInputs:
         return len(self.ref["id"])
 
 
-def _check_version(path: str, dataset: str) -> None:
+def _file_schema(path: str) -> pa.Schema:
+    """The Arrow schema of a Parquet input; a file that is not one (e.g. truncated) is one line naming it."""
     try:
-        meta = pq.read_schema(path).metadata
+        return pq.read_schema(path)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise InputError(f"{path}: not a readable Parquet file ({exc})") from exc
-    load_schema(dataset).check_metadata(meta, where=path)
+        raise InputError(f"{path}: not a readable Parquet file ({' '.join(str(exc).split())})") from exc
+
+
+def _check_version(path: str, dataset: str) -> None:
+    load_schema(dataset).check_metadata(_file_schema(path).metadata, where=path)
 
 
 def _ragged(column) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -97,8 +101,10 @@ def read_footprints(quantum: Quantum, coadd: Coadd, footprint_dataset: str, *, v
         return derive_footprints(blends, sources, coadd, quantum.data_id.band)
     schema = load_schema("footprints")
     # without values: the other columns the file has (nullable columns of later minor versions may be absent)
-    columns = None if values else [c.name for c in schema.columns if c.name != "values"
-                                   and (not c.nullable or c.name in pq.read_schema(quantum.footprints_file).names)]
+    columns = None
+    if not values:
+        present = set(_file_schema(quantum.footprints_file).names)
+        columns = [c.name for c in schema.columns if c.name != "values" and (not c.nullable or c.name in present)]
     return read_parquet(quantum.footprints_file, schema, columns=columns)
 
 

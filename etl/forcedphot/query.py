@@ -13,6 +13,8 @@ Arrow datasets verify the page CRCs of what a query reads as well.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -154,14 +156,19 @@ def arrow_dataset(repo, dataset: str, *, sky_patches=None, **partitions) -> pads
 
 
 def _query(repo, con, query: str, params: dict | None = None) -> pa.Table:
-    """``query_arrow``; a page that fails its CRC (changed after it was verified, or bits rotted under the
-    filesystem) re-verifies every file of the repository's views, so the error names the file."""
+    """``query_arrow``, naming the corrupted file when a page fails its CRC (:func:`_recheck_on_crc_error`)."""
     try:
         return query_arrow(con, query, params)
     except duckdb.Error as exc:
-        if PAGE_CRC in str(exc):
-            recheck_all(repo)
+        _recheck_on_crc_error(repo, exc)
         raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+
+
+def _recheck_on_crc_error(repo, exc: Exception) -> None:
+    """A page that fails its CRC (changed after it was verified, or bits rotted under the filesystem)
+    re-verifies every file of the repository's views, so the error names the file."""
+    if PAGE_CRC in str(exc):
+        recheck_all(repo)
 
 
 def recheck_all(repo) -> None:
@@ -197,17 +204,57 @@ def connect(repo: Repository | str | Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def sql(repo, query: str, params: dict | None = None) -> pa.Table:
-    """Run a read-only SQL query (SELECT or EXPLAIN statements) over the repository views; returns Arrow."""
+def sql(repo, query: str, params: dict | None = None, *, max_rows: int | None = None,
+        max_bytes: int | None | str = "auto") -> pa.Table:
+    """Run a read-only SQL query (SELECT or EXPLAIN statements) over the repository views; returns Arrow.
+
+    The result is bounded: above ``max_rows`` rows or ``max_bytes`` bytes of Arrow data (``"auto"``,
+    the default: half of this machine's physical memory; ``None``: no bound) the query is stopped
+    at the first batch past the limit and :class:`~forcedphot.results.ResultTooLarge` (a QueryError)
+    is raised; no result is ever returned cut. Repeated column names are made unique as DuckDB
+    does (``x``, ``x_1``...). For results larger than memory, stream them with :func:`sql_reader`.
+    """
+    with sql_reader(repo, query, params, max_rows=max_rows, max_bytes=max_bytes) as reader:
+        return reader.read_all()
+
+
+@contextmanager
+def sql_reader(repo, query: str, params: dict | None = None, *, max_rows: int | None = None,
+               max_bytes: int | None | str = None) -> Iterator[pa.RecordBatchReader]:
+    """The result of a read-only query as a ``pyarrow.RecordBatchReader`` read batch by batch
+    (bounded memory: DuckDB computes each batch as it is read), open while the ``with`` lasts.
+
+    Column names are unique (as :func:`sql`); ``max_rows``/``max_bytes`` (default: no bound; ``"auto"``:
+    half of the physical memory) raise :class:`~forcedphot.results.ResultTooLarge` while reading.
+    ``results.write_result(reader, path)`` writes it to a Parquet, CSV or NDJSON file atomically.
+    """
+    from forcedphot.duck import is_empty_query, query_reader
+    from forcedphot.results import batch_rows, bounded_reader, default_max_bytes
+
     try:
         refuse_unless_read_only(query)
     except ValueError as exc:
         raise QueryError(f"SQL refused: {exc}") from exc
     except duckdb.Error as exc:
         raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+    if is_empty_query(query):
+        raise QueryError("empty SQL query (no statement: only comments or semicolons)")
+    if max_bytes == "auto":
+        max_bytes = default_max_bytes()
     con = connect(repo)
     try:
-        return _query(repo, con, query, params)
+        try:
+            reader = query_reader(con, query, params, batch_rows=batch_rows)
+        except duckdb.Error as exc:
+            _recheck_on_crc_error(repo, exc)
+            raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+        if reader is None:
+            raise QueryError("SQL query without a result")
+        try:
+            yield bounded_reader(reader, max_rows=max_rows, max_bytes=max_bytes)
+        except (duckdb.Error, pa.ArrowException) as exc:  # raised while the batches are read
+            _recheck_on_crc_error(repo, exc)
+            raise
     finally:
         con.close()
 

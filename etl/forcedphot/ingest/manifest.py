@@ -8,13 +8,13 @@ its data can move together.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 from forcedphot.errors import InputError
 from forcedphot.ingest.estimate import is_estimate
 from forcedphot.ingest.images import parse_hdu_spec
 from forcedphot.ingest.specs import BAND_FIELDS, CATALOG_FIELDS, BandSpec, CatalogSpec
+from forcedphot.tomlfile import read_toml
 
 GLOBAL_KEYS = ("repo", "patch_size", "patch_border", "pixel_scale", "ref_band", "overwrite", "assume_njy")
 BAND_FILES = ("image", "variance", "invvar", "sigma", "mask", "background", "psf")
@@ -47,13 +47,7 @@ def _keys(table: dict, allowed, where: str) -> dict:
 def load_manifest(path) -> tuple[str | None, list[BandSpec], CatalogSpec | None, dict]:
     """(repo, bands, catalog, options) of a manifest."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read manifest ({exc.strerror})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: not valid TOML ({exc})") from exc
+    doc = read_toml(path, "manifest")
     base = path.parent
     top = _keys({k: v for k, v in doc.items() if k not in ("bands", "catalog")}, GLOBAL_KEYS, str(path))
     repo = top.pop("repo", None)

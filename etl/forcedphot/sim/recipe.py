@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from forcedphot.errors import InputError
 from forcedphot.resources import DATASETS_DIR
+from forcedphot.tomlfile import read_toml
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,7 @@ def load_recipe(name_or_path: str, **overrides) -> Recipe:
     if not path.exists():
         known = sorted(p.stem for p in DATASETS_DIR.glob("*.toml"))
         raise InputError(f"{path}: recipe not found; known recipes: {known}")
-    with open(path, "rb") as f:
-        doc = tomllib.load(f)
+    doc = read_toml(path, "recipe")
     flat = {}
     for k, v in doc.items():
         if isinstance(v, dict) and k not in {f.name for f in fields(Recipe)}:
