@@ -237,8 +237,9 @@ def cmd_sql(args) -> int:
     except ResultTooLarge as exc:
         raise _too_large(exc, args, limits) from None
     if args.format in ("csv", "json"):
-        write_text(table.to_batches(), sys.stdout.buffer, args.format, table.schema)
-        sys.stdout.buffer.flush()
+        sink = getattr(sys.stdout, "buffer", sys.stdout)  # a text-only stdout (redirected in-process) takes str
+        write_text(table.to_batches(), sink, args.format, table.schema)
+        sink.flush()
     else:
         with pl.Config(tbl_rows=args.max_rows, tbl_cols=-1, tbl_width_chars=200):
             print(pl.from_arrow(table, rechunk=False))
