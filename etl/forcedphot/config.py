@@ -24,6 +24,11 @@ from forcedphot.flags import DEFAULT_MASK_PLANES
 # The forced_source schema carries a column group for each of these radii (pixels), as Rubin's
 # obs_lsst apertures.py; a run measures the configured subset and leaves the others null.
 STANDARD_APERTURE_RADII = (3.0, 4.5, 6.0, 9.0, 12.0, 17.0, 25.0, 35.0, 50.0, 70.0)
+# The names of forcedphot.plugins.PLUGINS, in its order (tests/test_config.py checks they agree): a config
+# is validated without importing the plugins and their kernels (numba, astropy), e.g. by `forcedphot status`.
+PLUGIN_NAMES = ("TransformedCentroid", "SdssCentroid", "TransformedShape", "SdssShape", "InputCount", "PixelFlags",
+                "PsfFlux", "GaussianFlux", "CircularApertureFlux", "LocalBackground", "Variance", "KronFlux", "ApCorr",
+                "Extendedness")
 UNDEBLENDED_PLUGINS = ("PsfFlux", "CircularApertureFlux", "KronFlux")  # undeblended copies in the schema
 PIXEL_FLAG_PLANES = ("BAD", "CR", "EDGE", "INTRP", "NO_DATA", "SAT", "SUSPECT",
                      "CLIPPED", "SENSOR_EDGE", "REJECTED", "INEXACT_PSF")
@@ -88,11 +93,9 @@ class ConfigSchema(BaseModel):
     @field_validator("plugins")
     @classmethod
     def _known_plugins(cls, names):
-        from forcedphot.plugins import PLUGINS  # late import: plugins import this module
-
-        unknown = [p for p in names if p not in PLUGINS]
+        unknown = [p for p in names if p not in PLUGIN_NAMES]
         if unknown:
-            raise ValueError(f"unknown plugin(s) {unknown}; known: {sorted(PLUGINS)}")
+            raise ValueError(f"unknown plugin(s) {unknown}; known: {sorted(PLUGIN_NAMES)}")
         return names
 
     @field_validator("psf_bad_mask_planes")
@@ -125,9 +128,7 @@ def _one_line(exc: ValidationError, where: str) -> ConfigError:
 class ForcedPhotConfig:
     """Keyword options of a run (photutils style: everything optional has a default)."""
 
-    plugins: tuple[str, ...] = ("TransformedCentroid", "SdssCentroid", "TransformedShape", "SdssShape", "InputCount",
-                                "PixelFlags", "PsfFlux", "GaussianFlux", "CircularApertureFlux", "LocalBackground",
-                                "Variance", "KronFlux", "ApCorr", "Extendedness")
+    plugins: tuple[str, ...] = PLUGIN_NAMES
     aperture_radii: tuple[float, ...] = STANDARD_APERTURE_RADII
     # "sinc": sinc coefficients up to max_sinc_radius, naive above (Rubin); "naive"; or "exact"
     aperture_method: str = "sinc"
