@@ -168,13 +168,12 @@ def _assert_one_line(proc, err: str, line: str) -> None:
     assert err.splitlines() == [line], err
 
 
-def _last_run(repo: Path) -> dict:
-    runs = query.sql(Repository(repo), "SELECT run_id, outcome, exit_code FROM runs ORDER BY started").to_pylist()
-    return runs[-1]
+def _runs(repo: Path) -> list[dict]:
+    return query.sql(Repository(repo), "SELECT run_id, outcome, exit_code FROM runs ORDER BY started").to_pylist()
 
 
 def _assert_run_recorded_interrupted(repo: Path, runs_before: int) -> None:
-    runs = query.sql(Repository(repo), "SELECT run_id, outcome, exit_code FROM runs ORDER BY started").to_pylist()
+    runs = _runs(repo)
     assert len(runs) == runs_before + 1, runs  # the interrupted run, recorded
     assert {k: runs[-1][k] for k in ("outcome", "exit_code")} == {"outcome": "interrupted", "exit_code": 130}
     last = json.loads((repo / "runs" / "last_run.json").read_text())
@@ -188,9 +187,9 @@ def _n_runs(repo: Path) -> int:
 # -- any command -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("module", ["forcedphot.cli", "polars"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_an_interrupt_while_the_command_imports_is_one_line_and_130(measured_copy, tmp_path, module, sig):
+def test_an_interrupt_while_the_command_imports_is_one_line_and_130(tiny_repo, tmp_path, module, sig):
     """forcedphot.cli: the command line itself is loading; polars: a library the command needs."""
-    proc, marker = _start(tmp_path, ["sql", "--repo", str(measured_copy), "SELECT 1"], pause=f"{module}::import")
+    proc, marker = _start(tmp_path, ["sql", "--repo", str(tiny_repo), "SELECT 1"], pause=f"{module}::import")
     _, err = _signal_when_reached(proc, marker, sig)
     _assert_one_line(proc, err, "forcedphot: interrupted")
 
@@ -205,40 +204,42 @@ def test_the_console_script_catches_an_interrupt_while_it_imports(tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_an_interrupt_during_a_long_duckdb_query_is_one_line_and_130(measured_copy, tmp_path, sig):
+def test_an_interrupt_during_a_long_duckdb_query_is_one_line_and_130(tiny_repo, tmp_path, sig):
     """DuckDB turns the interrupt into its own "Query interrupted" error: still an interrupt."""
-    proc, marker = _start(tmp_path, ["sql", "--repo", str(measured_copy), LONG_QUERY], watch=True)
+    proc, marker = _start(tmp_path, ["sql", "--repo", str(tiny_repo), LONG_QUERY], watch=True)
     _, err = _signal_when_reached(proc, marker, sig)
     _assert_one_line(proc, err, "forcedphot: interrupted")
 
 
-def test_an_interrupt_right_at_exit_is_one_line_and_130(measured_copy, tmp_path):
+def test_an_interrupt_right_at_exit_is_one_line_and_130(tiny_repo, tmp_path):
     """After the command has printed its result, before the process ends."""
-    proc, marker = _start(tmp_path, ["sql", "--repo", str(measured_copy), "SELECT 42 AS answer"],
+    proc, marker = _start(tmp_path, ["sql", "--repo", str(tiny_repo), "SELECT 42 AS answer"],
                           pause="forcedphot.cli:cmd_sql:after")
     out, err = _signal_when_reached(proc, marker, signal.SIGTERM)
     _assert_one_line(proc, err, "forcedphot: interrupted")
+    assert "42" in out  # what it printed before the signal is not lost
 
 
 # -- run: the ledger records the interrupted run ---------------------------------------------------------
-RUN_POINTS = {
-    "planning": ("forcedphot.runner:plan_quanta:before", []),
-    "measuring": ("forcedphot.task:ForcedPhotCoaddTask.run_quantum:before", ["--force"]),
-    "stopping the workers": ("forcedphot.runner:_InProcess.stop:before", []),
-    "stopping the pool": ("forcedphot.runner:_Pool.stop:before", ["--jobs", "2"]),
-    "band summary": ("forcedphot.runner:run_all:after", []),
-    "exiting": ("forcedphot.cli:cmd_run:after", []),
+RUN_POINTS = {  # name: (pause, options, signal)
+    "planning": ("forcedphot.runner:plan_quanta:before", [], signal.SIGTERM),
+    "measuring": ("forcedphot.task:ForcedPhotCoaddTask.run_quantum:before", ["--force"], signal.SIGINT),
+    "stopping the workers": ("forcedphot.runner:_InProcess.stop:before", [], signal.SIGTERM),
+    "stopping the pool": ("forcedphot.runner:_Pool.stop:before", ["--jobs", "2"], signal.SIGINT),
+    "band summary, Ctrl-C": ("forcedphot.runner:run_all:after", [], signal.SIGINT),
+    "band summary, SIGTERM": ("forcedphot.runner:run_all:after", [], signal.SIGTERM),
+    "exiting": ("forcedphot.cli:cmd_run:after", [], signal.SIGTERM),
 }
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("point", list(RUN_POINTS))
-def test_an_interrupted_run_is_recorded_as_interrupted_130(measured_copy, tmp_path, point, sig):
-    pause, extra = RUN_POINTS[point]
+def test_an_interrupted_run_is_recorded_as_interrupted_130(measured_copy, tmp_path, point):
+    pause, extra, sig = RUN_POINTS[point]
     before = _n_runs(measured_copy)
     proc, marker = _start(tmp_path, ["run", "--repo", str(measured_copy), "-q", *extra], pause=pause)
     _wait_reached(proc, marker)
     children = _children(proc.pid)
+    assert children or "--jobs" not in extra  # the pool's worker, running
     _, err = _signal(proc, sig)
     _assert_one_line(proc, err, RUN_LINE)
     _assert_run_recorded_interrupted(measured_copy, before)
@@ -269,7 +270,7 @@ def test_a_completed_run_is_recorded_with_its_exit_code(measured_copy, tmp_path)
     proc, _ = _start(tmp_path, ["run", "--repo", str(measured_copy), "-q"])
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    last = _last_run(measured_copy)
+    last = _runs(measured_copy)[-1]
     assert (last["outcome"], last["exit_code"]) == ("ok", 0)
     status = subprocess.run([sys.executable, "-m", "forcedphot", "status", "--repo", str(measured_copy)],
                             capture_output=True, text=True)
