@@ -488,7 +488,7 @@ def main(argv=None) -> int:
             code, unexpected = _exit_code(exc, command=command)
             if not command and (unexpected or isinstance(exc, SystemExit)):
                 raised = exc
-    except KeyboardInterrupt:  # a second signal while the first exception was handled
+    except KeyboardInterrupt:  # a signal while an exception was being handled
         code = EXIT_INTERRUPTED
     while True:  # a signal before close() holds them is an interrupt like any other
         try:

@@ -728,4 +728,5 @@ def read_last_run(repo: Repository) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-__all__ = ["DataId", "RunEnd", "RunSummary", "output_state", "quantum_state", "run_all", "read_last_run", "select_quanta"]
+__all__ = ["DataId", "RunEnd", "RunSummary", "output_state", "quantum_state", "run_all", "read_last_run",
+           "select_quanta"]
