@@ -96,3 +96,19 @@ def test_command_line_errors_name_the_command_line(tmp_path):
     path.write_text("chunk_size = 0\n")
     with pytest.raises(ConfigError, match=rf"^{path}: option chunk_size = 0"):
         load_config(path, aperture_method="exact")
+
+
+def test_the_config_knows_the_plugins_by_name_without_importing_them():
+    """A config is validated against config.PLUGIN_NAMES (status does not import the kernels): the
+    registry's names, in its order."""
+    import subprocess
+    import sys
+
+    from forcedphot.config import PLUGIN_NAMES
+    from forcedphot.plugins import PLUGINS
+
+    assert PLUGIN_NAMES == tuple(PLUGINS)
+    with pytest.raises(ConfigError, match=r"unknown plugin\(s\) \['Nope'\]"):
+        ForcedPhotConfig(plugins=("PsfFlux", "Nope"))
+    probe = "import sys; from forcedphot.config import ForcedPhotConfig; ForcedPhotConfig(); print('numba' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"

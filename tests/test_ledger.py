@@ -12,6 +12,7 @@ import pytest
 from forcedphot import __version__, ledger, query
 from forcedphot.cli import main
 from forcedphot.config import ForcedPhotConfig
+from forcedphot.errors import ForcedPhotError
 from forcedphot.io.parquet import read_provenance
 from forcedphot.provenance import file_digest
 from forcedphot.repository import DataId, Repository
@@ -85,3 +86,40 @@ def test_status_history_shows_runs_and_a_killed_one(measured_copy, capsys):
     assert "last 3 run(s)" in out and "killed" in out and " ok " in out  # with the fixture's run
     assert main(["status", "--repo", str(measured_copy), "--history", "1"]) == 0
     assert "last 1 run(s)" in capsys.readouterr().out
+
+
+def _runs(repo) -> list[dict]:
+    return query.sql(Repository(repo), "SELECT run_id, outcome, exit_code FROM runs ORDER BY started").to_pylist()
+
+
+def test_run_all_records_how_it_ended_for_a_library_caller(measured_copy, monkeypatch):
+    """Interrupted while planning: start and end recorded together; an unexpected error once started:
+    error/1; bad input before the start: nothing (the CLI's subprocess tests: tests/test_interrupts.py)."""
+    import forcedphot.runner as runner
+
+    before = len(_runs(measured_copy))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(runner, "plan_quanta", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_all(Repository(measured_copy), progress=False)
+    runs = _runs(measured_copy)
+    assert len(runs) == before + 1 and (runs[-1]["outcome"], runs[-1]["exit_code"]) == ("interrupted", 130)
+    last = read_last_run(Repository(measured_copy))
+    assert (last["run_id"], last["outcome"], last["exit_code"]) == (runs[-1]["run_id"], "interrupted", 130)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    with monkeypatch.context() as m:
+        m.setattr(runner, "remove_vanished_outputs", broken)
+        with pytest.raises(RuntimeError, match="a bug"):
+            run_all(Repository(measured_copy), progress=False)
+    assert [(r["outcome"], r["exit_code"]) for r in _runs(measured_copy)[-1:]] == [("error", 1)]
+
+    with pytest.raises(ForcedPhotError):
+        run_all(Repository(measured_copy), bands=["x"], progress=False)
+    assert len(_runs(measured_copy)) == before + 2

@@ -59,3 +59,10 @@ def test_files_without_a_recorded_digest_are_hashed_whole(tmp_path):
     broken = tmp_path / "broken.arrow"
     broken.write_bytes(b"not an arrow file")
     assert input_fingerprints({"coadd": str(broken)}) == {"coadd": file_digest(broken)}
+
+
+def test_coadd_and_parquet_files_record_their_digest_under_one_key():
+    """recorded_fingerprint reads a coadd's digest with io.parquet's key (io.coadd imports astropy)."""
+    from forcedphot.io import coadd, parquet
+
+    assert coadd.META_CHECKSUM == parquet.META_CHECKSUM

@@ -6,11 +6,19 @@ Data flow (one module per stage)::
       -> plugins -> calibrate -> writer -> query
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("forcedphot")
-except PackageNotFoundError:  # running from a source tree without install
-    __version__ = "0.0.0+unknown"
-
 __all__ = ["__version__"]
+
+
+def __getattr__(name: str):
+    """``__version__``, read from the installed package's metadata when first asked for (importing
+    ``importlib.metadata`` costs more than the rest of ``forcedphot --help``)."""
+    if name != "__version__":
+        raise AttributeError(f"module 'forcedphot' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        value = version("forcedphot")
+    except PackageNotFoundError:  # running from a source tree without install
+        value = "0.0.0+unknown"
+    globals()["__version__"] = value
+    return value

@@ -1,3 +1,3 @@
-from forcedphot.cli import main
+from forcedphot.entry import main
 
-raise SystemExit(main())
+main()

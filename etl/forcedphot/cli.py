@@ -7,18 +7,26 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
-import polars as pl
-
-from forcedphot import __version__
+from forcedphot import exits
 from forcedphot.errors import ForcedPhotError
+from forcedphot.exits import EXIT_ERROR, EXIT_FAILED_QUANTA, EXIT_INTERRUPTED, EXIT_OK
 
-EXIT_OK = 0  # every selected quantum done or up to date (or left to a live run holding it)
-EXIT_FAILED_QUANTA = 1
-EXIT_ERROR = 2  # bad input or usage
-EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM
+RUN_INTERRUPTED = "forcedphot: interrupted; completed quanta are kept, partial outputs were not written"
+
+
+class _Polars:
+    """``pl``: polars, imported when a command first uses it (~0.2 s: not for ``--help``, ``config`` or
+    a plain ``status``)."""
+
+    def __getattr__(self, name: str):
+        import polars
+
+        return getattr(polars, name)
+
+
+pl = _Polars()
 
 
 def _progress(args) -> bool:
@@ -110,7 +118,8 @@ def cmd_run(args) -> int:
 
     summary = run_all(repo, config, tracts=args.tract, patches=args.patch, bands=args.band, force=args.force,
                       jobs=args.jobs, dask=args.dask, progress=_progress(args), n_threads=args.threads,
-                      before_measuring=compile_kernels, wait=args.wait, command=["forcedphot", *sys.argv[1:]])
+                      before_measuring=compile_kernels, wait=args.wait, command=["forcedphot", *sys.argv[1:]],
+                      defer_end=exits.on_close)  # recorded with the command's exit code, as it exits
     if summary.removed:
         print(f"removed the outputs of {len(summary.removed)} quanta that no longer exist: "
               f"{', '.join(summary.removed)}", file=sys.stderr)
@@ -270,7 +279,8 @@ def cmd_status(args) -> int:
         return 0
     last = read_last_run(repo)
     if last:
-        print(f"last run: {len(last['done'])} measured, {len(last['skipped'])} up to date, "
+        ended = f" ({last['outcome']}, exit {last['exit_code']})" if "outcome" in last else ""
+        print(f"last run{ended}: {len(last['done'])} measured, {len(last['skipped'])} up to date, "
               f"{len(last['failed'])} failed")
         for _, cause in last["failed"]:
             print(f"  FAILED {cause}")
@@ -354,22 +364,22 @@ def _add_verbose(parser, help: str = "log more") -> None:
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=help)
 
 
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM (systemd stop, a scheduler's kill) ends a run like Ctrl-C: workers stopped, exit 130."""
-    import signal
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version, read only when asked for."""
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        pass
+    def __call__(self, parser, namespace, values, option_string=None):
+        from forcedphot import __version__
+
+        print(f"forcedphot {__version__}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="forcedphot", description="Forced photometry on coadds as a columnar ETL job.")
-    p.add_argument("--version", action="version", version=f"forcedphot {__version__}")
+    p.add_argument("--version", action=_VersionAction, help="show the version and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="log more (also accepted after the command)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -517,30 +527,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    _interrupt_on_sigterm()
-    if argv is None:  # the command itself (not a test calling main)
-        from forcedphot.teardown import freeze_gc_at_exit
+def _exit_code(exc: BaseException, *, command: bool) -> tuple[int, bool]:
+    """(exit code, unexpected?) of a command that raised ``exc``, its one line printed. After a signal any
+    exception is the interrupt (DuckDB's "Query interrupted" too); an unexpected error's traceback is
+    printed by the command (exit 1) and raised to a test calling :func:`main`."""
+    code = EXIT_INTERRUPTED if exits.received() else exits.code_of(exc)
+    if code == EXIT_INTERRUPTED or isinstance(exc, SystemExit):  # argparse printed its own lines
+        return code, False
+    if code == EXIT_ERROR:
+        print(f"forcedphot: error: {exc}", file=sys.stderr)
+        return code, False
+    if isinstance(exc, BrokenPipeError):  # e.g. `forcedphot sql ... | head`
+        return EXIT_OK, False
+    if command:
+        import traceback
 
-        freeze_gc_at_exit()
+        traceback.print_exception(exc)
+    return code, True
+
+
+def main(argv=None) -> int:
+    """The command line. ``argv=None``: the ``forcedphot`` command itself, which ends its process when
+    done (:func:`forcedphot.exits.close`: the exit code and the run's ledger record are decided
+    together, whatever the moment of a Ctrl-C or SIGTERM); a list of arguments (tests): the exit code
+    is returned, and argparse's SystemExit or an unexpected error is raised once the command is closed.
+    """
+    command = argv is None
+    if not (command and exits.installed()):  # the entry point installed them before its imports
+        exits.install()
+    note, code, raised = exits.INTERRUPTED, EXIT_INTERRUPTED, None
     try:
-        return args.func(args)
-    except ForcedPhotError as exc:
-        print(f"forcedphot: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except FileNotFoundError as exc:
-        print(f"forcedphot: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except BrokenPipeError:  # e.g. `forcedphot sql ... | head`
-        sys.stderr.close()
-        return 0
-    except KeyboardInterrupt:
-        print("forcedphot: interrupted; completed quanta are kept, partial outputs were not written", file=sys.stderr)
-        if argv is None:  # the command itself: everything is written and released; skip ~2 s of teardown
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(EXIT_INTERRUPTED)
-        return EXIT_INTERRUPTED
+        try:
+            args = build_parser().parse_args(argv)
+            if args.command == "run":
+                note = RUN_INTERRUPTED
+            logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                                format="%(levelname)s %(name)s: %(message)s")
+            code = args.func(args)
+            if command:  # still interruptible: a pipe whose reader stopped reading must not hang the exit
+                sys.stdout.flush()
+        except BaseException as exc:
+            code, unexpected = _exit_code(exc, command=command)
+            if not command and (unexpected or isinstance(exc, SystemExit)):
+                raised = exc
+    except KeyboardInterrupt:  # a signal while an exception was being handled
+        code = EXIT_INTERRUPTED
+    while True:  # a signal before close() holds them is an interrupt like any other
+        try:
+            code = exits.close(code, note=note, exit_process=command)
+            break
+        except KeyboardInterrupt:
+            code = EXIT_INTERRUPTED
+    if raised is not None and code != EXIT_INTERRUPTED:
+        raise raised
+    return code

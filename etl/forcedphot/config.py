@@ -22,6 +22,12 @@ from forcedphot.flags import DEFAULT_MASK_PLANES
 from forcedphot.layout import PIXEL_FLAG_PLANES, STANDARD_APERTURE_RADII, UNDEBLENDED_PLUGINS  # noqa: F401
 from forcedphot.tomlfile import read_toml
 
+# The names of forcedphot.plugins.PLUGINS, in its order (tests/test_config.py checks they agree): a config
+# is validated without importing the plugins and their kernels (numba, astropy), e.g. by `forcedphot status`.
+PLUGIN_NAMES = ("TransformedCentroid", "SdssCentroid", "TransformedShape", "SdssShape", "InputCount", "PixelFlags",
+                "PsfFlux", "GaussianFlux", "CircularApertureFlux", "LocalBackground", "Variance", "KronFlux", "ApCorr",
+                "Extendedness")
+
 
 class ConfigError(InputError):
     """A configuration option of the wrong type or out of range (one line naming the option)."""
@@ -82,11 +88,9 @@ class ConfigSchema(BaseModel):
     @field_validator("plugins")
     @classmethod
     def _known_plugins(cls, names):
-        from forcedphot.plugins import PLUGINS  # on use: importing config alone loads no plugin (nor numba)
-
-        unknown = [p for p in names if p not in PLUGINS]
+        unknown = [p for p in names if p not in PLUGIN_NAMES]
         if unknown:
-            raise ValueError(f"unknown plugin(s) {unknown}; known: {sorted(PLUGINS)}")
+            raise ValueError(f"unknown plugin(s) {unknown}; known: {sorted(PLUGIN_NAMES)}")
         return names
 
     @field_validator("psf_bad_mask_planes")
@@ -119,9 +123,7 @@ def _one_line(exc: ValidationError, where: str) -> ConfigError:
 class ForcedPhotConfig:
     """Keyword options of a run (photutils style: everything optional has a default)."""
 
-    plugins: tuple[str, ...] = ("TransformedCentroid", "SdssCentroid", "TransformedShape", "SdssShape", "InputCount",
-                                "PixelFlags", "PsfFlux", "GaussianFlux", "CircularApertureFlux", "LocalBackground",
-                                "Variance", "KronFlux", "ApCorr", "Extendedness")
+    plugins: tuple[str, ...] = PLUGIN_NAMES
     aperture_radii: tuple[float, ...] = STANDARD_APERTURE_RADII
     # "sinc": sinc coefficients up to max_sinc_radius, naive above (Rubin); "naive"; or "exact"
     aperture_method: str = "sinc"

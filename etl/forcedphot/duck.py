@@ -7,6 +7,8 @@ from collections.abc import Callable
 import duckdb
 import pyarrow as pa
 
+from forcedphot import exits
+
 
 def query_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None) -> pa.Table:
     """Run one statement and return its result as an Arrow table (APIs differ across DuckDB versions)."""
@@ -57,6 +59,7 @@ READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
 def sandboxed_connection() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB that can read, write, attach, install or load no file: only registered data."""
     con = duckdb.connect(config=dict(SANDBOX_CONFIG))
+    exits.interrupt_with_signal(con)  # Ctrl-C stops its query
     for name, value in SANDBOX_SETTINGS:  # in order: lock_configuration last
         con.execute(f"SET {name} = {str(value).lower()}")
     return con

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from forcedphot import __version__
+import forcedphot
 from forcedphot.io.atomic import process_start
 from forcedphot.io.parquet import write_parquet
 from forcedphot.schema import load_schema
@@ -47,12 +47,13 @@ def _write(root, table: str, row: dict, *parts: str) -> None:
     write_parquet(pa.Table.from_pylist([row]), path, load_schema("ledger", table))
 
 
-def record_start(root, run_id: str, *, command: list[str], config) -> None:
+def record_start(root, run_id: str, *, command: list[str], config, started: str | None = None) -> None:
     pid = os.getpid()
     _write(root, "run_start", {
-        "run_id": run_id, "started": utc_now(), "command": " ".join(command), "config": json.dumps(config.to_dict()),
-        "config_fingerprint": config.fingerprint(), "code_version": __version__, "host": socket.gethostname(),
-        "pid": pid, "process_start": max(process_start(pid), 0)}, f"{run_id}.parquet")
+        "run_id": run_id, "started": started or utc_now(), "command": " ".join(command),
+        "config": json.dumps(config.to_dict()), "config_fingerprint": config.fingerprint(),
+        "code_version": forcedphot.__version__, "host": socket.gethostname(), "pid": pid,
+        "process_start": max(process_start(pid), 0)}, f"{run_id}.parquet")
 
 
 def record_end(root, run_id: str, *, outcome: str, exit_code: int, counts: dict, seconds: float) -> None:

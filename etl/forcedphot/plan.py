@@ -7,6 +7,7 @@ from pathlib import Path
 
 import duckdb
 
+from forcedphot import exits
 from forcedphot.errors import InputError
 from forcedphot.repository import DataId, Repository
 from forcedphot.resources import read_sql
@@ -47,6 +48,7 @@ def plan_quanta(repo: Repository, *, tracts=None, patches=None, bands=None,
     if not repo.skymap_path().exists():
         raise InputError(f"{repo.skymap_path()}: skymap not found")
     con = duckdb.connect()
+    exits.interrupt_with_signal(con)  # Ctrl-C stops its query
     try:
         rows = con.execute(read_sql("plan_quanta"), {
             "coadd_glob": str(repo.dataset_dir("coadd") / "tract=*" / "patch=*" / "band=*" / "coadd.arrow"),

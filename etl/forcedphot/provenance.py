@@ -6,7 +6,7 @@ import hashlib
 import platform
 from pathlib import Path
 
-from forcedphot import __version__
+import forcedphot
 from forcedphot.config import ForcedPhotConfig
 
 
@@ -42,7 +42,7 @@ def recorded_fingerprint(path: str | Path) -> str | None:
         if path.suffix == ".arrow":
             import pyarrow as pa
 
-            from forcedphot.io.coadd import META_CHECKSUM
+            from forcedphot.io.parquet import META_CHECKSUM  # io.coadd's key too; io.coadd imports astropy
 
             with pa.memory_map(str(path), "r") as source:
                 schema = pa.ipc.open_file(source).schema
@@ -67,7 +67,7 @@ def make_provenance(*, data_id, config: ForcedPhotConfig, inputs: dict[str, str]
         "config": config.to_dict(),
         "config_fingerprint": config.fingerprint(),
         "schema_version": schema_version,
-        "code_version": __version__,
+        "code_version": forcedphot.__version__,
         "python": platform.python_version(),
         "inputs": inputs,  # no wall-clock time: identical inputs and config give identical bytes
         **(extra or {}),

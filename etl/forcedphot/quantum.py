@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from forcedphot import checks, threads
+from forcedphot import checks, exits, threads
 from forcedphot.duck import query_arrow
 from forcedphot.errors import InputError, MissingFootprintError
 from forcedphot.io.coadd import Coadd, read_coadd
@@ -117,6 +117,7 @@ def load_refs(quantum: Quantum, footprints: pa.Table) -> tuple[pa.Table, np.ndar
     if "deblend_zeroFlux" not in keys.column_names:  # footprints of 1.0.0 files and derived from scarlet models
         keys = keys.append_column("deblend_zeroFlux", pa.nulls(keys.num_rows, pa.bool_()))
     con = duckdb.connect(config={"threads": threads.threads()})  # the quantum's share of the cores, as every pool
+    exits.interrupt_with_signal(con)  # Ctrl-C stops its query
     try:
         con.register("footprints", keys)  # ids and boxes only: the ragged columns never pass through SQL
         table = query_arrow(con, read_sql("quantum_refs"), params)

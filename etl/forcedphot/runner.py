@@ -31,10 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from filelock import FileLock, Timeout
-from tqdm.auto import tqdm
-
-from forcedphot import ledger, threads
+from forcedphot import exits, ledger, threads
 from forcedphot.config import ForcedPhotConfig
 from forcedphot.errors import ForcedPhotError, InputError
 from forcedphot.io.atomic import atomic_path, sweep_temp
@@ -125,6 +122,8 @@ class Job:
 
 def _run_one(job: Job) -> tuple:
     """Worker: under the quantum's lock, decide (up to date?) and measure; returns (data_id, status, payload)."""
+    from filelock import FileLock, Timeout
+
     if job.watch_pid is not None:  # a LocalCluster worker, our child (not a caller's own process)
         watch_parent(job.watch_pid)
         freeze_gc_at_exit()  # its exit, which the cluster's close waits for
@@ -566,7 +565,7 @@ def remove_vanished_outputs(repo: Repository, quanta: list[Quantum]) -> list[str
 def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=None, patches=None, bands=None,
             force: bool = False, jobs: int = 1, dask: str | None = None, progress: bool = True,
             n_threads: int | None = None, before_measuring=None, wait: bool = False,
-            command: list[str] | None = None) -> RunSummary:
+            command: list[str] | None = None, defer_end=None) -> RunSummary:
     """Run every selected quantum that is not up to date.
 
     ``jobs > 1`` runs quanta in local worker processes; ``dask`` is the address of a Dask
@@ -579,10 +578,40 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
     started (the CLI compiles the kernels there).
     ``command`` is recorded in the ledger (default ``sys.argv``). KeyboardInterrupt stops the workers
     at once (their quanta are not written) and is re-raised.
+
+    The run's end (its ``run_end`` record and ``runs/last_run.json``, see :class:`RunEnd`) is written
+    when run_all returns or raises, with the exit code of what it did; ``defer_end(end)`` instead hands
+    the end to the caller, who calls ``end(exit_code)`` with its own final exit code (the CLI: after
+    the band summary, as the process exits, so an interrupt at any moment is recorded as one).
     """
     t0, started = time.perf_counter(), time.time()
     summary = RunSummary(run_id=ledger.new_run_id())
     repo.check()
+    config = config or ForcedPhotConfig()
+    end = RunEnd(repo, summary, config, command=command or sys.argv, t0=t0)
+    if defer_end is not None:
+        defer_end(end)
+    try:
+        _run(repo, config, summary, end, tracts=tracts, patches=patches, bands=bands, force=force, jobs=jobs,
+             dask=dask, progress=progress, n_threads=n_threads, before_measuring=before_measuring, wait=wait,
+             started=started)
+    except BaseException as exc:
+        if defer_end is None:
+            with exits.held():
+                end(exits.code_of(exc))
+        raise
+    if defer_end is None:
+        with exits.held():
+            end(exits.EXIT_OK if summary.ok else exits.EXIT_FAILED_QUANTA)
+    return summary
+
+
+def _run(repo: Repository, config: ForcedPhotConfig, summary: RunSummary, end: "RunEnd", *, tracts, patches,
+         bands, force, jobs, dask, progress, n_threads, before_measuring, wait, started: float) -> None:
+    """run_all's work: start the workers, plan, record the start, measure, stop the workers."""
+    from tqdm.auto import tqdm
+
+    t0 = end.t0
     interrupts = _Interrupts().install()
     try:
         workers = _start_workers(jobs, dask)  # workers start (and import) while this process plans
@@ -591,11 +620,10 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
         raise
     interrupted, bar, share = True, None, None
     try:
-        config = config or ForcedPhotConfig()
         every = plan_quanta(repo, footprint_dataset=config.footprint_dataset)
         quanta = select_quanta(every, tracts=tracts, patches=patches, bands=bands)
         workers.ready()  # a scheduler that cannot be reached fails the run here, before it is recorded
-        ledger.record_start(repo.root, summary.run_id, command=command or sys.argv, config=config)
+        end.record_start()
         summary.removed = remove_vanished_outputs(repo, every)
         swept = sweep_temp(repo.root, recursive=True)
         if swept:
@@ -628,6 +656,10 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
             interrupts.check()
         interrupts.check()
         interrupted = False
+    except Exception as exc:
+        if interrupts.seen:  # a library's own exception for the interrupted call (DuckDB: "Query interrupted")
+            raise KeyboardInterrupt from exc
+        raise
     finally:
         workers.stop(interrupted=interrupted)
         if share is not None:
@@ -636,15 +668,55 @@ def run_all(repo: Repository, config: ForcedPhotConfig | None = None, *, tracts=
         if bar is not None:
             bar.close()
         summary.seconds = time.perf_counter() - t0
-        if summary.run_id and (repo.root / "runs" / "ledger" / "run_start" / f"{summary.run_id}.parquet").exists():
-            outcome = "interrupted" if interrupted else ("ok" if summary.ok else "failed")
-            ledger.record_end(repo.root, summary.run_id, outcome=outcome,
-                              exit_code={"interrupted": 130, "ok": 0}.get(outcome, 1),
-                              counts={"done": len(summary.done), "up_to_date": len(summary.skipped),
-                                      "failed": len(summary.failed), "elsewhere": len(summary.elsewhere)},
-                              seconds=summary.seconds)
-    _write_run_log(repo, summary, config)
-    return summary
+    end.completed = True
+
+
+class RunEnd:
+    """The end of one run in the ledger: its ``run_end`` record and ``runs/last_run.json``, written once,
+    by ``end(exit_code)``, with the exit code of the process (the CLI) or of run_all (a library caller).
+
+    The outcome follows the code: 0 ok, 1 failed (quanta failed in a run that went through them all;
+    else error: an unexpected error), 2 error (bad input found once the run had started), 130
+    interrupted (Ctrl-C or SIGTERM, at any moment: planning, measuring, stopping the workers, the
+    band summary, exiting). A run refused before it started (exit 2: a selection matching no
+    quantum, a scheduler that cannot be reached) is not recorded; any other end of a run that had
+    not yet recorded its start (an interrupt while it planned) records the start with it.
+    """
+
+    OUTCOMES = {exits.EXIT_OK: "ok", exits.EXIT_INTERRUPTED: "interrupted"}
+
+    def __init__(self, repo: Repository, summary: RunSummary, config: ForcedPhotConfig, *, command: list[str],
+                 t0: float):
+        self.repo, self.summary, self.config, self.command, self.t0 = repo, summary, config, command, t0
+        self.started = ledger.utc_now()
+        self.start_recorded = False
+        self.completed = False  # every selected quantum was decided and the workers stopped
+        self.ended = False
+
+    def record_start(self) -> None:
+        ledger.record_start(self.repo.root, self.summary.run_id, command=self.command, config=self.config,
+                            started=self.started)
+        self.start_recorded = True
+
+    def outcome(self, exit_code: int) -> str:
+        if exit_code == exits.EXIT_FAILED_QUANTA and self.completed and self.summary.failed:
+            return "failed"
+        return self.OUTCOMES.get(exit_code, "error")
+
+    def __call__(self, exit_code: int) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if not self.start_recorded:
+            if exit_code == exits.EXIT_ERROR:
+                return
+            self.record_start()
+        s = self.summary
+        outcome, seconds = self.outcome(exit_code), time.perf_counter() - self.t0
+        ledger.record_end(self.repo.root, s.run_id, outcome=outcome, exit_code=exit_code,
+                          counts={"done": len(s.done), "up_to_date": len(s.skipped), "failed": len(s.failed),
+                                  "elsewhere": len(s.elsewhere)}, seconds=seconds)
+        _write_run_log(self.repo, s, self.config, outcome=outcome, exit_code=exit_code)
 
 
 def _record(summary: RunSummary, result: tuple) -> None:
@@ -669,11 +741,13 @@ def _record(summary: RunSummary, result: tuple) -> None:
         log.info("%s: failed: %s", did, payload)
 
 
-def _write_run_log(repo: Repository, summary: RunSummary, config: ForcedPhotConfig) -> None:
+def _write_run_log(repo: Repository, summary: RunSummary, config: ForcedPhotConfig, *, outcome: str,
+                   exit_code: int) -> None:
     path = repo.root / "runs" / "last_run.json"
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                   "config_fingerprint": config.fingerprint(), **asdict(summary)}, indent=1))
+                                   "config_fingerprint": config.fingerprint(), "outcome": outcome,
+                                   "exit_code": exit_code, **asdict(summary)}, indent=1))
 
 
 def read_last_run(repo: Repository) -> dict | None:
@@ -682,4 +756,5 @@ def read_last_run(repo: Repository) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-__all__ = ["DataId", "RunSummary", "output_state", "quantum_state", "run_all", "read_last_run", "select_quanta"]
+__all__ = ["DataId", "RunEnd", "RunSummary", "output_state", "quantum_state", "run_all", "read_last_run",
+           "select_quanta"]

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-from astropy.io import fits
-from astropy.wcs import WCS
+
+if TYPE_CHECKING:
+    from astropy.wcs import WCS
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class TractInfo:
 
     @cached_property
     def wcs(self) -> WCS:
+        from astropy.io import fits  # here, not at import: `forcedphot status` and `sql` never need it
+        from astropy.wcs import WCS
+
         if self.wcs_header:
             return WCS(fits.Header.fromstring(self.wcs_header, sep="\n"))
         w = WCS(naxis=2)

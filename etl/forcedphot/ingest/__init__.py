@@ -6,7 +6,20 @@ and coadds that ``forcedphot run`` measures; objects whose footprints overlap ar
 deblended by a joint fit of PSF and shape models, then a flux split (:mod:`forcedphot.ingest.deblend`).
 """
 
-from forcedphot.ingest.fits import ingest_fits
-from forcedphot.ingest.specs import BandSpec, CatalogSpec
 
 __all__ = ["BandSpec", "CatalogSpec", "ingest_fits"]
+
+
+def __getattr__(name: str):
+    """The package's names, imported when first used: ``forcedphot --help`` builds the ingest
+    command's options (:mod:`forcedphot.ingest.args`) without loading astropy, scipy or photutils."""
+    if name == "ingest_fits":
+        from forcedphot.ingest.fits import ingest_fits as value
+    elif name in ("BandSpec", "CatalogSpec"):
+        from forcedphot.ingest import specs
+
+        value = getattr(specs, name)
+    else:
+        raise AttributeError(f"module 'forcedphot.ingest' has no attribute {name!r}")
+    globals()[name] = value
+    return value
