@@ -22,7 +22,7 @@ from forcedphot.flags import DEFAULT_MASK_PLANES
 from forcedphot.layout import PIXEL_FLAG_PLANES, STANDARD_APERTURE_RADII, UNDEBLENDED_PLUGINS  # noqa: F401
 from forcedphot.tomlfile import read_toml
 
-# The names of forcedphot.plugins.PLUGINS, in its order (tests/test_config.py checks they agree): a config
+# The names of forcedphot.plugins.PLUGINS (tests/test_config.py checks they agree), in the default config's order: a config
 # is validated without importing the plugins and their kernels (numba, astropy), e.g. by `forcedphot status`.
 PLUGIN_NAMES = ("TransformedCentroid", "SdssCentroid", "TransformedShape", "SdssShape", "InputCount", "PixelFlags",
                 "PsfFlux", "GaussianFlux", "CircularApertureFlux", "LocalBackground", "Variance", "KronFlux", "ApCorr",
