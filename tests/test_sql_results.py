@@ -177,6 +177,19 @@ def test_an_empty_result_as_csv_is_its_header(measured_tiny_repo, capsys):
     assert capsys.readouterr().out == "a,b\n"
 
 
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_a_reader_that_stops_early_ends_the_text_output_quietly(fmt, measured_tiny_repo):
+    """`forcedphot sql ... --format csv | head -1`: the closed pipe ends the command, exit 0, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "forcedphot", "sql", "--repo", str(measured_tiny_repo), GENERATED,
+                             "--format", fmt], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()  # the result is megabytes: the command is still writing when the pipe closes
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=600) == 0, err[-2000:]
+    assert first.startswith(b"i," if fmt == "csv" else b'{"i":0,')
+    assert err == ""
+
+
 # -- --out: streamed exports ---------------------------------------------------------------------
 
 def _read(path) -> pl.DataFrame:

@@ -12,6 +12,7 @@ the third ``x_2``, skipping names already taken (compared case-insensitively, as
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,17 +138,28 @@ def write_text(batches, sink, fmt: str, schema: pa.Schema) -> int:
     import polars as pl
 
     rows = 0
-    for batch in batches:
-        for start in range(0, batch.num_rows, TEXT_SLICE_ROWS):
-            df = pl.from_arrow(batch.slice(start, TEXT_SLICE_ROWS))
-            if fmt == "csv":
-                df.write_csv(sink, include_header=rows == 0)
-            else:
-                df.write_ndjson(sink)
-            rows += df.height
-    if rows == 0 and fmt == "csv":  # the header of an empty result
-        pl.from_arrow(schema.empty_table()).write_csv(sink)
+    try:
+        for batch in batches:
+            for start in range(0, batch.num_rows, TEXT_SLICE_ROWS):
+                df = pl.from_arrow(batch.slice(start, TEXT_SLICE_ROWS))
+                if fmt == "csv":
+                    df.write_csv(sink, include_header=rows == 0)
+                else:
+                    df.write_ndjson(sink)
+                rows += df.height
+        if rows == 0 and fmt == "csv":  # the header of an empty result
+            pl.from_arrow(schema.empty_table()).write_csv(sink)
+    except OSError as exc:
+        if _broken_pipe(exc):  # the reader went away (`forcedphot sql ... | head`)
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe") from exc
+        raise
     return rows
+
+
+def _broken_pipe(exc: OSError) -> bool:
+    """A write into a closed pipe: Python's BrokenPipeError, or Polars' OSError, which carries no errno but
+    the text of Rust's I/O error (``Broken pipe (os error 32)``)."""
+    return isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE or f"(os error {errno.EPIPE})" in str(exc)
 
 
 def _write_parquet(reader: pa.RecordBatchReader, path: Path) -> int:
