@@ -107,6 +107,19 @@ def _project(p, m, min_var, max_var):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _mixture_value(comp, m, dx, dy):
+    """The mixture of ``m`` components (``_components`` form) at offset (dx, dy) from its centre."""
+    f = 0.0
+    for c in range(m):
+        eu = comp[c, 1]
+        ev = comp[c, 2]
+        z1 = eu * dx
+        z2 = ev * (dy - comp[c, 3] * z1)
+        f += comp[c, 0] * eu * ev / TWO_PI * math.exp(-0.5 * (z1 * z1 + z2 * z2))
+    return f
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _chi2(img, p, m, comp):
     """sum over pixels of (model - image)^2."""
     k = img.shape[0]
@@ -117,13 +130,7 @@ def _chi2(img, p, m, comp):
         dy = j - h - p[1]
         for i in range(k):
             dx = i - h - p[0]
-            f = 0.0
-            for c in range(m):
-                eu = comp[c, 1]
-                ev = comp[c, 2]
-                z1 = eu * dx
-                z2 = ev * (dy - comp[c, 3] * z1)
-                f += comp[c, 0] * eu * ev / TWO_PI * math.exp(-0.5 * (z1 * z1 + z2 * z2))
+            f = _mixture_value(comp, m, dx, dy)
             r = f - img[j, i]
             chi2 += r * r
     return chi2
@@ -345,13 +352,7 @@ def _store(img, p, m, comp, order, dets, n, amp, centre, cov, residual):
         dy = j - h - p[1]
         for i in range(k):
             dx = i - h - p[0]
-            f = 0.0
-            for c in range(m):
-                eu = comp[c, 1]
-                ev = comp[c, 2]
-                z1 = eu * dx
-                z2 = ev * (dy - comp[c, 3] * z1)
-                f += comp[c, 0] * eu * ev / TWO_PI * math.exp(-0.5 * (z1 * z1 + z2 * z2))
+            f = _mixture_value(comp, m, dx, dy)
             num += abs(f - img[j, i])
             den += abs(img[j, i])
     residual[n] = num / den
