@@ -820,25 +820,46 @@ def ellipse_sums(image, original, variance, valid, fp, cx, cy, xl, yl, qa, qb, q
                           bool(both), spatial_order(cx, cy, todo))
 
 
-def _warm():
-    """Every kernel once on tiny planes with the dtypes and flags the plugins pass (see forcedphot.kernels.compile)."""
-    from forcedphot.plugins.aperture_naive import naive_apertures
+def _warm_planes():
+    """Tiny planes with the dtypes and flags the plugins pass (see forcedphot.kernels.compile)."""
+    image = np.zeros((16, 16), np.float32)
+    return image, np.ones((16, 16), np.float32), np.ones((16, 16), np.uint8), no_footprints(1)
+
+
+def _warm_exact():
+    image, variance, valid, fp = _warm_planes()
+    one_i, one_f = np.full(1, 8, np.int64), np.zeros(1)
+    exact_apertures(image, variance, valid, one_i, one_i, one_f, one_f, np.array([3.0]), False)
+    exact_fluxes(image, image, variance, valid, fp, one_i, one_i, one_f, one_f, np.ones((1, 1), np.uint8),
+                 np.array([3.0]), True, True)
+
+
+def _warm_sinc():
     from forcedphot.plugins.aperture_sinc import sinc_apertures, sinc_coefficients
 
-    image = np.zeros((16, 16), np.float32)
-    variance = np.ones((16, 16), np.float32)
-    valid = np.ones((16, 16), np.uint8)
-    fp = no_footprints(1)
+    image, variance, valid, fp = _warm_planes()
     one_i, one_f = np.full(1, 8, np.int64), np.zeros(1)
-    todo = np.ones((1, 1), np.uint8)
-    exact_apertures(image, variance, valid, one_i, one_i, one_f, one_f, np.array([3.0]), False)
-    exact_fluxes(image, image, variance, valid, fp, one_i, one_i, one_f, one_f, todo, np.array([3.0]), True, True)
-    sinc_apertures(image, image, variance, valid, fp, one_i, one_i, one_f, one_f, todo, (3.0,), both=True)
+    sinc_apertures(image, image, variance, valid, fp, one_i, one_i, one_f, one_f, np.ones((1, 1), np.uint8), (3.0,),
+                   both=True)
     sinc_coefficients(3.0, one_f, one_f)
-    naive_apertures(image, image, variance, valid, fp, one_f + 8, one_f + 8, todo, (3.0,), both=True)
+
+
+def _warm_naive():
+    from forcedphot.plugins.aperture_naive import naive_apertures
+
+    image, variance, valid, fp = _warm_planes()
+    one_f = np.zeros(1)
+    naive_apertures(image, image, variance, valid, fp, one_f + 8, one_f + 8, np.ones((1, 1), np.uint8), (3.0,),
+                    both=True)
+
+
+def _warm_ellipse():
+    image, variance, valid, fp = _warm_planes()
+    one_i, one_f = np.full(1, 8, np.int64), np.zeros(1)
     ellipse_sums(image, image, variance, valid, fp, one_i, one_i, one_f + 8, one_f + 8, one_f + 1, one_f, one_f + 1,
                  np.full(1, 3, np.int64), np.ones(1, np.uint8), True)
 
 
-# the signatures the pipeline compiles (see forcedphot.kernels.compile)
-WARMUP = [_warm]
+# the signatures the pipeline compiles (see forcedphot.kernels.compile), in entries that can
+# compile side by side
+WARMUP = [_warm_exact, _warm_sinc, _warm_naive, _warm_ellipse]

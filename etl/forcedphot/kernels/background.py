@@ -765,3 +765,34 @@ def clipped_stats_flat(values: np.ndarray, *, n_sigma: float = 3.0, n_iter: int 
         std = float(np.sqrt(np.float64(pairwise_sum(kept, m, mean, True)) / (m - 1)))
         centre, half = mean, n_sigma * std
     return mean, std
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False  # as the memory-mapped planes the pipeline passes
+    return a
+
+
+def _warm_flat():
+    """The noise replacement's clipped statistics of the (read-only) image."""
+    clipped_stats_flat(_frozen(np.linspace(-1, 1, 64, dtype=np.float32)))
+
+
+def _warm_annulus():
+    from forcedphot.kernels.pixels import no_footprints
+
+    one_i, one_f = np.full(1, 8, np.int64), np.zeros(1)
+    annulus_clipped_stats(np.zeros((16, 16), np.float32), np.ones((16, 16), np.uint8),
+                          _frozen(np.zeros((16, 16), np.int32)), np.int32(0), no_footprints(1), one_i, one_i, one_f,
+                          one_f, one_f + 2, one_f + 4, np.ones(1, np.uint8), 3.0, 3)
+
+
+def _warm_ellipse():
+    one_i, one_f = np.full(1, 8, np.int64), np.zeros(1)
+    ellipse_median(_frozen(np.ones((16, 16), np.float32)), np.ones((16, 16), np.uint8),
+                   _frozen(np.zeros((16, 16), np.int32)), np.int32(0), one_i, one_i, one_f, one_f, one_f + 1, one_f,
+                   one_f + 1, np.full(1, 2, np.int64))
+
+
+# the signatures the pipeline compiles (see forcedphot.kernels.compile); clipped_rows and
+# median_rows (forcedphot.clipped) are compiled by their first use
+WARMUP = [_warm_flat, _warm_annulus, _warm_ellipse]

@@ -66,6 +66,7 @@ def method_for(radius: float, config) -> str:
 
 class CircularApertureFlux(Plugin):
     name = "CircularApertureFlux"
+    kernel_modules = ("forcedphot.kernels.apertures",)
     measures_undeblended = True
 
     @classmethod

@@ -34,6 +34,7 @@ UNDEBLENDED = "undeblended_"
 
 class KronFlux(Plugin):
     name = "KronFlux"
+    kernel_modules = ("forcedphot.kernels.apertures",)
     measures_undeblended = True
 
     @classmethod

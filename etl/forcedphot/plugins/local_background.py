@@ -26,6 +26,7 @@ BAD_PLANES = ("BAD", "SAT", "NO_DATA")
 
 class LocalBackground(Plugin):
     name = "LocalBackground"
+    kernel_modules = ("forcedphot.kernels.background", "forcedphot.kernels.moments")
 
     @classmethod
     def columns(cls, config):

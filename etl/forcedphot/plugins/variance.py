@@ -24,6 +24,7 @@ EXCLUDED = ("DETECTED", "DETECTED_NEGATIVE", "BAD", "SAT", "NO_DATA")
 
 class Variance(Plugin):
     name = "Variance"
+    kernel_modules = ("forcedphot.kernels.background",)
 
     @classmethod
     def columns(cls, config):
