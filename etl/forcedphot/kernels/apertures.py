@@ -834,14 +834,13 @@ def _warm_exact():
                  np.array([3.0]), True, True)
 
 
-def _warm_sinc():
-    from forcedphot.plugins.aperture_sinc import sinc_apertures, sinc_coefficients
+def _warm_sinc():  # sinc_coefficient_images (the coefficients alone) is the tests', compiled on first use
+    from forcedphot.plugins.aperture_sinc import sinc_apertures
 
     image, variance, valid, fp = _warm_planes()
     one_i, one_f = np.full(1, 8, np.int64), np.zeros(1)
     sinc_apertures(image, image, variance, valid, fp, one_i, one_i, one_f, one_f, np.ones((1, 1), np.uint8), (3.0,),
                    both=True)
-    sinc_coefficients(3.0, one_f, one_f)
 
 
 def _warm_naive():

@@ -53,7 +53,7 @@ from pydantic import BaseModel, ValidationError
 # CPU seconds to compile one parallel kernel with its helpers from cold, on average, used until
 # this machine has recorded its own figures (numba 0.68 on the project's 2-core machine: the 19
 # kernels a default run uses in 104 s of CPU, see docs).
-CPU_SECONDS_PER_KERNEL = 5.5
+CPU_SECONDS_PER_KERNEL = 1.3
 # CPU seconds a compiling process spends starting (interpreter, numpy, numba) before it compiles
 START_SECONDS = 1.5
 PACKAGES = ("forcedphot.kernels", "forcedphot.plugins")
