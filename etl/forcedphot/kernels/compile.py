@@ -347,7 +347,7 @@ def compile_plan(modules=None, status=None, *, processes: int | None = None) -> 
     remaining, free, mine = list(tasks), [0.0] * n, [set() for _ in range(n)]
     while remaining:  # as the processes will take them
         p = free.index(min(free))
-        task = _next_task(remaining, mine[p])
+        task = _next_task(remaining, mine[p], set().union(*(m for q, m in enumerate(mine) if q != p)))
         free[p] += task.cpu_seconds
         mine[p].add(task.module)
     seconds = max(free, default=0.0) + (START_SECONDS if n > 1 else 0.0)
@@ -355,10 +355,13 @@ def compile_plan(modules=None, status=None, *, processes: int | None = None) -> 
     return Plan(sum(_module_of(k) in compiled for k in cold), tuple(tasks), n, seconds, per_kernel, measured)
 
 
-def _next_task(remaining: list[Task], modules: set[str]) -> Task:
-    """The longest remaining task of a module this process has compiled from (its helpers are compiled
-    already), else the longest; taken out of ``remaining`` (longest first)."""
-    i = next((i for i, t in enumerate(remaining) if t.module in modules), 0)
+def _next_task(remaining: list[Task], mine: set[str], others: set[str]) -> Task:
+    """Taken out of ``remaining`` (longest first): the longest task of a module this process has
+    compiled from (``mine``: its helpers are compiled already), else of a module no other process has
+    (``others``: each would compile the module's helpers again), else the longest."""
+    i = next((i for i, t in enumerate(remaining) if t.module in mine), None)
+    if i is None:
+        i = next((i for i, t in enumerate(remaining) if t.module not in others), 0)
     return remaining.pop(i)
 
 
@@ -518,7 +521,7 @@ def _run_in_processes(tasks, processes: int) -> list[dict]:
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if isinstance(p, str) and p))
     remaining, lock = list(tasks), threading.Lock()
-    results, failed, procs = [], [], []
+    results, failed, procs, started = [], [], [], {}  # started: module -> the process that took it first
 
     def feed(proc):
         mine = set()
@@ -526,7 +529,8 @@ def _run_in_processes(tasks, processes: int) -> list[dict]:
             with lock:
                 if not remaining:
                     return
-                task = _next_task(remaining, mine)
+                task = _next_task(remaining, mine, {m for m, p in started.items() if p is not proc})
+                started.setdefault(task.module, proc)
             mine.add(task.module)
             try:
                 proc.stdin.write(json.dumps({"module": task.module, "entry": task.entry,
