@@ -214,13 +214,14 @@ out = []
 for options in json.loads(sys.argv[2]):
     config = ForcedPhotConfig(**options)
     modules = kernel_modules(config)
+    start = signatures()
     kc.run_tasks([kc.Task(m, i, 0.0) for m in modules for i in range(len(importlib.import_module(m).WARMUP))])
     before = signatures()
     summary = run_all(Repository(sys.argv[1]), config, force=True, jobs=1, n_threads=1, progress=False)
     after = signatures()
     out.append({"ok": summary.ok and len(summary.done) > 0, "modules": modules,
                 "new": {k: sorted(after[k] - before[k]) for k in after if after[k] - before[k]},
-                "used": sorted({k.rsplit(".", 1)[0] for k, v in after.items() if v})})
+                "used": sorted({k.rsplit(".", 1)[0] for k, v in after.items() if v - start[k]})})
 print(json.dumps(out))
 """
 
@@ -229,14 +230,17 @@ print(json.dumps(out))
 def test_the_modules_compiled_before_a_run_hold_every_kernel_it_uses(tiny_repo):
     """After the WARMUP entries of kernel_modules(config) ran, a run with that config compiles no new
     signature (everything was compiled up front) and uses no kernel outside those modules (and the
-    helper modules they call): for a config of a few plugins, then the default one."""
-    configs = [{"plugins": ["PsfFlux", "Variance"]}, {}]
+    helper modules they call): for a config of a few plugins, one without noise replacement, one
+    deriving footprints from scarlet models, and the default one."""
+    configs = [{"plugins": ["PsfFlux", "Variance"]}, {"plugins": ["LocalBackground"], "noise_replacement": False},
+               {"plugins": ["PixelFlags"], "footprint_dataset": "scarlet"}, {}]
     res = subprocess.run([sys.executable, "-c", PROBE, str(tiny_repo), json.dumps(configs)], capture_output=True,
                          text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert res.returncode == 0, res.stderr[-3000:]
-    few, default = json.loads(res.stdout.strip().splitlines()[-1])
+    probes = json.loads(res.stdout.strip().splitlines()[-1])
+    few = probes[0]
     helpers = [K + "pixels", K + "prefetch"]  # no WARMUP: compiled into the kernels that call them
-    for probe in (few, default):
+    for probe in probes:  # "used": what gained a signature in this probe (a later one reuses earlier ones')
         assert probe["ok"]
         assert probe["new"] == {}, probe["new"]
         assert set(probe["used"]) <= set(probe["modules"] + helpers), probe["used"]

@@ -781,7 +781,7 @@ def _warm_annulus():
     from forcedphot.kernels.pixels import no_footprints
 
     one_i, one_f = np.full(1, 8, np.int64), np.zeros(1)
-    annulus_clipped_stats(np.zeros((16, 16), np.float32), np.ones((16, 16), np.uint8),
+    annulus_clipped_stats(_frozen(np.zeros((16, 16), np.float32)), np.ones((16, 16), np.uint8),
                           _frozen(np.zeros((16, 16), np.int32)), np.int32(0), no_footprints(1), one_i, one_i, one_f,
                           one_f, one_f + 2, one_f + 4, np.ones(1, np.uint8), 3.0, 3)
 

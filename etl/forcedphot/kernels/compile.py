@@ -23,11 +23,11 @@ estimate comes from those figures. numba writes a cache index without a lock, so
 processes hold a lock on the cache directory while they write one (:func:`serialise_cache_writes`).
 :func:`warm_up` warms every kernel in this process (the benchmarks use it).
 
-The cache counts as warm when the parallel kernels (the entry points) are: of a module with
-``WARMUP``, those its ``WARMUP`` compiled when last recorded (all of them while there is no
-record for the module's current source); of a module without, all while none is warm, then only
-those a run has used (see :func:`cache_status`). Serial helpers are compiled and cached with the
-kernels that call them.
+The cache counts as warm when these kernels are: of a module with ``WARMUP``, those its
+``WARMUP`` compiled when last recorded (every one while there is no record for the module's
+current source); of a module without, the parallel ones (the entry points), all while none is
+warm, then only those a run has used (see :func:`cache_status`). Serial helpers are compiled
+and cached with the kernels that call them.
 
 numba keys a kernel's cache on its own source file only: a kernel that calls a helper from
 another module (e.g. ``pixels.footprint_deltas``) would keep its cached code when only the
@@ -50,9 +50,9 @@ from types import ModuleType
 
 from pydantic import BaseModel, ValidationError
 
-# CPU seconds to compile one parallel kernel with its helpers from cold, on average, used until
-# this machine has recorded its own figures (numba 0.68 on the project's 2-core machine: the 19
-# kernels a default run uses in 104 s of CPU, see docs).
+# CPU seconds to compile one function (kernel or helper) from cold, on average, until this machine
+# has recorded its own figures (numba 0.68 on the project's 2-core machine: the 86 functions of the
+# modules a default run uses in 104-108 s of CPU).
 CPU_SECONDS_PER_KERNEL = 1.3
 # CPU seconds a compiling process spends starting (interpreter, numpy, numba) before it compiles
 START_SECONDS = 1.5
@@ -315,8 +315,9 @@ def compile_plan(modules=None, status=None, *, processes: int | None = None) -> 
     :func:`_next_task`).
 
     An entry's estimate is its CPU seconds when this machine last compiled it (the module's
-    record), else the module's share of the per-kernel figure x its cold kernels: this machine's
-    (recorded CPU seconds / kernels of the other modules' records) or ``CPU_SECONDS_PER_KERNEL``.
+    record) x the fraction of the module's counted kernels that are cold, else the module's share
+    of the per-kernel figure x its cold kernels: this machine's (recorded CPU seconds / kernels of
+    the other modules' records) or ``CPU_SECONDS_PER_KERNEL``.
     """
     if modules is None:
         modules = (kernel_modules()[0] if status is None else
@@ -336,9 +337,10 @@ def compile_plan(modules=None, status=None, *, processes: int | None = None) -> 
             continue  # warm, or compiled by the run that first uses it
         record = records[mod.__name__]
         n_cold = sum(_module_of(k) == mod.__name__ for k in cold)
+        n_counted = sum(_module_of(k) == mod.__name__ and k.counted for k in status)
         for i in range(len(entries)):
             if record is not None and len(record.cpu_seconds) == len(entries):
-                cpu = record.cpu_seconds[i]
+                cpu = record.cpu_seconds[i] * n_cold / n_counted  # the others load in milliseconds
             else:
                 cpu = per_kernel * n_cold / len(entries)
             tasks.append(Task(mod.__name__, i, cpu))
