@@ -52,8 +52,8 @@ from pydantic import BaseModel, ValidationError
 
 # CPU seconds to compile one function (kernel or helper) from cold, on average, until this machine
 # has recorded its own figures (numba 0.68 on the project's 2-core machine: the 86 functions of the
-# modules a default run uses in 104-108 s of CPU).
-CPU_SECONDS_PER_KERNEL = 1.3
+# modules a default run uses in 88 s of CPU on a quiet machine, 108 s on a busy one).
+CPU_SECONDS_PER_KERNEL = 1.1
 # CPU seconds a compiling process spends starting (interpreter, numpy, numba) before it compiles
 START_SECONDS = 1.5
 PACKAGES = ("forcedphot.kernels", "forcedphot.plugins")
