@@ -112,9 +112,11 @@ def cmd_run(args) -> int:
     repo = Repository(args.repo)
     config = _config(args)
     def compile_kernels():  # once per machine, after the inputs are known good and before any worker starts
-        seconds = ensure_compiled(say=lambda line: print(line, file=sys.stderr))
-        if seconds is not None:
-            print(f"kernels compiled in {seconds:.0f} s", file=sys.stderr)
+        from forcedphot.task import kernel_modules
+
+        compiled = ensure_compiled(kernel_modules(config), say=lambda line: print(line, file=sys.stderr))
+        if compiled is not None:  # the figure the message announced, and what it took
+            print(compiled.summary(), file=sys.stderr)
 
     summary = run_all(repo, config, tracts=args.tract, patches=args.patch, bands=args.band, force=args.force,
                       jobs=args.jobs, dask=args.dask, progress=_progress(args), n_threads=args.threads,

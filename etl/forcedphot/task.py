@@ -50,6 +50,22 @@ from forcedphot.schema import load_schema
 from forcedphot.stages import SourcePixels
 
 
+# the kernel modules every quantum runs, whatever its plugins: the loaders' gathers (csr), pixel
+# validity and the noise replacement (footprints, and background's clipped statistics)
+STAGE_KERNELS = ("forcedphot.kernels.background", "forcedphot.kernels.csr", "forcedphot.kernels.footprints")
+
+
+def kernel_modules(config: ForcedPhotConfig) -> list[str]:
+    """The modules of :mod:`forcedphot.kernels` a run with ``config`` uses: compiled before it
+    measures (:func:`forcedphot.kernels.compile.ensure_compiled`); the others are not."""
+    names = set(STAGE_KERNELS)
+    if config.footprint_dataset == "scarlet":
+        names.add("forcedphot.kernels.psf")  # the PSF images the flux redistribution reads
+    for cls in ordered(config.plugins):
+        names.update(cls.kernel_modules)
+    return sorted(names)
+
+
 def release_free_memory() -> None:
     """Return freed heap memory to the system (glibc keeps it per thread arena otherwise)."""
     try:

@@ -820,20 +820,27 @@ def ellipse_sums(image, original, variance, valid, fp, cx, cy, xl, yl, qa, qb, q
                           bool(both), spatial_order(cx, cy, todo))
 
 
-def _warm():
-    """The exact and ellipse kernels once on tiny planes with the dtypes and flags the plugins pass (the sinc and
-    naive kernels are warmed by :mod:`.aperture_sinc` and :mod:`.aperture_naive`; see forcedphot.kernels.compile)."""
+def _warm_planes():
+    """Tiny planes with the dtypes and flags the plugins pass (see forcedphot.kernels.compile)."""
     image = np.zeros((16, 16), np.float32)
-    variance = np.ones((16, 16), np.float32)
-    valid = np.ones((16, 16), np.uint8)
-    fp = no_footprints(1)
+    return image, np.ones((16, 16), np.float32), np.ones((16, 16), np.uint8), no_footprints(1)
+
+
+def _warm_exact():
+    image, variance, valid, fp = _warm_planes()
     one_i, one_f = np.full(1, 8, np.int64), np.zeros(1)
-    todo = np.ones((1, 1), np.uint8)
     exact_apertures(image, variance, valid, one_i, one_i, one_f, one_f, np.array([3.0]), False)
-    exact_fluxes(image, image, variance, valid, fp, one_i, one_i, one_f, one_f, todo, np.array([3.0]), True, True)
+    exact_fluxes(image, image, variance, valid, fp, one_i, one_i, one_f, one_f, np.ones((1, 1), np.uint8),
+                 np.array([3.0]), True, True)
+
+
+def _warm_ellipse():
+    image, variance, valid, fp = _warm_planes()
+    one_i, one_f = np.full(1, 8, np.int64), np.zeros(1)
     ellipse_sums(image, image, variance, valid, fp, one_i, one_i, one_f + 8, one_f + 8, one_f + 1, one_f, one_f + 1,
                  np.full(1, 3, np.int64), np.ones(1, np.uint8), True)
 
 
-# the signatures the pipeline compiles (see forcedphot.kernels.compile)
-WARMUP = [_warm]
+# the signatures the pipeline compiles (see forcedphot.kernels.compile), in entries that can
+# compile side by side
+WARMUP = [_warm_exact, _warm_ellipse]  # the sinc and naive kernels: kernels/aperture_sinc.py, aperture_naive.py

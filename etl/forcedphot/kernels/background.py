@@ -215,7 +215,7 @@ def clipped_sorted(v, n, n_sigma, n_iter):
     std = np.nan
     used = 0
     for _ in range(n_iter):
-        a = _first_at_least(v, 0, n, centre, -half)
+        a = _first_at_least(v, np.int64(0), n, centre, -half)
         b = max(a, _first_above(v, a, n, centre, half))
         used = b - a
         if used == 0:
@@ -241,7 +241,7 @@ def clipped_rows(values, n_sigma, n_iter):
         keys = np.empty(k, np.uint32)
         tmp = np.empty(k, np.uint32)
         hist = np.empty((4, 256), np.int64)
-        n = 0
+        n = np.int64(0)
         for j in range(k):
             if np.isfinite(values[i, j]):
                 vals[n] = values[i, j]
@@ -260,7 +260,7 @@ def clipped_rows64(values, n_sigma, n_iter):
     used = np.empty(r, np.int64)
     for i in prange(r):
         vals = np.empty(k)
-        n = 0
+        n = np.int64(0)
         for j in range(k):
             if np.isfinite(values[i, j]):
                 vals[n] = values[i, j]
@@ -280,7 +280,7 @@ def median_rows(values):
         keys = np.empty(k, np.uint32)
         tmp = np.empty(k, np.uint32)
         hist = np.empty((4, 256), np.int64)
-        n = 0
+        n = np.int64(0)
         for j in range(k):
             if np.isfinite(values[i, j]):
                 vals[n] = values[i, j]
@@ -297,7 +297,7 @@ def median_rows64(values):
     out = np.full(r, np.nan)
     for i in prange(r):
         vals = np.empty(k)
-        n = 0
+        n = np.int64(0)
         for j in range(k):
             if np.isfinite(values[i, j]):
                 vals[n] = values[i, j]
@@ -402,7 +402,7 @@ def annulus_clipped_stats(image, valid, mask, bits, fp, cx, cy, fx, fy, inner, o
             x0, y0 = cx[src] - half, cy[src] - half
             sfx, sfy = fx[src], fy[src]
             direct = _footprint_inside(fp, src, cx[src], cy[src], sfx, sfy, r_in)
-            n = 0
+            n = np.int64(0)
             for j in range(size):  # the annulus pixels of each row
                 y = y0 + j
                 dy = (j - half) - sfy
@@ -468,7 +468,7 @@ def ellipse_median(plane, valid, mask, bits, cx, cy, fx, fy, qi_xx, qi_xy, qi_yy
                 continue
             a, b, c = qi_xx[src], qi_xy[src], qi_yy[src]
             size = 2 * hs + 1
-            n = 0
+            n = np.int64(0)
             x_first, x_last = max(0, cx[src] - hs), min(w - 1, cx[src] + hs)  # image columns of the stamp
             for j in range(size):
                 y = cy[src] - hs + j
@@ -705,7 +705,7 @@ def pairwise_sum(a, n, mean, squared):
     depth = 5
     leaves = 1 << depth
     if n < leaves * 512:
-        return _pairwise(a, 0, n, mean, squared)
+        return _pairwise(a, np.int64(0), n, mean, squared)
     start = np.zeros(leaves, np.int64)
     length = np.zeros(leaves, np.int64)
     length[0] = n
@@ -765,3 +765,34 @@ def clipped_stats_flat(values: np.ndarray, *, n_sigma: float = 3.0, n_iter: int 
         std = float(np.sqrt(np.float64(pairwise_sum(kept, m, mean, True)) / (m - 1)))
         centre, half = mean, n_sigma * std
     return mean, std
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False  # as the memory-mapped planes the pipeline passes
+    return a
+
+
+def _warm_flat():
+    """The noise replacement's clipped statistics of the (read-only) image."""
+    clipped_stats_flat(_frozen(np.linspace(-1, 1, 64, dtype=np.float32)))
+
+
+def _warm_annulus():
+    from forcedphot.kernels.pixels import no_footprints
+
+    one_i, one_f = np.full(1, 8, np.int64), np.zeros(1)
+    annulus_clipped_stats(_frozen(np.zeros((16, 16), np.float32)), np.ones((16, 16), np.uint8),
+                          _frozen(np.zeros((16, 16), np.int32)), np.int32(0), no_footprints(1), one_i, one_i, one_f,
+                          one_f, one_f + 2, one_f + 4, np.ones(1, np.uint8), 3.0, 3)
+
+
+def _warm_ellipse():
+    one_i, one_f = np.full(1, 8, np.int64), np.zeros(1)
+    ellipse_median(_frozen(np.ones((16, 16), np.float32)), np.ones((16, 16), np.uint8),
+                   _frozen(np.zeros((16, 16), np.int32)), np.int32(0), one_i, one_i, one_f, one_f, one_f + 1, one_f,
+                   one_f + 1, np.full(1, 2, np.int64))
+
+
+# the signatures the pipeline compiles (see forcedphot.kernels.compile); clipped_rows and
+# median_rows (forcedphot.clipped) are compiled by their first use
+WARMUP = [_warm_flat, _warm_annulus, _warm_ellipse]

@@ -50,3 +50,17 @@ def gather_rows(chunks, rows: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray
         first += offsets.size - 1
     return new_offsets, out
 
+
+
+def _warm():
+    """The signatures the loaders compile (see forcedphot.kernels.compile): float32 heavy values read
+    from a file (read-only), int32 spans, read-only or not, and the int64 spans of scarlet models."""
+    offsets, rows = np.array([0, 1], np.int64), np.zeros(1, np.int64)
+    for values, dtype in ((np.zeros(1, np.float32), np.float32), (np.zeros(1, np.int32), np.int32),
+                          (np.zeros(1, np.int64), np.int32)):
+        values.flags.writeable = False
+        gather_rows([(offsets, values)], rows, dtype)
+    gather_rows([(offsets, np.zeros(1, np.int32))], rows, np.int32)
+
+
+WARMUP = [_warm]

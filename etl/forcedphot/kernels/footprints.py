@@ -124,3 +124,27 @@ def span_checks(span_off, span_y, span_x0, span_x1, bbox):
             if x1 >= x0 and (x0 < bbox[f, 0] or x1 > bbox[f, 2] or y < bbox[f, 1] or y > bbox[f, 3]):
                 outside[f] = 1
     return pixels, outside
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False  # as the memory-mapped planes the pipeline passes
+    return a
+
+
+def _warm():
+    """The signatures the pipeline compiles (see forcedphot.kernels.compile)."""
+    image = _frozen(np.zeros((4, 4), np.float32))
+    mask = _frozen(np.zeros((4, 4), np.int32))
+    valid = valid_pixels(image, image, mask, np.int32(1))
+    pixel_classes(valid, mask, np.int32(1))
+    offsets = np.array([0, 1], np.int64)
+    y, x0, x1 = np.zeros(1, np.int32), np.zeros(1, np.int32), np.ones(1, np.int32)
+    bbox = np.array([[0, 0, 1, 0]], np.int64)
+    footprint_mask_or(mask, valid, np.int32(1), offsets, y, x0, x1, 0, 0, np.ones(1, np.uint8), np.ones(1, np.int64),
+                      np.ones(1, np.int64))
+    span_checks(offsets, y, x0, x1, bbox)
+    write_noise(np.zeros((4, 4), np.float32), np.zeros(2), 0, np.array([0, 2], np.int64), bbox, np.ones(1, np.uint8),
+                offsets, y, x0, x1, 0, 1, 0, 0, 0.0, 1.0)
+
+
+WARMUP = [_warm]

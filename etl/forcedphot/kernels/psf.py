@@ -478,7 +478,11 @@ def _warm_psf_flux():
     images = np.full((1, 1, k, k), 1.0 / k**2)
     psf_flux(images, one_f, one_f, one_f + 1, one_f + 1, one_i, one_i, one_f + 0.1, one_f, np.ones(1, np.uint8),
              plane, plane, plane, good, fp, True, 0.2)
-    psf_images(images, one_f, one_f, one_f, one_f, one_f + 0.1, one_f + 0.2, NO_PLANES)
 
 
-WARMUP = [_warm_psf_flux]
+def _warm_psf_images():
+    one_f = np.zeros(1)
+    psf_images(np.full((1, 1, 3, 3), 1.0 / 9), one_f, one_f, one_f, one_f, one_f + 0.1, one_f + 0.2, NO_PLANES)
+
+
+WARMUP = [_warm_psf_flux, _warm_psf_images]

@@ -66,6 +66,7 @@ def method_for(radius: float, config) -> str:
 @register
 class CircularApertureFlux(Plugin):
     name = "CircularApertureFlux"
+    kernel_modules = ("forcedphot.kernels.apertures", "forcedphot.kernels.aperture_sinc", "forcedphot.kernels.aperture_naive")
     measures_undeblended = True
 
     @classmethod

@@ -130,6 +130,9 @@ class Plugin:
     # False: needs no pixels (reference positions and shapes only); runs once over the whole
     # quantum before the chunks that read pixels and footprints
     reads_pixels: bool = True
+    # the modules of forcedphot.kernels whose kernels measure() runs: a run compiles them before
+    # measuring when its config names this plugin (forcedphot.task.kernel_modules)
+    kernel_modules: tuple[str, ...] = ()
 
     @classmethod
     def columns(cls, config: ForcedPhotConfig) -> tuple[Column, ...]:

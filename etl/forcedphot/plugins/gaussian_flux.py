@@ -38,6 +38,7 @@ STAMP_HALF_SIZES = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 @register
 class GaussianFlux(Plugin):
     name = "GaussianFlux"
+    kernel_modules = ("forcedphot.kernels.moments",)
 
     @classmethod
     def columns(cls, config):

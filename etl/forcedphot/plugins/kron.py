@@ -35,6 +35,7 @@ MAX_HALF = 512  # ellipses taller than this many rows either side are treated as
 @register
 class KronFlux(Plugin):
     name = "KronFlux"
+    kernel_modules = ("forcedphot.kernels.apertures",)
     measures_undeblended = True
 
     @classmethod

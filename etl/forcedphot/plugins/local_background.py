@@ -27,6 +27,7 @@ BAD_PLANES = ("BAD", "SAT", "NO_DATA")
 @register
 class LocalBackground(Plugin):
     name = "LocalBackground"
+    kernel_modules = ("forcedphot.kernels.background", "forcedphot.kernels.moments")
 
     @classmethod
     def columns(cls, config):
@@ -40,6 +41,7 @@ class LocalBackground(Plugin):
 
     def measure(self, ctx: MeasurementContext):
         from forcedphot.kernels.background import annulus_clipped_stats
+        from forcedphot.kernels.moments import read_only
 
         m = ctx.psf_moments()
         sigma = (m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] ** 2) ** 0.25
@@ -48,6 +50,7 @@ class LocalBackground(Plugin):
         planes = ctx.coadd.mask_planes
         bad_bits = planes.bitmask(*[p for p in BAD_PLANES if p in planes.bits])
         image, _, mask, valid, fp = ctx.pixels.planes()
+        (image,) = read_only(image)  # the noise image or the coadd's: one compiled signature
         c = ctx.centres()
         s = np.where(ok, sigma, 0.0)
         mean, std = annulus_clipped_stats(image, valid, mask, np.int32(bad_bits), fp, c.cx, c.cy, c.fx, c.fy,

@@ -35,6 +35,7 @@ from forcedphot.stages import SourcePixels
 @register
 class PsfFlux(Plugin):
     name = "PsfFlux"
+    kernel_modules = ("forcedphot.kernels.psf",)
     measures_undeblended = True  # one kernel pass: each PSF image fits the deblended and the original image
 
     @classmethod

@@ -24,6 +24,7 @@ MAX_DIST_TO_PEAK = 1.0
 @register
 class SdssCentroid(Plugin):
     name = "SdssCentroid"
+    kernel_modules = ("forcedphot.kernels.centroid", "forcedphot.kernels.moments")
     order = 0.0
 
     @classmethod

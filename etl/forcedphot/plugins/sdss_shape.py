@@ -28,6 +28,7 @@ INITIAL, MAX_ITER, TOL1, TOL2, MAX_SHIFT = 1.5, 100, 1e-5, 1e-4, 2.0  # Rubin's 
 @register
 class SdssShape(Plugin):
     name = "SdssShape"
+    kernel_modules = ("forcedphot.kernels.moments",)
     order = 1.0
 
     @classmethod

@@ -25,6 +25,7 @@ EXCLUDED = ("DETECTED", "DETECTED_NEGATIVE", "BAD", "SAT", "NO_DATA")
 @register
 class Variance(Plugin):
     name = "Variance"
+    kernel_modules = ("forcedphot.kernels.background",)
 
     @classmethod
     def columns(cls, config):
