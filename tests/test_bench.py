@@ -16,7 +16,7 @@ import pytest
 from forcedphot import bench
 from forcedphot.bench import APERTURES, PSF, QUANTUM, Row
 from forcedphot.cli import build_parser
-from forcedphot.kernels import compile as kc
+from forcedphot import compile as kc
 
 
 def _rows():
@@ -291,7 +291,7 @@ def test_helper_change_outdates_cached_kernel(tmp_path, monkeypatch):
 def test_package_kernels_discovered():
     names = [k.name for k in kc.cache_status()]
     assert "forcedphot.kernels.footprints.valid_pixels" in names
-    assert not any(n.startswith("forcedphot.kernels.compile") for n in names)
+    assert not any(n.startswith("forcedphot.compile") for n in names)
 
 
 def test_format_scaling_rounds_show_each_round():

@@ -170,7 +170,7 @@ def run_examples(path: Path, cwd: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def readme_examples(tmp_path_factory):
     """The README's examples run in an empty folder: (the folder, their failures)."""
-    from forcedphot.kernels.compile import ensure_compiled
+    from forcedphot.compile import ensure_compiled
 
     ensure_compiled(say=lambda line: None)  # a cold cache is not what the examples show
     work = tmp_path_factory.mktemp("readme")

@@ -74,7 +74,7 @@ def test_configure_sets_numba_and_refuses_nonsense():
 def test_every_parallel_kernel_releases_the_gil():
     """A worker with several threads (``dask worker`` starts one per core) runs quanta side by side
     only if the kernels drop the GIL while they run."""
-    from forcedphot.kernels.compile import dispatchers
+    from forcedphot.compile import dispatchers
 
     parallel = [(name, d) for name, d, _ in dispatchers() if d.targetoptions.get("parallel")]
     assert len(parallel) >= 20

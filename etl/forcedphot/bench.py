@@ -97,7 +97,7 @@ def _timed(fn) -> tuple[float, object]:
 
 def compile_report() -> dict:
     """Warm the kernels up in this process: the cache state before, and the seconds it took."""
-    from forcedphot.kernels.compile import cache_status, is_warm, warm_up
+    from forcedphot.compile import cache_status, is_warm, warm_up
 
     before = cache_status()
     seconds = warm_up()
@@ -498,7 +498,7 @@ def run_child(root: str | Path, band: str, threads: int, *, rss_limit: int = 0, 
 def _child_main(root: str, band: str, threads: str) -> dict:
     """In the child: imports, kernels loaded, baseline RSS; then one whole quantum and the peak RSS."""
     from forcedphot import threads as pools
-    from forcedphot.kernels.compile import warm_up
+    from forcedphot.compile import warm_up
     from forcedphot.plan import plan_quanta
     from forcedphot.repository import Repository
     from forcedphot.task import ForcedPhotCoaddTask
@@ -563,7 +563,7 @@ def _run_all_figures(summary) -> dict:
 def run_growth(repo_root: str | Path, *, sizes=GROWTH_SIZES, band: str = "i", threads: int = 2,
                progress: bool = True, rss_limit_gb: float | None = None) -> dict:
     """Simulate (or reuse) the bench sky at each size; one quantum per size in a child process."""
-    from forcedphot.kernels.compile import is_warm
+    from forcedphot.compile import is_warm
 
     sizes = sorted(int(s) for s in sizes)
     roots = [growth_repo(repo_root, s, progress=progress) for s in sizes]
@@ -631,7 +631,7 @@ def run_scaling(root: str | Path, *, repeat: int = 3, progress: bool = True) -> 
     so a slower spell of the machine (single runs here vary by up to ~30%) falls on all of them,
     and the best of the rounds is compared, as for the kernels.
     """
-    from forcedphot.kernels.compile import is_warm
+    from forcedphot.compile import is_warm
     from forcedphot.repository import Repository
     from forcedphot.runner import run_all
     from forcedphot.sim import load_recipe, simulate

@@ -107,7 +107,7 @@ def cmd_run(args) -> int:
     from forcedphot.resources import read_sql
     from forcedphot.runner import run_all
 
-    from forcedphot.kernels.compile import ensure_compiled
+    from forcedphot.compile import ensure_compiled
 
     repo = Repository(args.repo)
     config = _config(args)

@@ -57,7 +57,7 @@ STAGE_KERNELS = ("forcedphot.kernels.background", "forcedphot.kernels.csr", "for
 
 def kernel_modules(config: ForcedPhotConfig) -> list[str]:
     """The modules of :mod:`forcedphot.kernels` a run with ``config`` uses: compiled before it
-    measures (:func:`forcedphot.kernels.compile.ensure_compiled`); the others are not."""
+    measures (:func:`forcedphot.compile.ensure_compiled`); the others are not."""
     names = set(STAGE_KERNELS)
     if config.footprint_dataset == "scarlet":
         names.add("forcedphot.kernels.psf")  # the PSF images the flux redistribution reads

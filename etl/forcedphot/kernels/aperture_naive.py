@@ -36,7 +36,7 @@ def naive_apertures(image, original, variance, valid, fp, xl, yl, todo, radii, *
 
 
 def _warm():
-    """The kernel once on tiny planes with the dtypes and flags the plugins pass (see forcedphot.kernels.compile)."""
+    """The kernel once on tiny planes with the dtypes and flags the plugins pass (see forcedphot.compile)."""
     image = np.zeros((16, 16), np.float32)
     one = np.full(1, 8.0)
     naive_apertures(image, image, np.ones((16, 16), np.float32), np.ones((16, 16), np.uint8), no_footprints(1), one,

@@ -114,7 +114,7 @@ def sinc_apertures(image, original, variance, valid, fp, cx, cy, fx, fy, todo, r
 
 
 def _warm():
-    """The kernels once on tiny planes with the dtypes and flags the plugins pass (see forcedphot.kernels.compile)."""
+    """The kernels once on tiny planes with the dtypes and flags the plugins pass (see forcedphot.compile)."""
     image = np.zeros((16, 16), np.float32)
     one_i, one_f = np.full(1, 8, np.int64), np.zeros(1)
     sinc_apertures(image, image, np.ones((16, 16), np.float32), np.ones((16, 16), np.uint8), no_footprints(1), one_i,

@@ -821,7 +821,7 @@ def ellipse_sums(image, original, variance, valid, fp, cx, cy, xl, yl, qa, qb, q
 
 
 def _warm_planes():
-    """Tiny planes with the dtypes and flags the plugins pass (see forcedphot.kernels.compile)."""
+    """Tiny planes with the dtypes and flags the plugins pass (see forcedphot.compile)."""
     image = np.zeros((16, 16), np.float32)
     return image, np.ones((16, 16), np.float32), np.ones((16, 16), np.uint8), no_footprints(1)
 
@@ -841,6 +841,6 @@ def _warm_ellipse():
                  np.full(1, 3, np.int64), np.ones(1, np.uint8), True)
 
 
-# the signatures the pipeline compiles (see forcedphot.kernels.compile), in entries that can
+# the signatures the pipeline compiles (see forcedphot.compile), in entries that can
 # compile side by side
 WARMUP = [_warm_exact, _warm_ellipse]  # the sinc and naive kernels: kernels/aperture_sinc.py, aperture_naive.py

@@ -793,6 +793,6 @@ def _warm_ellipse():
                    one_f + 1, np.full(1, 2, np.int64))
 
 
-# the signatures the pipeline compiles (see forcedphot.kernels.compile); clipped_rows and
+# the signatures the pipeline compiles (see forcedphot.compile); clipped_rows and
 # median_rows (forcedphot.clipped) are compiled by their first use
 WARMUP = [_warm_flat, _warm_annulus, _warm_ellipse]

@@ -108,5 +108,5 @@ def _warm():
                    np.zeros(1, np.int64))
 
 
-# the signature the pipeline compiles (see forcedphot.kernels.compile)
+# the signature the pipeline compiles (see forcedphot.compile)
 WARMUP = [_warm]

@@ -53,7 +53,7 @@ def gather_rows(chunks, rows: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray
 
 
 def _warm():
-    """The signatures the loaders compile (see forcedphot.kernels.compile): float32 heavy values read
+    """The signatures the loaders compile (see forcedphot.compile): float32 heavy values read
     from a file (read-only), int32 spans, read-only or not, and the int64 spans of scarlet models."""
     offsets, rows = np.array([0, 1], np.int64), np.zeros(1, np.int64)
     for values, dtype in ((np.zeros(1, np.float32), np.float32), (np.zeros(1, np.int32), np.int32),

@@ -132,7 +132,7 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 
 
 def _warm():
-    """The signatures the pipeline compiles (see forcedphot.kernels.compile)."""
+    """The signatures the pipeline compiles (see forcedphot.compile)."""
     image = _frozen(np.zeros((4, 4), np.float32))
     mask = _frozen(np.zeros((4, 4), np.int32))
     valid = valid_pixels(image, image, mask, np.int32(1))

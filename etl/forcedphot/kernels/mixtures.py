@@ -521,5 +521,5 @@ def _warm():
                          np.tile([1.0, 1.0, 0.0], (1, m, 1)), ones, ones, ones, ones)
 
 
-# the signatures the pipeline compiles (see forcedphot.kernels.compile)
+# the signatures the pipeline compiles (see forcedphot.compile)
 WARMUP = [_warm]

@@ -877,7 +877,7 @@ def _warm_gaussian():
                   np.full(1, 4, np.int64), np.zeros(1, np.uint8), (np.arange(4) - 1.5) / 4, np.zeros(1, np.int64))
 
 
-# the signatures the pipeline compiles (see forcedphot.kernels.compile)
+# the signatures the pipeline compiles (see forcedphot.compile)
 WARMUP = [
     _warm_shape, _warm_gaussian,
     lambda: adaptive_moments_stamps(np.zeros((1, 5, 5)), np.zeros(1), np.zeros(1), 100, 1e-5, 1e-4, 1.5),

@@ -16,7 +16,7 @@ import pytest
 
 from forcedphot.cli import main
 from forcedphot.config import ForcedPhotConfig
-from forcedphot.kernels import compile as kc
+from forcedphot import compile as kc
 from forcedphot.task import kernel_modules
 
 K = "forcedphot.kernels."
@@ -137,7 +137,7 @@ def test_a_failing_warm_up_is_raised_here(tmp_path, monkeypatch):
 WRITER = """
 import os, sys, time
 from numba.core.caching import IndexDataCacheFile
-from forcedphot.kernels.compile import serialise_cache_writes
+from forcedphot.compile import serialise_cache_writes
 
 serialise_cache_writes()
 cache = IndexDataCacheFile(cache_path=sys.argv[1], filename_base="shared", source_stamp=(0.0, 0))
@@ -201,7 +201,7 @@ def test_run_compiles_the_modules_its_config_needs(tiny_repo, tmp_path, monkeypa
 PROBE = """
 import importlib, json, sys
 from forcedphot.config import ForcedPhotConfig
-from forcedphot.kernels import compile as kc
+from forcedphot import compile as kc
 from forcedphot.repository import Repository
 from forcedphot.runner import run_all
 from forcedphot.task import kernel_modules

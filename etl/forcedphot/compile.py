@@ -77,12 +77,12 @@ class KernelCache:
 
 
 def kernel_modules(packages=PACKAGES) -> tuple[list, dict[str, str]]:
-    """(modules, {module name: import error}) of every module in ``packages``, this one excepted."""
+    """(modules, {module name: import error}) of every module in ``packages``."""
     modules, errors = [], {}
     for pkg_name in packages:
         pkg = importlib.import_module(pkg_name)
         for info in pkgutil.iter_modules(pkg.__path__, pkg_name + "."):
-            if info.name == __name__ or info.ispkg:
+            if info.ispkg:
                 continue
             try:
                 modules.append(importlib.import_module(info.name))
@@ -509,7 +509,7 @@ def _child() -> None:
         print(_RESULT + json.dumps(result), flush=True)
 
 
-_CHILD = "from forcedphot.kernels.compile import _child; _child()"
+_CHILD = "from forcedphot.compile import _child; _child()"
 
 
 def _run_in_processes(tasks, processes: int) -> list[dict]:
@@ -657,7 +657,7 @@ def format_status(status=None) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m forcedphot.kernels.compile: state, then compile what is cold
+if __name__ == "__main__":  # python -m forcedphot.compile: state, then compile what is cold
     print(format_status())
     compiled = ensure_compiled()
     print(compiled.summary() if compiled else "every kernel is warm")
