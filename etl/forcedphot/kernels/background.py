@@ -215,7 +215,7 @@ def clipped_sorted(v, n, n_sigma, n_iter):
     std = np.nan
     used = 0
     for _ in range(n_iter):
-        a = _first_at_least(v, np.int64(0), n, centre, -half)
+        a = _first_at_least(v, np.int64(0), n, centre, -half)  # a literal 0 would compile it once more
         b = max(a, _first_above(v, a, n, centre, half))
         used = b - a
         if used == 0:
@@ -705,7 +705,7 @@ def pairwise_sum(a, n, mean, squared):
     depth = 5
     leaves = 1 << depth
     if n < leaves * 512:
-        return _pairwise(a, np.int64(0), n, mean, squared)
+        return _pairwise(a, np.int64(0), n, mean, squared)  # not 0: see _first_at_least's call
     start = np.zeros(leaves, np.int64)
     length = np.zeros(leaves, np.int64)
     length[0] = n
