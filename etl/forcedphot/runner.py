@@ -76,6 +76,11 @@ def output_state(repo: Repository, quantum: Quantum, config: ForcedPhotConfig, f
         return "new"
     if output_corruption(repo, out) is not None:
         return "corrupt"
+    return _provenance_state(out, config, fingerprints)
+
+
+def _provenance_state(out, config: ForcedPhotConfig, fingerprints: dict) -> str:
+    """'up-to-date' | 'stale' of an intact output, from the provenance it records."""
     stored = read_provenance(out)
     schema_version = load_schema("forced_source").version
     if is_up_to_date(stored, config=config, inputs=fingerprints, schema_version=schema_version):
@@ -162,8 +167,8 @@ def _decide_and_measure(job: Job, repo: Repository, note: dict) -> None:
     fingerprints = input_fingerprints(q.input_files(job.config.footprint_dataset))
     note["inputs"] = fingerprints
     out = repo.forced_source_path(q.data_id)
-    corrupt = output_corruption(repo, out) if out.exists() else None
-    state = "corrupt" if corrupt else output_state(repo, q, job.config, fingerprints)
+    corrupt = output_corruption(repo, out) if out.exists() else None  # checked once, kept for the warning
+    state = "new" if not out.exists() else "corrupt" if corrupt else _provenance_state(out, job.config, fingerprints)
     verified = verified_files(repo.root)
     # --force re-measures what was up to date when the run started, not what another run just wrote
     if state == "up-to-date" and (not job.force or out.stat().st_mtime >= job.run_started):

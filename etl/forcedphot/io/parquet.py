@@ -81,6 +81,19 @@ def write_parquet(table: pa.Table, path: str | Path, schema: TableSchema, *, pro
     return path
 
 
+def recorded_checksum(path: str | Path, kv: dict) -> tuple[int, str] | None:
+    """(bytes covered, sha256) that the writer recorded in a file's key-value metadata ``kv``; None if
+    none was recorded; :class:`ChecksumError` naming ``path`` if the record does not parse."""
+    recorded = kv.get(META_CHECKSUM)
+    if recorded is None:
+        return None
+    try:
+        n_text, expected = recorded.decode().split(":")
+        return int(n_text), expected
+    except ValueError:  # UnicodeDecodeError included
+        raise ChecksumError(f"{path}: unreadable content checksum {recorded[:80]!r} (corrupted footer)") from None
+
+
 def verify_checksum(path: str | Path, metadata=None) -> bool:
     """Check the file's bytes against the sha256 its writer recorded; False if none was recorded
     (files of older versions). Raises :class:`ChecksumError` naming the file on a mismatch."""
@@ -89,14 +102,10 @@ def verify_checksum(path: str | Path, metadata=None) -> bool:
         metadata = metadata if metadata is not None else pq.read_metadata(path)
     except (OSError, pa.ArrowInvalid) as exc:
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from exc
-    recorded = (metadata.metadata or {}).get(META_CHECKSUM)
+    recorded = recorded_checksum(path, metadata.metadata or {})
     if recorded is None:
         return False
-    try:
-        n_text, expected = recorded.decode().split(":")
-        n_bytes = int(n_text)
-    except ValueError:
-        raise ChecksumError(f"{path}: unreadable content checksum {recorded[:80]!r} (corrupted footer)") from None
+    n_bytes, expected = recorded
     footer_start = os.path.getsize(path) - 8 - metadata.serialized_size
     if n_bytes != footer_start or _sha256_prefix(path, n_bytes) != expected:
         raise ChecksumError(checksum_mismatch_message(path))

@@ -41,7 +41,7 @@ from pydantic import BaseModel, ValidationError
 
 from forcedphot.errors import InputError
 from forcedphot.io.atomic import atomic_path
-from forcedphot.io.parquet import HASH_BLOCK, META_CHECKSUM, ChecksumError, checksum_mismatch_message
+from forcedphot.io.parquet import HASH_BLOCK, META_CHECKSUM, ChecksumError, checksum_mismatch_message, recorded_checksum
 from forcedphot.schema import META_SCHEMA, META_VERSION
 
 STATE_DIR = Path("runs") / "verified"
@@ -119,7 +119,7 @@ def _verify_open(path: Path, f, st: os.stat_result, check: Callable[[dict], None
     kv = metadata.metadata or {}
     if check is not None:
         check(kv)
-    recorded = kv.get(META_CHECKSUM)
+    recorded = recorded_checksum(path, kv)
     footer_start = st.st_size - 8 - metadata.serialized_size
     if recorded is None:  # not written by this forcedphot: what the page CRCs can tell
         try:
@@ -130,17 +130,13 @@ def _verify_open(path: Path, f, st: os.stat_result, check: Callable[[dict], None
         except (pa.ArrowException, OSError) as exc:
             raise ChecksumError(f"{path}: corrupted Parquet pages ({' '.join(str(exc).split())})") from exc
         return Entry(*stat_key(st), None, _hash_file(f, 0)[1], *_stamp(kv))
-    try:
-        n_text, expected = recorded.decode().split(":")
-        n_bytes = int(n_text)
-    except (UnicodeDecodeError, ValueError):
-        raise ChecksumError(f"{path}: unreadable content checksum {recorded[:80]!r} (corrupted footer)") from None
+    n_bytes, expected = recorded
     if n_bytes != footer_start:
         raise ChecksumError(checksum_mismatch_message(path))
     prefix, whole = _hash_file(f, n_bytes)
     if prefix != expected:
         raise ChecksumError(checksum_mismatch_message(path))
-    return Entry(*stat_key(st), recorded.decode(), whole, *_stamp(kv))
+    return Entry(*stat_key(st), kv[META_CHECKSUM].decode(), whole, *_stamp(kv))
 
 
 def _stamp(kv: dict) -> tuple[str | None, str | None]:
