@@ -1,7 +1,15 @@
-"""The per-object table: ``sql/object.sql`` rendered for the repository's bands (Rubin DP1 Object-style names).
+"""The per-object table: ``sql/object.sql`` rendered for the repository's bands (Rubin Object-style names).
 
 The view has fixed columns for the bands the repository holds, so it is generated per repository
-rather than written once; the per-band columns are forced_source columns renamed ``<band>_<column>``.
+rather than written once. Its per-band columns are declared in one place, :data:`BAND_COLUMNS`:
+Rubin's name (``<band>_<name>`` in the view) -> the forced_source column it comes from, with the
+view's datatype (a cast: Rubin's Object fluxes and magnitudes are ``float``) and, where Rubin spells
+it otherwise, its unit. Every forced per-band column of Rubin's lsstcam ``Object`` table
+(lsst-sdm-schemas ``lsstcam.yaml`` -> ``drp_base.yaml``: the 53 described "Forced on <band>-band",
+plus ``psfMag``, ``psfMagErr`` and the three ``apFlux_flag*`` duplicates of ap12's) is an entry with
+``rubin=True``; the others are ours. An entry whose source column the forced_source schema does not
+have (a plugin not merged yet) is left out of the view and listed by :func:`missing_columns`, never
+silently: tests/test_object.py checks that list against Rubin's schema.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from forcedphot.errors import InputError
+from forcedphot.layout import STANDARD_APERTURE_RADII
 from forcedphot.resources import read_sql
 from forcedphot.schema import load_schema
 
@@ -17,6 +26,8 @@ BAND_ORDER = ("u", "g", "r", "i", "z", "y")
 _BAND_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _SOURCE_COLUMN = re.compile(r"any_value\((\w+)\)|bool_or\((\w+)\)")
 _ALIAS = re.compile(r'AS "?([@\w]+?)"?(?:@\w+@)?\s*,?\s*$')
+_DUCKDB_TYPE = {"boolean": "BOOLEAN", "int": "INTEGER", "long": "BIGINT", "float": "FLOAT", "double": "DOUBLE",
+                "char": "VARCHAR", "string": "VARCHAR"}
 
 
 @dataclass(frozen=True)
@@ -24,6 +35,94 @@ class ObjectColumn:
     name: str
     unit: str | None
     description: str
+    datatype: str | None = None  # Felis datatype of the view column
+
+
+@dataclass(frozen=True)
+class BandColumn:
+    """One per-band column of the object view: ``<band>_<name>`` = forced_source.<source> of that band."""
+
+    name: str  # Rubin's lsstcam Object name without the band prefix (``rubin``), or ours
+    source: str  # the forced_source column
+    datatype: str | None = None  # Felis datatype in the view when not the source's (Rubin's fluxes are float)
+    unit: str | None = None  # unit in the view when Rubin spells it otherwise than forced_source ("pixel")
+    note: str = ""  # what the view column is, when more than the source's description
+    rubin: bool = False  # one of the 58 forced per-band columns of Rubin's lsstcam Object (name, datatype, unit)
+
+
+def _flux(prefix: str, *, rubin: bool, flag: bool = True, mag: bool = False) -> tuple[BandColumn, ...]:
+    """<prefix>Flux, <prefix>FluxErr (float nJy, as Rubin's), <prefix>Flux_flag, and <prefix>Mag(Err) (float mag)."""
+    cols = [BandColumn(f"{prefix}Flux", f"{prefix}Flux", "float", rubin=rubin),
+            BandColumn(f"{prefix}FluxErr", f"{prefix}FluxErr", "float", rubin=rubin)]
+    if flag:
+        cols.append(BandColumn(f"{prefix}Flux_flag", f"{prefix}Flux_flag", rubin=rubin))
+    if mag:
+        cols += [BandColumn(f"{prefix}Mag", f"{prefix}Mag", "float", rubin=rubin),
+                 BandColumn(f"{prefix}MagErr", f"{prefix}MagErr", "float", rubin=rubin)]
+    return tuple(cols)
+
+
+def _aperture_name(radius: float) -> str:
+    """As plugins.aperture.aperture_name (not imported: it would load the kernels): 3 -> 'ap03', 4.5 -> 'ap04p5'."""
+    whole = int(radius)
+    frac = round((radius - whole) * 10)
+    return f"ap{whole:02d}" + (f"p{frac}" if frac else "")
+
+
+def _apertures() -> tuple[BandColumn, ...]:
+    cols = []
+    for r in STANDARD_APERTURE_RADII:
+        p = _aperture_name(r)
+        cols += _flux(p, rubin=p != "ap04p5")  # Rubin's Object does not publish the 4.5 px aperture
+    cols += [BandColumn(f"apFlux{suffix}", f"ap12Flux{suffix}", rubin=True,
+                        note=f"Duplicate of <band>_ap12Flux{suffix} (Rubin's name for the 12 px aperture's flag).")
+             for suffix in ("_flag", "_flag_apertureTruncated", "_flag_sincCoeffsTruncated")]
+    return tuple(cols)
+
+
+# The object view's per-band columns, in view order: Rubin name -> forced_source column (see BandColumn).
+# Flags without a 1:1 source in Rubin's sense are documented in docs (guide/query.md, the object table).
+BAND_COLUMNS: tuple[BandColumn, ...] = (
+    *_flux("psf", rubin=True, mag=True),
+    BandColumn("psfFlux_area", "psfFlux_area", unit="pixel", rubin=True),
+    BandColumn("psfFlux_flag_apCorr", "psfFlux_flag_apCorr", rubin=True),
+    BandColumn("psfFlux_flag_edge", "psfFlux_flag_edge", rubin=True),
+    BandColumn("psfFlux_flag_noGoodPixels", "psfFlux_flag_noGoodPixels", rubin=True),
+    *_flux("cModel", rubin=True, flag=False, mag=True),
+    BandColumn("cModelFlux_inner", "cModelFlux_inner", "float", rubin=True),
+    BandColumn("cModel_fracDev", "cModel_fracDev", "float", rubin=True),
+    BandColumn("cModel_flag", "cModel_flag", rubin=True),
+    BandColumn("cModel_flag_apCorr", "cModel_flag_apCorr", rubin=True),
+    *_flux("gaapPsf", rubin=True, flag=False),
+    *_flux("gaap0p7", rubin=True, flag=False),
+    *_flux("gaap1p0", rubin=True, flag=False),
+    BandColumn("gaapFlux_flag", "gaapFlux_flag", rubin=True),
+    BandColumn("gaapFlux_flag_edge", "gaapFlux_flag_edge", rubin=True),
+    *_flux("gaussian", rubin=False, mag=True),
+    *_flux("kron", rubin=False, mag=True),
+    BandColumn("kronRad", "kronRad", unit="pixel"),
+    *_apertures(),
+    BandColumn("extendedness", "extendedness"),
+    BandColumn("extendedness_flag", "extendedness_flag"),
+    BandColumn("inputCount", "inputCount", rubin=True),
+    BandColumn("inputCount_flag", "inputCount_flag", rubin=True),
+    BandColumn("inputCount_flag_noInputs", "inputCount_flag_noInputs", rubin=True),
+    BandColumn("pixelFlags_bad", "pixelFlags_bad"),
+    BandColumn("pixelFlags_edge", "pixelFlags_edge"),
+    BandColumn("pixelFlags_saturatedCenter", "pixelFlags_saturatedCenter"),
+)
+
+
+def available_columns(schema=None) -> tuple[BandColumn, ...]:
+    """The entries of BAND_COLUMNS whose forced_source column exists (those the view carries)."""
+    names = set((schema or load_schema("forced_source")).names)
+    return tuple(c for c in BAND_COLUMNS if c.source in names)
+
+
+def missing_columns(schema=None) -> tuple[BandColumn, ...]:
+    """The entries of BAND_COLUMNS whose forced_source column does not exist (left out of the view)."""
+    names = set((schema or load_schema("forced_source")).names)
+    return tuple(c for c in BAND_COLUMNS if c.source not in names)
 
 
 def _sections() -> dict[str, str]:
@@ -60,13 +159,21 @@ def _render(template: str, **tokens: str) -> str:
     return template
 
 
+def _template(section: str) -> str:
+    return "\n".join(line for line in section.splitlines() if not line.startswith("--"))
+
+
 def object_select(bands, *, primary_only: bool = True) -> str:
     """The SELECT of the object table for ``bands`` (primary objects only, or every object)."""
     sections = _sections()
     for band in bands:
         if not _BAND_NAME.match(band):
             raise InputError(f"band name {band!r} is not letters, digits and underscores")
-    per_band = "\n".join(_render(sections["band_columns"], band=b) for b in sort_bands(bands))
+    fs = load_schema("forced_source")
+    line = _template(sections["band_column"])
+    per_band = "\n".join(_render(line, band=b, name=c.name, source=c.source,
+                                  type=_DUCKDB_TYPE[c.datatype or fs.column(c.source).datatype])
+                          for b in sort_bands(bands) for c in available_columns(fs))
     colours = "\n".join(_render(sections["colour_columns"], b1=a, b2=b) for a, b in colour_pairs(bands))
     return _render(sections["select"], band_columns="\n" + per_band if per_band else "",
                    colour_columns="\n" + colours if colours else "",
@@ -82,19 +189,22 @@ def object_columns(bands) -> list[ObjectColumn]:
         source, alias = _SOURCE_COLUMN.search(line), _ALIAS.search(line)
         if source and alias:
             col = fs.column(source.group(1) or source.group(2))
-            columns.append(ObjectColumn(alias.group(1), col.unit, col.description))
+            columns.append(ObjectColumn(alias.group(1), col.unit, col.description, col.datatype))
         elif line.strip().startswith("SELECT objectId"):
-            columns += [ObjectColumn(n, fs.column(n).unit, fs.column(n).description) for n in ("objectId", "tract", "patch")]
+            columns += [ObjectColumn(n, fs.column(n).unit, fs.column(n).description, fs.column(n).datatype)
+                        for n in ("objectId", "tract", "patch")]
     for band in sort_bands(bands):
-        for line in sections["band_columns"].splitlines():
-            col = fs.column(_SOURCE_COLUMN.search(line).group(1))
-            name = _render(_ALIAS.search(line).group(1), band=band)
-            columns.append(ObjectColumn(name, col.unit, f"{col.description} (band {band}; forced_source.{col.name})"))
+        for c in available_columns(fs):
+            col = fs.column(c.source)
+            what = c.note.replace("<band>", band) + " " if c.note else ""
+            columns.append(ObjectColumn(f"{band}_{c.name}", c.unit or col.unit,
+                                        f"{what}{col.description} (band {band}; forced_source.{col.name})",
+                                        c.datatype or col.datatype))
     for b1, b2 in colour_pairs(bands):
         for line in sections["colour_columns"].splitlines():
             name = _render(_ALIAS.search(line).group(1), b1=b1, b2=b2)
             kind = "gaussian" if "gaussian" in name else "psf"
             what = "error of the colour (errors added in quadrature)" if name.endswith("Err") else \
                 f"colour: {b1}_{kind}Mag - {b2}_{kind}Mag"
-            columns.append(ObjectColumn(name, "mag", what))
+            columns.append(ObjectColumn(name, "mag", what, "float"))
     return columns

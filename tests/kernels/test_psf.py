@@ -148,3 +148,32 @@ def test_bit_identical_for_any_thread_count(blended):
     finally:
         numba.set_num_threads(before)
     assert a.tobytes() == b.tobytes()
+
+
+def _gaussian_grid(ctx, cov, k=33):
+    """A PSF grid whose every node is the pixel-sampled Gaussian of covariance (xx, yy, xy), unit sum."""
+    xx, yy, xy = cov
+    r = np.arange(k) - k // 2
+    dx, dy = np.meshgrid(r, r)
+    det = xx * yy - xy * xy
+    g = np.exp(-0.5 * (yy * dx**2 - 2 * xy * dx * dy + xx * dy**2) / det)
+    b = ctx.coadd.bbox
+    nodes_x, nodes_y = np.array([b.min_x, b.max_x], float), np.array([b.min_y, b.max_y], float)
+    return PsfGrid(nodes_x, nodes_y, np.broadcast_to(g / g.sum(), (2, 2, k, k)).copy())
+
+
+@pytest.mark.parametrize("cov", [(4.0, 4.0, 0.0), (5.0, 2.5, 1.2)])
+def test_psf_area_of_an_analytic_gaussian_psf(blended, cov):
+    """psfFlux_area = (sum P)^2 / sum P^2 is 4 pi sigma^2 for a Gaussian PSF (4 pi sqrt(det C) elliptical),
+    at any sub-pixel position (the shifted PSF image keeps both sums), for every source with a full box."""
+    ctx, _ = blended
+    gaussian = dataclasses.replace(ctx, coadd=dataclasses.replace(ctx.coadd, psf=_gaussian_grid(ctx, cov)))
+    out = PsfFlux(ctx.config).measure(gaussian)
+    full = (out["psfFlux_npixels"] == 33 * 33) & ~out["psfFlux_flag_edge"] & ~out["psfFlux_flag_badPixels"]
+    assert full.sum() >= 20
+    xx, yy, xy = cov
+    np.testing.assert_allclose(out["psfFlux_area"][full], 4 * np.pi * np.sqrt(xx * yy - xy * xy), rtol=1e-9)
+    # a clipped box has a smaller effective area (the sums run over the fitted pixels only)
+    clipped = out["psfFlux_flag_edge"] & np.isfinite(out["psfFlux_area"])
+    assert clipped.sum() >= 5
+    assert (out["psfFlux_area"][clipped] < 4 * np.pi * np.sqrt(xx * yy - xy * xy) * (1 + 1e-6)).all()

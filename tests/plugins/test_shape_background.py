@@ -79,3 +79,22 @@ def test_extendedness_separates_stars_from_galaxies(star_field_repo):
     stars, galaxies = bright[bright.is_star], bright[~bright.is_star]
     assert (stars.extendedness == 0).mean() > 0.9
     assert (galaxies.extendedness == 1).mean() > 0.6
+
+
+def test_input_count_flags(tiny_repo_master):
+    """noInputs: the coadd records no inputs (Rubin's meaning; inputCount null) or none covers the centroid."""
+    import dataclasses
+
+    from forcedphot.plugins.input_count import InputCount
+    from tests.kernels.context import quantum_context
+
+    ctx, _ = quantum_context(tiny_repo_master, band="g", index=1)
+    out = InputCount(ctx.config).measure(ctx)
+    assert ctx.usable.all() or (out["inputCount_flag"][~ctx.usable]).all()
+    none = ctx.usable & (out["inputCount"] == 0)
+    np.testing.assert_array_equal(out["inputCount_flag_noInputs"], none)
+    np.testing.assert_array_equal(out["inputCount_flag"], ~ctx.usable | none)
+    assert (out["inputCount"][ctx.usable] > 0).sum() > 20
+    bare = InputCount(ctx.config).measure(dataclasses.replace(ctx, coadd=dataclasses.replace(ctx.coadd, inputs=None)))
+    assert bare["inputCount"].mask.all()
+    assert bare["inputCount_flag"].all() and bare["inputCount_flag_noInputs"].all()
