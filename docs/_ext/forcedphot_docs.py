@@ -144,9 +144,11 @@ class ObjectColumns(SphinxDirective):
         from forcedphot.objects import object_columns
 
         bands = self.arguments[0].split()
-        rows = [[_name(c.name), c.unit or "", c.description] for c in object_columns(bands)]
-        intro = nodes.paragraph(text=f"For the bands {', '.join(bands)}: {len(rows)} columns.")
-        return [intro, _table(["name", "unit", "description"], rows, [26, 8, 66])]
+        columns = object_columns(bands)
+        rows = [[_name(c.name), c.datatype or "", c.unit or "", "yes" if c.rubin else "", c.description] for c in columns]
+        intro = nodes.paragraph(text=f"For the bands {', '.join(bands)}: {len(rows)} columns, "
+                                     f"{sum(c.rubin for c in columns)} of them Rubin's forced per-band Object columns.")
+        return [intro, _table(["name", "type", "unit", "Rubin", "description"], rows, [24, 7, 6, 6, 57])]
 
 
 class ConfigOptions(SphinxDirective):

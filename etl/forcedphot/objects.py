@@ -36,6 +36,7 @@ class ObjectColumn:
     unit: str | None
     description: str
     datatype: str | None = None  # Felis datatype of the view column
+    rubin: bool = False  # a forced per-band column of Rubin's lsstcam Object (same name, datatype and unit)
 
 
 @dataclass(frozen=True)
@@ -171,17 +172,21 @@ def object_select(bands, *, primary_only: bool = True) -> str:
             raise InputError(f"band name {band!r} is not letters, digits and underscores")
     fs = load_schema("forced_source")
     line = _template(sections["band_column"])
-    per_band = "\n".join(_render(line, band=b, name=c.name, source=c.source,
-                                  type=_DUCKDB_TYPE[c.datatype or fs.column(c.source).datatype])
-                          for b in sort_bands(bands) for c in available_columns(fs))
+    joins = []
+    for b in sort_bands(bands):
+        per_band = "".join("\n" + _render(line, band=b, name=c.name, source=c.source,
+                                          type=_DUCKDB_TYPE[c.datatype or fs.column(c.source).datatype])
+                           for c in available_columns(fs))
+        joins.append(_render(sections["band_join"], band=b, band_columns=per_band))
     colours = "\n".join(_render(sections["colour_columns"], b1=a, b2=b) for a, b in colour_pairs(bands))
-    return _render(sections["select"], band_columns="\n" + per_band if per_band else "",
+    return _render(sections["select"], band_joins="".join("\n" + j for j in joins),
                    colour_columns="\n" + colours if colours else "",
                    primary="detect_isPrimary" if primary_only else "true")
 
 
 def object_columns(bands) -> list[ObjectColumn]:
-    """Every column of the object table for ``bands``, with unit and description (from schemas/forced_source.yaml)."""
+    """Every column of the object table for ``bands``: name, unit, description (from schemas/forced_source.yaml and
+    BAND_COLUMNS), Felis datatype, and whether it is one of Rubin's forced per-band Object columns."""
     fs = load_schema("forced_source")
     sections = _sections()
     columns = []
@@ -197,9 +202,11 @@ def object_columns(bands) -> list[ObjectColumn]:
         for c in available_columns(fs):
             col = fs.column(c.source)
             what = c.note.replace("<band>", band) + " " if c.note else ""
+            datatype = c.datatype or col.datatype
+            cast = f", {col.datatype} there" if datatype != col.datatype else ""
             columns.append(ObjectColumn(f"{band}_{c.name}", c.unit or col.unit,
-                                        f"{what}{col.description} (band {band}; forced_source.{col.name})",
-                                        c.datatype or col.datatype))
+                                        f"{what}{col.description} (band {band}; forced_source.{col.name}{cast})",
+                                        datatype, c.rubin))
     for b1, b2 in colour_pairs(bands):
         for line in sections["colour_columns"].splitlines():
             name = _render(_ALIAS.search(line).group(1), b1=b1, b2=b2)
