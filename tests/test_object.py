@@ -59,7 +59,8 @@ def rubin_forced(columns: dict[str, dict], band: str) -> dict[str, dict]:
     derived = {n: columns[f"{band}_{n}"] for n in DERIVED}
     assert {"psfFlux", "ap12Flux_flag"} <= set(forced)  # (Rubin's Object has no ap12Flux_flag_apertureTruncated)
     for name, col in derived.items():
-        assert f"{band}-band psfFlux" in col["description"] or f"Duplicate of {band}_{DERIVED[name]}" in col["description"]
+        said = col["description"]
+        assert f"{band}-band psfFlux" in said or f"Duplicate of {band}_{DERIVED[name]}" in said, name
     return forced | derived
 
 
@@ -127,7 +128,7 @@ def test_sql_view_equals_the_loader_and_the_documented_columns(measured_tiny_rep
     assert view.column("objectId").to_pylist() == objects["objectId"].to_list()
     documented = object_columns(BANDS)
     assert [c.name for c in documented] == objects.columns
-    assert all(c.description for c in documented)
+    assert all(c.description and c.ucd for c in documented)
     assert next(c for c in documented if c.name == "g_psfFlux").unit == "nJy"
     # each column's declared Felis datatype is the one the view delivers
     assert {c.name: c.datatype for c in documented} == {n: FELIS[t] for n, t in objects.schema.items()}

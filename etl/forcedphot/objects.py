@@ -37,6 +37,7 @@ class ObjectColumn:
     description: str
     datatype: str | None = None  # Felis datatype of the view column
     rubin: bool = False  # a forced per-band column of Rubin's lsstcam Object (same name, datatype and unit)
+    ucd: str | None = None  # IVOA UCD (the forced_source column's)
 
 
 @dataclass(frozen=True)
@@ -194,10 +195,10 @@ def object_columns(bands) -> list[ObjectColumn]:
         source, alias = _SOURCE_COLUMN.search(line), _ALIAS.search(line)
         if source and alias:
             col = fs.column(source.group(1) or source.group(2))
-            columns.append(ObjectColumn(alias.group(1), col.unit, col.description, col.datatype))
+            columns.append(ObjectColumn(alias.group(1), col.unit, col.description, col.datatype, ucd=col.ucd))
         elif line.strip().startswith("SELECT objectId"):
-            columns += [ObjectColumn(n, fs.column(n).unit, fs.column(n).description, fs.column(n).datatype)
-                        for n in ("objectId", "tract", "patch")]
+            columns += [ObjectColumn(n, fs.column(n).unit, fs.column(n).description, fs.column(n).datatype,
+                                     ucd=fs.column(n).ucd) for n in ("objectId", "tract", "patch")]
     for band in sort_bands(bands):
         for c in available_columns(fs):
             col = fs.column(c.source)
@@ -206,12 +207,13 @@ def object_columns(bands) -> list[ObjectColumn]:
             cast = f", {col.datatype} there" if datatype != col.datatype else ""
             columns.append(ObjectColumn(f"{band}_{c.name}", c.unit or col.unit,
                                         f"{what}{col.description} (band {band}; forced_source.{col.name}{cast})",
-                                        datatype, c.rubin))
+                                        datatype, c.rubin, col.ucd))
     for b1, b2 in colour_pairs(bands):
         for line in sections["colour_columns"].splitlines():
             name = _render(_ALIAS.search(line).group(1), b1=b1, b2=b2)
             kind = "gaussian" if "gaussian" in name else "psf"
             what = "error of the colour (errors added in quadrature)" if name.endswith("Err") else \
                 f"colour: {b1}_{kind}Mag - {b2}_{kind}Mag"
-            columns.append(ObjectColumn(name, "mag", what, "float"))
+            columns.append(ObjectColumn(name, "mag", what, "float",
+                                        ucd="stat.error;phot.color" if name.endswith("Err") else "phot.color"))
     return columns
