@@ -153,7 +153,7 @@ def test_rows_without_ids_are_keyed_by_row_number_and_join_back(synthetic, tmp_p
     assert got.row.tolist() == rows and wide.row.tolist() == rows and missing.row.tolist() == [0]
     np.testing.assert_allclose(got.coord_ra, got.RA, rtol=0, atol=1e-9)
     np.testing.assert_allclose(got.psfFlux, got.flux, rtol=0.01)
-    np.testing.assert_allclose(wide.g_psfFlux, got.psfFlux, rtol=1e-12)
+    np.testing.assert_allclose(wide.g_psfFlux, got.psfFlux, rtol=1e-7)  # the object view is float32, as Rubin's
 
 
 def test_id_column_and_key_options(synthetic, tmp_path):
