@@ -1,4 +1,4 @@
--- The object table (Rubin DP1 Object-style): one row per object, every band's measurements side by side.
+-- The object table (Rubin LSSTCam Object-style): one row per object, every band's measurements side by side.
 -- Rendered by query.object_select() for the bands of the repository (u, g, r, i, z, y first, others
 -- after them alphabetically): @band_joins@ is the `band_join` section once per band (@band@), whose
 -- @band_columns@ is the `band_column` line once per entry of objects.BAND_COLUMNS (@name@ Rubin's
