@@ -1,0 +1,114 @@
+"""Reference model fits for forced CModel: the half-light ellipses of Rubin's initial, exp and dev
+profiles and the fit region, fitted on the reference band (unforced) and stored in ``ref``.
+
+:func:`fit_reference_models` is the one entry point simulate, ingest and tests use; the compiled
+fit is :mod:`forcedphot.kernels.model_fit` (its docstring has the formulas, bounds and flags).
+:func:`catalog_ellipses` turns a user catalog's Rubin-style columns (semi-axes in arcsec, position
+angle in degrees) into ellipses in pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from forcedphot.kernels import model_fit as mf
+from forcedphot.profiles import DEV, EXP, INITIAL
+
+STAGES = ("initial", "exp", "dev")
+ELLIPSE_COLUMNS = [f"cModel_{s}_{c}" for s in (*STAGES, "region") for c in ("xx", "yy", "xy")]
+FLAG_COLUMNS = [f"cModel_{s}_flag" for s in (*STAGES, "region")] + ["cModel_ref_flag"]
+REF_COLUMNS = ELLIPSE_COLUMNS + FLAG_COLUMNS
+BAD_MASK_PLANES = ("EDGE", "SAT", "BAD", "NO_DATA")  # Rubin's PixelFitRegion badMaskPlanes
+STAGE_FAILED = mf.FAILED | mf.MAX_ITER  # a stage's flag column: no fit, or the iteration limit
+REGION_FAILED = mf.BAD_PIXELS | mf.NO_PSF  # the region's flag column: no usable region
+PROFILES = [(p.weights, p.variances) for p in (INITIAL, EXP, DEV)]  # Rubin's stage mixtures
+
+
+def usable_pixels(image, variance, mask, mask_planes=None) -> np.ndarray:
+    """(H, W) bool: finite image, finite positive variance, none of BAD_MASK_PLANES set (those
+    of ``mask_planes`` a :class:`forcedphot.flags.MaskPlanes`; the default planes without one)."""
+    from forcedphot.flags import MaskPlanes
+
+    planes = mask_planes or MaskPlanes()
+    bits = planes.bitmask(*(p for p in BAD_MASK_PLANES if p in planes.bits))
+    with np.errstate(invalid="ignore"):
+        return (np.isfinite(image) & np.isfinite(variance) & (variance > 0)
+                & ((np.asarray(mask, np.int64) & bits) == 0))
+
+
+def _psf_arrays(psf_mixtures):
+    if hasattr(psf_mixtures, "amp"):
+        return psf_mixtures.amp, psf_mixtures.centre, psf_mixtures.cov
+    amp, centre, cov = psf_mixtures
+    return amp, centre, cov
+
+
+def fit_reference_models(image, variance, mask_valid, psf_mixtures, x, y, shape, kron_radius,
+                         footprint_area=None, *, footprints=None, details: bool = False) -> dict:
+    """Fit the initial (lux K3), exp (lux K6) and dev (luv K8) profiles, convolved with each source's
+    PSF mixture, centroid fixed, to each source's pixels of the reference-band image.
+
+    image, variance: (H, W) planes (image units); mask_valid: (H, W) bool, the pixels the fit may use
+    (see :func:`usable_pixels`: no EDGE, SAT, BAD, NO_DATA, finite values); psf_mixtures: a
+    :class:`forcedphot.stages.PsfMixtures` or (amp (N, M), centre (N, M, 2) offsets from the
+    centroid, cov (N, M, 3)); x, y: (N,) centroids in the image's pixels (0-based pixel centres,
+    x along columns); shape: (N, 3) (xx, yy, xy) or (N, 2, 2) reference moments, pixels^2 (NaN:
+    none); kron_radius: (N,) pixels (NaN: none); footprint_area: (N,) pixels (None or NaN: none);
+    footprints: the ``fp`` tuple of :mod:`forcedphot.kernels.pixels` to measure each source on
+    the noise-replaced image with its own footprint put back (None: the image as it is).
+
+    Returns a dict of the ``ref`` columns (:data:`REF_COLUMNS`), (N,) arrays: the half-light
+    ellipses ``cModel_{initial,exp,dev}_{xx,yy,xy}`` and the final fit region
+    ``cModel_region_{xx,yy,xy}`` (pixels^2, centred on the centroid; NaN = null where there is no
+    fit), ``cModel_{initial,exp,dev,region}_flag`` (the stage failed or hit its iteration limit;
+    no usable region) and ``cModel_ref_flag`` (any of them). With ``details`` also ``flux`` (N, 3)
+    (the fitted total fluxes), ``chi2`` (N, 3), ``iterations`` (N, 3), ``stage_flags`` (N, 3) and
+    ``region_flags`` (N,) (the kernel's bits).
+    """
+    from forcedphot.kernels.pixels import no_footprints
+
+    x = np.asarray(x, np.float64).reshape(-1)
+    n = x.size
+    s = np.asarray(shape, np.float64)
+    if s.ndim == 3:
+        s = np.stack([s[:, 0, 0], s[:, 1, 1], s[:, 0, 1]], axis=-1)
+    s = s.reshape(n, 3)
+    area = np.full(n, np.nan) if footprint_area is None else np.asarray(footprint_area, np.float64)
+    fp = no_footprints(n) if footprints is None else footprints
+    amp, centre, cov = _psf_arrays(psf_mixtures)
+    ell, region, flux, chi2, iters, sflags, rflags = mf.fit_models(
+        image, variance, np.asarray(mask_valid).astype(np.uint8), fp, x, y, s, kron_radius, area, amp, centre, cov,
+        PROFILES)
+    out = {}
+    for k, st in enumerate(STAGES):
+        for c, comp in enumerate(("xx", "yy", "xy")):
+            out[f"cModel_{st}_{comp}"] = ell[:, k, c]
+    for c, comp in enumerate(("xx", "yy", "xy")):
+        out[f"cModel_region_{comp}"] = region[:, c]
+    for k, st in enumerate(STAGES):
+        out[f"cModel_{st}_flag"] = (sflags[:, k] & STAGE_FAILED) != 0
+    out["cModel_region_flag"] = ((rflags & REGION_FAILED) != 0) | ~np.isfinite(region[:, 0])
+    out["cModel_ref_flag"] = out["cModel_region_flag"] | np.any((sflags & STAGE_FAILED) != 0, axis=1)
+    if details:
+        out.update(flux=flux, chi2=chi2, iterations=iters, stage_flags=sflags, region_flags=rflags)
+    return out
+
+
+def null_columns(n: int) -> dict:
+    """The ref columns of ``n`` objects without reference models (NaN ellipses, null flags: None)."""
+    out = {c: np.full(n, np.nan) for c in ELLIPSE_COLUMNS}
+    out.update({c: np.full(n, None, object) for c in FLAG_COLUMNS})
+    return out
+
+
+def catalog_ellipses(r_major, r_minor, theta_deg, pixel_scale, *, theta_offset_deg: float = 0.0) -> np.ndarray:
+    """(N, 3) half-light ellipses (Qxx, Qyy, Qxy) in pixels^2 of semi-axes r_major, r_minor (arcsec) at
+    position angle theta (degrees, from the pixel +x axis towards +y after adding ``theta_offset_deg``,
+    the angle of the sky's reference direction in the pixel frame), with ``pixel_scale`` arcsec per pixel
+    (scalar or (N,), the local WCS's)."""
+    from forcedphot.profiles import ellipse_quadrupole
+
+    scale = np.asarray(pixel_scale, np.float64)
+    a = np.asarray(r_major, np.float64) / scale
+    b = np.asarray(r_minor, np.float64) / scale
+    return ellipse_quadrupole(a, b, np.deg2rad(np.asarray(theta_deg, np.float64) + theta_offset_deg))
