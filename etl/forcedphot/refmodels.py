@@ -112,3 +112,44 @@ def catalog_ellipses(r_major, r_minor, theta_deg, pixel_scale, *, theta_offset_d
     a = np.asarray(r_major, np.float64) / scale
     b = np.asarray(r_minor, np.float64) / scale
     return ellipse_quadrupole(a, b, np.deg2rad(np.asarray(theta_deg, np.float64) + theta_offset_deg))
+
+
+def footprint_tuple(spans_values, min_x: int = 0, min_y: int = 0) -> tuple:
+    """The ``fp`` tuple (:mod:`forcedphot.kernels.pixels`) of N sources, source i measured with its own
+    heavy footprint ``spans_values[i] = (span_y, span_x0, span_x1, values)`` (tract pixels, values in span
+    order), in image pixels of an image whose first pixel is tract (min_x, min_y)."""
+    n = len(spans_values)
+    lengths = [len(sv[0]) for sv in spans_values]
+    span_off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    cat = lambda i, dt: (np.concatenate([np.asarray(sv[i]) for sv in spans_values]).astype(dt)  # noqa: E731
+                         if n else np.zeros(0, dt))
+    values = [np.asarray(sv[3], np.float32) for sv in spans_values]
+    val_off = np.concatenate([[0], np.cumsum([v.size for v in values])]).astype(np.int64)
+    return (np.arange(n, dtype=np.int64), span_off, cat(0, np.int32) - np.int32(min_y),
+            cat(1, np.int32) - np.int32(min_x), cat(2, np.int32) - np.int32(min_x), val_off,
+            np.concatenate(values) if n else np.zeros(0, np.float32))
+
+
+def noise_replaced(image, variance, replace, seed) -> np.ndarray:
+    """The noise image B of noise replacement: ``image`` with the ``replace`` pixels (every footprint)
+    drawn from N(0, variance) (a seeded stream), as plugins see the deblended image outside a
+    source's own footprint."""
+    out = np.array(image, np.float32, copy=True)
+    rng = np.random.default_rng(seed)
+    sigma = np.sqrt(np.where(np.isfinite(variance) & (variance > 0), variance, 0.0))
+    out[replace] = (rng.standard_normal(int(replace.sum())) * sigma[replace]).astype(np.float32)
+    return out
+
+
+def fit_on_planes(image, variance, mask, psf_grid, x, y, shape, kron_radius, *, min_x: int = 0, min_y: int = 0,
+                  mask_planes=None, footprints=None, footprint_area=None) -> dict:
+    """:func:`fit_reference_models` on coadd-like planes whose first pixel is tract (min_x, min_y): the
+    usable pixels from the mask (:func:`usable_pixels`), each source's PSF mixture from ``psf_grid`` (a
+    :class:`forcedphot.psf.PsfGrid`) at its tract position (x, y)."""
+    from forcedphot.stages import PsfMixtures
+
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    mix = PsfMixtures.build(psf_grid, x, y, np.isfinite(x) & np.isfinite(y))
+    return fit_reference_models(image, variance, usable_pixels(image, variance, mask, mask_planes), mix,
+                                x - min_x, y - min_y, shape, kron_radius, footprint_area, footprints=footprints)
