@@ -153,3 +153,92 @@ def fit_on_planes(image, variance, mask, psf_grid, x, y, shape, kron_radius, *, 
     mix = PsfMixtures.build(psf_grid, x, y, np.isfinite(x) & np.isfinite(y))
     return fit_reference_models(image, variance, usable_pixels(image, variance, mask, mask_planes), mix,
                                 x - min_x, y - min_y, shape, kron_radius, footprint_area, footprints=footprints)
+
+
+def sky_ellipses_to_pixels(wcs, x, y, r_major, r_minor, theta_deg, *, step: float = 0.5) -> np.ndarray:
+    """(N, 3) ellipses (Qxx, Qyy, Qxy) in pixels^2 of sky ellipses at pixel (x, y): semi-axes in arcsec,
+    position angle theta in degrees east of north, through the local Jacobian of ``wcs`` (an astropy
+    WCS; central differences of +-``step`` px): Q = J^-1 Q_sky J^-T with J = d(xi, eta)/d(x, y) in
+    arcsec per pixel (xi towards east, eta towards north)."""
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+
+    def sky(dx, dy):
+        ra, dec = wcs.all_pix2world(x + dx, y + dy, 0)
+        return np.asarray(ra, float), np.asarray(dec, float)
+
+    _, dec0 = sky(0.0, 0.0)
+    cosd = np.cos(np.deg2rad(dec0))
+    j = np.empty((x.size, 2, 2))
+    for col, (dx, dy) in enumerate(((step, 0.0), (0.0, step))):
+        ra_p, dec_p = sky(dx, dy)
+        ra_m, dec_m = sky(-dx, -dy)
+        dra = (ra_p - ra_m + 180.0) % 360.0 - 180.0
+        j[:, 0, col] = dra * cosd * 3600.0 / (2 * step)
+        j[:, 1, col] = (dec_p - dec_m) * 3600.0 / (2 * step)
+    t = np.deg2rad(np.asarray(theta_deg, np.float64))
+    u = np.stack([np.sin(t), np.cos(t)], -1)  # the major axis: east of north
+    v = np.stack([np.cos(t), -np.sin(t)], -1)
+    a2 = np.asarray(r_major, np.float64)[:, None, None] ** 2
+    b2 = np.asarray(r_minor, np.float64)[:, None, None] ** 2
+    q_sky = a2 * u[:, :, None] * u[:, None, :] + b2 * v[:, :, None] * v[:, None, :]
+    with np.errstate(invalid="ignore"):
+        ji = np.linalg.inv(np.where(np.isfinite(j), j, np.nan))
+        q = ji @ q_sky @ np.swapaxes(ji, 1, 2)
+    return np.stack([q[:, 0, 0], q[:, 1, 1], q[:, 0, 1]], -1)
+
+
+def regions_from(d, shape, kron_radius, psf_mixtures, footprint_area=None) -> np.ndarray:
+    """(N, 3) final fit regions E1 = alpha^2 D + 4P (the kernel's rules) for given half-light ellipses D
+    (N, 3) (e.g. a catalog's exp ellipses, standing in for the initial fit); NaN where D or the PSF is
+    unusable."""
+    amp, centre, cov = (np.asarray(a, np.float64) for a in _psf_arrays(psf_mixtures))
+    d = np.asarray(d, np.float64).reshape(-1, 3)
+    n = d.shape[0]
+    s = np.asarray(shape, np.float64).reshape(n, 3)
+    kron = np.asarray(kron_radius, np.float64).reshape(n)
+    area = np.full(n, np.nan) if footprint_area is None else np.asarray(footprint_area, np.float64).reshape(n)
+    out = np.full((n, 3), np.nan)
+    pm, e0, e1 = np.empty(3), np.empty(3), np.empty(3)
+    for i in range(n):
+        det = d[i, 0] * d[i, 1] - d[i, 2] ** 2
+        if not (det > 0 and d[i, 0] > 0) or not mf.psf_moments(amp[i], centre[i], cov[i], amp.shape[1], pm):
+            continue
+        mf.initial_region(s[i], kron[i], area[i], pm, e0)
+        mf.final_region(d[i], pm, e0, e1)
+        out[i] = e1
+    return out
+
+
+def ingest_reference_models(objects, band) -> dict:
+    """The ref columns of every catalog row of ``objects`` (:class:`forcedphot.ingest.catalog.RefObjects`,
+    shapes and Kron radii already measured where the catalog lacked them) on the reference band ``band``
+    (:class:`forcedphot.ingest.planes.BandData`, its PSF image as the PSF everywhere).
+
+    Without catalog model ellipses: fitted (:func:`fit_on_planes`) on the image as it is (no noise
+    replacement, as ingest measures shapes and Kron radii). With them (``objects.model_ellipses``): the
+    catalog's exp and dev ellipses, no initial one, the region from the exp ellipse, flags null (no fit
+    made) and ``cModel_ref_flag`` where an ellipse is missing. Flags are object arrays (None = null)."""
+    from forcedphot.psf import PsfGrid
+    from forcedphot.stages import PsfMixtures
+
+    n = len(objects)
+    h, w = band.image.shape
+    grid = PsfGrid(np.array([(w - 1) / 2]), np.array([(h - 1) / 2]), np.asarray(band.psf, np.float64)[None, None])
+    shape = (np.full((n, 3), np.nan) if objects.shape is None else
+             np.stack([objects.shape[:, 0, 0], objects.shape[:, 1, 1], objects.shape[:, 0, 1]], -1))
+    kron = np.full(n, np.nan) if objects.kron is None else np.asarray(objects.kron, np.float64)
+    if objects.model_ellipses is None:
+        cols = fit_on_planes(band.image, band.variance, band.mask, grid, objects.x, objects.y, shape, kron)
+        return {c: (np.asarray(v, object) if c in FLAG_COLUMNS else v) for c, v in cols.items()}
+    out = null_columns(n)
+    mix = PsfMixtures.build(grid, objects.x, objects.y, np.ones(n, bool))
+    region = regions_from(objects.model_ellipses["exp"], shape, kron, mix)
+    for stage in ("exp", "dev"):
+        for c, comp in enumerate(("xx", "yy", "xy")):
+            out[f"cModel_{stage}_{comp}"] = objects.model_ellipses[stage][:, c]
+    for c, comp in enumerate(("xx", "yy", "xy")):
+        out[f"cModel_region_{comp}"] = region[:, c]
+    missing = ~np.all(np.isfinite(np.c_[objects.model_ellipses["exp"], objects.model_ellipses["dev"], region]), axis=1)
+    out["cModel_ref_flag"] = missing.astype(object)
+    return out

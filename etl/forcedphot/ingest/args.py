@@ -111,6 +111,13 @@ CATALOG_OPTIONS = {
     "--kron-col": ("kron", str, "Kron radius column (default: KRON_RADIUS, kron_radius)"),
     "--kron-unit": ("kron_unit", str, "pix: sqrt(ab) in pixels; shape: in units of a and b, as SExtractor's "
                                       "KRON_RADIUS (its default)"),
+    "--cmodel-exp-cols": ("cmodel_exp", str, "MAJOR,MINOR,THETA: the catalog's exp half-light ellipse (semi-axes in "
+                                             "arcsec, position angle in degrees east of north, e.g. Rubin's "
+                                             "i_cModel_exp_reff_major,i_cModel_exp_reff_minor,i_cModel_exp_reff_theta) "
+                                             "for forced CModel's reference model, instead of fitting it on the "
+                                             "reference band"),
+    "--cmodel-dev-cols": ("cmodel_dev", str, "MAJOR,MINOR,THETA: the catalog's dev half-light ellipse (as "
+                                             "--cmodel-exp-cols)"),
     "--deblend": ("deblend", str, "peaks (default): objects whose footprints overlap form a blend with a new "
                                   "parent row (footprint: the union, image pixels); each child's heavy footprint is "
                                   "ratio x image with ratio = its fitted model / the sum of the blend's fitted models: "

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from forcedphot import refmodels
 from forcedphot.errors import InputError
 from forcedphot.flags import MaskPlanes
 from forcedphot.ids import IdPacker
@@ -109,6 +110,8 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     del images
     # footprints and the deblender keep the catalog's geometry; the ref table gets the measured values
     refs, measured = measure_references(objects, next(b for b in data if b.name == ref_band))
+    # CModel's reference model ellipses (fitted on the reference band, or from the catalog's columns)
+    ref_models = refmodels.ingest_reference_models(refs, next(b for b in data if b.name == ref_band))
     for b in data:
         if b.psf_estimate is not None:
             b.record["psf"]["estimate"]["file"] = f"{INGEST_DIR}/psf_{b.name}.fits"
@@ -129,7 +132,8 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
         fwhm = max(b.psf_fwhm for b in data)
         models = _Models(data, objects, ref_band) if method == "peaks" else None
         for p in tract.patches():
-            _write_patch(repo, tract, p, packer, grid, data, objects, ref_band, fwhm, models, refs, measured)
+            _write_patch(repo, tract, p, packer, grid, data, objects, ref_band, fwhm, models, refs, measured,
+                         ref_models)
     log.info("ingested %d objects in %d band(s) into %s (%d patches)%s", len(objects), len(data), root,
              tract.n_patches, update.describe())
     return Repository(root)
@@ -210,12 +214,14 @@ class NewParents:
 
 def ref_table(objects: RefObjects, rows: np.ndarray, ids: np.ndarray, parent_ids: np.ndarray, p: PatchInfo,
               ref_band: str, *, n_child: np.ndarray | None = None, new: NewParents | None = None,
-              measured: RefMeasurements | None = None) -> pa.Table:
+              measured: RefMeasurements | None = None, ref_models: dict | None = None) -> pa.Table:
     """Reference rows: the ref schema's columns (optional ones this catalog cannot fill are null).
 
     ``ids`` and ``parent_ids`` cover ``rows`` then the ``new`` parents; ``n_child`` (default:
     from the catalog's links) is the catalog rows' deblend_nChild; ``measured``: the ingest
-    measurement flags of ``rows`` (null where not measured and for the new parents).
+    measurement flags of ``rows`` (null where not measured and for the new parents); ``ref_models``: the
+    cModel_* columns of ``rows`` (:func:`forcedphot.refmodels.ingest_reference_models`; null for the new
+    parents, which have no fit).
     """
     m = 0 if new is None else new.x.size
     n = rows.size + m
@@ -253,6 +259,12 @@ def ref_table(objects: RefObjects, rows: np.ndarray, ids: np.ndarray, parent_ids
                                 ("kron_radius_flag", measured.kron_flag, measured.kron_measured)):
             if col in names and done.any():
                 cols[col] = pa.array(np.r_[flag, np.zeros(m, bool)], pa.bool_(), mask=~np.r_[done, np.zeros(m, bool)])
+    if ref_models is not None:
+        for col, v in ref_models.items():
+            if col in names:
+                typ = pa.bool_() if v.dtype == object else pa.float64()
+                cols[col] = pa.array(np.r_[v, np.full(m, None if typ == pa.bool_() else np.nan, v.dtype)], typ,
+                                     from_pandas=True)
     new_rows = np.r_[np.zeros(rows.size, bool), np.ones(m, bool)]  # no catalog row: null key and flag
     cols["externalId"] = pa.array(np.r_[objects.external_id[rows], np.zeros(m, np.int64)], pa.int64(), mask=new_rows)
     if objects.duplicate is not None:
@@ -280,7 +292,8 @@ class _Models:
 
 def _write_patch(repo: Repository, tract: TractInfo, p: PatchInfo, packer: IdPacker, grid: Grid,
                  bands: list[BandData], objects: RefObjects, ref_band: str, fwhm: float,
-                 models: _Models | None, refs: RefObjects, measured: RefMeasurements) -> None:
+                 models: _Models | None, refs: RefObjects, measured: RefMeasurements,
+                 ref_models: dict | None = None) -> None:
     rows = _members(objects, p)
     if rows.size == 0:  # nothing to measure: no quantum (run would have an empty one)
         log.info("patch %d: no reference objects; not written", p.patch)
@@ -319,7 +332,8 @@ def _write_patch(repo: Repository, tract: TractInfo, p: PatchInfo, packer: IdPac
                     "the largest has %d children); not deblended (each object keeps its own footprint)", p.patch,
                     blends.n_skipped, db.MAX_CHILDREN, db.MAX_AREA, db.MAX_AREA_TIMES_CHILDREN, blends.largest_skipped)
     write_parquet(ref_table(refs, rows, ids, parent_ids, p, ref_band, n_child=blends.n_child[:rows.size], new=new,
-                            measured=measured.rows(rows)),
+                            measured=measured.rows(rows),
+                            ref_models=None if ref_models is None else {c: v[rows] for c, v in ref_models.items()}),
                   repo.ref_path(tract.tract, p.patch), load_schema("ref"))
     planes = MaskPlanes()
     for b in bands:
