@@ -68,6 +68,14 @@ def region_mask(shape_hw, x, y, e) -> np.ndarray:
     return np.einsum("...i,ij,...j->...", d, inv, d) <= 1.0
 
 
+def lattice_count(x, y, e) -> int:
+    """Integer pixel centres inside ellipse e centred on (x, y), on or off any image."""
+    r = int(np.ceil(np.sqrt(max(e[0], e[1])))) + 2
+    yy, xx = np.mgrid[int(np.floor(y)) - r:int(np.floor(y)) + r + 1, int(np.floor(x)) - r:int(np.floor(x)) + r + 1]
+    d = np.stack([xx - x, yy - y], -1)
+    return int((np.einsum("...i,ij,...j->...", d, np.linalg.inv(mat(e)), d) <= 1.0).sum())
+
+
 def start(shape, pm) -> np.ndarray:
     """Rubin's starting half-light ellipse from the moments."""
     d = np.array([max(shape[0] - pm[0], 0.01), max(shape[1] - pm[1], 0.01), shape[2] - pm[2]])

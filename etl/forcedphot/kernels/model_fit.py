@@ -22,7 +22,9 @@ dQ/dtheta; a step solves (A + lambda diag A) d = -g, is accepted when chi2 drops
 else lambda x 10. Converged when an accepted step lowers chi2 by <= TOL_ABS + TOL_REL chi2, or
 when no step lowers it (lambda > 1e10); ``MAX_ITER`` otherwise. **Bounds** (no prior): a trial
 step is projected onto r in [R_MIN, R_MAX_REGION x the region's semi-major axis] and
-|eta| <= ETA_MAX, then accepted or rejected on its chi2. A star runs to the lower radius bound.
+|eta| <= ETA_MAX, then accepted or rejected on its chi2; at a radius bound that the gradient pushes
+against, ln r is held (active set). A star runs to the lower radius bound: the fit stops there with
+a round ellipse (eta = 0; at r = R_MIN its shape does not change the model).
 
 **Start** (Rubin's guessParametersFromMoments): D = S - P with D_xx, D_yy >= 0.01, D_xy = 0
 if D is then not positive definite (``SMALL_SHAPE``), Q0 = D / 0.95473^2 (the lux moments-radius
@@ -34,7 +36,8 @@ radius); when that is impossible or its area is below psi = 16 area(P): 4-scaled
 footprint area A_fp (or no footprint: ``USED_PSF_AREA``), else P scaled to area A_fp
 (``USED_FOOTPRINT_AREA``); area > MAX_AREA sets ``MAX_AREA`` only. Pixels: centres inside the
 ellipse (centred on the centroid), usable (the caller's plane: valid, no bad mask plane), on the
-image. Fewer than area - MAX_BAD_FRACTION area of them (or none): ``BAD_PIXELS``, no fit. After
+image. More than MAX_BAD_FRACTION of the pixel centres inside the ellipse unusable or off the
+image (Rubin: of its area), or none usable: ``BAD_PIXELS``, no fit. After
 the initial stage the region becomes E1 = alpha^2 D + 4P with D the initial half-light ellipse
 and alpha (clamped to [1, 3]) solving det(alpha^2 D + 4P) = det E0 as Rubin's quadratic does
 (a = det D, b = D_xx G_yy + D_yy G_xx - 2 D_xy G_xy, c = det G - det E0); exp and dev are fitted
@@ -83,8 +86,8 @@ R_MIN = 0.01  # px, lower bound of the determinant radius
 R_MAX_REGION = 2.0  # upper bound of the radius: this times the initial region's semi-major axis
 ETA_MAX = 3.0  # axis ratio >= e^-3
 MAX_HALF = 300  # largest stamp half-size read (a larger region counts its outer pixels as unusable)
-TOL_REL = 1e-10
-TOL_ABS = 1e-6
+TOL_REL = 1e-9
+TOL_ABS = 1e-4  # chi2 units (the weights are inverse variances, or their geometric mean): far below 1 sigma
 MAX_ITERATIONS = 200
 MAX_K = 8
 CHUNK = 4  # sources per prange task (results do not depend on it)
@@ -341,6 +344,11 @@ def fit_stage(p, px, n, wk, vk, nk, amp, cen, cov, nm, lnr_lo, lnr_hi, max_iter)
     _normal(acc, alpha, t, a, g)
     lam = 1e-3
     for it in range(max_iter):
+        if p[2] <= lnr_lo + 1e-12 and g[2] >= 0:  # a point source: at the smallest radius its shape is moot
+            p[0] = 0.0
+            p[1] = 0.0
+            ok, alpha, chi2 = _evaluate(p, px, n, wk, vk, nk, amp, cen, cov, nm, comps, q, t, acc, False)
+            return 0, alpha, chi2, it + 1
         _pin_radius(p, a, g, lnr_lo, lnr_hi)
         if not _solve3(a, g, lam, step):
             lam *= 10.0
@@ -457,7 +465,9 @@ def region_pixels(image, variance, usable, fp, src, x, y, e, px):
     """The usable pixels whose centres lie in ellipse e (centred on (x, y), image pixel coordinates),
     the source's own footprint values put in (noise replacement), as px[i] = (dx, dy, data, variance).
 
-    Returns (n, ok): ok False when none or more than MAX_BAD_FRACTION of area(e) are missing."""
+    Returns (n, ok): ok False when none, or more than MAX_BAD_FRACTION of the pixel centres inside the
+    ellipse are unusable or off the image (counted against the centres inside, not Rubin's area(e), so
+    that a small ellipse is not flagged for how the pixel lattice falls)."""
     h, w = image.shape
     det = e[0] * e[1] - e[2] * e[2]
     area = math.pi * math.sqrt(det)
@@ -479,19 +489,23 @@ def region_pixels(image, variance, usable, fp, src, x, y, e, px):
     iyy = e[0] / det
     ixy = -e[2] / det
     n = 0
+    inside = 0  # pixel centres inside the ellipse, usable or not, on the image or off
     for j in range(size):
         dy = cy - half + j - y
         for i in range(size):
-            if not ok[j, i]:
-                continue
             dx = cx - half + i - x
             if ixx * dx * dx + iyy * dy * dy + 2.0 * ixy * dx * dy <= 1.0:
+                inside += 1
+                if not ok[j, i]:
+                    continue
                 px[n, 0] = dx
                 px[n, 1] = dy
                 px[n, 2] = img[j, i]
                 px[n, 3] = variance[cy - half + j, cx - half + i]
                 n += 1
-    good = n > 0 and not (area - n > MAX_BAD_FRACTION * area)
+    if half == MAX_HALF:  # the stamp may not hold the whole ellipse
+        inside = max(inside, int(area))
+    good = n > 0 and not (inside - n > MAX_BAD_FRACTION * inside)
     return n, good
 
 
