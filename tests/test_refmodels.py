@@ -185,3 +185,35 @@ def test_old_ref_files_are_read_with_null_reference_models(tiny_repo, tmp_path):
         assert got.column(c).null_count == got.num_rows, c
         assert new.column(c).null_count < new.num_rows, c
     assert set(ELLIPSE_COLUMNS) <= set(got.column_names)
+
+
+def test_ingest_fits_blended_children_on_the_deblended_image(tmp_path):
+    """Two overlapping exp galaxies, deblended at ingest (peaks): each child is fitted on the noise-replaced
+    reference band with its own heavy footprint, and recovers its radius to 20% (with both galaxies' light
+    in one footprint each, deblend none, the fainter one comes out larger)."""
+    wcs = rotated_tan(0.0)
+    psf = galsim.Gaussian(fwhm=3.5)
+    gals = [(50.2, 50.3, 4.0, 0.3, 20.0, 5000.0), (61.0, 54.0, 3.0, 0.2, 100.0, 3000.0)]
+    image = np.zeros(SHAPE)
+    c = ((SHAPE[1] - 1) / 2, (SHAPE[0] - 1) / 2)
+    for x, y, r_e, g, beta, flux in gals:
+        gal = galsim.Sersic(1, half_light_radius=r_e, trunc=4 * r_e, flux_untruncated=True, flux=flux)
+        gal = gal.shear(g=g, beta=beta * galsim.degrees)
+        image += galsim.Convolve(gal, psf).drawImage(nx=SHAPE[1], ny=SHAPE[0], scale=1.0,
+                                                     offset=(x - c[0], y - c[1])).array
+    image += np.random.default_rng(2).normal(0, 0.05, SHAPE)
+    path = tmp_path / "r.fits"
+    fits.HDUList([fits.PrimaryHDU(image.astype(np.float32), header=wcs.to_header())]).writeto(path)
+    band = BandSpec(name="r", image=f"{path}:0", sigma=0.05, psf_fwhm="3.5px", zero_point=31.4)
+    x, y = np.array([g[0] for g in gals]), np.array([g[1] for g in gals])
+    ra, dec = wcs.all_pix2world(x, y, 0)
+    pacsv.write_csv(pa.table({"id": [1, 2], "ra": ra, "dec": dec}), tmp_path / "c.csv")
+    true_r = np.array([g[2] for g in gals])
+    got = {}
+    for deblend in ("peaks", "none"):
+        ref = _ref(ingest_fits(tmp_path / deblend, [band], CatalogSpec(path=tmp_path / "c.csv", deblend=deblend)))
+        assert len(ref) == 2 and not ref.cModel_ref_flag.astype(bool).any()
+        got[deblend] = radius(ref[["cModel_exp_xx", "cModel_exp_yy", "cModel_exp_xy"]].to_numpy(float)) / true_r
+    assert (ref.parent == 0).all()  # none: no blend
+    np.testing.assert_allclose(got["peaks"], 1.0, atol=0.2)
+    assert abs(got["peaks"][1] - 1) < abs(got["none"][1] - 1)

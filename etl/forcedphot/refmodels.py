@@ -242,3 +242,29 @@ def ingest_reference_models(objects, band) -> dict:
     missing = ~np.all(np.isfinite(np.c_[objects.model_ellipses["exp"], objects.model_ellipses["dev"], region]), axis=1)
     out["cModel_ref_flag"] = missing.astype(object)
     return out
+
+
+def fit_with_footprints(image, variance, mask, psf_grid, x, y, shape, kron_radius, spans, value_offsets, values, *,
+                        min_x: int, min_y: int, seed) -> dict:
+    """:func:`fit_on_planes` of N objects on the noise-replaced image: every footprint's pixels drawn
+    from N(0, variance) (:func:`noise_replaced`, stream ``seed``), each object's own heavy values put
+    back. spans = (offsets (N + 1,), y, x0, x1) in tract pixels (row i's spans offsets[i]:offsets[i + 1]),
+    value_offsets (N + 1,) and values: the heavy values in span order; the planes' first pixel is tract
+    (min_x, min_y). The footprint's area is the region's fallback."""
+    from forcedphot.footprint import spans_to_pixels
+
+    offsets, sy, sx0, sx1 = (np.asarray(a) for a in spans)
+    n = offsets.size - 1
+    ys, xs = spans_to_pixels(sy, sx0, sx1)
+    h, w = np.shape(image)
+    inside = (ys >= min_y) & (ys < min_y + h) & (xs >= min_x) & (xs < min_x + w)
+    replace = np.zeros((h, w), bool)
+    replace[ys[inside] - min_y, xs[inside] - min_x] = True
+    base = noise_replaced(image, variance, replace, seed)
+    fp = (np.arange(n, dtype=np.int64), offsets.astype(np.int64), (sy - min_y).astype(np.int32),
+          (sx0 - min_x).astype(np.int32), (sx1 - min_x).astype(np.int32), np.asarray(value_offsets, np.int64),
+          np.asarray(values, np.float32))
+    npix = np.add.reduceat(np.r_[sx1.astype(np.int64) - sx0 + 1, 0], offsets[:-1]) if n else np.zeros(0)
+    area = np.where(np.diff(offsets) > 0, npix, np.nan).astype(np.float64)
+    return fit_on_planes(base, variance, mask, psf_grid, x, y, shape, kron_radius, min_x=min_x, min_y=min_y,
+                         footprints=fp, footprint_area=area)
