@@ -117,9 +117,10 @@ def test_ingest_maps_a_catalogs_rubin_columns_through_the_wcs(field):
     ra0, dec0 = field.wcs.all_pix2world(x, y, 0)
     ra1, dec1 = field.wcs.all_pix2world(x + 1e-3 * np.cos(beta), y + 1e-3 * np.sin(beta), 0)
     pa_deg = np.degrees(np.arctan2((ra1 - ra0) * np.cos(np.deg2rad(dec0)), dec1 - dec0))  # east of north
-    cols = {"id": np.arange(1, n + 1), "ra": field.ra[:n], "dec": field.dec[:n],
-            "r_cModel_exp_reff_major": a * SCALE, "r_cModel_exp_reff_minor": b * SCALE, "r_cModel_exp_reff_theta": pa_deg,
-            "r_cModel_dev_reff_major": a * SCALE, "r_cModel_dev_reff_minor": b * SCALE, "r_cModel_dev_reff_theta": pa_deg}
+    cols = {"id": np.arange(1, n + 1), "ra": field.ra[:n], "dec": field.dec[:n]}
+    for stage in ("exp", "dev"):
+        cols.update({f"r_cModel_{stage}_reff_major": a * SCALE, f"r_cModel_{stage}_reff_minor": b * SCALE,
+                     f"r_cModel_{stage}_reff_theta": pa_deg})
     cat = field.root / "rubin.csv"
     pacsv.write_csv(pa.table(cols), cat)
     spec = CatalogSpec(path=cat, deblend="none",

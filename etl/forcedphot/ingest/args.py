@@ -176,8 +176,9 @@ def add_fits_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--catalog", metavar="FILE[:HDU]",
                    help="FITS table, Parquet, CSV, SExtractor ASCII or VOTable of reference objects")
     for flag, (dest, typ, text) in CATALOG_OPTIONS.items():
+        named = {"frame": "FRAME", "equinox": "EPOCH", "cmodel_exp": "MAJOR,MINOR,THETA", "cmodel_dev": "MAJOR,MINOR,THETA"}
         kw = {"choices": CHOICES[dest]} if dest in CHOICES else {
-            "metavar": "NAME" if flag.endswith("-col") else {"frame": "FRAME", "equinox": "EPOCH"}.get(dest, "FORMAT")}
+            "metavar": "NAME" if flag.endswith("-col") else named.get(dest, "FORMAT")}
         c.add_argument(flag, dest=f"cat_{dest}", type=typ, help=text, **kw)
     g = p.add_argument_group("geometry")
     g.add_argument("--patch-size", type=int, metavar="N", help="patch inner size, pixels (default: one patch)")
