@@ -462,7 +462,8 @@ def final_region(d, pm, e0, e1):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def region_pixels(image, variance, usable, fp, src, x, y, e, px):
-    """The usable pixels whose centres lie in ellipse e (centred on (x, y), image pixel coordinates),
+    """The usable pixels (``usable``, finite image, finite positive variance) whose centres lie in ellipse e
+    (centred on (x, y), image pixel coordinates),
     the source's own footprint values put in (noise replacement), as px[i] = (dx, dy, data, variance).
 
     Returns (n, ok): ok False when none, or more than MAX_BAD_FRACTION of the pixel centres inside the
@@ -481,7 +482,8 @@ def region_pixels(image, variance, usable, fp, src, x, y, e, px):
         yy = cy - half + j
         for i in range(size):
             xx = cx - half + i
-            if 0 <= yy < h and 0 <= xx < w and usable[yy, xx]:
+            if 0 <= yy < h and 0 <= xx < w and usable[yy, xx] and variance[yy, xx] > 0 and \
+                    np.isfinite(variance[yy, xx]) and np.isfinite(image[yy, xx]):
                 img[j, i] = image[yy, xx]
                 ok[j, i] = 1
     insert_footprint(fp, src, cy, cx, half, img, ok)
