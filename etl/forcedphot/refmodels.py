@@ -1,10 +1,11 @@
 """Reference model fits for forced CModel: the half-light ellipses of Rubin's initial, exp and dev
 profiles and the fit region, fitted on the reference band (unforced) and stored in ``ref``.
 
-:func:`fit_reference_models` is the one entry point simulate, ingest and tests use; the compiled
-fit is :mod:`forcedphot.kernels.model_fit` (its docstring has the formulas, bounds and flags).
-:func:`catalog_ellipses` turns a user catalog's Rubin-style columns (semi-axes in arcsec, position
-angle in degrees) into ellipses in pixels.
+:func:`fit_reference_models` is the one entry point simulate, ingest and tests use (through
+:func:`fit_on_planes` and :func:`fit_with_footprints` on coadd-like planes); the compiled fit is
+:mod:`forcedphot.kernels.model_fit` (its docstring has the formulas, bounds and flags).
+:func:`sky_ellipses_to_pixels` turns a user catalog's Rubin-style columns (semi-axes in arcsec,
+position angle in degrees east of north) into ellipses in pixels.
 """
 
 from __future__ import annotations
@@ -99,19 +100,6 @@ def null_columns(n: int) -> dict:
     out = {c: np.full(n, np.nan) for c in ELLIPSE_COLUMNS}
     out.update({c: np.full(n, None, object) for c in FLAG_COLUMNS})
     return out
-
-
-def catalog_ellipses(r_major, r_minor, theta_deg, pixel_scale, *, theta_offset_deg: float = 0.0) -> np.ndarray:
-    """(N, 3) half-light ellipses (Qxx, Qyy, Qxy) in pixels^2 of semi-axes r_major, r_minor (arcsec) at
-    position angle theta (degrees, from the pixel +x axis towards +y after adding ``theta_offset_deg``,
-    the angle of the sky's reference direction in the pixel frame), with ``pixel_scale`` arcsec per pixel
-    (scalar or (N,), the local WCS's)."""
-    from forcedphot.profiles import ellipse_quadrupole
-
-    scale = np.asarray(pixel_scale, np.float64)
-    a = np.asarray(r_major, np.float64) / scale
-    b = np.asarray(r_minor, np.float64) / scale
-    return ellipse_quadrupole(a, b, np.deg2rad(np.asarray(theta_deg, np.float64) + theta_offset_deg))
 
 
 def footprint_tuple(spans_values, min_x: int = 0, min_y: int = 0) -> tuple:
@@ -216,9 +204,10 @@ def ingest_reference_models(objects, band) -> dict:
     (:class:`forcedphot.ingest.planes.BandData`, its PSF image as the PSF everywhere).
 
     Without catalog model ellipses: fitted (:func:`fit_on_planes`) on the image as it is (no noise
-    replacement, as ingest measures shapes and Kron radii). With them (``objects.model_ellipses``): the
-    catalog's exp and dev ellipses, no initial one, the region from the exp ellipse, flags null (no fit
-    made) and ``cModel_ref_flag`` where an ellipse is missing. Flags are object arrays (None = null)."""
+    replacement; ingest itself fits per patch on the deblended image, :func:`fit_with_footprints`).
+    With them (``objects.model_ellipses``): the catalog's exp and dev ellipses, no initial one, the
+    region from the exp ellipse, flags null (no fit made) and ``cModel_ref_flag`` where an ellipse
+    is missing. Flags are object arrays (None = null)."""
     from forcedphot.psf import PsfGrid
     from forcedphot.stages import PsfMixtures
 
