@@ -111,6 +111,13 @@ CATALOG_OPTIONS = {
     "--kron-col": ("kron", str, "Kron radius column (default: KRON_RADIUS, kron_radius)"),
     "--kron-unit": ("kron_unit", str, "pix: sqrt(ab) in pixels; shape: in units of a and b, as SExtractor's "
                                       "KRON_RADIUS (its default)"),
+    "--cmodel-exp-cols": ("cmodel_exp", str, "MAJOR,MINOR,THETA: the catalog's exp half-light ellipse (semi-axes in "
+                                             "arcsec, position angle in degrees east of north, e.g. Rubin's "
+                                             "i_cModel_exp_reff_major,i_cModel_exp_reff_minor,i_cModel_exp_reff_theta) "
+                                             "for forced CModel's reference model, instead of fitting it on the "
+                                             "reference band"),
+    "--cmodel-dev-cols": ("cmodel_dev", str, "MAJOR,MINOR,THETA: the catalog's dev half-light ellipse (as "
+                                             "--cmodel-exp-cols)"),
     "--deblend": ("deblend", str, "peaks (default): objects whose footprints overlap form a blend with a new "
                                   "parent row (footprint: the union, image pixels); each child's heavy footprint is "
                                   "ratio x image with ratio = its fitted model / the sum of the blend's fitted models: "
@@ -169,8 +176,9 @@ def add_fits_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--catalog", metavar="FILE[:HDU]",
                    help="FITS table, Parquet, CSV, SExtractor ASCII or VOTable of reference objects")
     for flag, (dest, typ, text) in CATALOG_OPTIONS.items():
+        named = {"frame": "FRAME", "equinox": "EPOCH", "cmodel_exp": "MAJOR,MINOR,THETA", "cmodel_dev": "MAJOR,MINOR,THETA"}
         kw = {"choices": CHOICES[dest]} if dest in CHOICES else {
-            "metavar": "NAME" if flag.endswith("-col") else {"frame": "FRAME", "equinox": "EPOCH"}.get(dest, "FORMAT")}
+            "metavar": "NAME" if flag.endswith("-col") else named.get(dest, "FORMAT")}
         c.add_argument(flag, dest=f"cat_{dest}", type=typ, help=text, **kw)
     g = p.add_argument_group("geometry")
     g.add_argument("--patch-size", type=int, metavar="N", help="patch inner size, pixels (default: one patch)")

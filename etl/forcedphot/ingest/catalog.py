@@ -73,6 +73,9 @@ class RefObjects:
     positions: dict | None = None  # how positions were read (columns, frame), for the repository's metadata
     duplicate: np.ndarray | None = None  # True for rows kept at another row's position (duplicates="flag")
     keys: dict | None = None  # what external_id holds and what was done with duplicates, for the metadata
+    # reference model ellipses from the catalog: {"exp": (N, 3), "dev": (N, 3)} (Qxx, Qyy, Qxy) in pixels^2, NaN
+    # rows where unknown; None: fitted at ingest (forcedphot.refmodels)
+    model_ellipses: dict | None = None
 
     def __len__(self) -> int:
         return self.x.size
@@ -479,11 +482,36 @@ def load_catalog(spec: CatalogSpec, grid: Grid) -> RefObjects:
     used = set(positions["columns"])  # l/b positions are not a shape's b
     shape = _shape({k: v for k, v in columns.items() if k not in used}, spec, label)
     kron = _kron(columns, spec, fmt, shape, label)
+    models = _model_ellipses(columns, spec, grid, x[keep], y[keep], label)
     return RefObjects(
         x=x[keep], y=y[keep], ra=np.asarray(ra, float)[keep], dec=np.asarray(dec, float)[keep],
         shape=shape[keep] if shape is not None else None, kron=kron[keep] if kron is not None else None,
         external_id=ext[keep], parent=parent, label=label, positions=positions, duplicate=duplicate[keep],
-        keys=keys)
+        keys=keys, model_ellipses=models)
+
+
+def _model_ellipses(columns, spec: CatalogSpec, grid: Grid, x: np.ndarray, y: np.ndarray, label: str) -> dict | None:
+    """The catalog's exp/dev half-light ellipses (--cmodel-exp-cols, --cmodel-dev-cols) in pixels, or None."""
+    from forcedphot.refmodels import sky_ellipses_to_pixels
+
+    if spec.cmodel_exp is None and spec.cmodel_dev is None:
+        return None
+    if not grid.has_sky:
+        raise InputError(f"{label}: catalog model ellipses (--cmodel-exp-cols/--cmodel-dev-cols) are in arcsec and "
+                         "degrees on the sky, but the images have no celestial WCS")
+    out = {}
+    for stage, names in (("exp", spec.cmodel_exp), ("dev", spec.cmodel_dev)):
+        if names is None:
+            out[stage] = np.full((x.size, 3), np.nan)
+            continue
+        cols = [c.strip() for c in names.split(",")]
+        missing = [c for c in cols if c not in columns]
+        if missing:
+            raise InputError(f"{label}: no column(s) {missing} for the {stage} model ellipse (--cmodel-{stage}-cols)")
+        a, b, theta = (_float(columns, c, label) for c in cols)
+        out[stage] = sky_ellipses_to_pixels(grid.wcs, x, y, a, b, theta)
+    log.info("%s: reference model ellipses (exp, dev) from the catalog's columns", label)
+    return out
 
 
 SEXTRACTOR_KRON_FACTOR = 2.5  # PHOT_AUTOPARAMS k, folded into KRON_RADIUS

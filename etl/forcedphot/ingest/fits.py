@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from forcedphot import refmodels
 from forcedphot.errors import InputError
 from forcedphot.flags import MaskPlanes
 from forcedphot.ids import IdPacker
@@ -109,6 +110,9 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     del images
     # footprints and the deblender keep the catalog's geometry; the ref table gets the measured values
     refs, measured = measure_references(objects, next(b for b in data if b.name == ref_band))
+    # CModel's reference model ellipses from the catalog's columns (else fitted per patch on the deblended image)
+    ref_models = (None if refs.model_ellipses is None else
+                  refmodels.ingest_reference_models(refs, next(b for b in data if b.name == ref_band)))
     for b in data:
         if b.psf_estimate is not None:
             b.record["psf"]["estimate"]["file"] = f"{INGEST_DIR}/psf_{b.name}.fits"
@@ -129,7 +133,8 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
         fwhm = max(b.psf_fwhm for b in data)
         models = _Models(data, objects, ref_band) if method == "peaks" else None
         for p in tract.patches():
-            _write_patch(repo, tract, p, packer, grid, data, objects, ref_band, fwhm, models, refs, measured)
+            _write_patch(repo, tract, p, packer, grid, data, objects, ref_band, fwhm, models, refs, measured,
+                         ref_models)
     log.info("ingested %d objects in %d band(s) into %s (%d patches)%s", len(objects), len(data), root,
              tract.n_patches, update.describe())
     return Repository(root)
@@ -210,12 +215,14 @@ class NewParents:
 
 def ref_table(objects: RefObjects, rows: np.ndarray, ids: np.ndarray, parent_ids: np.ndarray, p: PatchInfo,
               ref_band: str, *, n_child: np.ndarray | None = None, new: NewParents | None = None,
-              measured: RefMeasurements | None = None) -> pa.Table:
+              measured: RefMeasurements | None = None, ref_models: dict | None = None) -> pa.Table:
     """Reference rows: the ref schema's columns (optional ones this catalog cannot fill are null).
 
     ``ids`` and ``parent_ids`` cover ``rows`` then the ``new`` parents; ``n_child`` (default:
     from the catalog's links) is the catalog rows' deblend_nChild; ``measured``: the ingest
-    measurement flags of ``rows`` (null where not measured and for the new parents).
+    measurement flags of ``rows`` (null where not measured and for the new parents); ``ref_models``: the
+    cModel_* columns of ``rows`` and the new parents (:mod:`forcedphot.refmodels`; flags as object
+    arrays, None = null).
     """
     m = 0 if new is None else new.x.size
     n = rows.size + m
@@ -253,6 +260,11 @@ def ref_table(objects: RefObjects, rows: np.ndarray, ids: np.ndarray, parent_ids
                                 ("kron_radius_flag", measured.kron_flag, measured.kron_measured)):
             if col in names and done.any():
                 cols[col] = pa.array(np.r_[flag, np.zeros(m, bool)], pa.bool_(), mask=~np.r_[done, np.zeros(m, bool)])
+    if ref_models is not None:
+        for col, v in ref_models.items():
+            if col in names:
+                typ = pa.bool_() if v.dtype == object else pa.float64()
+                cols[col] = pa.array(v, typ, from_pandas=True)
     new_rows = np.r_[np.zeros(rows.size, bool), np.ones(m, bool)]  # no catalog row: null key and flag
     cols["externalId"] = pa.array(np.r_[objects.external_id[rows], np.zeros(m, np.int64)], pa.int64(), mask=new_rows)
     if objects.duplicate is not None:
@@ -278,9 +290,46 @@ class _Models:
                            psf_cov=self.psf[band.name])
 
 
+def _band_footprints(blends, fit, band: BandData, rows, x, y, sl, cut: Box, ids, parent_ids, tract: TractInfo,
+                     p: PatchInfo, models) -> pa.Table:
+    """The band's footprint table: heavy values the image times the deblender's ratios (``fit``: the band's
+    deblender fit if made already)."""
+    scale, zero_flux = None, None
+    if blends.n_blends:
+        fit = fit if fit is not None else models.fit(blends, band, rows, x, y, sl, cut)
+        scale = db.row_scale(blends, fit.ratios)
+        zero_flux = db.row_zero_flux(blends, fit)
+    return footprint_table(ids=ids, parents=parent_ids, tract=tract.tract, patch=p.patch, band=band.name,
+                           spans=blends.spans, image=band.image[sl], image_box=cut, scale=scale, zero_flux=zero_flux)
+
+
+def _fit_reference_models(refs: RefObjects, rows: np.ndarray, new, blends, fp: pa.Table, band: BandData, sl,
+                          cut: Box, p: PatchInfo) -> dict:
+    """CModel's reference models of the patch's rows and new parents, fitted on the reference band's
+    deblended image (noise replacement with these footprints, :func:`forcedphot.refmodels.fit_with_footprints`)."""
+    n_new = 0 if new is None else new.x.size
+    x = np.r_[refs.x[rows], new.x] if n_new else refs.x[rows]
+    y = np.r_[refs.y[rows], new.y] if n_new else refs.y[rows]
+    s = (np.full((rows.size, 2, 2), np.nan) if refs.shape is None else refs.shape[rows])
+    kron = np.full(rows.size, np.nan) if refs.kron is None else np.asarray(refs.kron, float)[rows]
+    if n_new:
+        s = np.concatenate([s, new.shape])
+        with np.errstate(invalid="ignore"):  # a Gaussian's Kron radius, as ref_table's
+            det = new.shape[:, 0, 0] * new.shape[:, 1, 1] - new.shape[:, 0, 1] ** 2
+            kron = np.r_[kron, np.sqrt(np.pi / 2) * det ** 0.25]
+    shape = np.stack([s[:, 0, 0], s[:, 1, 1], s[:, 0, 1]], -1)
+    values = fp.column("values").combine_chunks()
+    psf = PsfGrid([(cut.min_x + cut.max_x) / 2], [(cut.min_y + cut.max_y) / 2], band.psf[None, None])
+    cols = refmodels.fit_with_footprints(band.image[sl], band.variance[sl], band.mask[sl], psf, x, y, shape, kron,
+                                         blends.spans, values.offsets.to_numpy(), values.values.to_numpy(),
+                                         min_x=cut.min_x, min_y=cut.min_y, seed=[p.tract, p.patch, 4])
+    return {c: (np.asarray(v, object) if c in refmodels.FLAG_COLUMNS else v) for c, v in cols.items()}
+
+
 def _write_patch(repo: Repository, tract: TractInfo, p: PatchInfo, packer: IdPacker, grid: Grid,
                  bands: list[BandData], objects: RefObjects, ref_band: str, fwhm: float,
-                 models: _Models | None, refs: RefObjects, measured: RefMeasurements) -> None:
+                 models: _Models | None, refs: RefObjects, measured: RefMeasurements,
+                 ref_models: dict | None = None) -> None:
     rows = _members(objects, p)
     if rows.size == 0:  # nothing to measure: no quantum (run would have an empty one)
         log.info("patch %d: no reference objects; not written", p.patch)
@@ -318,21 +367,25 @@ def _write_patch(repo: Repository, tract: TractInfo, p: PatchInfo, packer: IdPac
         log.warning("patch %d: %d blends exceed the deblender's limits (%d children, %d pixels, %d pixels x children; "
                     "the largest has %d children); not deblended (each object keeps its own footprint)", p.patch,
                     blends.n_skipped, db.MAX_CHILDREN, db.MAX_AREA, db.MAX_AREA_TIMES_CHILDREN, blends.largest_skipped)
+    # the reference band's footprints first: the reference model fits measure each object on them
+    ref_data = next(b for b in bands if b.name == ref_band)
+    tables = {ref_band: _band_footprints(blends, fits.pop(ref_band, None), ref_data, rows, x, y, sl, cut, ids,
+                                         parent_ids, tract, p, models)}
+    n_new = 0 if new is None else new.x.size
+    if ref_models is not None:  # the catalog's ellipses; none for the deblender's parents
+        patch_models = {c: np.r_[v[rows], np.full(n_new, None if v.dtype == object else np.nan, v.dtype)]
+                        for c, v in ref_models.items()}
+    else:
+        patch_models = _fit_reference_models(refs, rows, new, blends, tables[ref_band], ref_data, sl, cut, p)
     write_parquet(ref_table(refs, rows, ids, parent_ids, p, ref_band, n_child=blends.n_child[:rows.size], new=new,
-                            measured=measured.rows(rows)),
+                            measured=measured.rows(rows),
+                            ref_models=patch_models),
                   repo.ref_path(tract.tract, p.patch), load_schema("ref"))
     planes = MaskPlanes()
     for b in bands:
         data_id = DataId(tract.tract, p.patch, b.name)
-        scale, zero_flux = None, None
-        if blends.n_blends:
-            fit = fits.pop(b.name) if b.name in fits else models.fit(blends, b, rows, x, y, sl, cut)
-            scale = db.row_scale(blends, fit.ratios)
-            zero_flux = db.row_zero_flux(blends, fit)
-            del fit
-        fp = footprint_table(ids=ids, parents=parent_ids, tract=tract.tract, patch=p.patch, band=b.name,
-                             spans=blends.spans, image=b.image[sl], image_box=cut, scale=scale,
-                             zero_flux=zero_flux)
+        fp = tables.pop(b.name) if b.name in tables else _band_footprints(blends, None, b, rows, x, y, sl, cut, ids,
+                                                                          parent_ids, tract, p, models)
         write_parquet(with_null_columns(fp, "footprints"), repo.footprints_path(data_id), load_schema("footprints"))
         psf = PsfGrid([(cut.min_x + cut.max_x) / 2], [(cut.min_y + cut.max_y) / 2], b.psf[None, None])
         write_coadd(Coadd(tract=tract.tract, patch=p.patch, band=b.name, bbox=cut, image=b.image[sl],

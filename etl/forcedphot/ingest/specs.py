@@ -130,6 +130,11 @@ class CatalogSpec:
     equinox: str | float | None = None  # of an fk4/fk5/ecliptic frame: J2000, B1950 ... (default: the frame's)
     deblend: str = "peaks"  # "peaks": fit, then split overlapping footprints by the fitted models (ingest.deblend),
     #                         "none": every object its own footprint with the image pixels
+    # reference model ellipses from the catalog (instead of fitted at ingest): "MAJOR,MINOR,THETA" column names of
+    # the exp and dev half-light ellipses, semi-axes in arcsec and position angle in degrees east of north
+    # (Rubin's cModel_{exp,dev}_reff_major/_minor/_theta), converted to pixels through the local WCS
+    cmodel_exp: str | None = None
+    cmodel_dev: str | None = None
 
     def __post_init__(self):
         if self.xy_origin not in (None, 0, 1):
@@ -144,6 +149,10 @@ class CatalogSpec:
             raise InputError(f"{self.path}: duplicates must be refuse, flag or drop, not {self.duplicates!r}")
         if self.deblend not in ("peaks", "none"):
             raise InputError(f"{self.path}: deblend must be peaks or none, not {self.deblend!r}")
+        for k in ("cmodel_exp", "cmodel_dev"):
+            v = getattr(self, k)
+            if v is not None and len([c for c in str(v).split(",") if c.strip()]) != 3:
+                raise InputError(f"{self.path}: {k} needs three column names MAJOR,MINOR,THETA, not {v!r}")
         if self.frame is not None:
             from forcedphot.ingest.frames import frame_name, make_frame
 

@@ -5,7 +5,9 @@ Everything is deterministic from the recipe's seed. Sources are rendered analyti
 outer boxes, so overlapping patches see identical pixels. Detection runs on the noiseless
 multi-band image; blends are connected detections with more than one source centre, and
 children's heavy footprints are the parent's pixels weighted by their true model fraction
-(a perfect deblender). Reference positions and shapes are the truth.
+(a perfect deblender). Reference positions and shapes are the truth; the reference model
+ellipses (CModel's initial, exp and dev, ``cModel_*`` in ref) are fitted on the reference band's
+noise-replaced image with each object's own heavy footprint (:mod:`forcedphot.refmodels`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from forcedphot.footprint import mask_to_spans
 from forcedphot.ids import IdPacker
 from forcedphot.io.coadd import Coadd, write_coadd
 from forcedphot.io.parquet import write_parquet
+from forcedphot import refmodels
 from forcedphot.psf import PsfGrid
 from forcedphot.repository import DataId, Repository
 from forcedphot.repository_inputs import InputsUpdate, writing_inputs
@@ -367,17 +370,20 @@ def _simulate_into(recipe: Recipe, repo_root, *, progress: bool) -> Repository:
     n_neigh = np.array([len(v) - 1 for v in tree.query_ball_point(np.c_[src.x, src.y], recipe.isolation_radius)])
     ref_psf = psfs[recipe.ref_band]
     flux_ref, mom, kron = _moments(src, np.arange(len(src)), ref_psf, recipe.ref_band)
+    # the reference band as deblended measurements see it: every detection replaced by noise
+    ref_base = refmodels.noise_replaced(images[recipe.ref_band], variances[recipe.ref_band], labels > 0,
+                                        [recipe.seed, 4])
 
     for p in patches:
         _write_patch(repo, recipe, tract, p, packer, src, comps, labels, slices, region, images, variances,
-                     masks, models, psfs, planes, flux_ref, mom, kron, n_neigh, inputs)
+                     masks, models, psfs, planes, flux_ref, mom, kron, n_neigh, inputs, ref_base)
         bar.update()
     bar.close()
     return repo
 
 
 def _write_patch(repo, recipe, tract, p, packer, src, comps, labels, slices, region, images, variances, masks,
-                 models, psfs, planes, flux_ref, mom, kron, n_neigh, inputs):
+                 models, psfs, planes, flux_ref, mom, kron, n_neigh, inputs, ref_base):
     ref_rows, truth_rows = [], []
     fp_rows = {b: [] for b in recipe.bands}
     blend_rows, source_rows = [], []
@@ -456,6 +462,8 @@ def _write_patch(repo, recipe, tract, p, packer, src, comps, labels, slices, reg
             else:
                 fp_rows[b].append(_fp_row(int(child_ids[0]), 0, tract, p, b, bbox, spans, values))
 
+    _add_reference_models(ref_rows, fp_rows[recipe.ref_band], ref_base, variances[recipe.ref_band],
+                          masks[recipe.ref_band], planes, psf_grid(psfs[recipe.ref_band], p.outer, recipe), region)
     write_parquet(pa.Table.from_pylist(ref_rows), repo.ref_path(tract.tract, p.patch), load_schema("ref"))
     write_parquet(pa.Table.from_pylist(truth_rows), repo.truth_path(tract.tract, p.patch), load_schema("truth"))
     for table, rows in (("blends", blend_rows), ("sources", source_rows)):
@@ -478,6 +486,27 @@ def _write_patch(repo, recipe, tract, p, packer, src, comps, labels, slices, reg
                       wcs=tract.wcs, psf=grid, photo_calib=float(mag_to_njy(recipe.zero_point[b])), mask_planes=planes,
                       ap_corr=ap_corr, inputs=inputs)
         write_coadd(coadd, repo.coadd_path(data_id))
+
+
+def _add_reference_models(ref_rows, fp_rows, base, variance, mask, planes, grid, region):
+    """The ref rows' cModel_* columns: fitted on the noise-replaced reference band with each row's own
+    heavy footprint (fp_rows are in ref-row order), the footprint's area for the region's fallback."""
+    if not ref_rows:
+        return
+    assert [r["id"] for r in ref_rows] == [r["id"] for r in fp_rows]
+    fp = refmodels.footprint_tuple([(r["span_y"], r["span_x0"], r["span_x1"], r["values"]) for r in fp_rows],
+                                   region.min_x, region.min_y)
+    area = np.array([np.sum(np.asarray(r["span_x1"]) - np.asarray(r["span_x0"]) + 1) for r in fp_rows], float)
+    x = np.array([r["centroid_x"] for r in ref_rows])
+    y = np.array([r["centroid_y"] for r in ref_rows])
+    shape = np.array([[r["shape_xx"], r["shape_yy"], r["shape_xy"]] for r in ref_rows])
+    kron = np.array([np.nan if r["kron_radius"] is None else r["kron_radius"] for r in ref_rows])
+    cols = refmodels.fit_on_planes(base, variance, mask, grid, x, y, shape, kron, min_x=region.min_x,
+                                   min_y=region.min_y, mask_planes=planes, footprints=fp, footprint_area=area)
+    for i, row in enumerate(ref_rows):
+        for c in refmodels.REF_COLUMNS:
+            v = cols[c][i]
+            row[c] = bool(v) if v.dtype == bool else (float(v) if np.isfinite(v) else None)
 
 
 def _ref_row(oid, parent, tract, p, x, y, shape, n_child, inner, recipe, *, kron_radius=None):
