@@ -350,18 +350,19 @@ def cmodel(image, variance, mask, valid, fp, cx, cy, fx, fy, usable, region, q_e
 
     Returns (values (N, N_VALUES) float64, flags (N,) int32 of the bits above).
     """
-    f64 = lambda a: np.ascontiguousarray(a, np.float64)  # noqa: E731
+    # the per-source and profile arrays are copied (small): writable and C-contiguous whatever the caller
+    # holds (e.g. the read-only profile tables), so one compiled signature serves every call
+    f64 = lambda a: np.array(a, np.float64, order="C")  # noqa: E731
+    i64 = lambda a: np.array(a, np.int64, order="C")  # noqa: E731
+    u8 = lambda a: np.array(a, np.uint8, order="C")  # noqa: E731
     n = np.asarray(cx).size
     if order is None:
         order = np.arange(n, dtype=np.int64)
-    return cmodel_kernel(image, variance, mask, valid, fp, np.ascontiguousarray(cx, np.int64),
-                         np.ascontiguousarray(cy, np.int64), f64(fx), f64(fy), np.ascontiguousarray(usable, np.uint8),
+    return cmodel_kernel(image, variance, mask, valid, fp, i64(cx), i64(cy), f64(fx), f64(fy), u8(usable),
                          f64(region).reshape(n, 3), f64(q_exp).reshape(n, 3), f64(q_dev).reshape(n, 3),
-                         np.ascontiguousarray(stage_ok, np.uint8).reshape(n, 2), f64(psf_amp).reshape(n, -1),
-                         f64(psf_centre).reshape(n, -1, 2), f64(psf_cov).reshape(n, -1, 3),
-                         np.ascontiguousarray(psf_ok, np.uint8), f64(exp_w), f64(exp_v), f64(dev_w), f64(dev_v),
-                         np.int32(bad_bits), np.float64(max_area), np.float64(max_bad_fraction),
-                         np.ascontiguousarray(order, np.int64))
+                         u8(stage_ok).reshape(n, 2), f64(psf_amp).reshape(n, -1), f64(psf_centre).reshape(n, -1, 2),
+                         f64(psf_cov).reshape(n, -1, 3), u8(psf_ok), f64(exp_w), f64(exp_v), f64(dev_w), f64(dev_v),
+                         np.int32(bad_bits), np.float64(max_area), np.float64(max_bad_fraction), i64(order))
 
 
 def _warm():
