@@ -369,3 +369,76 @@ def test_plugin_is_bit_identical_for_one_and_two_threads_and_reports_its_speed()
     _measure(coadd, xs, ys, qs, qs, plugins=("CModel",))
     dt = time.perf_counter() - t0
     print(f"CModel: {1000 * dt / xs.size:.3f} s per 1000 sources (r_e 0.5-1.6\", {numba.get_num_threads()} threads)")
+
+
+def _inject_reference_models(ctx, point=None):
+    """The contract's ref columns from the forced shape, as Rubin's initial guess makes them: D = S - P floored
+    at 0.01 (xy kept, or 0 if not positive definite), Q = D / 0.95473 for exp and dev, region 4 Q + 4 P;
+    ``point``: sources whose models are points (Q = STAR_Q, as a reference fit of a star ends)."""
+    s = np.where(ctx.shape_ok[:, None, None], ctx.shape, np.nan)
+    p = ctx.psf_moments()
+    dxx = np.maximum(s[:, 0, 0] - p[:, 0, 0], 0.01)
+    dyy = np.maximum(s[:, 1, 1] - p[:, 1, 1], 0.01)
+    dxy = s[:, 0, 1] - p[:, 0, 1]
+    dxy = np.where(dxx * dyy - dxy ** 2 > 0, dxy, 0.0)
+    q = np.stack([dxx, dyy, dxy], axis=1) / 0.95473
+    if point is not None:
+        q[point] = [STAR_Q, STAR_Q, 0.0]
+    region = 4 * q + 4 * np.stack([p[:, 0, 0], p[:, 1, 1], p[:, 0, 1]], axis=1)
+    for name, e in (("cModel_exp", q), ("cModel_dev", q), ("cModel_region", region)):
+        for i, c in enumerate(("xx", "yy", "xy")):
+            ctx.ref[f"{name}_{c}"] = np.ascontiguousarray(e[:, i])
+
+
+def test_on_a_simulated_quantum_chunks_change_nothing(tiny_repo_master):
+    """A tiny-survey quantum (blends, noise replacement): CModel measured chunk by chunk as the task does equals
+    the whole quantum's, bit for bit."""
+    from tests.kernels.context import quantum_context
+
+    ctx, _ = quantum_context(tiny_repo_master, index=1)
+    _inject_reference_models(ctx)
+    plugin = PLUGINS["CModel"](ctx.config)
+    whole = plugin.measure(ctx)
+    n, step = ctx.n, 7
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        pixels = ctx.pixels.chunk(start, stop, replacer=ctx.replacement, footprints=ctx.ref["footprints"],
+                                  coadd=ctx.coadd)
+        part = plugin.measure(ctx.chunk(start, stop, pixels=pixels))
+        for k, v in part.items():
+            np.testing.assert_array_equal(v, whole[k][start:stop], err_msg=k)
+    assert (~whole["cModel_flag"]).sum() > 0.8 * n
+
+
+def test_simulated_stars_get_their_total_flux_through_the_simulators_ap_corr(tiny_repo_master):
+    """The simulator's ApCorr field for cModelFlux (computed from the PSF grid's own mixtures): after aperture
+    correction, isolated stars' cModelFlux (point models) is their psfFlux (both total fluxes; psfFlux is checked
+    against the truth in test_flux_pulls) and they are point sources."""
+    from forcedphot import query
+    from forcedphot.validity import flag_invalid
+    from tests.kernels.context import quantum_context
+
+    ratios, points = [], []
+    for index in range(4):
+        ctx, _ = quantum_context(tiny_repo_master, index=index)
+        t = query.sql(tiny_repo_master, f"SELECT id, is_star, n_neighbours FROM truth "
+                                        f"WHERE band = '{ctx.coadd.band}'").to_pandas()
+        truth = {i: (bool(st), int(nn)) for i, st, nn in zip(t["id"], t["is_star"], t["n_neighbours"])}
+        ids = np.asarray(ctx.ref["id"])
+        star = np.array([truth.get(i, (False, 1))[0] for i in ids])
+        isolated = np.array([truth.get(i, (False, 1))[1] == 0 for i in ids])
+        _inject_reference_models(ctx, point=star)
+        for name in ("PsfFlux", "GaussianFlux", "CModel"):
+            ctx.values.update(PLUGINS[name](ctx.config).measure(ctx))
+        flag_invalid(ctx.values)
+        for name in ("ApCorr", "Extendedness"):
+            ctx.values.update(PLUGINS[name](ctx.config).measure(ctx))
+        v = ctx.values
+        bright = star & isolated & (v["psfFlux"] / v["psfFluxErr"] > 30) & ~v["cModel_flag"] & ~v["psfFlux_flag"]
+        ratios += list(v["cModelFlux"][bright] / v["psfFlux"][bright])
+        points += list(v["extendedness"][bright] == 0)
+    print(f"isolated stars S/N > 30: n={len(ratios)}, cModelFlux/psfFlux median {np.median(ratios):.4f} "
+          f"(range {np.min(ratios):.4f}..{np.max(ratios):.4f}), extendedness 0 for {np.mean(points):.3f}")
+    assert len(ratios) >= 5
+    assert abs(np.median(ratios) - 1) < 0.005
+    assert np.mean(points) >= 0.9
