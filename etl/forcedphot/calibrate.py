@@ -10,7 +10,7 @@ import numpy as np
 from forcedphot.plugins.base import Column
 
 AB_NJY = 31.4
-MAG_COLUMNS = {"psfFlux": "psfMag", "gaussianFlux": "gaussianMag", "kronFlux": "kronMag"}  # flux -> magnitude
+MAG_COLUMNS = {"psfFlux": "psfMag", "gaussianFlux": "gaussianMag", "kronFlux": "kronMag", "cModelFlux": "cModelMag"}  # flux -> magnitude
 
 
 def columns() -> tuple[Column, ...]:

@@ -27,11 +27,13 @@ EXACT = {
     "localVariance": "stat.variance",
     "localBackground": "instr.skyLevel",
     "localBackgroundErr": "stat.error;instr.skyLevel",
+    "cModel_fracDev": "src.morph.param",
+    "cModel_objective": "stat.fit.residual",
 }
 PATTERNS = (
     (r"(_flag|^pixelFlags_|^detect_is)", "meta.code"),
     (r"FluxErr$", "stat.error;phot.flux"),
-    (r"Flux$|_flux$", "phot.flux"),
+    (r"Flux$|_flux$|Flux_inner$", "phot.flux"),
     (r"_fluxErr$", "stat.error;phot.flux"),
     (r"MagErr$", "stat.error;phot.mag"),
     (r"Mag$", "phot.mag"),

@@ -31,9 +31,16 @@ class Measurement:
     positive: bool = False  # a variance: must be > 0 itself
 
 
+# flux columns whose general flag follows Rubin's naming rather than <name>_flag (CModel's)
+GENERAL_FLAGS = {"cModelFlux": "cModel_flag", "cModelFlux_inner": "cModel_flag",
+                 "cModel_expFlux": "cModel_exp_flag", "cModel_expFlux_inner": "cModel_exp_flag",
+                 "cModel_devFlux": "cModel_dev_flag", "cModel_devFlux_inner": "cModel_dev_flag"}
+
+
 def general_flag(name: str, names: set[str]) -> str | None:
-    """``<name>_flag`` if declared, else the flag of its group (``sdssShape_flux`` -> ``sdssShape_flag``)."""
-    for candidate in (f"{name}_flag", f"{name.rsplit('_', 1)[0]}_flag" if "_" in name else None):
+    """``<name>_flag`` if declared, else the flag of its group (``sdssShape_flux`` -> ``sdssShape_flag``);
+    :data:`GENERAL_FLAGS` first."""
+    for candidate in (GENERAL_FLAGS.get(name), f"{name}_flag", f"{name.rsplit('_', 1)[0]}_flag" if "_" in name else None):
         if candidate in names:
             return candidate
     return None

@@ -12,8 +12,15 @@ are uncorrected, not failed.
 The undeblended PSF and Kron fluxes get the same correction as their algorithm (Rubin's
 proxies), without columns of their own.
 
-Extendedness = 1 if 0.985 * modelFlux >= psfFlux else 0, with gaussianFlux as the model flux
-(the plugin set has no CModel), both aperture corrected.
+CModel: cModelFlux has its own field (the fraction of a star's flux CModel measures);
+cModel_expFlux and cModel_devFlux take cModelFlux's correction (as a proxy: on a point source the
+exp, dev and final models are all the PSF, so the three fractions are equal), which keeps the three
+on one scale; Rubin corrects each with its own field. The _inner fluxes are not corrected.
+
+Extendedness (Rubin's base_ClassificationExtendedness with obs_lsst's fluxRatio): 1 if 0.985 *
+cModelFlux >= psfFlux else 0, both aperture corrected. Where CModel did not run or failed
+(cModel_flag, or a non-finite cModelFlux) gaussianFlux stands in as the model flux and
+``extendedness_flag_fallback`` says so (Rubin leaves the value unset there).
 """
 
 from __future__ import annotations
@@ -22,7 +29,11 @@ import numpy as np
 
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag, register
 
-AP_CORR_FLUXES = ("psfFlux", "gaussianFlux", "kronFlux")
+AP_CORR_FLUXES = ("psfFlux", "gaussianFlux", "kronFlux", "cModelFlux")
+# a flux whose flags are named after its algorithm rather than the flux (<base>_flag, <base>_flag_apCorr)
+FLAG_BASE = {"cModelFlux": "cModel"}
+# fluxes corrected with another flux's field (without columns of their own), besides the undeblended copies
+PROXIES = {"cModelFlux": ("cModel_expFlux", "cModel_devFlux")}
 FLUX_RATIO = 0.985
 
 
@@ -35,10 +46,11 @@ class ApCorr(Plugin):
     def columns(cls, config):
         cols = []
         for f in AP_CORR_FLUXES:
+            base = FLAG_BASE.get(f, f)
             cols += [
                 Column(f"{f}_apCorr", "double", f"Aperture correction applied to {f} (multiplicative); NaN where none was applied."),
                 Column(f"{f}_apCorrErr", "double", f"Uncertainty of {f}_apCorr (not propagated into {f}Err)."),
-                flag(f"{f}_flag_apCorr", f"No usable aperture correction for {f}: it is uncorrected (and {f}_flag is set if the coadd has an ApCorr map)."),
+                flag(f"{base}_flag_apCorr", f"No usable aperture correction for {f}: it is uncorrected (and {base}_flag is set if the coadd has an ApCorr map)."),
             ]
         return tuple(cols)
 
@@ -59,8 +71,13 @@ class ApCorr(Plugin):
             out[f"{f}Err"] = np.where(good, ctx.values[f"{f}Err"] * a, ctx.values[f"{f}Err"])
             out[f"{f}_apCorr"] = np.where(good, a, np.nan)
             out[f"{f}_apCorrErr"] = np.where(good, a_err, np.nan)
-            out[f"{f}_flag_apCorr"] = ~good
-            out[f"{f}_flag"] = ctx.values[f"{f}_flag"] | (~good if ap_corr is not None else False)
+            base = FLAG_BASE.get(f, f)
+            out[f"{base}_flag_apCorr"] = ~good
+            out[f"{base}_flag"] = ctx.values[f"{base}_flag"] | (~good if ap_corr is not None else False)
+            for p in PROXIES.get(f, ()):
+                if p in ctx.values:
+                    out[p] = np.where(good, ctx.values[p] * a, ctx.values[p])
+                    out[f"{p}Err"] = np.where(good, ctx.values[f"{p}Err"] * a, ctx.values[f"{p}Err"])
             u = f"undeblended_{f}"  # Rubin's proxies: undeblended fluxes take their algorithm's correction
             if u in ctx.values:
                 out[u] = np.where(good, ctx.values[u] * a, ctx.values[u])
@@ -77,14 +94,27 @@ class Extendedness(Plugin):
     @classmethod
     def columns(cls, config):
         return (
-            Column("extendedness", "float", "1 if 0.985 gaussianFlux >= psfFlux (extended), 0 otherwise; NaN if either is flagged or not finite."),
-            flag("extendedness_flag", "psfFlux or gaussianFlux is flagged or not finite."),
+            Column("extendedness", "float", "1 if 0.985 cModelFlux >= psfFlux (extended), 0 otherwise (point source); gaussianFlux in place of cModelFlux where CModel failed (extendedness_flag_fallback); NaN if psfFlux or both model fluxes are flagged or not finite."),
+            flag("extendedness_flag", "No value: psfFlux, or both cModelFlux and gaussianFlux, flagged or not finite."),
+            flag("extendedness_flag_fallback", "CModel failed or did not run: the value compares gaussianFlux with psfFlux."),
         )
 
     def measure(self, ctx: MeasurementContext):
-        if "psfFlux" not in ctx.values or "gaussianFlux" not in ctx.values:
-            return {"extendedness": np.full(ctx.n, np.nan), "extendedness_flag": np.ones(ctx.n, bool)}
-        psf, model = ctx.values["psfFlux"], ctx.values["gaussianFlux"]
-        bad = (ctx.values["psfFlux_flag"] | ctx.values["gaussianFlux_flag"] | ~np.isfinite(psf) | ~np.isfinite(model))
+        n = ctx.n
+        v = ctx.values
+
+        def usable(name, flag_name):
+            if name not in v:
+                return np.full(n, np.nan), np.zeros(n, bool)
+            value = np.asarray(v[name], float)
+            return value, ~np.asarray(v[flag_name], bool) & np.isfinite(value)
+
+        psf, psf_ok = usable("psfFlux", "psfFlux_flag")
+        cmodel, cmodel_ok = usable("cModelFlux", "cModel_flag")
+        gauss, gauss_ok = usable("gaussianFlux", "gaussianFlux_flag")
+        fallback = ~cmodel_ok & gauss_ok
+        model = np.where(cmodel_ok, cmodel, gauss)
+        bad = ~psf_ok | ~(cmodel_ok | gauss_ok)
         value = np.where(FLUX_RATIO * model < psf, 0.0, 1.0)
-        return {"extendedness": np.where(bad, np.nan, value), "extendedness_flag": bad}
+        return {"extendedness": np.where(bad, np.nan, value), "extendedness_flag": bad,
+                "extendedness_flag_fallback": fallback & ~bad}

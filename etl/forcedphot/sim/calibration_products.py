@@ -30,8 +30,9 @@ def _fit(box: Box, x: np.ndarray, y: np.ndarray, values: np.ndarray) -> Chebyshe
     return ChebyshevField(box, coeffs.reshape(ORDER + 1, ORDER + 1))
 
 
-def _star_fractions(band_psf, ref_psf, x, y, rng, psf_fraction) -> dict[str, np.ndarray]:
-    """Expected measured/true flux of a star at (x, y) for psfFlux, gaussianFlux and kronFlux."""
+def _star_fractions(band_psf, ref_psf, x, y, rng, psf_fraction, psf_mixtures=None) -> dict[str, np.ndarray]:
+    """Expected measured/true flux of a star at (x, y) for psfFlux, gaussianFlux, kronFlux and (given the
+    grid's PSF mixtures, one per (x, y)) cModelFlux."""
     amps, covs = band_psf.components(x, y)  # (N, 2), (N, 2, 2, 2)
     covs = covs + PIXEL_VARIANCE * np.eye(2)
     ramps, rcovs = ref_psf.components(x, y)
@@ -59,15 +60,48 @@ def _star_fractions(band_psf, ref_psf, x, y, rng, psf_fraction) -> dict[str, np.
         inside = e[0, 0] * dx * dx + 2 * e[0, 1] * dx * dy + e[1, 1] * dy * dy <= 1.0
         kron[i] = (img * inside).sum(axis=(1, 2)).mean()
     # the PSF images are normalised over their box: psfFlux recovers the flux in that box
-    return {"psfFlux": psf_fraction, "gaussianFlux": gaussian, "kronFlux": kron}
+    out = {"psfFlux": psf_fraction, "gaussianFlux": gaussian, "kronFlux": kron}
+    if psf_mixtures is not None:
+        out["cModelFlux"] = _cmodel_fractions(amps, covs, psf_mixtures, rng)
+    return out
 
 
-def simulate_ap_corr(band_psf, ref_psf, box: Box, grid_x, grid_y, rng, *, psf_fraction) -> ApCorrMap:
-    """``psf_fraction``: flux of the PSF inside its image box at each grid node (row-major)."""
+def _cmodel_fractions(amps, covs, mixtures, rng) -> np.ndarray:
+    """CModel of a star whose reference models are points: the least-squares amplitude of the pipeline's PSF
+    mixture (fitted to the box-normalised PSF image) times its total flux, over the region 4 P (Rubin's final
+    region of a point: P the PSF's moments), for a unit-flux star at random sub-pixel offsets."""
+    m_amp, m_centre, m_cov = (np.asarray(a, float) for a in mixtures)
+    p = (amps[:, :, None, None] * covs).sum(axis=1)  # PSF moments, pixel included (amps sum to 1)
+    region_inv, _ = inverse_2x2(4.0 * p)
+    half = int(np.ceil(np.sqrt(4.0 * p[:, [0, 1], [0, 1]].max()))) + 2
+    ar = np.arange(-half, half + 1, dtype=float)
+    gy, gx = np.meshgrid(ar, ar, indexing="ij")
+    out = np.full(amps.shape[0], np.nan)
+    for i in range(amps.shape[0]):
+        off = rng.uniform(-0.5, 0.5, (N_OFFSETS, 2))
+        dx = gx[None] - off[:, 0, None, None]
+        dy = gy[None] - off[:, 1, None, None]
+        star = render_mixture(dx, dy, np.tile(amps[i], (N_OFFSETS, 1)),
+                              np.tile(covs[i] - PIXEL_VARIANCE * np.eye(2), (N_OFFSETS, 1, 1, 1)))
+        model = np.zeros(dx.shape)
+        for a, c in zip(m_amp[i], m_cov[i]):
+            det = c[0] * c[1] - c[2] ** 2
+            ex, ey = dx - m_centre[i, 0], dy - m_centre[i, 1]
+            model += a / (2 * np.pi * np.sqrt(det)) * np.exp(-0.5 * (c[1] * ex * ex + c[0] * ey * ey - 2 * c[2] * ex * ey) / det)
+        e = region_inv[i]
+        inside = e[0, 0] * dx * dx + 2 * e[0, 1] * dx * dy + e[1, 1] * dy * dy <= 1.0
+        alpha = (model * star * inside).sum(axis=(1, 2)) / (model * model * inside).sum(axis=(1, 2))
+        out[i] = np.mean(alpha) * m_amp[i].sum()
+    return np.where(np.isfinite(out), out, np.nanmedian(out) if np.isfinite(out).any() else 1.0)
+
+
+def simulate_ap_corr(band_psf, ref_psf, box: Box, grid_x, grid_y, rng, *, psf_fraction, psf_mixtures=None) -> ApCorrMap:
+    """``psf_fraction``: flux of the PSF inside its image box at each grid node (row-major); ``psf_mixtures``:
+    (amp (K, M), centre (K, 2), cov (K, M, 3)) of the grid nodes' PSF mixtures (row-major), for cModelFlux."""
     xx, yy = np.meshgrid(grid_x, grid_y)
     x, y = xx.ravel(), yy.ravel()
     fields = {}
-    for name, frac in _star_fractions(band_psf, ref_psf, x, y, rng, psf_fraction).items():
+    for name, frac in _star_fractions(band_psf, ref_psf, x, y, rng, psf_fraction, psf_mixtures).items():
         value = _fit(box, x, y, 1.0 / frac)
         resid = 1.0 / frac - value(x, y)
         error = ChebyshevField.constant(box, float(np.sqrt(np.mean(resid ** 2)) + 1e-4))

@@ -242,6 +242,13 @@ def model_at(src: Sources, i: int, psf: PsfField, band: str, xs: np.ndarray, ys:
     return render_mixture(dx, dy, amps, covs)[0, 0]
 
 
+def _node_mixtures(grid: PsfGrid) -> tuple:
+    """The grid nodes' PSF mixtures (amp, centre, cov), row-major, as CModel uses them."""
+    fit = grid.node_mixtures()
+    m = fit.amp.shape[-1]
+    return fit.amp.reshape(-1, m), fit.centre.reshape(-1, 2), fit.cov.reshape(-1, m, 3)
+
+
 def psf_grid(psf: PsfField, box: Box, recipe: Recipe) -> PsfGrid:
     nx = max(2, int(np.ceil(box.width / recipe.psf_grid_spacing)) + 1)
     ny = max(2, int(np.ceil(box.height / recipe.psf_grid_spacing)) + 1)
@@ -480,7 +487,7 @@ def _write_patch(repo, recipe, tract, p, packer, src, comps, labels, slices, reg
         grid = psf_grid(psfs[b], p.outer, recipe)
         ap_corr = simulate_ap_corr(psfs[b], psfs[recipe.ref_band], p.outer, grid.x, grid.y,
                                    np.random.default_rng([recipe.seed, 2, p.patch, recipe.bands.index(b)]),
-                                   psf_fraction=grid.flux_in_box.ravel())
+                                   psf_fraction=grid.flux_in_box.ravel(), psf_mixtures=_node_mixtures(grid))
         coadd = Coadd(tract=tract.tract, patch=p.patch, band=b, bbox=p.outer,
                       image=images[b][oy, ox], mask=masks[b][oy, ox], variance=variances[b][oy, ox],
                       wcs=tract.wcs, psf=grid, photo_calib=float(mag_to_njy(recipe.zero_point[b])), mask_planes=planes,
