@@ -7,8 +7,9 @@ heavy values put into the noise image on the valid footprint pixels; invalid and
 0) is convolved with the sampled, normalised Gaussian (scipy.ndimage.convolve1d, rows then
 columns) and the aperture weights A are summed over it (flux). The variance and the invalid weight
 need the convolved weights W' = K * A (scipy.signal.convolve2d of the outer product): sum W'^2 V
-and sum |W'| over the invalid pixels. Circles: exact overlap (plugins/aperture_exact.pixel_overlap);
-the Kron ellipse: pixel centres with d^T einv d <= 1.
+and sum |W'| over the invalid pixels (over the EXCLUDED ones within R + 0.5 + r). Circles: sinc
+coefficients shifted by FFT (tests/kernels/reference_apertures.sinc_coefficients); the Kron
+ellipse: pixel centres with d^T einv d <= 1.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from scipy.ndimage import convolve1d
 from scipy.signal import convolve2d
 
 from forcedphot.kernels.footprints import EXCLUDED
-from forcedphot.plugins.aperture_exact import pixel_overlap
+from tests.kernels.reference_apertures import sinc_coefficients
 
 
 def gaussian_taps(sigma: float) -> np.ndarray:
@@ -64,16 +65,16 @@ def reference_convolved(pixels, valid_classes, cx, cy, xl, yl, radii, einv, khal
         image = alone_image(pixels, s)
         for a in range(na):
             if a < len(radii):
-                h = int(np.ceil(radii[a])) + 1
-                off = np.arange(-h, h + 1)
-                dx, dy = np.meshgrid(off - (xl[s] - cx[s]), off - (yl[s] - cy[s]))
-                weights = pixel_overlap(dx, dy, radii[a])
+                weights = sinc_coefficients(radii[a], np.array([xl[s] - cx[s]]), np.array([yl[s] - cy[s]]))[0]
+                h = weights.shape[0] // 2
+                reach = radii[a] + 0.5
             elif khalf[s] >= 0:
                 h = khalf[s]
                 off = np.arange(-h, h + 1)
                 dx, dy = np.meshgrid(cx[s] + off - xl[s], cy[s] + off - yl[s])
                 e = einv[s]
                 weights = (e[0, 0] * dx * dx + 2 * e[0, 1] * dx * dy + e[1, 1] * dy * dy <= 1.0).astype(float)
+                reach = np.inf
             else:
                 continue
             for t in range(nt):
@@ -87,5 +88,8 @@ def reference_convolved(pixels, valid_classes, cx, cy, xl, yl, radii, einv, khal
                 cls = stamp(valid_classes, cx[s], cy[s], h + r, fill=0)
                 var[s, t, a] = (w2 * w2 * np.where(cls != 0, v, 0.0)).sum()
                 bad[s, t, a] = np.abs(w2)[cls == 0].sum()
-                exc[s, t, a] = np.abs(w2)[cls == EXCLUDED].sum()
+                off = np.arange(-(h + r), h + r + 1)
+                dx, dy = np.meshgrid(cx[s] + off - xl[s], cy[s] + off - yl[s])
+                near = dx * dx + dy * dy <= (reach + r) ** 2
+                exc[s, t, a] = np.abs(w2)[(cls == EXCLUDED) & near].sum()
     return flux, var, bad, exc
