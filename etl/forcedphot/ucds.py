@@ -29,7 +29,7 @@ EXACT = {
     "localBackgroundErr": "stat.error;instr.skyLevel",
 }
 PATTERNS = (
-    (r"(_flag|^pixelFlags_|^detect_is)", "meta.code"),
+    (r"(_flag|^pixelFlags_|^detect_is|_deconv$)", "meta.code"),
     (r"FluxErr$", "stat.error;phot.flux"),
     (r"Flux$|_flux$", "phot.flux"),
     (r"_fluxErr$", "stat.error;phot.flux"),
@@ -45,6 +45,7 @@ PATTERNS = (
     (r"_(xx|yy|xy)Err$", "stat.error;src.morph.param"),
     (r"_(xx|yy|xy)$", "src.morph.param"),
     (r"kronRad$", "phys.size.radius"),
+    (r"_seeing$", "instr.obsty.seeing"),
     (r"_chi2$", "stat.fit.chi2"),
     (r"_npixels$", "meta.number"),
     (r"_area$", "phys.area"),
