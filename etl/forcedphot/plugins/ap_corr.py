@@ -21,8 +21,10 @@ from __future__ import annotations
 import numpy as np
 
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag, register
+from forcedphot.plugins.convolved import CONVOLVED_FLUXES
 
 AP_CORR_FLUXES = ("psfFlux", "gaussianFlux", "kronFlux")
+AP_CORR_FLUXES += CONVOLVED_FLUXES  # ConvolvedFlux: every circle and Kron flux of every target (as Rubin)
 FLUX_RATIO = 0.985
 
 

@@ -25,7 +25,9 @@ where it has weight on invalid, off-coadd or psf_bad_mask_planes (e.g. BAD, SAT)
 is kept: such pixels read as 0 or are summed as they are), or is not finite; the Kron fluxes also
 where kronFlux has no aperture (no or bad reference radius or shape, an ellipse off the coadd, a
 radius the ingest flagged) or the ellipse has more than ``MAX_KRON_HALF`` rows either side (no
-value). Not aperture-corrected (see docs/incoming/convolved.md).
+value). Every flux is aperture corrected (ApCorr, ``AP_CORR_FLUXES``, as Rubin's
+registerForApCorr): a PSF that is not Gaussian keeps a band-dependent part after the Gaussian
+matching, which the stars' correction removes.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ INVALID_WEIGHT = 1e-9  # weight on invalid or excluded pixels above which a flux
 def flux_names(k: int) -> list[str]:
     """The flux columns of target k: the circles, then the Kron ellipse."""
     return [f"convolved{k}_{aperture_name(r)}Flux" for r in CONVOLVED_RADII] + [f"convolved{k}_kronFlux"]
+
+
+CONVOLVED_FLUXES = tuple(name for k in range(len(TARGET_FWHMS)) for name in flux_names(k))  # all aperture corrected
 
 
 def kernel_sigmas(seeing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,8 +87,8 @@ class ConvolvedFlux(Plugin):
             for r, name in zip(CONVOLVED_RADII + (None,), flux_names(k)):
                 ap = f"a circular aperture of radius {r:g} px (sinc coefficients)" if r else "the forced Kron ellipse (2.5 x the reference Kron radius, reference shape; pixel centres)"
                 cols += [
-                    Column(name, "double", f"Flux in {ap} {what}.", "nJy", "flux"),
-                    Column(f"{name}Err", "double", f"Uncertainty of {name}: sqrt(sum(W'^2 var)), W' the aperture weights convolved with the matching kernel.", "nJy", "fluxErr"),
+                    Column(name, "double", f"Flux in {ap} {what}; aperture corrected.", "nJy", "flux"),
+                    Column(f"{name}Err", "double", f"Uncertainty of {name}: sqrt(sum(W'^2 var)), W' the aperture weights convolved with the matching kernel; aperture corrected.", "nJy", "fluxErr"),
                     flag(f"{name}_flag", f"General failure of {name}: convolvedFlux_flag, weight on invalid, off-coadd or psf_bad_mask_planes pixels, a non-finite value" + ("" if r else ", or no forced Kron aperture (see kronFlux_flag; no value)") + "."),
                 ]
         return tuple(cols)

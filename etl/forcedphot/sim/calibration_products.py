@@ -19,6 +19,7 @@ from forcedphot.skymap import Box
 
 ORDER = 2
 N_OFFSETS = 16
+N_ANGLES = 64  # angles of the disk-fraction integral (periodic and smooth: converges exponentially)
 KRON_SCALE = 2.5
 
 
@@ -59,7 +60,54 @@ def _star_fractions(band_psf, ref_psf, x, y, rng, psf_fraction) -> dict[str, np.
         inside = e[0, 0] * dx * dx + 2 * e[0, 1] * dx * dy + e[1, 1] * dy * dy <= 1.0
         kron[i] = (img * inside).sum(axis=(1, 2)).mean()
     # the PSF images are normalised over their box: psfFlux recovers the flux in that box
-    return {"psfFlux": psf_fraction, "gaussianFlux": gaussian, "kronFlux": kron}
+    return {"psfFlux": psf_fraction, "gaussianFlux": gaussian, "kronFlux": kron} | _convolved_fractions(
+        amps, covs - PIXEL_VARIANCE * np.eye(2), einv, half, rng)
+
+
+def _disk_fraction(cov: np.ndarray, radius: float) -> np.ndarray:
+    """Fraction of a Gaussian N(0, cov) (..., 2, 2) within the circle of ``radius`` about its centre:
+    (1 / 2 pi sqrt(det)) int (1 - exp(-R^2 a / 2)) / a dtheta, a = u^T cov^-1 u (u at angle theta)."""
+    th = (np.arange(N_ANGLES) + 0.5) * (2 * np.pi / N_ANGLES)
+    ux, uy = np.cos(th), np.sin(th)
+    det = cov[..., 0, 0] * cov[..., 1, 1] - cov[..., 0, 1] ** 2
+    # u^T cov^-1 u with cov^-1 = [[yy, -xy], [-xy, xx]] / det
+    a = (cov[..., 1, 1, None] * ux * ux - 2 * cov[..., 0, 1, None] * ux * uy + cov[..., 0, 0, None] * uy * uy) / det[..., None]
+    return ((1 - np.exp(-0.5 * radius * radius * a)) / a).mean(axis=-1) / np.sqrt(det)
+
+
+def _convolved_fractions(amps, covs, einv, half, rng) -> dict[str, np.ndarray]:
+    """ConvolvedFlux's fractions of a star: its PSF (mixture amps, covs, pixel excluded) matched as the plugin
+    matches it (seeing: adaptive moments of the PSF image) and measured in the sinc circles (the integral over
+    the disk of the matched profile) and the naive Kron ellipse (over sub-pixel offsets, as kronFlux)."""
+    from forcedphot.moments import adaptive_moments
+    from forcedphot.plugins.convolved import CONVOLVED_RADII, flux_names, kernel_sigmas
+
+    ar = np.arange(-20.0, 21.0)
+    gy, gx = np.meshgrid(ar, ar, indexing="ij")
+    n = amps.shape[0]
+    psf = render_mixture(np.broadcast_to(gx, (n, 41, 41)), np.broadcast_to(gy, (n, 41, 41)), amps, covs)
+    m = adaptive_moments(psf, np.zeros(n), np.zeros(n)).moments
+    sigma, _ = kernel_sigmas((m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] ** 2) ** 0.25)
+    ar = np.arange(-half, half + 1, dtype=float)
+    gy, gx = np.meshgrid(ar, ar, indexing="ij")
+    out = {}
+    for k in range(sigma.shape[1]):
+        matched = covs + (PIXEL_VARIANCE + sigma[:, k, None, None, None] ** 2) * np.eye(2)
+        names = flux_names(k)
+        for r, name in zip(CONVOLVED_RADII, names):
+            out[name] = (amps * _disk_fraction(matched, r)).sum(axis=1)
+        kron = np.empty(n)
+        for i in range(n):
+            off = rng.uniform(-0.5, 0.5, (N_OFFSETS, 2))
+            dx = gx[None] - off[:, 0, None, None]
+            dy = gy[None] - off[:, 1, None, None]
+            img = render_mixture(dx, dy, np.tile(amps[i], (N_OFFSETS, 1)),
+                                 np.tile(matched[i] - PIXEL_VARIANCE * np.eye(2), (N_OFFSETS, 1, 1, 1)))
+            e = einv[i]
+            inside = e[0, 0] * dx * dx + 2 * e[0, 1] * dx * dy + e[1, 1] * dy * dy <= 1.0
+            kron[i] = (img * inside).sum(axis=(1, 2)).mean()
+        out[names[-1]] = kron
+    return out
 
 
 def simulate_ap_corr(band_psf, ref_psf, box: Box, grid_x, grid_y, rng, *, psf_fraction) -> ApCorrMap:
