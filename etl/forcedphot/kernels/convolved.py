@@ -74,20 +74,30 @@ def _ellipse_weights(xl, yl, cx, cy, a, b, c, h, out):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _convolve(a, h, taps, r, tmp, out):
-    """out[:2(h+r)+1, :2(h+r)+1] = taps (x) taps * a[:2h+1, :2h+1] (zero outside), rows then columns."""
+    """out[:2(h+r)+1, :2(h+r)+1] = taps (x) taps * a[:2h+1, :2h+1] (zero outside), rows then columns.
+
+    Contiguous multiply-adds of whole rows (vectorised), in a fixed order: each element sums its
+    row taps by ascending k, then its column terms by ascending row of ``tmp``."""
     n, m = 2 * h + 1, 2 * (h + r) + 1
     for j in range(n):
+        row = tmp[j]
         for i in range(m):
-            s = 0.0
-            for k in range(max(0, i - n + 1), min(2 * r, i) + 1):  # tap k - r on column i - k of a
-                s += taps[k] * a[j, i - k]
-            tmp[j, i] = s
+            row[i] = 0.0
+        src = a[j]
+        for k in range(2 * r + 1):
+            c = taps[k]
+            for i in range(n):
+                row[i + k] += c * src[i]
     for j in range(m):
         for i in range(m):
-            s = 0.0
-            for k in range(max(0, j - n + 1), min(2 * r, j) + 1):
-                s += taps[k] * tmp[j - k, i]
-            out[j, i] = s
+            out[j, i] = 0.0
+    for ja in range(n):
+        src = tmp[ja]
+        for k in range(2 * r + 1):
+            c = taps[k]
+            dst = out[ja + k]
+            for i in range(m):
+                dst[i] += c * src[i]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
