@@ -150,10 +150,12 @@ def seeing_of(psf_image):
     return np.linalg.det(m) ** 0.25
 
 
-@pytest.mark.parametrize("psf_sigma", [1.0, 1.3])
+@pytest.mark.parametrize("psf_sigma", [1.0, 1.3, 1.45])
 def test_a_gaussian_star_matches_the_closed_form(psf_sigma):
     """A pixel-integrated Gaussian star through a Gaussian PSF, matched to sigma t: flux in radius R is
-    F (1 - exp(-R^2 / 2 t^2)) to 1e-3 F (measured: <= 3e-4, the sampled kernel at the smallest sigma_K)."""
+    F (1 - exp(-R^2 / 2 t^2)) to 1e-3 F (measured over PSF sigmas 1.0-1.45 px and sub-pixel centres:
+    <= 1.9e-4 in the sinc circles, <= 5.4e-4 in a 10 px naive Kron circle, its pixel-centre edge).
+    1.45 px: sigma_K = 0.15 px at the 3.5 px target, where Rubin's kernel (sigma_K sampled) is 2.2e-3 off."""
     n, flux = 81, 1000.0
     rng = np.random.default_rng(int(psf_sigma * 10))
     for x0, y0 in [(40.0, 40.0), tuple(40 + rng.uniform(-0.5, 0.5, 2))]:
@@ -169,6 +171,23 @@ def test_a_gaussian_star_matches_the_closed_form(psf_sigma):
         # err^2 = sum W'^2 V with V = 1: below the unconvolved aperture's sqrt(pi R^2), falling with the target
         err = np.sqrt(var[:, 0])
         assert np.all(np.diff(err) < 0) and err[0] < np.sqrt(np.pi * RADII[0] ** 2)
+
+
+def test_the_sampled_kernel_has_the_matching_variance():
+    """The kernel's taps (sampled, normalised, 4 sigma) have variance sigma_K^2, also where sampling sigma_K
+    itself would not (sigma_K < 0.7 px)."""
+    from tests.kernels.reference_convolved import gaussian_taps
+
+    sigma_k = np.r_[0.12, 0.2, 0.35, 0.5, 0.7, 1.0, 1.7, 2.5, 3.39]
+    seeing = np.sqrt(np.maximum((TARGET_FWHMS[-1] / FWHM_PER_SIGMA) ** 2 - sigma_k ** 2, 0))
+    sigma, deconv = kernel_sigmas(seeing)
+    assert not deconv[:, -1].any()
+    for s_k, s in zip(sigma_k, sigma[:, -1]):
+        taps = gaussian_taps(s)
+        n = np.arange(taps.size) - taps.size // 2
+        assert abs((taps * n * n).sum() - s_k ** 2) < 1e-6, s_k
+    plain = gaussian_taps(0.35)
+    assert (plain * (np.arange(plain.size) - plain.size // 2) ** 2).sum() < 0.35 ** 2 - 0.03  # what Rubin's would do
 
 
 def test_a_psf_wider_than_a_target_is_measured_unconvolved():
