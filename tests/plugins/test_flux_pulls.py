@@ -63,9 +63,9 @@ def test_apertures_grow_monotonically_for_isolated_stars(star_field_noiseless_re
 def test_every_convolved_flux_of_stars_is_a_total_flux_after_aperture_correction(star_field_repo,
                                                                                  star_field_noiseless_repo):
     """The simulator's ApCorr fields for ConvolvedFlux (star fractions of the matched PSF) are honest: the median
-    noiseless/true flux of isolated stars is 1 to 2e-3 for every target and aperture. The pulls against the truth
-    also hold the fields' residuals (a 2nd-order Chebyshev over the patch, the naive Kron ellipse's pixelisation
-    of the widest targets): printed, not asserted."""
+    noiseless/true flux of isolated stars is 1 to 2e-3 for every target and aperture, and the circles' pulls
+    against the truth are unbiased (mean < 0.1, std < 1.05). The Kron pulls also hold the naive ellipse's
+    pixelisation of the wider matched stars (std up to 2.4 at 8 px): printed, not asserted."""
     from forcedphot.plugins.convolved import CONVOLVED_FLUXES
 
     d = _joined(star_field_repo, star_field_noiseless_repo, list(CONVOLVED_FLUXES))
@@ -76,3 +76,5 @@ def test_every_convolved_flux_of_stars_is_a_total_flux_after_aperture_correction
         print(f"{column}: n={good.sum()} noiseless/true median {np.median(ratio):.5f}; pull vs truth mean "
               f"{pull.mean():+.3f} std {pull.std():.3f}")
         assert good.sum() >= 800 and abs(np.median(ratio) - 1) < 2e-3, column
+        if "kron" not in column:
+            assert abs(pull.mean()) < 0.1 and pull.std() < 1.05, column

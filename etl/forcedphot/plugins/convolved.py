@@ -38,22 +38,20 @@ import math
 import numpy as np
 
 from forcedphot.kernels.convolved import convolved_sums
-from forcedphot.plugins.aperture import aperture_name, source_pixels
+from forcedphot.layout import CONVOLVED_RADII, CONVOLVED_TARGET_FWHMS, convolved_flux_names
+from forcedphot.plugins.aperture import source_pixels
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, excluded_bits, flag, register
 from forcedphot.plugins.kron import forced_kron_ellipse
 from forcedphot.plugins.shape import ref_flag
 
-TARGET_FWHMS = (3.5, 5.0, 6.5, 8.0)  # pixels (obs_lsst: 0.7, 1.0, 1.3, 1.6 arcsec at 0.2 arcsec/px)
-CONVOLVED_RADII = (3.3, 4.5, 6.0)  # pixels (meas_extensions_convolved's aperture radii)
+TARGET_FWHMS = CONVOLVED_TARGET_FWHMS  # pixels (obs_lsst: 0.7, 1.0, 1.3, 1.6 arcsec at 0.2 arcsec/px)
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 MAX_KRON_HALF = 128  # larger Kron ellipses are not convolved (cost grows as the square)
 MAX_KERNEL_SIGMA = 3.5  # px: sigma_K <= the widest target's sigma (3.397 px)
 INVALID_WEIGHT = 1e-9  # weight on invalid or excluded pixels above which a flux is flagged
 
 
-def flux_names(k: int) -> list[str]:
-    """The flux columns of target k: the circles, then the Kron ellipse."""
-    return [f"convolved{k}_{aperture_name(r)}Flux" for r in CONVOLVED_RADII] + [f"convolved{k}_kronFlux"]
+flux_names = convolved_flux_names  # the flux columns of target k: the circles, then the Kron ellipse
 
 
 CONVOLVED_FLUXES = tuple(name for k in range(len(TARGET_FWHMS)) for name in flux_names(k))  # all aperture corrected
