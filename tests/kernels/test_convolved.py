@@ -19,7 +19,6 @@ from forcedphot.plugins.convolved import (CONVOLVED_RADII, FWHM_PER_SIGMA, MAX_K
 from forcedphot.plugins.kron import forced_kron_ellipse
 from tests.kernels.context import quantum_context
 from tests.kernels.reference_convolved import reference_convolved
-from tests.kernels.test_apertures import NO_DATA
 
 RADII = np.asarray(CONVOLVED_RADII)
 
