@@ -15,3 +15,21 @@ UNDEBLENDED_PLUGINS = ("PsfFlux", "CircularApertureFlux", "KronFlux")  # undeble
 UNDEBLENDED = "undeblended_"  # prefix of the undeblended copies' columns
 PIXEL_FLAG_PLANES = ("BAD", "CR", "EDGE", "INTRP", "NO_DATA", "SAT", "SUSPECT",
                      "CLIPPED", "SENSOR_EDGE", "REJECTED", "INEXACT_PSF")  # planes with pixelFlags columns
+
+# ConvolvedFlux (plugins/convolved.py): target seeings as FWHM in pixels (obs_lsst's 0.7, 1.0, 1.3,
+# 1.6 arcsec at 0.2 arcsec/px) and aperture radii (meas_extensions_convolved's); here so that the
+# simulator's aperture corrections name the same columns without importing the plugins.
+CONVOLVED_TARGET_FWHMS = (3.5, 5.0, 6.5, 8.0)
+CONVOLVED_RADII = (3.3, 4.5, 6.0)
+
+
+def aperture_name(radius: float) -> str:
+    """Rubin Object-table style prefix: 3 -> 'ap03', 4.5 -> 'ap04p5'."""
+    whole = int(radius)
+    frac = round((radius - whole) * 10)
+    return f"ap{whole:02d}" + (f"p{frac}" if frac else "")
+
+
+def convolved_flux_names(k: int) -> list[str]:
+    """ConvolvedFlux's flux columns of target k: the circles, then the Kron ellipse."""
+    return [f"convolved{k}_{aperture_name(r)}Flux" for r in CONVOLVED_RADII] + [f"convolved{k}_kronFlux"]

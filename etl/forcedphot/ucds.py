@@ -31,7 +31,7 @@ EXACT = {
     "cModel_objective": "stat.fit.residual",
 }
 PATTERNS = (
-    (r"(_flag|^pixelFlags_|^detect_is)", "meta.code"),
+    (r"(_flag|^pixelFlags_|^detect_is|_deconv$)", "meta.code"),
     (r"FluxErr$", "stat.error;phot.flux"),
     (r"Flux$|_flux$|Flux_inner$", "phot.flux"),
     (r"_fluxErr$", "stat.error;phot.flux"),
@@ -47,6 +47,7 @@ PATTERNS = (
     (r"_(xx|yy|xy)Err$", "stat.error;src.morph.param"),
     (r"_(xx|yy|xy)$", "src.morph.param"),
     (r"kronRad$", "phys.size.radius"),
+    (r"_seeing$", "instr.obsty.seeing"),
     (r"_chi2$", "stat.fit.chi2"),
     (r"_npixels$", "meta.number"),
     (r"_area$", "phys.area"),

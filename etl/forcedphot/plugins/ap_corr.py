@@ -28,8 +28,10 @@ from __future__ import annotations
 import numpy as np
 
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag, register
+from forcedphot.plugins.convolved import CONVOLVED_FLUXES
 
 AP_CORR_FLUXES = ("psfFlux", "gaussianFlux", "kronFlux", "cModelFlux")
+AP_CORR_FLUXES += CONVOLVED_FLUXES  # ConvolvedFlux: every circle and Kron flux of every target (as Rubin)
 # a flux whose flags are named after its algorithm rather than the flux (<base>_flag, <base>_flag_apCorr)
 FLAG_BASE = {"cModelFlux": "cModel"}
 # fluxes corrected with another flux's field (without columns of their own), besides the undeblended copies

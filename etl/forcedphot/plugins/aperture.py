@@ -33,17 +33,10 @@ import numpy as np
 
 from forcedphot.kernels.aperture_naive import naive_apertures
 from forcedphot.kernels.aperture_sinc import sinc_apertures, sinc_width
-from forcedphot.layout import STANDARD_APERTURE_RADII, UNDEBLENDED
+from forcedphot.layout import STANDARD_APERTURE_RADII, UNDEBLENDED, aperture_name
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, excluded_bits, flag, register
 
 MAX_SINC_RADIUS_IN_SCHEMA = 12.0
-
-
-def aperture_name(radius: float) -> str:
-    """Rubin Object-table style prefix: 3 -> 'ap03', 4.5 -> 'ap04p5'."""
-    whole = int(radius)
-    frac = round((radius - whole) * 10)
-    return f"ap{whole:02d}" + (f"p{frac}" if frac else "")
 
 
 def source_pixels(ctx: MeasurementContext):

@@ -20,6 +20,8 @@ sets its specific flags. A row without a reference radius or shape is flagged fo
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from forcedphot.layout import UNDEBLENDED
@@ -30,6 +32,49 @@ from forcedphot.plugins.shape import missing_shape, ref_flag
 
 N_RADIUS_FOR_FLUX = 2.5
 MAX_HALF = 512  # ellipses taller than this many rows either side are treated as off the coadd
+
+
+class KronEllipse(NamedTuple):
+    """The forced Kron aperture of every source (coadd pixels) and why a source has none."""
+
+    ok: np.ndarray  # usable centroid, radius and shape
+    edge: np.ndarray  # the ellipse leaves the coadd (or has more than MAX_HALF rows either side)
+    half: np.ndarray  # rows either side of the centre (0 where not measured)
+    ext_x: np.ndarray  # half-extents of the ellipse along x and y
+    ext_y: np.ndarray
+    einv: np.ndarray  # (N, 2, 2) inverse of the flux ellipse: d^T einv d <= 1 inside
+    kron_rad: np.ndarray  # sqrt(ab) before the 2.5 scaling (NaN where not ok)
+    no_radius: np.ndarray
+    bad_radius: np.ndarray
+    no_shape: np.ndarray
+    bad_shape: np.ndarray
+
+
+def forced_kron_ellipse(ctx: MeasurementContext) -> KronEllipse:
+    """The reference shape rescaled to sqrt(ab) = the reference Kron radius, times 2.5 (KronFlux and ConvolvedFlux)."""
+    n = ctx.n
+    r_k = np.asarray(ctx.ref.get("kron_radius", np.full(n, np.nan)), float)
+    no_radius = np.isnan(r_k)
+    bad_radius = ~(np.isfinite(r_k) & (r_k > np.finfo(float).eps))
+    no_shape = missing_shape(ctx)
+    bad_shape = ~ctx.shape_ok
+    ref_det = ctx.ref["shape_xx"] * ctx.ref["shape_yy"] - ctx.ref["shape_xy"] ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = r_k ** 2 / np.sqrt(ref_det)
+    ok = ctx.usable & ~bad_radius & ~bad_shape & np.isfinite(scale)
+    ellipse = np.where(ok[:, None, None], ctx.shape * scale[:, None, None], np.eye(2))
+    kron_rad = np.where(ok, (ellipse[:, 0, 0] * ellipse[:, 1, 1] - ellipse[:, 0, 1] ** 2) ** 0.25, np.nan)
+    flux_ellipse = ellipse * N_RADIUS_FOR_FLUX ** 2
+    ext_x = np.sqrt(flux_ellipse[:, 0, 0])
+    ext_y = np.sqrt(flux_ellipse[:, 1, 1])
+    bbox = ctx.coadd.bbox
+    edge = ok & ((ctx.x - ext_x < bbox.min_x - 0.5) | (ctx.x + ext_x > bbox.max_x + 0.5)
+                 | (ctx.y - ext_y < bbox.min_y - 0.5) | (ctx.y + ext_y > bbox.max_y + 0.5))
+    with np.errstate(invalid="ignore"):
+        half = np.where(ok & ~edge, np.ceil(ext_y) + 1, 0)
+    edge |= half > MAX_HALF  # larger than any patch: treated as off the coadd
+    einv, _ = inverse_2x2(flux_ellipse)
+    return KronEllipse(ok, edge, half, ext_x, ext_y, einv, kron_rad, no_radius, bad_radius, no_shape, bad_shape)
 
 
 @register
@@ -59,30 +104,11 @@ class KronFlux(Plugin):
     def measure(self, ctx: MeasurementContext):
         from forcedphot.kernels.apertures import ellipse_sums
 
-        n = ctx.n
         both = self.name in ctx.undeblended
-        r_k = np.asarray(ctx.ref.get("kron_radius", np.full(n, np.nan)), float)
-        no_radius = np.isnan(r_k)
-        bad_radius = ~(np.isfinite(r_k) & (r_k > np.finfo(float).eps))
-        no_shape = missing_shape(ctx)
-        bad_shape = ~ctx.shape_ok
-        ref_det = ctx.ref["shape_xx"] * ctx.ref["shape_yy"] - ctx.ref["shape_xy"] ** 2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            scale = r_k ** 2 / np.sqrt(ref_det)
-        ok = ctx.usable & ~bad_radius & ~bad_shape & np.isfinite(scale)
-        ellipse = np.where(ok[:, None, None], ctx.shape * scale[:, None, None], np.eye(2))
-        kron_rad = np.where(ok, (ellipse[:, 0, 0] * ellipse[:, 1, 1] - ellipse[:, 0, 1] ** 2) ** 0.25, np.nan)
-        flux_ellipse = ellipse * N_RADIUS_FOR_FLUX ** 2
-        ext_x = np.sqrt(flux_ellipse[:, 0, 0])
-        ext_y = np.sqrt(flux_ellipse[:, 1, 1])
-        bbox = ctx.coadd.bbox
-        edge = ok & ((ctx.x - ext_x < bbox.min_x - 0.5) | (ctx.x + ext_x > bbox.max_x + 0.5)
-                     | (ctx.y - ext_y < bbox.min_y - 0.5) | (ctx.y + ext_y > bbox.max_y + 0.5))
-        with np.errstate(invalid="ignore"):
-            half = np.where(ok & ~edge, np.ceil(ext_y) + 1, 0)
-        edge |= half > MAX_HALF  # larger than any patch: treated as off the coadd
+        e = forced_kron_ellipse(ctx)
+        ok, edge, half, einv, kron_rad = e.ok, e.edge, e.half, e.einv, e.kron_rad
+        no_radius, bad_radius, no_shape, bad_shape = e.no_radius, e.bad_radius, e.no_shape, e.bad_shape
         measure = ok & ~edge
-        einv, _ = inverse_2x2(flux_ellipse)
         pixels = source_pixels(ctx)
         image, variance, _, _, fp = pixels.planes()
         valid = pixels.classes(excluded_bits(ctx.coadd, self.config))  # excluded pixels are summed, and flag the flux

@@ -13,12 +13,14 @@ from numpy.polynomial import chebyshev
 
 from forcedphot.apcorr import ApCorrMap, ChebyshevField
 from forcedphot.coadd_inputs import CoaddInput, CoaddInputs
+from forcedphot.layout import CONVOLVED_RADII, CONVOLVED_TARGET_FWHMS, convolved_flux_names
 from forcedphot.moments import inverse_2x2
 from forcedphot.sim.profiles import PIXEL_VARIANCE, render_mixture
 from forcedphot.skymap import Box
 
 ORDER = 2
 N_OFFSETS = 16
+N_ANGLES = 64  # angles of the disk-fraction integral (periodic and smooth: converges exponentially)
 KRON_SCALE = 2.5
 
 
@@ -63,6 +65,62 @@ def _star_fractions(band_psf, ref_psf, x, y, rng, psf_fraction, psf_mixtures=Non
     out = {"psfFlux": psf_fraction, "gaussianFlux": gaussian, "kronFlux": kron}
     if psf_mixtures is not None:
         out["cModelFlux"] = _cmodel_fractions(amps, covs, psf_mixtures, rng)
+    return out | _convolved_fractions(amps, covs - PIXEL_VARIANCE * np.eye(2), einv, half, rng)
+
+
+def _disk_fraction(cov: np.ndarray, radius: float) -> np.ndarray:
+    """Fraction of a Gaussian N(0, cov) (..., 2, 2) within the circle of ``radius`` about its centre:
+    (1 / 2 pi sqrt(det)) int (1 - exp(-R^2 a / 2)) / a dtheta, a = u^T cov^-1 u (u at angle theta)."""
+    th = (np.arange(N_ANGLES) + 0.5) * (2 * np.pi / N_ANGLES)
+    ux, uy = np.cos(th), np.sin(th)
+    det = cov[..., 0, 0] * cov[..., 1, 1] - cov[..., 0, 1] ** 2
+    # u^T cov^-1 u with cov^-1 = [[yy, -xy], [-xy, xx]] / det
+    a = (cov[..., 1, 1, None] * ux * ux - 2 * cov[..., 0, 1, None] * ux * uy + cov[..., 0, 0, None] * uy * uy) / det[..., None]
+    return ((1 - np.exp(-0.5 * radius * radius * a)) / a).mean(axis=-1) / np.sqrt(det)
+
+
+def _adaptive_moments(amps: np.ndarray, covs: np.ndarray, n_iter: int = 60) -> np.ndarray:
+    """SDSS adaptive moments (N, 2, 2) of Gaussian mixtures (amps (N, M), covs (N, M, 2, 2), the pixel included):
+    the weight S with S = 2 M_S, M_S the S-weighted second moments (C for a Gaussian of covariance C).
+    Analytic: the product of N(0, C) and the weight is a Gaussian of covariance P = (C^-1 + S^-1)^-1
+    and mass sqrt(det P / det C)."""
+    s = (amps[:, :, None, None] * covs).sum(axis=1) / amps.sum(axis=1)[:, None, None]
+    for _ in range(n_iter):
+        p = np.linalg.inv(np.linalg.inv(covs) + np.linalg.inv(s)[:, None])
+        w = amps * np.sqrt(np.linalg.det(p) / np.linalg.det(covs))
+        s = 2 * (w[:, :, None, None] * p).sum(axis=1) / w.sum(axis=1)[:, None, None]
+    return s
+
+
+def _convolved_fractions(amps, covs, einv, half, rng) -> dict[str, np.ndarray]:
+    """ConvolvedFlux's fractions of a star: its PSF (mixture amps, covs, pixel excluded) matched as the plugin
+    matches it (seeing: the PSF's adaptive moments, sigma_K^2 = t^2 - seeing^2 where positive) and measured in
+    the sinc circles (the integral over the disk of the matched profile) and the naive Kron ellipse (over
+    sub-pixel offsets, as kronFlux)."""
+    n = amps.shape[0]
+    pix = PIXEL_VARIANCE * np.eye(2)
+    m = _adaptive_moments(amps, covs + pix)
+    seeing = (m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] ** 2) ** 0.25
+    ar = np.arange(-half, half + 1, dtype=float)
+    gy, gx = np.meshgrid(ar, ar, indexing="ij")
+    out = {}
+    for k, fwhm in enumerate(CONVOLVED_TARGET_FWHMS):
+        t = fwhm / (2 * np.sqrt(2 * np.log(2)))
+        var_k = np.where(t < seeing, 0.0, t * t - seeing * seeing)  # _deconv: the unconvolved image
+        matched = covs + pix + var_k[:, None, None, None] * np.eye(2)
+        names = convolved_flux_names(k)
+        for r, name in zip(CONVOLVED_RADII, names):
+            out[name] = (amps * _disk_fraction(matched, r)).sum(axis=1)
+        kron = np.empty(n)
+        for i in range(n):
+            off = rng.uniform(-0.5, 0.5, (N_OFFSETS, 2))
+            dx = gx[None] - off[:, 0, None, None]
+            dy = gy[None] - off[:, 1, None, None]
+            img = render_mixture(dx, dy, np.tile(amps[i], (N_OFFSETS, 1)), np.tile(matched[i] - pix, (N_OFFSETS, 1, 1, 1)))
+            e = einv[i]
+            inside = e[0, 0] * dx * dx + 2 * e[0, 1] * dx * dy + e[1, 1] * dy * dy <= 1.0
+            kron[i] = (img * inside).sum(axis=(1, 2)).mean()
+        out[names[-1]] = kron
     return out
 
 
