@@ -212,7 +212,8 @@ def _too_large(exc, args, limits: dict) -> ForcedPhotError:
 
 def cmd_sql(args) -> int:
     from forcedphot.duck import is_empty_query
-    from forcedphot.query import sql_reader
+    from forcedphot.frame_text import simple_dtypes
+    from forcedphot.query import query_relation, relation_reader
     from forcedphot.results import ResultTooLarge, output_format, write_result, write_text
 
     if sum(x is not None for x in (args.query, args.file, args.example)) != 1:
@@ -238,13 +239,18 @@ def cmd_sql(args) -> int:
                   "bytes": SQL_BYTE_LIMIT if args.byte_limit is None else args.byte_limit}
     limits = {k: None if v == -1 else v for k, v in limits.items()}
     try:
-        with sql_reader(args.repo, query, dict(args.param) or None, max_rows=limits["rows"],
-                        max_bytes=limits["bytes"]) as reader:
-            if args.out:
-                rows = write_result(reader, args.out, overwrite=args.overwrite)
-                print(f"wrote {rows} rows ({len(reader.schema)} columns) to {args.out}")
-                return 0
-            table = reader.read_all()  # whole before printing: an error never leaves half a result
+        with query_relation(args.repo, query, dict(args.param) or None) as opened:
+            if args.format is None and not args.out:
+                dtypes = simple_dtypes(opened.rel.types)
+                if dtypes is not None:  # integers, text, booleans: printed without Polars or pyarrow
+                    _print_simple(args, opened, dtypes, limits)
+                    return 0
+            with relation_reader(opened, max_rows=limits["rows"], max_bytes=limits["bytes"]) as reader:
+                if args.out:
+                    rows = write_result(reader, args.out, overwrite=args.overwrite)
+                    print(f"wrote {rows} rows ({len(reader.schema)} columns) to {args.out}")
+                    return 0
+                table = reader.read_all()  # whole before printing: an error never leaves half a result
     except ResultTooLarge as exc:
         raise _too_large(exc, args, limits) from None
     if args.format in ("csv", "json"):
@@ -257,8 +263,34 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def _print_simple(args, opened, dtypes: list[str], limits: dict) -> None:
+    """A result of simple column types, fetched whole (within the limits) and printed as Polars would."""
+    from forcedphot.frame_text import frame_text
+    from forcedphot.results import unique_names
+
+    columns = opened.fetch_simple(max_rows=limits["rows"], max_bytes=limits["bytes"])
+    names = unique_names(list(opened.rel.columns))
+    text = frame_text(names, dtypes, columns, max_rows=args.max_rows)
+    if text is None:  # not reproduced here: the same values through Polars
+        frame = pl.DataFrame({n: c for n, c in zip(names, columns)},
+                             schema={n: _POLARS_DTYPES[d] for n, d in zip(names, dtypes)})
+        with pl.Config(tbl_rows=args.max_rows, tbl_cols=-1, tbl_width_chars=200):
+            text = str(frame)
+    print(text)
+
+
+class _PolarsDtypes:
+    def __getitem__(self, name: str):
+        return {"i8": pl.Int8, "i16": pl.Int16, "i32": pl.Int32, "i64": pl.Int64, "u8": pl.UInt8, "u16": pl.UInt16,
+                "u32": pl.UInt32, "u64": pl.UInt64, "str": pl.String, "bool": pl.Boolean}[name]
+
+
+_POLARS_DTYPES = _PolarsDtypes()
+
+
 def cmd_status(args) -> int:
     from forcedphot.plan import plan_quanta
+    from forcedphot.provenance import StatusMemo
     from forcedphot.repository import Repository
     from forcedphot.runner import quantum_state, read_last_run
 
@@ -266,11 +298,16 @@ def cmd_status(args) -> int:
     config = _config(args)
     states = {}
     rows = []
-    for q in plan_quanta(repo, footprint_dataset=config.footprint_dataset):
-        state, _ = quantum_state(repo, q, config)
-        states[state] = states.get(state, 0) + 1
-        rows.append({"tract": q.data_id.tract, "patch": q.data_id.patch, "band": q.data_id.band, "state": state,
-                     "missing": ",".join(q.missing)})
+    quanta = plan_quanta(repo, footprint_dataset=config.footprint_dataset)
+    memo = StatusMemo(repo.root)  # what it read of files whose stat is unchanged since is not read again
+    try:
+        for q in quanta:
+            state, _ = quantum_state(repo, q, config, memo=memo)
+            states[state] = states.get(state, 0) + 1
+            rows.append({"tract": q.data_id.tract, "patch": q.data_id.patch, "band": q.data_id.band, "state": state,
+                         "missing": ",".join(q.missing)})
+    finally:
+        memo.save()
     print(f"repository {repo.root}: {len(rows)} quanta: "
           + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     if args.verbose and rows:
