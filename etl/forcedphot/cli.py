@@ -212,7 +212,6 @@ def _too_large(exc, args, limits: dict) -> ForcedPhotError:
 
 def cmd_sql(args) -> int:
     from forcedphot.duck import is_empty_query
-    from forcedphot.frame_text import simple_dtypes
     from forcedphot.query import query_relation, relation_reader
     from forcedphot.results import ResultTooLarge, output_format, write_result, write_text
 
@@ -240,11 +239,8 @@ def cmd_sql(args) -> int:
     limits = {k: None if v == -1 else v for k, v in limits.items()}
     try:
         with query_relation(args.repo, query, dict(args.param) or None) as opened:
-            if args.format is None and not args.out:
-                dtypes = simple_dtypes(opened.rel.types)
-                if dtypes is not None:  # integers, text, booleans: printed without Polars or pyarrow
-                    _print_simple(args, opened, dtypes, limits)
-                    return 0
+            if args.format is None and not args.out and _print_simple(args, opened, limits):
+                return 0  # integers, text, booleans: printed without Polars or pyarrow
             with relation_reader(opened, max_rows=limits["rows"], max_bytes=limits["bytes"]) as reader:
                 if args.out:
                     rows = write_result(reader, args.out, overwrite=args.overwrite)
@@ -263,29 +259,23 @@ def cmd_sql(args) -> int:
     return 0
 
 
-def _print_simple(args, opened, dtypes: list[str], limits: dict) -> None:
-    """A result of simple column types, fetched whole (within the limits) and printed as Polars would."""
-    from forcedphot.frame_text import frame_text
+def _print_simple(args, opened, limits: dict) -> bool:
+    """Print a result of simple column types as Polars would, without Polars (:mod:`forcedphot.frame_text`);
+    False (nothing printed) for any other result, or one whose table only Polars prints exactly: the caller
+    then runs it through Arrow and Polars."""
+    from forcedphot.frame_text import frame_text, names_printable, simple_dtypes
     from forcedphot.results import unique_names
 
-    columns = opened.fetch_simple(max_rows=limits["rows"], max_bytes=limits["bytes"])
+    dtypes = simple_dtypes(opened.rel.types)
     names = unique_names(list(opened.rel.columns))
-    text = frame_text(names, dtypes, columns, max_rows=args.max_rows)
-    if text is None:  # not reproduced here: the same values through Polars
-        frame = pl.DataFrame({n: c for n, c in zip(names, columns)},
-                             schema={n: _POLARS_DTYPES[d] for n, d in zip(names, dtypes)})
-        with pl.Config(tbl_rows=args.max_rows, tbl_cols=-1, tbl_width_chars=200):
-            text = str(frame)
+    if dtypes is None or not names_printable(names):
+        return False
+    shown = opened.fetch_shown(max_shown=args.max_rows, max_rows=limits["rows"], max_bytes=limits["bytes"])
+    text = frame_text(names, dtypes, shown, max_rows=args.max_rows)
+    if text is None:
+        return False
     print(text)
-
-
-class _PolarsDtypes:
-    def __getitem__(self, name: str):
-        return {"i8": pl.Int8, "i16": pl.Int16, "i32": pl.Int32, "i64": pl.Int64, "u8": pl.UInt8, "u16": pl.UInt16,
-                "u32": pl.UInt32, "u64": pl.UInt64, "str": pl.String, "bool": pl.Boolean}[name]
-
-
-_POLARS_DTYPES = _PolarsDtypes()
+    return True
 
 
 def cmd_status(args) -> int:

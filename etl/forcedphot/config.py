@@ -46,6 +46,15 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _one_line(exc, where: str) -> ConfigError:
+    err = exc.errors()[0]
+    option = str(err["loc"][0]) if err["loc"] else None
+    index = "".join(f"[{i}]" for i in err["loc"][1:])
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more error(s))" if exc.error_count() > 1 else ""
+    return ConfigError(f"{where}: option {option}{index} = {err.get('input')!r}: {msg}{more}", option)
+
+
 @dataclass(frozen=True)
 class ForcedPhotConfig:
     """Keyword options of a run (photutils style: everything optional has a default)."""
@@ -82,10 +91,11 @@ class ForcedPhotConfig:
             return  # the defaults (immutable), which validate as they are
         from pydantic import ValidationError
 
-        from forcedphot.config_schema import ConfigSchema, _one_line
+        from forcedphot.config_schema import ConfigSchema
 
         try:
-            valid = ConfigSchema.model_validate({f.name: getattr(self, f.name) for f in fields(self)})
+            valid = ConfigSchema.model_validate({f.name: getattr(self, f.name) for f in fields(self)},
+                                                context={"plugin_names": PLUGIN_NAMES})
         except ValidationError as exc:
             raise _one_line(exc, "config") from None
         for f in fields(self):  # normalised: lists become tuples, radii floats (so fingerprints agree)

@@ -1,16 +1,17 @@
 """The pydantic model of the run options (:class:`ConfigSchema`): types, ranges and descriptions.
 
 In its own module so that importing :mod:`forcedphot.config` (every command) does not import pydantic and
-build the model (~0.1 s of CPU): :class:`forcedphot.config.ForcedPhotConfig` imports it to validate.
+build the model (~0.1 s of CPU): :class:`forcedphot.config.ForcedPhotConfig` imports it to validate, and
+passes the known plugin names (``config.PLUGIN_NAMES``) in the validation context (this module does not
+import :mod:`forcedphot.config`: no import cycle).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationInfo, field_validator
 
-from forcedphot.config import ConfigError, PLUGIN_NAMES
 from forcedphot.flags import DEFAULT_MASK_PLANES
 from forcedphot.layout import PIXEL_FLAG_PLANES, STANDARD_APERTURE_RADII, UNDEBLENDED_PLUGINS
 
@@ -64,10 +65,13 @@ class ConfigSchema(BaseModel):
 
     @field_validator("plugins")
     @classmethod
-    def _known_plugins(cls, names):
-        unknown = [p for p in names if p not in PLUGIN_NAMES]
+    def _known_plugins(cls, names, info: ValidationInfo):
+        known = (info.context or {}).get("plugin_names")
+        if known is None:
+            raise ValueError("validate with context={'plugin_names': forcedphot.config.PLUGIN_NAMES}")
+        unknown = [p for p in names if p not in known]
         if unknown:
-            raise ValueError(f"unknown plugin(s) {unknown}; known: {sorted(PLUGIN_NAMES)}")
+            raise ValueError(f"unknown plugin(s) {unknown}; known: {sorted(known)}")
         return names
 
     @field_validator("psf_bad_mask_planes")
@@ -85,12 +89,3 @@ class ConfigSchema(BaseModel):
         if unknown:
             raise ValueError(f"planes {unknown} have no pixelFlags columns; known: {list(PIXEL_FLAG_PLANES)}")
         return names
-
-
-def _one_line(exc: ValidationError, where: str) -> ConfigError:
-    err = exc.errors()[0]
-    option = str(err["loc"][0]) if err["loc"] else None
-    index = "".join(f"[{i}]" for i in err["loc"][1:])
-    msg = err["msg"].removeprefix("Value error, ")
-    more = f" (and {exc.error_count() - 1} more error(s))" if exc.error_count() > 1 else ""
-    return ConfigError(f"{where}: option {option}{index} = {err.get('input')!r}: {msg}{more}", option)

@@ -267,16 +267,9 @@ VIEW_READS = {"object": {"forced_source"}}
 _SYSTEM_SCHEMAS = {"", "main", "memory", "temp"}
 
 
-def views_read(query: str) -> set[str] | None:
-    """The repository views ``query`` reads (with those they read), or None when that cannot be told: the
-    caller then creates them all.
-
-    From DuckDB's parse tree of the query (``json_serialize_sql``; nothing is bound or read): its base tables
-    less its CTEs. None for a statement it cannot serialize (EXPLAIN), a table function (``duckdb_views()``,
-    ``query_table('ref')``), a table of another schema (``information_schema.tables``) or a name that is no
-    view: those see the views (or name them in an error message) exactly as when all are created.
-    """
-    views = set(view_statements()) | set(view_statements("ledger_views"))
+def tables_read(query: str) -> tuple[set[str], set[str]] | None:
+    """(the tables and views ``query`` names, its CTEs' names), lower case, from DuckDB's parse tree of it
+    (``json_serialize_sql``: nothing is bound or read); None when that cannot be told (see :func:`views_read`)."""
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
                                  "enable_external_access": False})
     try:
@@ -308,7 +301,23 @@ def views_read(query: str) -> set[str] | None:
         for entry in (node.get("cte_map") or {}).get("map", []) if isinstance(node.get("cte_map"), dict) else []:
             ctes.add(str(entry.get("key", "")).lower())
         stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
-    tables -= ctes
+    return tables, ctes
+
+
+def views_read(query: str) -> set[str] | None:
+    """The repository views ``query`` reads (with those they read), or None when that cannot be told: the
+    caller then creates them all.
+
+    From DuckDB's parse tree of the query (``json_serialize_sql``; nothing is bound or read): its base tables
+    less its CTEs. None for a statement it cannot serialize (EXPLAIN), a CTE named as a view, a table function (``duckdb_views()``,
+    ``query_table('ref')``), a table of another schema (``information_schema.tables``) or a name that is no
+    view: those see the views (or name them in an error message) exactly as when all are created.
+    """
+    views = set(view_statements()) | set(view_statements("ledger_views"))
+    parsed = tables_read(query)
+    if parsed is None or parsed[1] & views:  # a CTE named as a view: left to DuckDB with every view there
+        return None
+    tables = parsed[0] - parsed[1]
     if not tables <= views:
         return None
     wanted = set()
@@ -343,17 +352,17 @@ class OpenQuery(NamedTuple):
     rel: duckdb.DuckDBPyRelation
     params: dict | None
 
-    def fetch_simple(self, *, max_rows: int | None = None, max_bytes: int | None = None) -> list[list]:
-        """All rows of a result of simple column types (:data:`forcedphot.frame_text.SIMPLE_TYPES`) as Python
-        values, one list per column, within the limits (:func:`forcedphot.frame_text.fetch_columns`)."""
-        from forcedphot.frame_text import fetch_columns
+    def fetch_shown(self, *, max_shown: int, max_rows: int | None = None, max_bytes: int | None = None):
+        """A result of simple column types (:data:`forcedphot.frame_text.SIMPLE_TYPES`) read whole within the
+        limits, keeping the rows a table of ``max_shown`` rows shows (:func:`forcedphot.frame_text.fetch_shown`)."""
+        from forcedphot.frame_text import fetch_shown
         from forcedphot.results import batch_rows
 
         try:
             text = self.rel.sql_query()
             cursor = self.con.execute(text, self.params) if self.params else self.con.execute(text)
-            return fetch_columns(cursor, self.rel.types, batch_rows=batch_rows, max_rows=max_rows,
-                                 max_bytes=max_bytes)
+            return fetch_shown(cursor, self.rel.types, max_shown=max_shown, batch_rows=batch_rows,
+                               max_rows=max_rows, max_bytes=max_bytes)
         except duckdb.InterruptException:  # Ctrl-C or SIGTERM while computing
             raise KeyboardInterrupt from None
         except duckdb.Error as exc:

@@ -34,7 +34,8 @@ class StatMemo:
         self._prefix = os.path.join(str(self.root), "")
         self.path = self.root / STATE_DIR / f"memo+{name}.json"
         self._entries = self._read()
-        self._new: dict[str, list] = {}
+        self._new: dict[str, list] = {}  # read now, to save
+        self._racy: dict[str, list] = {}  # read now, too soon after their last change to save: this process only
 
     def _read(self) -> dict[str, list]:
         try:
@@ -57,7 +58,7 @@ class StatMemo:
             key = list(stat_key(os.stat(path)))
         except OSError:
             return compute(path)  # what reading it says (an error naming it, or a fallback)
-        entry = self._new.get(rel) or self._entries.get(rel)
+        entry = self._new.get(rel) or self._racy.get(rel) or self._entries.get(rel)
         if entry is not None and entry[:5] == key:
             return entry[5]
         checked_ns = time.time_ns()
@@ -66,8 +67,8 @@ class StatMemo:
             after = list(stat_key(os.stat(path)))
         except OSError:
             return value
-        if after == key and not racy(key[2], checked_ns) and not os.path.isabs(rel):
-            self._new[rel] = key + [value]
+        if after == key and not os.path.isabs(rel):
+            (self._racy if racy(key[2], checked_ns) else self._new)[rel] = key + [value]
         return value
 
     def save(self) -> None:
