@@ -76,7 +76,7 @@ def test_status_imports_no_arrow_once_it_has_looked(repo):
     assert not first & {"polars", "pandas", "pyarrow.dataset", "numba"}  # it reads footers with pyarrow
     second, res2 = imported(["status", "--repo", str(repo)], repo.parent)
     assert res2.stdout == res.stdout
-    assert "duckdb" in second and not second & set(HEAVY), sorted(second & set(HEAVY))
+    assert not second & {*HEAVY, "duckdb"}, sorted(second & {*HEAVY, "duckdb"})  # its plan remembered too
 
 
 # -- sql: only the views a query reads ---------------------------------------------------------------
@@ -298,6 +298,29 @@ def test_status_memo_never_hides_a_changed_output(measured_tiny_repo, tmp_path, 
     assert "1 corrupt" in status_lines(repo, capsys)[0]
     out.unlink()
     assert "1 new" in status_lines(repo, capsys)[0]
+
+
+def test_plan_memo_gives_the_plan_of_the_sql(tiny_repo, capsys):
+    from forcedphot.plan import PLAN_MEMO, plan_quanta
+    from forcedphot.repository import Repository
+
+    repo = Repository(tiny_repo)
+    time.sleep(0.1)  # the copied skymap out of the racy window
+    sql_plan = plan_quanta(repo)
+    assert plan_quanta(repo, memo=True) == sql_plan and (tiny_repo / PLAN_MEMO).exists()
+    assert plan_quanta(repo, memo=True, bands=["g"], footprint_dataset="scarlet") == plan_quanta(
+        repo, bands=["g"], footprint_dataset="scarlet")
+    for change in (lambda: next((tiny_repo / "coadd").rglob("coadd.arrow")).unlink(),
+                   lambda: shutil.rmtree(next((tiny_repo / "footprints").rglob("band=r"))),
+                   lambda: shutil.copytree(next((tiny_repo / "footprints").rglob("band=g")),
+                                           next((tiny_repo / "footprints").rglob("band=g")).with_name("band=y"))):
+        change()
+        assert plan_quanta(repo, memo=True) == plan_quanta(repo) != sql_plan
+        sql_plan = plan_quanta(repo)
+    assert sum(q.missing == ("coadd",) for q in sql_plan) == 2
+    assert status_lines(tiny_repo, capsys)[0].startswith(f"repository {tiny_repo}: 17 quanta: 3 missing, 14 new")
+    (tiny_repo / PLAN_MEMO).write_text("[1, 2")  # unreadable: the SQL plans
+    assert plan_quanta(repo, memo=True) == sql_plan
 
 
 # -- config and verified-state without pydantic --------------------------------------------------------

@@ -288,7 +288,7 @@ def cmd_status(args) -> int:
     config = _config(args)
     states = {}
     rows = []
-    quanta = plan_quanta(repo, footprint_dataset=config.footprint_dataset)
+    quanta = plan_quanta(repo, footprint_dataset=config.footprint_dataset, memo=True)
     memo = StatusMemo(repo.root)  # what it read of files whose stat is unchanged since is not read again
     try:
         for q in quanta:
