@@ -41,21 +41,22 @@ def simple_dtypes(types) -> list[str] | None:
     return out
 
 
-def arrow_nbytes(types, columns: list[list]) -> int:
+def arrow_nbytes(types, rows: list[tuple]) -> int:
     """Bytes of these rows as one DuckDB Arrow record batch (``RecordBatch.nbytes``): per column a validity
     bitmap, then the values (fixed width, a bitmap for booleans, UTF-8 bytes and int32 offsets for text, which
-    pyarrow counts as one per row)."""
+    pyarrow counts as one per row). Only text values are looked at."""
+    n = len(rows)
+    bitmap = (n + 7) // 8
     total = 0
-    for t, values in zip(types, columns):
-        n = len(values)
-        bitmap = (n + 7) // 8
+    for j, t in enumerate(types):
         width = SIMPLE_TYPES[str(t)][1]
         if width > 0:
             total += bitmap + n * width
         elif width < 0:
             total += 2 * bitmap
         else:
-            total += bitmap + 4 * n + sum(len(v.encode()) for v in values if v is not None)
+            total += bitmap + 4 * n + sum(len(v) if v.isascii() else len(v.encode())
+                                          for v in (row[j] for row in rows) if v is not None)
     return total
 
 
@@ -93,7 +94,7 @@ def fetch_shown(cursor, types, *, max_shown: int, batch_rows: int | Callable[[in
         if not batch:
             return Shown(rows, head, list(tail) if n_tail else [])
         rows += len(batch)
-        n_bytes += arrow_nbytes(types, [list(c) for c in zip(*batch)])
+        n_bytes += arrow_nbytes(types, batch)
         if max_rows is not None and rows > max_rows:
             raise ResultTooLarge("rows", max_rows, rows)
         if max_bytes is not None and n_bytes > max_bytes:
