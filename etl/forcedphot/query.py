@@ -231,9 +231,9 @@ def connect(repo: Repository | str | Path, query: str | None = None) -> duckdb.D
         if "@root@" in stmt:
             raise QueryError(f"sql/views.sql: view {name} reads files by path (@root@); read them with "
                              "@files(NAME)@ (the query connection opens no file)")
-    wanted = None if query is None else views_read(query)
     con = sandboxed_connection()
     try:
+        wanted = None if query is None else views_read(query, con)
         replacements = {"@object_select@": lambda: _object_select(repo)}
         for name, stmt in statements.items():
             if wanted is not None and name not in wanted:
@@ -267,17 +267,19 @@ VIEW_READS = {"object": {"forced_source"}}
 _SYSTEM_SCHEMAS = {"", "main", "memory", "temp"}
 
 
-def tables_read(query: str) -> tuple[set[str], set[str]] | None:
+def tables_read(query: str, con: duckdb.DuckDBPyConnection | None = None) -> tuple[set[str], set[str]] | None:
     """(the tables and views ``query`` names, its CTEs' names), lower case, from DuckDB's parse tree of it
-    (``json_serialize_sql``: nothing is bound or read); None when that cannot be told (see :func:`views_read`)."""
-    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
-                                 "enable_external_access": False})
+    (``json_serialize_sql``: nothing is bound or read, on ``con`` or a sandboxed connection of its own); None
+    when that cannot be told (see :func:`views_read`)."""
+    own = con is None
+    con = sandboxed_connection() if own else con
     try:
-        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0])
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
     except (duckdb.Error, TypeError, ValueError):
         return None
     finally:
-        con.close()
+        if own:
+            con.close()
     if not isinstance(tree, dict) or tree.get("error", True):
         return None
     tables: set[str] = set()
@@ -304,7 +306,7 @@ def tables_read(query: str) -> tuple[set[str], set[str]] | None:
     return tables, ctes
 
 
-def views_read(query: str) -> set[str] | None:
+def views_read(query: str, con: duckdb.DuckDBPyConnection | None = None) -> set[str] | None:
     """The repository views ``query`` reads (with those they read), or None when that cannot be told: the
     caller then creates them all.
 
@@ -314,7 +316,7 @@ def views_read(query: str) -> set[str] | None:
     view: those see the views (or name them in an error message) exactly as when all are created.
     """
     views = set(view_statements()) | set(view_statements("ledger_views"))
-    parsed = tables_read(query)
+    parsed = tables_read(query, con)
     if parsed is None or parsed[1] & views:  # a CTE named as a view: left to DuckDB with every view there
         return None
     tables = parsed[0] - parsed[1]
