@@ -185,10 +185,11 @@ def _n_runs(repo: Path) -> int:
 
 
 # -- any command -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("module", ["forcedphot.cli", "polars"])
+@pytest.mark.parametrize("module", ["forcedphot.cli", "duckdb"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupt_while_the_command_imports_is_one_line_and_130(tiny_repo, tmp_path, module, sig):
-    """forcedphot.cli: the command line itself is loading; polars: a library the command needs."""
+    """forcedphot.cli: the command line itself is loading; duckdb: a library the command needs (`SELECT 1` imports
+    no polars)."""
     proc, marker = _start(tmp_path, ["sql", "--repo", str(tiny_repo), "SELECT 1"], pause=f"{module}::import")
     _, err = _signal_when_reached(proc, marker, sig)
     _assert_one_line(proc, err, "forcedphot: interrupted")

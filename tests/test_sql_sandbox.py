@@ -95,7 +95,8 @@ def _with_bad_file(repo, tmp_path, name: str, write) -> tuple:
 ])
 def test_a_corrupt_or_foreign_file_is_one_line_naming_it(repo, tmp_path, capsys, name, write, cause):
     dst, bad = _with_bad_file(repo, tmp_path, name, write)
-    for call in (lambda: query.sql(dst, "SELECT 1"), lambda: query.load_forced_source(dst),
+    for call in (lambda: query.sql(dst, "SELECT count(*) FROM forced_source"),
+                 lambda: query.sql(dst, "SELECT count(*) FROM object"), lambda: query.load_forced_source(dst),
                  lambda: query.load_object(dst)):
         with pytest.raises(ForcedPhotError) as err:
             call()
@@ -103,6 +104,10 @@ def test_a_corrupt_or_foreign_file_is_one_line_naming_it(repo, tmp_path, capsys,
     assert main(["sql", "--repo", str(dst), "SELECT count(*) FROM forced_source"]) == 2
     err_lines = capsys.readouterr().err.strip().splitlines()
     assert len(err_lines) == 1 and str(bad) in err_lines[0]
+    # a query checks the files of the views it reads: one that reads no dataset opens none of them
+    assert query.sql(dst, "SELECT 1 AS one").column("one").to_pylist() == [1]
+    with pytest.raises(ForcedPhotError, match="not a readable|not written by|a ref.ref file"):
+        query.sql(dst, "SELECT count(*) FROM ref r JOIN forced_source f USING (objectId)")
 
 
 def test_loader_filters_name_the_valid_values(repo):
@@ -117,9 +122,9 @@ def test_loader_filters_name_the_valid_values(repo):
 
 def test_a_view_cannot_read_a_path(repo, monkeypatch):
     views = {"ledger": "CREATE VIEW ledger AS SELECT * FROM read_parquet(@root@ || '/runs/*.parquet')"}
-    monkeypatch.setattr(query, "view_statements", lambda: views)
+    monkeypatch.setattr(query, "view_statements", lambda sql_file="views": views if sql_file == "views" else {})
     with pytest.raises(QueryError, match="view ledger reads files by path"):
-        query.sql(repo, "SELECT 1")
+        query.sql(repo, "SELECT 1")  # whatever the query reads
     views["ledger"] = "CREATE VIEW ledger AS SELECT * FROM @files(no_such_dataset)@"
     with pytest.raises(ForcedPhotError, match="no_such_dataset.yaml: schema file not found"):
-        query.sql(repo, "SELECT 1")
+        query.sql(repo, "SELECT * FROM ledger")

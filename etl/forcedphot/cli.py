@@ -212,7 +212,7 @@ def _too_large(exc, args, limits: dict) -> ForcedPhotError:
 
 def cmd_sql(args) -> int:
     from forcedphot.duck import is_empty_query
-    from forcedphot.query import sql_reader
+    from forcedphot.query import query_relation, relation_reader
     from forcedphot.results import ResultTooLarge, output_format, write_result, write_text
 
     if sum(x is not None for x in (args.query, args.file, args.example)) != 1:
@@ -238,13 +238,15 @@ def cmd_sql(args) -> int:
                   "bytes": SQL_BYTE_LIMIT if args.byte_limit is None else args.byte_limit}
     limits = {k: None if v == -1 else v for k, v in limits.items()}
     try:
-        with sql_reader(args.repo, query, dict(args.param) or None, max_rows=limits["rows"],
-                        max_bytes=limits["bytes"]) as reader:
-            if args.out:
-                rows = write_result(reader, args.out, overwrite=args.overwrite)
-                print(f"wrote {rows} rows ({len(reader.schema)} columns) to {args.out}")
-                return 0
-            table = reader.read_all()  # whole before printing: an error never leaves half a result
+        with query_relation(args.repo, query, dict(args.param) or None) as opened:
+            if args.format is None and not args.out and _print_simple(args, opened, limits):
+                return 0  # integers, text, booleans: printed without Polars or pyarrow
+            with relation_reader(opened, max_rows=limits["rows"], max_bytes=limits["bytes"]) as reader:
+                if args.out:
+                    rows = write_result(reader, args.out, overwrite=args.overwrite)
+                    print(f"wrote {rows} rows ({len(reader.schema)} columns) to {args.out}")
+                    return 0
+                table = reader.read_all()  # whole before printing: an error never leaves half a result
     except ResultTooLarge as exc:
         raise _too_large(exc, args, limits) from None
     if args.format in ("csv", "json"):
@@ -257,8 +259,28 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def _print_simple(args, opened, limits: dict) -> bool:
+    """Print a result of simple column types as Polars would, without Polars (:mod:`forcedphot.frame_text`);
+    False (nothing printed) for any other result, or one whose table only Polars prints exactly: the caller
+    then runs it through Arrow and Polars."""
+    from forcedphot.frame_text import frame_text, names_printable, simple_dtypes
+    from forcedphot.results import unique_names
+
+    dtypes = simple_dtypes(opened.rel.types)
+    names = unique_names(list(opened.rel.columns))
+    if dtypes is None or not names_printable(names):
+        return False
+    shown = opened.fetch_shown(max_shown=args.max_rows, max_rows=limits["rows"], max_bytes=limits["bytes"])
+    text = frame_text(names, dtypes, shown, max_rows=args.max_rows)
+    if text is None:
+        return False
+    print(text)
+    return True
+
+
 def cmd_status(args) -> int:
     from forcedphot.plan import plan_quanta
+    from forcedphot.provenance import StatusMemo
     from forcedphot.repository import Repository
     from forcedphot.runner import quantum_state, read_last_run
 
@@ -266,11 +288,16 @@ def cmd_status(args) -> int:
     config = _config(args)
     states = {}
     rows = []
-    for q in plan_quanta(repo, footprint_dataset=config.footprint_dataset):
-        state, _ = quantum_state(repo, q, config)
-        states[state] = states.get(state, 0) + 1
-        rows.append({"tract": q.data_id.tract, "patch": q.data_id.patch, "band": q.data_id.band, "state": state,
-                     "missing": ",".join(q.missing)})
+    quanta = plan_quanta(repo, footprint_dataset=config.footprint_dataset, memo=True)
+    memo = StatusMemo(repo.root)  # what it read of files whose stat is unchanged since is not read again
+    try:
+        for q in quanta:
+            state, _ = quantum_state(repo, q, config, memo=memo)
+            states[state] = states.get(state, 0) + 1
+            rows.append({"tract": q.data_id.tract, "patch": q.data_id.patch, "band": q.data_id.band, "state": state,
+                         "missing": ",".join(q.missing)})
+    finally:
+        memo.save()
     print(f"repository {repo.root}: {len(rows)} quanta: "
           + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     if args.verbose and rows:

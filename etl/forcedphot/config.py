@@ -2,8 +2,11 @@
 
 :class:`ForcedPhotConfig` is the public, frozen dataclass (keyword options, ``fingerprint()``,
 ``dataclasses.replace``). Types and ranges of every option live in one place, the pydantic model
-:class:`ConfigSchema`: every construction (TOML file, command line, Python) is validated by it,
-and a bad value is one line naming the option (:class:`ConfigError`, exit 2 in the CLI).
+:class:`ConfigSchema` (in :mod:`forcedphot.config_schema`, imported when a config is validated): every
+construction (TOML file, command line, Python) is validated by it, and a bad value is one line naming
+the option (:class:`ConfigError`, exit 2 in the CLI). The defaults themselves are not validated again at
+every construction (tests/test_startup.py checks they pass): ``forcedphot status`` with the default config
+imports no pydantic (start-up time).
 """
 
 from __future__ import annotations
@@ -13,9 +16,6 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Annotated, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from forcedphot.errors import InputError
 from forcedphot.flags import DEFAULT_MASK_PLANES
@@ -38,80 +38,16 @@ class ConfigError(InputError):
         self.option = option
 
 
-Float = Annotated[float, Strict()]  # an int or a float; never a string or a boolean
-Int = Annotated[int, Strict()]
-Str = Annotated[str, Strict()]
-Names = tuple[Str, ...]  # a TOML array (a string is not a list of names)
+def __getattr__(name: str):
+    """``ConfigSchema``, the pydantic model of the options, imported at first use (:mod:`forcedphot.config_schema`)."""
+    if name == "ConfigSchema":
+        from forcedphot.config_schema import ConfigSchema
+
+        return ConfigSchema
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class ConfigSchema(BaseModel):
-    """Types, ranges and descriptions of the options (the ``config --template`` comments)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    plugins: Names = Field(description="measurement plugins to run (the centroid and shape slots always run)")
-    aperture_radii: tuple[Float, ...] = Field(
-        description=f"circular aperture radii in pixels: a subset of the schema's {list(STANDARD_APERTURE_RADII)}")
-    aperture_method: Literal["sinc", "naive", "exact"] = Field(
-        description='"sinc" (sinc coefficients up to max_sinc_radius, naive above, as Rubin), "naive" or "exact"')
-    max_sinc_radius: Float = Field(gt=0, le=12.0, description="largest sinc aperture radius (pixels, <= 12)")
-    aperture_error_weights: Literal["squared", "linear"] = Field(
-        description='error of an exact aperture: "squared" = sqrt(sum(w^2 V)) or "linear" = sqrt(sum(w V)) (SEP)')
-    psf_bad_mask_planes: Names = Field(description="mask planes whose pixels the PSF fit leaves out; apertures, Kron "
-                                                   "and Gaussian fluxes that reach them are flagged")
-    psf_max_bad_weight_fraction: Float = Field(
-        ge=0, le=1, description="psfFlux_flag when more than this fraction of sum(P^2) over the PSF box lies on "
-                                "pixels left out for psf_bad_mask_planes (0..1)")
-    pixel_flag_planes: Names = Field(description=f"mask planes of the pixelFlags columns: a subset of "
-                                                 f"{list(PIXEL_FLAG_PLANES)}")
-    footprint_dataset: Literal["heavy", "scarlet"] = Field(
-        description='"heavy": the stored heavy footprints; "scarlet": derived from the scarlet-style models')
-    missing_footprints: Literal["error", "reference"] = Field(
-        description='a reference without a footprint: "error" fails the quantum; "reference" uses its nearest '
-                    "ancestor's footprint, or none")
-    noise_replacement: Annotated[bool, Strict()] = Field(
-        description="replace other objects' footprints by noise while measuring each source (true or false)")
-    noise_seed_multiplier: Int = Field(ge=1, description="noise seed = packed (tract, patch) id x this (>= 1)")
-    noise_offset: Float = Field(allow_inf_nan=False, description="added to the noise mean (image units)")
-    undeblended: tuple[Literal[UNDEBLENDED_PLUGINS], ...] = Field(
-        description=f"plugins also measured on the original image (undeblended_ columns): a subset of "
-                    f"{list(UNDEBLENDED_PLUGINS)}")
-    chunk_size: Int = Field(gt=0, description="sources per vectorised batch (> 0; does not change any number)")
-
-    @field_validator("aperture_radii")
-    @classmethod
-    def _radii_in_schema(cls, radii):
-        bad = [r for r in radii if float(r) not in STANDARD_APERTURE_RADII]
-        if bad:
-            raise ValueError(f"radii {bad} are not in the forced_source schema {list(STANDARD_APERTURE_RADII)}")
-        return tuple(float(r) for r in radii)
-
-    @field_validator("plugins")
-    @classmethod
-    def _known_plugins(cls, names):
-        unknown = [p for p in names if p not in PLUGIN_NAMES]
-        if unknown:
-            raise ValueError(f"unknown plugin(s) {unknown}; known: {sorted(PLUGIN_NAMES)}")
-        return names
-
-    @field_validator("psf_bad_mask_planes")
-    @classmethod
-    def _registered_planes(cls, names):
-        unknown = [p for p in names if p not in DEFAULT_MASK_PLANES]
-        if unknown:
-            raise ValueError(f"unknown mask plane(s) {unknown}; known: {list(DEFAULT_MASK_PLANES)}")
-        return names
-
-    @field_validator("pixel_flag_planes")
-    @classmethod
-    def _known_planes(cls, names):
-        unknown = [p for p in names if p not in PIXEL_FLAG_PLANES]
-        if unknown:
-            raise ValueError(f"planes {unknown} have no pixelFlags columns; known: {list(PIXEL_FLAG_PLANES)}")
-        return names
-
-
-def _one_line(exc: ValidationError, where: str) -> ConfigError:
+def _one_line(exc, where: str) -> ConfigError:
     err = exc.errors()[0]
     option = str(err["loc"][0]) if err["loc"] else None
     index = "".join(f"[{i}]" for i in err["loc"][1:])
@@ -152,8 +88,15 @@ class ForcedPhotConfig:
     chunk_size: int = 4096  # sources per vectorised batch (bounds memory)
 
     def __post_init__(self):
+        if all(getattr(self, f.name) is f.default for f in fields(self)):
+            return  # the defaults (immutable), which validate as they are
+        from pydantic import ValidationError
+
+        from forcedphot.config_schema import ConfigSchema
+
         try:
-            valid = ConfigSchema.model_validate({f.name: getattr(self, f.name) for f in fields(self)})
+            valid = ConfigSchema.model_validate({f.name: getattr(self, f.name) for f in fields(self)},
+                                                context={"plugin_names": PLUGIN_NAMES})
         except ValidationError as exc:
             raise _one_line(exc, "config") from None
         for f in fields(self):  # normalised: lists become tuples, radii floats (so fingerprints agree)
@@ -206,6 +149,8 @@ def _toml_value(value) -> str:
 
 def render_toml(config: ForcedPhotConfig | None = None, *, comments: bool = True) -> str:
     """``config`` (default: the defaults) as a TOML file that ``--config`` accepts, each option commented."""
+    from forcedphot.config_schema import ConfigSchema
+
     config = config or ForcedPhotConfig()
     lines = ["# forcedphot run configuration (forcedphot run --config FILE.toml); command-line options override it.",
              "# Every option changes the config fingerprint (so which quanta are stale) except chunk_size."]

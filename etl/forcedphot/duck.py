@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import duckdb
-import pyarrow as pa
 
 from forcedphot import exits
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def query_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None) -> pa.Table:
     """Run one statement and return its result as an Arrow table (APIs differ across DuckDB versions)."""
+    import pyarrow as pa
+
     rel = con.sql(sql, params=params) if params else con.sql(sql)
     for name in ("to_arrow_table", "fetch_arrow_table", "arrow"):
         fn = getattr(rel, name, None)
@@ -31,6 +36,12 @@ def query_reader(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None =
     rel = con.sql(sql, params=params) if params else con.sql(sql)
     if rel is None:
         return None
+    return relation_batches(rel, batch_rows=batch_rows)
+
+
+def relation_batches(rel: duckdb.DuckDBPyRelation, *,
+                     batch_rows: int | Callable[[int], int] = 65536) -> pa.RecordBatchReader:
+    """A relation's result as a stream of Arrow record batches (see :func:`query_reader`)."""
     rows = batch_rows(len(rel.columns)) if callable(batch_rows) else batch_rows
     for name in ("to_arrow_reader", "fetch_arrow_reader", "fetch_record_batch", "record_batch"):  # newest first
         fn = getattr(rel, name, None)

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_MASK_PLANES: dict[str, int] = {
     "BAD": 0,
@@ -69,6 +72,8 @@ class MaskPlanes:
 
     def decode_array(self, values: np.ndarray) -> dict[str, np.ndarray]:
         """Boolean array per plane for an array of mask values."""
+        import numpy as np  # not at import: the config (and `forcedphot status`) needs no numpy
+
         values = np.asarray(values)
         return {n: (values >> b & 1).astype(bool) for n, b in self.bits.items()}
 

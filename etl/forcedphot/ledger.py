@@ -16,8 +16,6 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pyarrow as pa
-
 import forcedphot
 from forcedphot.io.atomic import process_start
 from forcedphot.io.parquet import write_parquet
@@ -44,6 +42,8 @@ def ledger_dir(root: str | Path) -> Path:
 
 def _write(root, table: str, row: dict, *parts: str) -> None:
     path = ledger_dir(root).joinpath(table, *parts)
+    import pyarrow as pa
+
     write_parquet(pa.Table.from_pylist([row]), path, load_schema("ledger", table))
 
 
@@ -91,10 +91,10 @@ def create_views(con, repo) -> None:
     """
     import pyarrow.dataset as pads
 
-    from forcedphot.query import PARQUET_FORMAT, checked_files, view_statements
+    from forcedphot.query import checked_files, parquet_format, view_statements
 
     for name, (schema, files) in ledger_files(repo).items():
         files = [str(p) for p in checked_files(repo, files, schema)]
-        con.register(f"_{name}", pads.dataset(files, schema=schema.arrow_schema(), format=PARQUET_FORMAT))
+        con.register(f"_{name}", pads.dataset(files, schema=schema.arrow_schema(), format=parquet_format()))
     for stmt in view_statements("ledger_views").values():
         con.execute(stmt)

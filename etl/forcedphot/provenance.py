@@ -55,9 +55,48 @@ def recorded_fingerprint(path: str | Path) -> str | None:
     return None
 
 
+def input_fingerprint(path: str | Path) -> str:
+    """An input file's recorded content digest where its writer stored one, else a hash of its bytes."""
+    return recorded_fingerprint(path) or file_digest(path)
+
+
 def input_fingerprints(files: dict[str, str]) -> dict[str, str]:
     """Per input file: its recorded content digest where its writer stored one, else a hash of its bytes."""
-    return {name: recorded_fingerprint(path) or file_digest(path) for name, path in sorted(files.items())}
+    return {name: input_fingerprint(path) for name, path in sorted(files.items())}
+
+
+UP_TO_DATE_KEYS = ("config_fingerprint", "inputs", "schema_version")  # what is_up_to_date reads of a provenance
+
+
+def up_to_date_provenance(path: str | Path) -> dict | None:
+    """The part of an output's stored provenance that decides whether it is up to date (None: none stored)."""
+    from forcedphot.io.parquet import read_provenance
+
+    stored = read_provenance(path)
+    return {k: stored.get(k) for k in UP_TO_DATE_KEYS} if stored else None
+
+
+class StatusMemo:
+    """Input fingerprints and outputs' provenance remembered with their files' stat (:mod:`forcedphot.io.memo`),
+    so ``forcedphot status`` reads (and imports pyarrow for) only the files that changed since it last looked."""
+
+    def __init__(self, root: str | Path):
+        from forcedphot.io.memo import StatMemo
+
+        self._fingerprints = StatMemo(root, "fingerprints")
+        self._provenance = StatMemo(root, "provenance")
+
+    def input_fingerprints(self, files: dict[str, str]) -> dict[str, str]:
+        """As :func:`input_fingerprints`."""
+        return {name: self._fingerprints.get(path, input_fingerprint) for name, path in sorted(files.items())}
+
+    def provenance(self, path: str | Path) -> dict | None:
+        """As :func:`up_to_date_provenance`."""
+        return self._provenance.get(path, up_to_date_provenance)
+
+    def save(self) -> None:
+        self._fingerprints.save()
+        self._provenance.save()
 
 
 def make_provenance(*, data_id, config: ForcedPhotConfig, inputs: dict[str, str], schema_version: str,

@@ -12,33 +12,55 @@ Arrow datasets verify the page CRCs of what a query reads as well.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import duckdb
-import polars as pl
-import pyarrow as pa
-import pyarrow.dataset as pads
 
-from forcedphot.cone import make_cone, patches_in_cone
-from forcedphot.crossmatch import crossmatch  # noqa: F401  (part of the query surface)
 from forcedphot.duck import query_arrow, refuse_unless_read_only, sandboxed_connection
 from forcedphot.errors import InputError, QueryError
-from forcedphot.io.verified import VerifiedFiles, verified_files, verify_file
-from forcedphot.objects import object_columns, object_select, repository_bands
 from forcedphot.repository import DATASETS, Repository
 from forcedphot.resources import read_sql
-from forcedphot.schema import META_SCHEMA, TableSchema, load_schema
-from forcedphot.tables import convert
+
+if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    from forcedphot.io.verified import VerifiedFiles
+    from forcedphot.schema import TableSchema
+
+# Polars, pyarrow (and its datasets), numpy and the schemas are imported by the functions that use them:
+# a query that reads no dataset (``forcedphot sql "SELECT 1"``) loads none of them (start-up time).
 
 _FILES = re.compile(r"@files\((\w+)\)@")
 PARTITION_KEYS = {"tract": int, "patch": int, "band": str}
 PAGE_CRC = "CRC checksum verification failed"  # pyarrow's message for a page that fails its CRC
-# the Arrow datasets handed to DuckDB verify the page CRCs of every page a query reads
-PARQUET_FORMAT = pads.ParquetFileFormat(
-    default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True))
+
+
+@cache
+def parquet_format() -> pads.ParquetFileFormat:
+    """The format of the Arrow datasets handed to DuckDB: they verify the page CRCs of every page a query reads."""
+    import pyarrow.dataset as pads
+
+    return pads.ParquetFileFormat(
+        default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True))
+
+
+def __getattr__(name: str):
+    """``crossmatch`` (part of the query surface) and ``PARQUET_FORMAT``, imported at first use."""
+    if name == "crossmatch":
+        from forcedphot.crossmatch import crossmatch
+
+        return crossmatch
+    if name == "PARQUET_FORMAT":
+        return parquet_format()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def view_statements(sql_file: str = "views") -> dict[str, str]:
@@ -58,6 +80,8 @@ def _dataset_folder(repo: Repository, dataset: str) -> Path:
     """A repository dataset's folder; any other ``<root>/<name>`` folder with a ``schemas/<name>.yaml`` too."""
     if dataset in DATASETS:
         return repo.dataset_dir(dataset)
+    from forcedphot.schema import load_schema
+
     load_schema(dataset)  # SchemaError naming the missing schema file
     return repo.root / dataset
 
@@ -69,6 +93,8 @@ def _partition_values(path: Path | tuple[str, ...]) -> dict[str, str]:
 
 def _stamp_check(path: Path, schema: TableSchema):
     """The schema checks of a file's key-value metadata: stamped for ``schema``'s table, a major version we read."""
+    from forcedphot.schema import META_SCHEMA
+
     def check(metadata: dict) -> None:
         stamped = metadata.get(META_SCHEMA, b"").decode() or None
         if stamped is not None and stamped != f"{schema.dataset}.{schema.table}":
@@ -85,6 +111,9 @@ def check_file(path: Path, dataset: str | TableSchema, *, verified: VerifiedFile
     that match the sha256 its writer recorded (``ChecksumError``). With ``verified`` (the repository's
     :class:`~forcedphot.io.verified.VerifiedFiles`) a file whose stat is unchanged since it was verified is
     not read again (unless ``force``); without it every byte is read."""
+    from forcedphot.io.verified import verify_file
+    from forcedphot.schema import load_schema
+
     schema = load_schema(dataset) if isinstance(dataset, str) else dataset
     check = _stamp_check(path, schema)
     if verified is None:
@@ -96,6 +125,9 @@ def check_file(path: Path, dataset: str | TableSchema, *, verified: VerifiedFile
 def checked_files(repo: Repository, paths, schema: TableSchema | str, *, force: bool = False) -> list[Path]:
     """``paths`` (files of ``repo``), each checked by :func:`check_file` against the repository's verified state,
     which is saved at the end (also when a file is refused: what was verified stays verified)."""
+    from forcedphot.io.verified import verified_files
+    from forcedphot.schema import load_schema
+
     verified = verified_files(repo.root)
     verified.refresh()
     schema = load_schema(schema) if isinstance(schema, str) else schema
@@ -151,8 +183,12 @@ def _partition_filter(repo: Repository, dataset: str, partitions: dict) -> dict[
 
 def arrow_dataset(repo, dataset: str, *, sky_patches=None, **partitions) -> pads.Dataset:
     """The checked files of ``dataset`` as a pyarrow dataset with the columns of its schema (empty if none)."""
+    import pyarrow.dataset as pads
+
+    from forcedphot.schema import load_schema
+
     files = [str(p) for p in dataset_files(repo, dataset, sky_patches=sky_patches, **partitions)]
-    return pads.dataset(files, schema=load_schema(dataset).arrow_schema(), format=PARQUET_FORMAT)
+    return pads.dataset(files, schema=load_schema(dataset).arrow_schema(), format=parquet_format())
 
 
 def _query(repo, con, query: str, params: dict | None = None) -> pa.Table:
@@ -182,26 +218,118 @@ def recheck_all(repo) -> None:
         checked_files(repo, files, schema, force=True)
 
 
-def connect(repo: Repository | str | Path) -> duckdb.DuckDBPyConnection:
-    """A sandboxed DuckDB connection with the views of sql/views.sql (forced_source, ref, truth, skymap, object)."""
+def connect(repo: Repository | str | Path, query: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A sandboxed DuckDB connection with the views of sql/views.sql (forced_source, ref, truth, skymap, object)
+    and of the run ledger (runs, quanta).
+
+    With ``query``: only the views it reads (:func:`views_read`), so a query that reads no dataset checks and
+    opens no file; every file of a view it reads is checked as always.
+    """
     repo = _as_repository(repo)
-    con = sandboxed_connection()
-    replacements = {"@object_select@": lambda: object_select(repository_bands(repo))}
-    for name, stmt in view_statements().items():
+    statements = view_statements()
+    for name, stmt in statements.items():
         if "@root@" in stmt:
             raise QueryError(f"sql/views.sql: view {name} reads files by path (@root@); read them with "
                              "@files(NAME)@ (the query connection opens no file)")
-        for dataset in dict.fromkeys(_FILES.findall(stmt)):
-            con.register(f"_files_{dataset}", arrow_dataset(repo, dataset))
-        stmt = _FILES.sub(lambda m: f"_files_{m.group(1)}", stmt)
-        for token, render in replacements.items():
-            if token in stmt:
-                stmt = stmt.replace(token, render())
-        con.execute(stmt)
-    from forcedphot.ledger import create_views  # runs and quanta: the run ledger
+    con = sandboxed_connection()
+    try:
+        wanted = None if query is None else views_read(query, con)
+        replacements = {"@object_select@": lambda: _object_select(repo)}
+        for name, stmt in statements.items():
+            if wanted is not None and name not in wanted:
+                continue
+            for dataset in dict.fromkeys(_FILES.findall(stmt)):
+                con.register(f"_files_{dataset}", arrow_dataset(repo, dataset))
+            stmt = _FILES.sub(lambda m: f"_files_{m.group(1)}", stmt)
+            for token, render in replacements.items():
+                if token in stmt:
+                    stmt = stmt.replace(token, render())
+            con.execute(stmt)
+        if wanted is None or wanted & set(view_statements("ledger_views")):
+            from forcedphot.ledger import create_views  # runs and quanta: the run ledger
 
-    create_views(con, repo)
+            create_views(con, repo)
+    except BaseException:
+        con.close()
+        raise
     return con
+
+
+def _object_select(repo: Repository) -> str:
+    from forcedphot.objects import object_select, repository_bands
+
+    return object_select(repository_bands(repo))
+
+
+# Views of sql/views.sql that read another view (created in file order, so after it); the ledger's views are
+# created together. tests/test_startup.py checks this against the views' SQL.
+VIEW_READS = {"object": {"forced_source"}}
+_SYSTEM_SCHEMAS = {"", "main", "memory", "temp"}
+
+
+def tables_read(query: str, con: duckdb.DuckDBPyConnection | None = None) -> tuple[set[str], set[str]] | None:
+    """(the tables and views ``query`` names, its CTEs' names), lower case, from DuckDB's parse tree of it
+    (``json_serialize_sql``: nothing is bound or read, on ``con`` or a sandboxed connection of its own); None
+    when that cannot be told (see :func:`views_read`)."""
+    own = con is None
+    con = sandboxed_connection() if own else con
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
+    except (duckdb.Error, TypeError, ValueError):
+        return None
+    finally:
+        if own:
+            con.close()
+    if not isinstance(tree, dict) or tree.get("error", True):
+        return None
+    tables: set[str] = set()
+    ctes: set[str] = set()
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        kind = node.get("type")
+        if kind == "TABLE_FUNCTION":
+            return None
+        if kind == "BASE_TABLE":
+            if (node.get("schema_name") or "").lower() not in _SYSTEM_SCHEMAS or node.get("catalog_name") not in (
+                    "", None, "memory"):
+                return None
+            tables.add(str(node.get("table_name", "")).lower())
+        for entry in (node.get("cte_map") or {}).get("map", []) if isinstance(node.get("cte_map"), dict) else []:
+            ctes.add(str(entry.get("key", "")).lower())
+        stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+    return tables, ctes
+
+
+def views_read(query: str, con: duckdb.DuckDBPyConnection | None = None) -> set[str] | None:
+    """The repository views ``query`` reads (with those they read), or None when that cannot be told: the
+    caller then creates them all.
+
+    From DuckDB's parse tree of the query (``json_serialize_sql``; nothing is bound or read): its base tables
+    less its CTEs. None for a statement it cannot serialize (EXPLAIN), a CTE named as a view, a table function (``duckdb_views()``,
+    ``query_table('ref')``), a table of another schema (``information_schema.tables``) or a name that is no
+    view: those see the views (or name them in an error message) exactly as when all are created.
+    """
+    views = set(view_statements()) | set(view_statements("ledger_views"))
+    parsed = tables_read(query, con)
+    if parsed is None or parsed[1] & views:  # a CTE named as a view: left to DuckDB with every view there
+        return None
+    tables = parsed[0] - parsed[1]
+    if not tables <= views:
+        return None
+    wanted = set()
+    todo = list(tables)
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            todo.extend(VIEW_READS.get(name, ()))
+    return wanted
 
 
 def sql(repo, query: str, params: dict | None = None, *, max_rows: int | None = None,
@@ -218,6 +346,85 @@ def sql(repo, query: str, params: dict | None = None, *, max_rows: int | None = 
         return reader.read_all()
 
 
+class OpenQuery(NamedTuple):
+    """A read-only query opened by :func:`query_relation`: its connection, its (last statement's) relation."""
+
+    repo: Repository
+    con: duckdb.DuckDBPyConnection
+    rel: duckdb.DuckDBPyRelation
+    params: dict | None
+
+    def fetch_shown(self, *, max_shown: int, max_rows: int | None = None, max_bytes: int | None = None):
+        """A result of simple column types (:data:`forcedphot.frame_text.SIMPLE_TYPES`) read whole within the
+        limits, keeping the rows a table of ``max_shown`` rows shows (:func:`forcedphot.frame_text.fetch_shown`)."""
+        from forcedphot.frame_text import fetch_shown
+        from forcedphot.results import batch_rows
+
+        try:
+            text = self.rel.sql_query()
+            cursor = self.con.execute(text, self.params) if self.params else self.con.execute(text)
+            return fetch_shown(cursor, self.rel.types, max_shown=max_shown, batch_rows=batch_rows,
+                               max_rows=max_rows, max_bytes=max_bytes)
+        except duckdb.InterruptException:  # Ctrl-C or SIGTERM while computing
+            raise KeyboardInterrupt from None
+        except duckdb.Error as exc:
+            _recheck_on_crc_error(self.repo, exc)
+            raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+
+
+@contextmanager
+def query_relation(repo, query: str, params: dict | None = None) -> Iterator[OpenQuery]:
+    """A read-only query's DuckDB relation (its last statement) over the views it reads, open while the
+    ``with`` lasts; nothing of its result is computed until it is read."""
+    from forcedphot.duck import is_empty_query
+
+    try:
+        refuse_unless_read_only(query)
+    except ValueError as exc:
+        raise QueryError(f"SQL refused: {exc}") from exc
+    except duckdb.Error as exc:
+        raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+    if is_empty_query(query):
+        raise QueryError("empty SQL query (no statement: only comments or semicolons)")
+    repo = _as_repository(repo)
+    con = connect(repo, query)
+    try:
+        try:
+            rel = con.sql(query, params=params) if params else con.sql(query)
+        except duckdb.Error as exc:
+            _recheck_on_crc_error(repo, exc)
+            raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+        if rel is None:
+            raise QueryError("SQL query without a result")
+        yield OpenQuery(repo, con, rel, params)
+    finally:
+        con.close()
+
+
+@contextmanager
+def relation_reader(opened: OpenQuery, *, max_rows: int | None = None,
+                    max_bytes: int | None | str = None) -> Iterator[pa.RecordBatchReader]:
+    """An opened query's result as a bounded ``pyarrow.RecordBatchReader`` (see :func:`sql_reader`)."""
+    import pyarrow as pa
+
+    from forcedphot.duck import relation_batches
+    from forcedphot.results import batch_rows, bounded_reader, default_max_bytes
+
+    if max_bytes == "auto":
+        max_bytes = default_max_bytes()
+    repo = opened.repo
+    try:
+        reader = relation_batches(opened.rel, batch_rows=batch_rows)
+    except duckdb.Error as exc:
+        _recheck_on_crc_error(repo, exc)
+        raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+    try:
+        yield bounded_reader(reader, max_rows=max_rows, max_bytes=max_bytes)
+    except (duckdb.Error, pa.ArrowException) as exc:  # raised while the batches are read
+        _recheck_on_crc_error(repo, exc)
+        raise
+
+
 @contextmanager
 def sql_reader(repo, query: str, params: dict | None = None, *, max_rows: int | None = None,
                max_bytes: int | None | str = None) -> Iterator[pa.RecordBatchReader]:
@@ -228,43 +435,23 @@ def sql_reader(repo, query: str, params: dict | None = None, *, max_rows: int | 
     half of the physical memory) raise :class:`~forcedphot.results.ResultTooLarge` while reading.
     ``results.write_result(reader, path)`` writes it to a Parquet, CSV or NDJSON file atomically.
     """
-    from forcedphot.duck import is_empty_query, query_reader
-    from forcedphot.results import batch_rows, bounded_reader, default_max_bytes
-
-    try:
-        refuse_unless_read_only(query)
-    except ValueError as exc:
-        raise QueryError(f"SQL refused: {exc}") from exc
-    except duckdb.Error as exc:
-        raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
-    if is_empty_query(query):
-        raise QueryError("empty SQL query (no statement: only comments or semicolons)")
-    if max_bytes == "auto":
-        max_bytes = default_max_bytes()
-    con = connect(repo)
-    try:
-        try:
-            reader = query_reader(con, query, params, batch_rows=batch_rows)
-        except duckdb.Error as exc:
-            _recheck_on_crc_error(repo, exc)
-            raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
-        if reader is None:
-            raise QueryError("SQL query without a result")
-        try:
-            yield bounded_reader(reader, max_rows=max_rows, max_bytes=max_bytes)
-        except (duckdb.Error, pa.ArrowException) as exc:  # raised while the batches are read
-            _recheck_on_crc_error(repo, exc)
-            raise
-    finally:
-        con.close()
+    with query_relation(repo, query, params) as opened, \
+            relation_reader(opened, max_rows=max_rows, max_bytes=max_bytes) as reader:
+        yield reader
 
 
 def forced_source_schema() -> pl.Schema:
+    import polars as pl
+
+    from forcedphot.schema import load_schema
+
     return pl.Schema(pl.from_arrow(load_schema("forced_source").arrow_schema().empty_table()).schema)
 
 
 def cone_patches(repo, cone) -> set[tuple[int, int]] | None:
     """The (tract, patch) pairs whose outer box ``cone`` touches (None: no cone, every patch)."""
+    from forcedphot.cone import patches_in_cone
+
     return None if cone is None else patches_in_cone(_as_repository(repo).read_skymap(), cone)
 
 
@@ -272,12 +459,16 @@ def _cut_to_cone(df: pl.DataFrame, cone) -> pl.DataFrame:
     """The rows of ``df`` within the cone (exact angular distance from ``coord_ra``/``coord_dec``)."""
     if cone is None or df.is_empty():
         return df
+    import polars as pl
+
     return df.filter(pl.Series(cone.contains(df["coord_ra"].to_numpy(), df["coord_dec"].to_numpy())))
 
 
 def scan_forced_source(repo, *, tract=None, patch=None, band=None, sky_patches=None) -> pl.LazyFrame:
     """The forced-source table as a Polars LazyFrame; tract/patch/band (and the (tract, patch) pairs of
     ``sky_patches``) select the partitions' files."""
+    import polars as pl
+
     repo = _as_repository(repo)
     files = dataset_files(repo, "forced_source", tract=tract, patch=patch, band=band, sky_patches=sky_patches)
     schema = forced_source_schema()
@@ -298,6 +489,10 @@ def load_forced_source(repo, *, tract=None, patch=None, band=None, columns=None,
     A cone (``ra=, dec=, radius=`` in deg, or ``coord=`` a SkyCoord and ``radius=`` an Angle) reads only
     the patches whose outer box it touches, then keeps the rows within ``radius`` of the centre.
     """
+    from forcedphot.cone import make_cone
+    from forcedphot.schema import load_schema
+    from forcedphot.tables import convert
+
     cone = make_cone(ra=ra, dec=dec, radius=radius, coord=coord)
     lf = scan_forced_source(repo, tract=tract, patch=patch, band=band, sky_patches=cone_patches(repo, cone))
     units = {c.name: c.unit for c in load_schema("forced_source").columns}
@@ -319,6 +514,12 @@ def load_object(repo, *, tract=None, patch=None, primary_only: bool = True, ra=N
     ``primary_only=False`` keeps the objects that are not primary too (the copies of a source in patch
     overlaps, deblended parents). A cone (as :func:`load_forced_source`) reads only the patches it touches.
     """
+    import polars as pl
+
+    from forcedphot.cone import make_cone
+    from forcedphot.objects import object_columns, object_select, repository_bands
+    from forcedphot.tables import convert
+
     repo = _as_repository(repo)
     cone = make_cone(ra=ra, dec=dec, radius=radius, coord=coord)
     sky_patches = cone_patches(repo, cone)

@@ -26,12 +26,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from forcedphot.errors import InputError
 from forcedphot.io.atomic import atomic_path
-from forcedphot.io.parquet import read_parquet, write_parquet
-from forcedphot.schema import load_schema
-from forcedphot.skymap import SkyMap
+
+if TYPE_CHECKING:
+    from forcedphot.skymap import SkyMap
+# the Parquet I/O, schemas and skymap (pyarrow, numpy) are imported where used: planning, `status` and a query
+# that reads no dataset need only the paths (start-up time)
 
 REPO_FORMAT = 1
 DATASETS = ("skymap", "ref", "truth", "footprints", "scarlet_models", "coadd", "forced_source")
@@ -143,7 +146,14 @@ class Repository:
 
     # -- skymap -----------------------------------------------------------------
     def write_skymap(self, skymap: SkyMap) -> None:
+        from forcedphot.io.parquet import write_parquet
+        from forcedphot.schema import load_schema
+
         write_parquet(skymap.to_table(), self.skymap_path(), load_schema("skymap"))
 
     def read_skymap(self) -> SkyMap:
+        from forcedphot.io.parquet import read_parquet
+        from forcedphot.schema import load_schema
+        from forcedphot.skymap import SkyMap
+
         return SkyMap.from_table(read_parquet(self.skymap_path(), load_schema("skymap")))

@@ -16,10 +16,13 @@ import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from forcedphot.errors import QueryError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+# pyarrow is imported by the functions that use it: forcedphot.frame_text prints small results without it
 
 # Output file formats of an export, by file name suffix.
 OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json", ".ndjson": "json",
@@ -94,6 +97,8 @@ def bounded_batches(reader: pa.RecordBatchReader, schema: pa.Schema, *, max_rows
     Raises :class:`ResultTooLarge` at the first batch that takes the rows or bytes read past a limit
     (``None``: no bound); the caller then closes the query, so no more of it is computed.
     """
+    import pyarrow as pa
+
     rows = n_bytes = 0
     while True:
         try:
@@ -114,6 +119,8 @@ def bounded_batches(reader: pa.RecordBatchReader, schema: pa.Schema, *, max_rows
 def bounded_reader(reader: pa.RecordBatchReader, *, max_rows: int | None = None,
                    max_bytes: int | None = None) -> pa.RecordBatchReader:
     """``reader`` with unique column names (:func:`unique_names`) and the row and byte limits."""
+    import pyarrow as pa
+
     schema = pa.schema([field.with_name(name) for field, name in
                         zip(reader.schema, unique_names(reader.schema.names))], metadata=reader.schema.metadata)
     return pa.RecordBatchReader.from_batches(schema, bounded_batches(reader, schema, max_rows=max_rows,
@@ -164,6 +171,7 @@ def _broken_pipe(exc: OSError) -> bool:
 
 def _write_parquet(reader: pa.RecordBatchReader, path: Path) -> int:
     """Row groups of about :data:`ROW_GROUP_BYTES` (or :data:`ROW_GROUP_ROWS`), zstd, page checksums."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = 0

@@ -35,12 +35,11 @@ from forcedphot import exits, ledger, threads
 from forcedphot.config import ForcedPhotConfig
 from forcedphot.errors import ForcedPhotError, InputError
 from forcedphot.io.atomic import atomic_path, sweep_temp
-from forcedphot.io.parquet import read_provenance
 from forcedphot.io.verified import verified_files
 from forcedphot.plan import Quantum, plan_quanta
-from forcedphot.provenance import input_fingerprints, is_up_to_date
+from forcedphot.provenance import StatusMemo, input_fingerprints, is_up_to_date, up_to_date_provenance
 from forcedphot.repository import DataId, Repository
-from forcedphot.schema import load_schema
+from forcedphot.schema import schema_version as schema_version_of
 from forcedphot.teardown import freeze_gc_at_exit
 
 log = logging.getLogger(__name__)
@@ -64,25 +63,27 @@ class RunSummary:
         return not self.failed
 
 
-def output_state(repo: Repository, quantum: Quantum, config: ForcedPhotConfig, fingerprints: dict) -> str:
+def output_state(repo: Repository, quantum: Quantum, config: ForcedPhotConfig, fingerprints: dict, *,
+                 memo: StatusMemo | None = None) -> str:
     """'new' | 'up-to-date' | 'stale' | 'corrupt' for a ready quantum whose inputs have these fingerprints.
 
     An output whose bytes no longer match the digest its writer recorded (or that is not readable
     Parquet) is 'corrupt', never up to date: it is measured again. Its bytes are hashed once and then
-    remembered while the file's stat is unchanged (:mod:`forcedphot.io.verified`).
+    remembered while the file's stat is unchanged (:mod:`forcedphot.io.verified`); with ``memo`` so is its
+    provenance (``forcedphot status``).
     """
     out = repo.forced_source_path(quantum.data_id)
     if not out.exists():
         return "new"
     if output_corruption(repo, out) is not None:
         return "corrupt"
-    return _provenance_state(out, config, fingerprints)
+    return _provenance_state(out, config, fingerprints, memo=memo)
 
 
-def _provenance_state(out, config: ForcedPhotConfig, fingerprints: dict) -> str:
+def _provenance_state(out, config: ForcedPhotConfig, fingerprints: dict, *, memo: StatusMemo | None = None) -> str:
     """'up-to-date' | 'stale' of an intact output, from the provenance it records."""
-    stored = read_provenance(out)
-    schema_version = load_schema("forced_source").version
+    stored = up_to_date_provenance(out) if memo is None else memo.provenance(out)
+    schema_version = schema_version_of("forced_source")
     if is_up_to_date(stored, config=config, inputs=fingerprints, schema_version=schema_version):
         return "up-to-date"
     return "stale"
@@ -101,12 +102,15 @@ def output_corruption(repo: Repository, out) -> str | None:
     return None
 
 
-def quantum_state(repo: Repository, quantum: Quantum, config: ForcedPhotConfig) -> tuple[str, dict | None]:
-    """('missing' | 'up-to-date' | 'stale' | 'corrupt' | 'new', input fingerprints)."""
+def quantum_state(repo: Repository, quantum: Quantum, config: ForcedPhotConfig, *,
+                  memo: StatusMemo | None = None) -> tuple[str, dict | None]:
+    """('missing' | 'up-to-date' | 'stale' | 'corrupt' | 'new', input fingerprints); with ``memo`` the
+    fingerprints and provenance of files whose stat it remembers are not read again (``memo.save()`` after)."""
     if not quantum.ready:
         return "missing", None
-    fingerprints = input_fingerprints(quantum.input_files(config.footprint_dataset))
-    return output_state(repo, quantum, config, fingerprints), fingerprints
+    files = quantum.input_files(config.footprint_dataset)
+    fingerprints = input_fingerprints(files) if memo is None else memo.input_fingerprints(files)
+    return output_state(repo, quantum, config, fingerprints, memo=memo), fingerprints
 
 
 @dataclass(frozen=True)

@@ -6,33 +6,42 @@ name and version into the file metadata; readers refuse a major version they do 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
-
-import pyarrow as pa
-import yaml
+from typing import TYPE_CHECKING
 
 from forcedphot.errors import SchemaError, SchemaVersionError
 from forcedphot.resources import SCHEMA_DIR
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+# pyarrow is imported at the first Arrow type asked for: the versions and names of a schema need none
+# (`forcedphot status`, a query reading no dataset: start-up time)
+
 META_SCHEMA = b"forcedphot.schema"
 META_VERSION = b"forcedphot.schema_version"
 
-_FELIS_TO_ARROW = {
-    "boolean": pa.bool_(),
-    "byte": pa.int8(),
-    "short": pa.int16(),
-    "int": pa.int32(),
-    "long": pa.int64(),
-    "float": pa.float32(),
-    "double": pa.float64(),
-    "char": pa.string(),
-    "string": pa.string(),
-    "unicode": pa.string(),
-    "text": pa.string(),
-    "binary": pa.binary(),
-}
+
+@cache
+def _felis_to_arrow() -> dict[str, pa.DataType]:
+    import pyarrow as pa
+
+    return {
+        "boolean": pa.bool_(),
+        "byte": pa.int8(),
+        "short": pa.int16(),
+        "int": pa.int32(),
+        "long": pa.int64(),
+        "float": pa.float32(),
+        "double": pa.float64(),
+        "char": pa.string(),
+        "string": pa.string(),
+        "unicode": pa.string(),
+        "text": pa.string(),
+        "binary": pa.binary(),
+    }
 
 
 @dataclass(frozen=True)
@@ -47,10 +56,14 @@ class ColumnDef:
 
     @property
     def arrow_type(self) -> pa.DataType:
-        base = _FELIS_TO_ARROW[self.datatype]
+        import pyarrow as pa
+
+        base = _felis_to_arrow()[self.datatype]
         return pa.list_(base) if self.is_array else base
 
     def arrow_field(self) -> pa.Field:
+        import pyarrow as pa
+
         meta = {"description": self.description}
         if self.unit:
             meta["unit"] = self.unit
@@ -79,6 +92,8 @@ class TableSchema:
         raise KeyError(f"{self.dataset}.{self.table} has no column {name!r}")
 
     def arrow_schema(self) -> pa.Schema:
+        import pyarrow as pa
+
         return pa.schema([c.arrow_field() for c in self.columns], metadata=self.file_metadata())
 
     def file_metadata(self) -> dict[bytes, bytes]:
@@ -86,6 +101,8 @@ class TableSchema:
 
     def conform(self, table: pa.Table, *, where: str) -> pa.Table:
         """Reorder and cast ``table`` to this schema; raise on missing, extra or null-violating columns."""
+        import pyarrow as pa
+
         have = set(table.column_names)
         missing = [n for n in self.names if n not in have]
         extra = sorted(have - set(self.names))
@@ -120,14 +137,41 @@ class TableSchema:
         return version
 
 
-# libyaml's safe loader where PyYAML was built with it (its wheels are): the same documents,
-# ~9x faster than the pure-Python one (0.15 s for the schemas of a quantum, paid by every process)
-SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+def _safe_loader():
+    """libyaml's safe loader where PyYAML was built with it (its wheels are): the same documents,
+    ~9x faster than the pure-Python one (0.15 s for the schemas of a quantum, paid by every process).
+    PyYAML is imported at the first schema loaded (``schema.SafeLoader`` names it too)."""
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def __getattr__(name: str):
+    if name == "SafeLoader":
+        return _safe_loader()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _load_yaml(path: Path) -> dict:
+    import yaml
+
     with open(path) as f:
-        return yaml.load(f, Loader=SafeLoader)
+        return yaml.load(f, Loader=_safe_loader())
+
+
+_VERSION_LINE = re.compile(r"""^version:[ \t]*["']?([0-9][0-9A-Za-z.+-]*)["']?[ \t]*(?:#.*)?$""", re.M)
+
+
+@lru_cache(maxsize=None)
+def schema_version(dataset: str, *, schema_dir: Path = SCHEMA_DIR) -> str:
+    """``load_schema(dataset).version`` from the file's top-level ``version:`` line, without parsing the YAML (nor
+    importing PyYAML: ``forcedphot status``); the full load where the line is not a plain version."""
+    path = Path(schema_dir) / f"{dataset}.yaml"
+    try:
+        match = _VERSION_LINE.search(path.read_text())
+    except OSError:
+        match = None
+    return match.group(1) if match else load_schema(dataset, schema_dir=schema_dir).version
 
 
 @lru_cache(maxsize=None)

@@ -29,7 +29,7 @@ def test_parquet_writer_is_atomic(tmp_path, monkeypatch):
         sink.write(b"PAR1 partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(fp_parquet.pq, "ParquetWriter", dying_writer)
+    monkeypatch.setattr(pq, "ParquetWriter", dying_writer)  # io.parquet imports pyarrow.parquet when it writes
     with pytest.raises(OSError, match="disk full"):
         fp_parquet.write_parquet(pa.Table.from_pylist([{**row, "flux": 99.0}]), path, schema)
     monkeypatch.undo()

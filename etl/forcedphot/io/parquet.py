@@ -13,13 +13,16 @@ import hashlib
 import json
 import os
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from forcedphot.errors import InputError
 from forcedphot.io.atomic import atomic_path
-from forcedphot.schema import TableSchema
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from forcedphot.schema import TableSchema
+# pyarrow is imported by the functions that read or write (the constants and checksum helpers need none)
 
 META_PROVENANCE = b"forcedphot.provenance"
 META_CHECKSUM = b"forcedphot.sha256"  # "<bytes>:<sha256 hex>" of the file before its footer
@@ -56,12 +59,17 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
     """Columns worth dictionary encoding: strings (band names, ids as text). A float column of measurements
     has no repeats, and a bool is one bit already: trying a dictionary on them cost a forced-source
     write 60% of its time and 25% of its bytes (measured on the bench quantum)."""
+    import pyarrow as pa
+
     return [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
             or pa.types.is_binary(f.type) or pa.types.is_dictionary(f.type)]
 
 
 def write_parquet(table: pa.Table, path: str | Path, schema: TableSchema, *, provenance: dict | None = None) -> Path:
     """Conform ``table`` to ``schema`` and write it atomically with schema version and provenance."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = Path(path)
     table = schema.conform(table, where=str(path))
     meta = dict(table.schema.metadata or {})
@@ -97,6 +105,9 @@ def recorded_checksum(path: str | Path, kv: dict) -> tuple[int, str] | None:
 def verify_checksum(path: str | Path, metadata=None) -> bool:
     """Check the file's bytes against the sha256 its writer recorded; False if none was recorded
     (files of older versions). Raises :class:`ChecksumError` naming the file on a mismatch."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = Path(path)
     try:
         metadata = metadata if metadata is not None else pq.read_metadata(path)
@@ -114,6 +125,9 @@ def verify_checksum(path: str | Path, metadata=None) -> bool:
 
 def read_parquet(path: str | Path, schema: TableSchema, *, columns: list[str] | None = None) -> pa.Table:
     """Read a file written by :func:`write_parquet`, refusing unknown major versions."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
@@ -138,6 +152,9 @@ def iter_column(path: str | Path, column: str):
     For a column too large to hold twice (heavy footprint values): the caller copies each batch
     where it belongs and drops it. A page that fails its CRC or does not decode is one line.
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         for batch in pq.ParquetFile(path, **STREAM_READ).iter_batches(batch_size=READ_BATCH_ROWS, columns=[column],
                                                                        use_threads=False):
@@ -150,6 +167,9 @@ def iter_column(path: str | Path, column: str):
 
 def read_provenance(path: str | Path) -> dict | None:
     """Provenance stored by :func:`write_parquet`, or None if absent/unreadable."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         meta = pq.read_schema(path).metadata or {}
     except (OSError, pa.ArrowInvalid):

@@ -28,16 +28,12 @@ changed.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Literal, NamedTuple
-
-import pyarrow as pa
-import pyarrow.parquet as pq
-from filelock import FileLock, Timeout
-from pydantic import BaseModel, ValidationError
+from typing import Callable, NamedTuple
 
 from forcedphot.errors import InputError
 from forcedphot.io.atomic import atomic_path
@@ -73,11 +69,34 @@ class Entry(NamedTuple):
         return {k: v.encode() for k, v in ((META_SCHEMA, self.schema), (META_VERSION, self.version)) if v is not None}
 
 
-class ShardFile(BaseModel):
-    """``runs/verified/<shard>.json``: entries by path relative to the repository root."""
+SHARD_FORMAT = 1
+_ENTRY_TYPES = (int,) * 5 + ((str, type(None)), str, (str, type(None)), (str, type(None)))
 
-    format: Literal[1] = 1
-    entries: dict[str, Entry] = {}
+
+def parse_shard(data: bytes) -> dict[str, Entry]:
+    """The entries of a ``runs/verified/<shard>.json`` (``{"format": 1, "entries": {path: [9 fields]}}``, paths
+    relative to the repository root). ``ValueError`` for anything else (the caller verifies those files again).
+
+    Plain JSON checked here (no pydantic: ``forcedphot status`` and queries load the shards at start-up).
+    """
+    doc = json.loads(data)
+    if not isinstance(doc, dict) or doc.get("format", SHARD_FORMAT) != SHARD_FORMAT:
+        raise ValueError("not a verified-state shard")
+    raw = doc.get("entries", {})
+    if not isinstance(raw, dict):
+        raise ValueError("not a verified-state shard")
+    entries = {}
+    for rel, fields in raw.items():
+        if not (isinstance(fields, list) and len(fields) == len(_ENTRY_TYPES)
+                and all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(fields, _ENTRY_TYPES))):
+            raise ValueError(f"bad entry for {rel}")
+        entries[rel] = Entry(*fields)
+    return entries
+
+
+def dump_shard(entries: dict[str, Entry]) -> str:
+    return json.dumps({"format": SHARD_FORMAT, "entries": {rel: list(e) for rel, e in entries.items()}},
+                      separators=(",", ":"))
 
 
 def stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
@@ -112,6 +131,9 @@ def _unreadable(path: Path, exc: Exception) -> InputError:
 
 
 def _verify_open(path: Path, f, st: os.stat_result, check: Callable[[dict], None] | None) -> Entry:
+    import pyarrow as pa  # only to verify: a file remembered verified is only stat'ed
+    import pyarrow.parquet as pq
+
     try:
         metadata = pq.read_metadata(f)
     except (pa.ArrowException, OSError) as exc:
@@ -218,8 +240,8 @@ class VerifiedFiles:
             entries = {}
             if key is not None:
                 try:
-                    entries = ShardFile.model_validate_json(path.read_bytes()).entries
-                except (OSError, ValidationError):  # unreadable state: verify again (and rewrite it)
+                    entries = parse_shard(path.read_bytes())
+                except (OSError, ValueError):  # unreadable state: verify again (and rewrite it)
                     entries = {}
             self._shards[name] = (key, entries)
         self._fresh.add(name)
@@ -293,6 +315,10 @@ class VerifiedFiles:
         """Merge this process's new entries into their shard files (or keep them in memory if it cannot)."""
         with self._lock:
             pending, self._unsaved = self._unsaved, {}
+            if not pending:
+                return
+            from filelock import Timeout  # imported when there is something to save (not by a query that verified nothing)
+
             for name, new in pending.items():
                 try:
                     self._save_shard(name, new)
@@ -300,13 +326,15 @@ class VerifiedFiles:
                     self._memory.update({rel: e for rel, e in new.items() if e is not None})
 
     def _save_shard(self, name: str, new: dict[str, Entry | None]) -> None:
+        from filelock import FileLock
+
         path = self._shard_path(name)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.state_dir / LOCK_NAME), timeout=LOCK_SECONDS):
             self._fresh.discard(name)
             merged = {rel: e for rel, e in {**self._load(name), **new}.items() if e is not None}
             with atomic_path(path) as tmp:
-                tmp.write_text(ShardFile(entries=merged).model_dump_json())
+                tmp.write_text(dump_shard(merged))
             self._shards[name] = (stat_key(os.stat(path)), merged)
         self._fresh.add(name)
 
