@@ -121,6 +121,11 @@ def fit(q0, prof, psf, dx, dy, data, weight) -> tuple[np.ndarray, float, float]:
                         ftol=1e-12, gtol=1e-12, max_nfev=2000)
     q = _q_of(res.x)
     alpha, chi2, _ = profiled(q, prof, psf, dx, dy, data, weight)
+    # the point test: an ellipse not resolved by more than 9 in chi2 over the point (r = 0.01 px) is the point
+    q_point = np.array([1e-4, 1e-4, 0.0])
+    alpha_p, chi2_p, _ = profiled(q_point, prof, psf, dx, dy, data, weight)
+    if alpha_p > 0 and chi2_p - chi2 < 9.0:
+        return q_point, alpha_p, chi2_p
     return q, alpha, chi2
 
 

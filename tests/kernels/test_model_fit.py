@@ -245,6 +245,32 @@ def test_stars_give_small_radii():
             assert r < 0.4, (psf_kind, stage, r)  # the PSF's sigma is ~1.5 px
 
 
+def test_faint_stars_are_points_and_small_faint_galaxies_stay_resolved():
+    """The point test: stars at S/N 30 (40 noise realisations per PSF) end as points (trace of Q < 0.01 px^2;
+    without the test their noise ellipses reach ~0.3 px^2, enough to lift forced CModel 2-3% above psfFlux),
+    while exp galaxies of r_e 2.5 px (0.5" at 0.2"/px, PSF sigma ~1.5 px) at the same S/N keep their ellipse."""
+    rng = np.random.default_rng(5)
+    for psf_kind in ("gauss", "moffat"):
+        psf, mix = psf_of(psf_kind), psf_mixture(psf_of(psf_kind))
+        traces, points, radii = [], [], []
+        for k in range(40):
+            x, y = 30.0 + rng.uniform(-0.5, 0.5), 30.0 + rng.uniform(-0.5, 0.5)
+            image, variance, _ = render(galsim.DeltaFunction(flux=1.0), psf, 61, x, y, 30.0, 100 + k)
+            res, _, _ = fit_one(image, variance, x, y, mix)
+            assert not res["cModel_ref_flag"][0]
+            traces.append(max(res[f"cModel_{st}_xx"][0] + res[f"cModel_{st}_yy"][0] for st in ("exp", "dev")))
+            points.append(bool(res["stage_flags"][0, 1] & mf.POINT))
+            if k < 10:
+                image, variance, _ = render(galaxy(1, 2.5, 0.2, 40.0), psf, 61, x, y, 30.0, 200 + k)
+                res, _, _ = fit_one(image, variance, x, y, mix)
+                radii.append(ellipse_figures([res[f"cModel_exp_{c}"][0] for c in ("xx", "yy", "xy")])[0] / 2.5)
+                assert not res["stage_flags"][0, 1] & mf.POINT
+        print(f"{psf_kind}: stars S/N 30 max trace {max(traces):.4f} px^2, point test used for {np.mean(points):.2f}; "
+              f"galaxies r_e 2.5 px S/N 30 radius / r_e {np.min(radii):.2f}..{np.max(radii):.2f}")
+        assert max(traces) < 0.01
+        assert 0.7 < np.median(radii) < 1.3
+
+
 def test_garbage_is_flagged():
     psf = psf_of("gauss")
     mix = psf_mixture(psf)
