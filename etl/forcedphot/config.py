@@ -25,8 +25,8 @@ from forcedphot.tomlfile import read_toml
 # The names of forcedphot.plugins.PLUGINS (tests/test_config.py checks they agree), in the default config's order: a config
 # is validated without importing the plugins and their kernels (numba, astropy), e.g. by `forcedphot status`.
 PLUGIN_NAMES = ("TransformedCentroid", "SdssCentroid", "TransformedShape", "SdssShape", "InputCount", "PixelFlags",
-                "PsfFlux", "GaussianFlux", "CircularApertureFlux", "LocalBackground", "Variance", "KronFlux", "ApCorr",
-                "Extendedness")
+                "PsfFlux", "GaussianFlux", "CircularApertureFlux", "LocalBackground", "Variance", "KronFlux", "GaapFlux",
+                "ApCorr", "Extendedness")
 
 
 class ConfigError(InputError):

@@ -18,7 +18,7 @@ from forcedphot.plugins import PLUGINS, ordered
 from forcedphot.plugins.base import Column
 from forcedphot.ucds import column_ucd, is_principal
 
-SCHEMA_VERSION = "1.3.0"
+SCHEMA_VERSION = "1.4.0"
 TAP_TABLE_INDEX = 70  # unique over schemas/*.yaml (see forcedphot.catalog_schema)
 INDEXES = (("objectId", "Rows of one object (all bands); the foreign key to ref.id."),
            ("coord_ra", "Sky range queries on right ascension."),
