@@ -78,7 +78,7 @@ class ReferenceGaapFlux(GaapFlux):
 
         def spy(*args):
             calls["args"] = args
-            n, na = args[15].shape
+            n, na = args[16].shape
             return (np.full((n, na), np.nan), np.full((n, na), np.nan), np.zeros((n, na), np.uint8),
                     np.zeros((n, na), np.uint8), np.zeros(n, np.uint8), np.full(n, np.nan))
 
@@ -88,7 +88,7 @@ class ReferenceGaapFlux(GaapFlux):
             GaapFlux.measure(self, ctx)
         finally:
             kernel.gaap_flux = real
-        (_, _, _, _, psf, _, _, fx, fy, p, sigk, hk, ia, ib, ic, rw, small, _, _) = calls["args"]
+        (_, _, _, _, psf, shifted, _, _, fx, fy, p, sigk, hk, ia, ib, ic, rw, small, _, _) = calls["args"]
         n, na = rw.shape
         flux = np.full((n, na), np.nan)
         err = np.full((n, na), np.nan)
@@ -115,7 +115,15 @@ class ReferenceGaapFlux(GaapFlux):
                 qinv = np.array([[ia[s, k], ib[s, k]], [ib[s, k], ic[s, k]]])
                 w = aperture_weight(qinv, fx[s], fy[s], r, bool(small[s, k]))
                 c = slice(hmax - r, hmax + r + 1)
-                norm = (w * _shifted_target(p[s], r, fx[s], fy[s])).sum()
+                # a point source's response: the PSF image at the source's position, Gaussianized, in w
+                kp = shifted.shape[1] // 2
+                star = np.zeros((2 * r + 1, 2 * r + 1))
+                big = convolve2d(shifted[s], kimg, mode="full")  # centred on (kp + h, kp + h)
+                c0 = kp + h
+                lo = max(0, r - c0)
+                hi = min(2 * r + 1, r + c0 + 1)
+                star[lo:hi, lo:hi] = big[c0 - r + lo:c0 - r + hi, c0 - r + lo:c0 - r + hi]
+                norm = (w * star).sum()
                 flux[s, k] = (w * conv[c, c]).sum() / norm
                 wp = correlate2d(w, kimg, mode="full")  # K~ (x) w on the (2(r + h) + 1)^2 box
                 o = slice(hmax - r - h, hmax + r + h + 1)
@@ -136,9 +144,3 @@ class ReferenceGaapFlux(GaapFlux):
             out[base_name(ap)] = flux[:, k]
             out[f"{base_name(ap)}Err"] = err[:, k]
         return out
-
-
-def _shifted_target(p: float, r: int, fx: float, fy: float) -> np.ndarray:
-    g = np.arange(-r, r + 1, dtype=float)
-    dy, dx = np.meshgrid(g - fy, g - fx, indexing="ij")
-    return np.exp(-0.5 * (dx ** 2 + dy ** 2) / p ** 2) / (2 * np.pi * p ** 2)

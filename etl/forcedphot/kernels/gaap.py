@@ -13,10 +13,11 @@ Flux: no image is convolved. With w the aperture weight exp(-x^T Q^-1 x / 2) (ke
 x^T Q^-1 x <= MAX_Q) centred on the source, sum_x w (K (x) I) = sum_x W' I with the effective
 weight W' = K~ (x) w (K~ the flipped kernel), built per aperture on a stamp by separable passes
 (rows with the 5 g_a, then for each b the combination sum_a d_ab of the rows convolved with g_b
-along columns): :func:`effective_weight`. The flux is sum(W' I) / sum(w T) (the normalisation makes
-a point source's flux its total flux; sum(w T) = sqrt(det Q / det W) to 1e-5 for a well-sampled
-Q, i.e. Rubin's scaling 1/2 sqrt(det W / det Q) x 2) and its error sqrt(sum(W'^2 V)) / sum(w T),
-exact for the real per-pixel variance. Shapes the pixel grid under-samples (Q_xx or Q_yy < 0.25,
+along columns): :func:`effective_weight`. The flux is sum(W' I) / sum(W' P), P the PSF image at the
+source's sub-pixel position: a point source's flux is its flux within the PSF model's box whatever
+the Gaussianization's residual (with a perfect K, sum(W' P) = sum(w T) = sqrt(det Q / det W), i.e.
+Rubin's scaling 1/2 sqrt(det W / det Q) x 2). Its error is sqrt(sum(W'^2 V)) / sum(W' P), exact
+for the real per-pixel variance. Shapes the pixel grid under-samples (Q_xx or Q_yy < 0.25,
 det Q < 0.0625) take w as the mean of 4x4 sub-pixel samples.
 
 Each source is measured on its own image (noise replacement: its own heavy footprint over the
@@ -181,13 +182,11 @@ def fit_kernel(psf, p, sigk, hk, g, xa, yk, tgt, kkt, rhs, d):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def aperture_weight(ia, ib, ic, fx, fy, rw, small, sub, p, w):
+def aperture_weight(ia, ib, ic, fx, fy, rw, small, sub, w):
     """w[j, i] = exp(-q / 2) at offsets (i - rw - fx, j - rw - fy) (q <= MAX_Q; the mean of sub-pixel samples
-    when ``small``); returns sum(w T), T the target Gaussian of sigma p centred on the source."""
+    when ``small``)."""
     n = 2 * rw + 1
     ns = sub.size
-    norm = 1.0 / (2 * math.pi * p * p)
-    swt = 0.0
     for j in range(n):
         dy = j - rw - fy
         for i in range(n):
@@ -206,8 +205,6 @@ def aperture_weight(ia, ib, ic, fx, fy, rw, small, sub, p, w):
                 q = ia * dx * dx + 2 * ib * dx * dy + ic * dy * dy
                 v = math.exp(-0.5 * q) if q <= MAX_Q else 0.0
             w[j, i] = v
-            swt += v * math.exp(-0.5 * (dx * dx + dy * dy) / (p * p)) * norm
-    return swt
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -262,7 +259,7 @@ def new_outputs(n, na):
 @njit(cache=True, nogil=True, error_model="numpy")
 def measure_block(t0, t1, args, fp, out):
     """Sources order[t0:t1] of :func:`gaap_flux` (its other arguments ``args``) into ``out``, in this block's own scratch."""
-    image, variance, valid, psf, cx, cy, fx, fy, p, sigk, hk, ia, ib, ic, rw, small, sub, order = args
+    image, variance, valid, psf, psfs, cx, cy, fx, fy, p, sigk, hk, ia, ib, ic, rw, small, sub, order = args
     flux, err, invalid, excluded, edge, residual = out
     na = rw.shape[1]
     kp = psf.shape[1]
@@ -313,8 +310,13 @@ def measure_block(t0, t1, args, fp, out):
             if r < 0:
                 continue
             hs = r + h
-            swt = aperture_weight(ia[s, k], ib[s, k], ic[s, k], fx[s], fy[s], r, small[s, k] != 0, sub, p[s], w)
+            aperture_weight(ia[s, k], ib[s, k], ic[s, k], fx[s], fy[s], r, small[s, k] != 0, sub, w)
             effective_weight(w, r, h, g, d, ta, u, wp)
+            swt = 0.0  # a point source's response: sum W' P, P the PSF image at the source's position
+            hp = kp // 2
+            for j in range(max(0, hs - hp), min(2 * hs + 1, hs + hp + 1)):
+                for i in range(max(0, hs - hp), min(2 * hs + 1, hs + hp + 1)):
+                    swt += wp[j, i] * psfs[s, j - hs + hp, i - hs + hp]
             off = hmax - hs
             sf = sv = sa = sbad = sexc = soff = 0.0
             for j in range(2 * hs + 1):
@@ -342,10 +344,11 @@ def measure_block(t0, t1, args, fp, out):
 
 
 @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
-def gaap_flux(image, variance, valid, fp, psf, cx, cy, fx, fy, p, sigk, hk, ia, ib, ic, rw, small, sub, order):
+def gaap_flux(image, variance, valid, fp, psf, psfs, cx, cy, fx, fy, p, sigk, hk, ia, ib, ic, rw, small, sub, order):
     """GAaP fluxes of every source (rows) in every aperture (columns); see the module docstring.
 
-    psf (N, K, K): each source's PSF image, centred; p, sigk (N,): target and kernel-Gaussian sigmas;
+    psf (N, K, K): each source's PSF image, centred (the fit's); psfs: the same shifted to the source's
+    sub-pixel position (the normalisation's); p, sigk (N,): target and kernel-Gaussian sigmas;
     hk (N,): kernel half-size (< 0: not measured); (ia, ib, ic) (N, A): Q^-1 of each aperture;
     rw (N, A): its weight's half-size (< 0: not measured); small (N, A): sub-pixel samples ``sub``.
     Returns flux, err (N, A), invalid and excluded (N, A, uint8: |W'| on invalid or off-coadd pixels,
@@ -355,7 +358,7 @@ def gaap_flux(image, variance, valid, fp, psf, cx, cy, fx, fy, p, sigk, hk, ia, 
     """
     n, na = rw.shape
     out = new_outputs(n, na)
-    args = (image, variance, valid, psf, cx, cy, fx, fy, p, sigk, hk, ia, ib, ic, rw, small, sub, order)
+    args = (image, variance, valid, psf, psfs, cx, cy, fx, fy, p, sigk, hk, ia, ib, ic, rw, small, sub, order)
     n_blocks = (n + BLOCK - 1) // BLOCK
     for blk in prange(n_blocks):
         measure_block(blk * BLOCK, min(n, (blk + 1) * BLOCK), args, fp, out)
@@ -370,7 +373,7 @@ def _warm_gaap():
     psf = np.zeros((1, 5, 5))
     psf[0, 2, 2] = 1.0
     a = np.ones((1, 1))
-    gaap_flux(image, variance, valid, fp, psf, one_i, one_i, one_f, one_f, np.ones(1), np.ones(1), np.full(1, 2, np.int64),
+    gaap_flux(image, variance, valid, fp, psf, psf, one_i, one_i, one_f, one_f, np.ones(1), np.ones(1), np.full(1, 2, np.int64),
               a, a * 0, a, np.full((1, 1), 2, np.int64), np.zeros((1, 1), np.uint8), (np.arange(4) - 1.5) / 4,
               np.zeros(1, np.int64))
 
