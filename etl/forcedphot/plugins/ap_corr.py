@@ -21,8 +21,9 @@ from __future__ import annotations
 import numpy as np
 
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag, register
+from forcedphot.plugins.gaap import GAAP_FLUXES
 
-AP_CORR_FLUXES = ("psfFlux", "gaussianFlux", "kronFlux")
+AP_CORR_FLUXES = ("psfFlux", "gaussianFlux", "kronFlux") + GAAP_FLUXES
 FLUX_RATIO = 0.985
 
 

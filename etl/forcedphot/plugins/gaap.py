@@ -52,6 +52,9 @@ def base_name(ap: str) -> str:
     return f"gaap{ap}Flux"
 
 
+GAAP_FLUXES = tuple(base_name(ap) for ap in APERTURES)  # all aperture corrected (plugins/ap_corr.py)
+
+
 def kernel_geometry(p0: np.ndarray):
     """(p, sigma_K, kernel half-size) for PSF trace radii p0 (pixels)."""
     p = SCALING * p0
