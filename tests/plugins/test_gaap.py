@@ -103,6 +103,27 @@ def test_gaussian_galaxies_through_a_gaussian_psf_match_the_closed_form():
             np.testing.assert_allclose(out[name][ok], expect[ok], rtol=1e-3, err_msg=name)
             checked += 1
     assert checked >= 6
+    # uniform variance: the exact error sqrt(sum W'^2 V) / sum(W' P) equals Rubin's eps formula
+    # 1/2 sqrt(det W / det Q) eps 2 sqrt(V pi sqrt(det Q)), eps^2 = sum_r C(r) exp(-r^T Q^-1 r / 4), C = K's
+    # autocorrelation (here V = 1 and the Gaussianization is exact)
+    from scipy.signal import correlate2d
+
+    from tests.kernels.reference_gaap import gaussianization_kernel
+
+    sigk = max(sigma_psf * np.sqrt(1.15 ** 2 - 1), 0.7)
+    kernel, resid = gaussianization_kernel(psf, p, sigk, 10)
+    assert resid < 1e-4
+    auto = correlate2d(kernel, kernel, mode="full")
+    rr = np.arange(auto.shape[0]) - auto.shape[0] // 2
+    for name, w in w_all.items():
+        q = w - p * p * np.eye(2)
+        if np.linalg.det(q) <= 0 or q[0, 0] <= 0:
+            continue
+        qi = np.linalg.inv(q)
+        eps2 = (auto * np.exp(-0.25 * (qi[0, 0] * rr[None, :] ** 2 + qi[1, 1] * rr[:, None] ** 2))).sum()
+        rubin = 0.5 * np.sqrt(np.linalg.det(w) / np.linalg.det(q)) * np.sqrt(eps2) * 2 * np.sqrt(np.pi * np.sqrt(np.linalg.det(q)))
+        ok = ~out[f"{name}_flag"]
+        np.testing.assert_allclose(out[f"{name}Err"][ok], rubin, rtol=2e-3, err_msg=name)
     # Optimal: W = the (forced) shape + PSF moments
     w_opt = s + 2 * sigma_psf ** 2 * np.eye(2)
     expect = flux * np.sqrt(np.linalg.det(w_opt) / np.linalg.det(w_opt + s))
