@@ -59,6 +59,8 @@ def aperture_weight(qinv: np.ndarray, fx: float, fy: float, rw: int, small: bool
 
     def w(ex, ey):
         q = qinv[0, 0] * ex * ex + 2 * qinv[0, 1] * ex * ey + qinv[1, 1] * ey * ey
+        if qinv[0, 1] == 0:  # axis-aligned: the kernel's separable weight, cut by its box only
+            return np.exp(-0.5 * q)
         return np.where(q <= MAX_Q, np.exp(-0.5 * q), 0.0)
 
     if not small:

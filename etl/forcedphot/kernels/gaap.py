@@ -249,6 +249,65 @@ def effective_weight(w, rw, hk, g, d, ta, u, out):
                     dst[x] += gb * urow[x]
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def weight_1d(ia, f, rw, small, sub, out):
+    """out[i] = exp(-ia (i - rw - f)^2 / 2) for i = 0..2rw (the mean over the sub-pixel samples when ``small``)."""
+    ns = sub.size
+    for i in range(2 * rw + 1):
+        e = i - rw - f
+        if small:
+            v = 0.0
+            for su in range(ns):
+                v += math.exp(-0.5 * ia * (e + sub[su]) ** 2)
+            out[i] = v / ns
+        else:
+            out[i] = math.exp(-0.5 * ia * e * e)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def separable_weight(ia, ic, fx, fy, rw, hk, small, sub, g, d, ta, u, out):
+    """W' = K~ (x) w for w(x, y) = wx(x) wy(y) (Q^-1 = diag(ia, ic)), on the box |x|, |y| <= rw (no
+    elliptical cut: the weight beyond it is < exp(-MAX_Q / 2)) into out[:2hs+1, :2hs+1]:
+    W'(x, y) = sum_b (g_b~ (x) wy)(y) sum_a d_ab (g_a~ (x) wx)(x). Scratch ta (5, >= 2hs+1) and
+    u (>= 2, >= 2hs+1) hold the 1-D pieces."""
+    n = 2 * rw + 1
+    hs = rw + hk
+    ns = 2 * hs + 1
+    nt = 2 * hk + 1
+    weight_1d(ia, fx, rw, small, sub, u[0])
+    weight_1d(ic, fy, rw, small, sub, u[1])
+    cx = ta[0, 0]  # one 1-D convolution along x at a time
+    for y in range(ns):
+        for x in range(ns):
+            out[y, x] = 0.0
+    for b in range(DEGREE + 1):
+        by = u[2]  # (g_b~ (x) wy)
+        for x in range(ns):
+            by[x] = 0.0
+        for i in range(n):
+            v = u[1, i]
+            for t in range(nt):
+                by[i + nt - 1 - t] += v * g[b, t]
+        cb = u[3]  # sum_a d_ab (g_a~ (x) wx)
+        for x in range(ns):
+            cb[x] = 0.0
+        for a in range(DEGREE + 1 - b):
+            c = d[a, b]
+            for x in range(ns):
+                cx[x] = 0.0
+            for i in range(n):
+                v = u[0, i]
+                for t in range(nt):
+                    cx[i + nt - 1 - t] += v * g[a, t]
+            for x in range(ns):
+                cb[x] += c * cx[x]
+        for y in range(ns):
+            vy = by[y]
+            row = out[y]
+            for x in range(ns):
+                row[x] += vy * cb[x]
+
+
 @njit(cache=True, nogil=True)
 def new_outputs(n, na):
     """flux, err, invalid, excluded, edge, residual of gaap_flux."""
@@ -284,7 +343,7 @@ def measure_block(t0, t1, args, fp, out):
     d = np.zeros((DEGREE + 1, DEGREE + 1))
     w = np.empty((nw, nw))
     ta = np.empty((DEGREE + 1, nw, nsb))
-    u = np.empty((nw, nsb))
+    u = np.empty((max(nw, 4), nsb))
     wp = np.empty((nsb, nsb))
     img = np.empty((nsb, nsb))
     var = np.empty((nsb, nsb))
@@ -310,8 +369,11 @@ def measure_block(t0, t1, args, fp, out):
             if r < 0:
                 continue
             hs = r + h
-            aperture_weight(ia[s, k], ib[s, k], ic[s, k], fx[s], fy[s], r, small[s, k] != 0, sub, w)
-            effective_weight(w, r, h, g, d, ta, u, wp)
+            if ib[s, k] == 0.0:  # axis-aligned Q: w = wx(x) wy(y) on its box, W' a sum of 5 outer products
+                separable_weight(ia[s, k], ic[s, k], fx[s], fy[s], r, h, small[s, k] != 0, sub, g, d, ta, u, wp)
+            else:
+                aperture_weight(ia[s, k], ib[s, k], ic[s, k], fx[s], fy[s], r, small[s, k] != 0, sub, w)
+                effective_weight(w, r, h, g, d, ta, u, wp)
             swt = 0.0  # a point source's response: sum W' P, P the PSF image at the source's position
             hp = kp // 2
             for j in range(max(0, hs - hp), min(2 * hs + 1, hs + hp + 1)):

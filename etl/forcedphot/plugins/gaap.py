@@ -16,8 +16,9 @@ real one (a Moffat PSF's wings leave ||T - K (x) P|| / ||T|| ~ 0.04) Rubin's poi
 2-3% low until aperture-corrected, these do not. The error is exact for the real per-pixel
 variance (Kuijken's eq. A17 quantity; Rubin's eps formula approximates it with the centre pixel's
 variance). Apertures: ``gaapPsfFlux`` (Q = p^2 1),
-circular sigma 0.5, 0.7, 1.0, 1.5, 2.5, 3.0 arcsec (W = sigma^2 mapped to pixels through the coadd
-WCS's local Jacobian at the source) and ``gaapOptimalFlux`` (W = the forced reference shape + the
+circular sigma 0.5, 0.7, 1.0, 1.5, 2.5, 3.0 arcsec (W = (sigma / s)^2 1, s the coadd WCS's local
+pixel scale sqrt|det J| at the source; Rubin maps W through the full Jacobian, which differs by the
+WCS's local shear, ~1e-4 in a tract) and ``gaapOptimalFlux`` (W = the forced reference shape + the
 PSF moments at the source). Compiled kernel: :func:`forcedphot.kernels.gaap.gaap_flux`.
 
 Flags: ``_flag_bigPsf`` where Q is not positive definite (sigma <= p), ``gaapFlux_flag_gaussianization``
@@ -64,8 +65,8 @@ def kernel_geometry(p0: np.ndarray):
     return p, sigk, size // 2
 
 
-def sky_to_pixel(wcs, x, y) -> np.ndarray:
-    """(N, 2, 2) (J^T J)^-1 with J = d(sky, arcsec)/d(pixel) at tract pixels (x, y): W_pix = sigma^2 (J^T J)^-1."""
+def pixel_scale(wcs, x, y) -> np.ndarray:
+    """(N,) local pixel scale sqrt(|det J|), arcsec per pixel, J = d(sky, arcsec)/d(pixel) at tract pixels (x, y)."""
     n = x.size
     ra, dec = wcs.all_pix2world(np.concatenate([x + STEP, x - STEP, x, x]), np.concatenate([y, y, y + STEP, y - STEP]), 0)
     ra, dec = ra.reshape(4, n), dec.reshape(4, n)
@@ -75,7 +76,7 @@ def sky_to_pixel(wcs, x, y) -> np.ndarray:
     jac = np.empty((n, 2, 2))
     jac[:, 0, 0], jac[:, 1, 0] = dra(0, 1), ddec(0, 1)
     jac[:, 0, 1], jac[:, 1, 1] = dra(2, 3), ddec(2, 3)
-    return np.linalg.inv(np.einsum("nki,nkj->nij", jac, jac))
+    return np.sqrt(np.abs(np.linalg.det(jac)))
 
 
 def aperture_shapes(ctx: MeasurementContext, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,12 +84,12 @@ def aperture_shapes(ctx: MeasurementContext, p: np.ndarray) -> tuple[np.ndarray,
     n = ctx.n
     x = np.where(ctx.usable, ctx.x, ctx.coadd.bbox.min_x).astype(float)
     y = np.where(ctx.usable, ctx.y, ctx.coadd.bbox.min_y).astype(float)
-    unit = sky_to_pixel(ctx.coadd.wcs, x, y)
+    scale = pixel_scale(ctx.coadd.wcs, x, y)
     w = np.empty((n, len(APERTURES), 2, 2))
     defined = np.ones((n, len(APERTURES)), bool)
     w[:, 0] = 2 * p[:, None, None] ** 2 * np.eye(2)  # PsfFlux: Q = p^2 1
     for k, s in enumerate(SIGMAS):
-        w[:, k + 1] = s * s * unit
+        w[:, k + 1] = (s / scale)[:, None, None] ** 2 * np.eye(2)  # circular in pixels: separable
     shape_ok = ctx.shape_ok if ctx.shape_ok is not None else np.zeros(n, bool)
     ok = shape_ok & ~ref_flag(ctx, "shape_flag")
     shape = np.where(ok[:, None, None], ctx.shape if ctx.shape is not None else 0.0, np.eye(2))
