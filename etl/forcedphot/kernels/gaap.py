@@ -11,9 +11,11 @@ with partial pivoting): :func:`fit_kernel`.
 
 Flux: no image is convolved. With w the aperture weight exp(-x^T Q^-1 x / 2) (kept where
 x^T Q^-1 x <= MAX_Q) centred on the source, sum_x w (K (x) I) = sum_x W' I with the effective
-weight W' = K~ (x) w (K~ the flipped kernel), built per aperture on a stamp by separable passes
-(rows with the 5 g_a, then for each b the combination sum_a d_ab of the rows convolved with g_b
-along columns): :func:`effective_weight`. The flux is sum(W' I) / sum(W' P), P the PSF image at the
+weight W' = K~ (x) w (K~ the flipped kernel), built per aperture on a stamp: for an axis-aligned Q
+(the PSF and circular apertures) w = wx(x) wy(y) on its box and W' = sum_b (g_b~ (x) wy)(y)
+sum_a d_ab (g_a~ (x) wx)(x), 1-D convolutions and 5 outer products (:func:`separable_weight`);
+for any Q (Optimal), the rows of w convolved with the 5 g_a, then for each b the combination
+sum_a d_ab convolved with g_b along columns (:func:`effective_weight`). The flux is sum(W' I) / sum(W' P), P the PSF image at the
 source's sub-pixel position: a point source's flux is its flux within the PSF model's box whatever
 the Gaussianization's residual (with a perfect K, sum(W' P) = sum(w T) = sqrt(det Q / det W), i.e.
 Rubin's scaling 1/2 sqrt(det W / det Q) x 2). Its error is sqrt(sum(W'^2 V)) / sum(W' P), exact
