@@ -1,7 +1,8 @@
 """Slow reference (tests only) for GaapFlux: an independent path through the same definitions.
 
 Per source, in numpy: the 15 basis images as explicit 2-D arrays (Gaussian x monomials of degree
-<= 4 in (u/h, v/h)), each convolved with the PSF image by ``scipy.signal.convolve2d`` (full); the
+<= 4 in (u/h, v/h)), each convolved with the PSF image by ``scipy.signal.convolve2d`` (over the
+PSF's box, mode "same"); the
 kernel K from ``np.linalg.lstsq`` on the zero-sum reparametrisation K = B0 / sum B0 + sum c_k
 (B_k - sum B_k B0 / sum B0) (so sum K = 1); the stamp image convolved with K by
 ``scipy.signal.fftconvolve`` and weighted by the aperture Gaussian; the error from the effective
@@ -41,7 +42,7 @@ def target(p: float, half: int) -> np.ndarray:
 def gaussianization_kernel(psf: np.ndarray, p: float, sigk: float, hk: int) -> tuple[np.ndarray, float]:
     """(K (2hk+1, 2hk+1), ||T - K (x) P|| / ||T||)."""
     basis = basis_images(sigk, hk)
-    conv = [convolve2d(psf, b, mode="full") for b in basis]
+    conv = [convolve2d(psf, b, mode="same") for b in basis]  # the fit runs over the PSF's own box
     t = target(p, conv[0].shape[0] // 2)
     s = np.array([b.sum() for b in basis])
     b0 = basis[0] / s[0]
@@ -49,7 +50,7 @@ def gaussianization_kernel(psf: np.ndarray, p: float, sigk: float, hk: int) -> t
     design = np.stack([(c - si * c0).ravel() for c, si in zip(conv[1:], s[1:])], axis=1)
     coef, *_ = np.linalg.lstsq(design, (t - c0).ravel(), rcond=None)
     kernel = b0 + sum(ci * (b - si * b0) for ci, b, si in zip(coef, basis[1:], s[1:]))
-    resid = t - convolve2d(psf, kernel, mode="full")
+    resid = t - convolve2d(psf, kernel, mode="same")
     return kernel, float(np.sqrt((resid ** 2).sum() / (t ** 2).sum()))
 
 

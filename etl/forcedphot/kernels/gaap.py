@@ -5,9 +5,9 @@ a circular Gaussian T of sigma p (= 1.15 x the PSF's trace radius p0); K is one 
 sigma_K = max(p0 sqrt(f^2 - 1), 0.7) times the 15 monomials (u/h)^a (v/h)^b, a + b <= 4, on a
 (2h+1)^2 box (h = kernel half-size). Each 1-D factor g_a(u) = exp(-u^2 / 2 sigma_K^2) (u/h)^a
 is scaled to unit norm, so every basis image is separable: B_ab(u, v) = g_a(u) g_b(v). The
-coefficients d minimise sum (T - K (x) P)^2 over the full (K_psf + 2h)^2 grid of the convolution
-with sum K = 1 exactly (a Lagrange multiplier; the normal equations solved by Gaussian elimination
-with partial pivoting): :func:`fit_kernel`.
+coefficients d minimise sum (T - K (x) P)^2 over the PSF image's K_psf x K_psf box (as Rubin's
+fit over the PSF stamps) with sum K = 1 exactly (a Lagrange multiplier; the normal equations solved
+by Gaussian elimination with partial pivoting): :func:`fit_kernel`.
 
 Flux: no image is convolved. With w the aperture weight exp(-x^T Q^-1 x / 2) (kept where
 x^T Q^-1 x <= MAX_Q) centred on the source, sum_x w (K (x) I) = sum_x W' I with the effective
@@ -98,27 +98,28 @@ def solve(a, b, n):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def fit_kernel(psf, p, sigk, hk, g, xa, yk, tgt, kkt, rhs, d):
-    """Fit K to the PSF image ``psf`` (centred, odd size): d[a, b] the coefficients of g_a(u) g_b(v).
+    """Fit K to the PSF image ``psf`` (centred, odd size K): d[a, b] the coefficients of g_a(u) g_b(v).
 
-    Scratch: g (5, >= 2hk+1), xa (5, K, >= M), yk (15, >= M, >= M), tgt (>= M, >= M), kkt (16, 16),
-    rhs (16,), with M = K + 2 hk. Returns the relative residual ||T - K (x) P|| / ||T|| (inf if the
-    solve failed).
+    The fit runs over the PSF image's own K x K box (as Rubin's, over the PSF stamps): K (x) P there.
+    Scratch: g (5, >= 2hk+1), xa (5, >= K, >= K), yk (15, >= K, >= K), tgt (>= K, >= K), kkt (16, 16),
+    rhs (16,). Returns the relative residual ||T - K (x) P|| / ||T|| over the box (inf if the solve
+    failed).
     """
     kp = psf.shape[0]
     nt = 2 * hk + 1
-    m = kp + 2 * hk
+    m = kp
     c = (m - 1) // 2
     basis_1d(sigk, hk, g)
-    for a in range(DEGREE + 1):  # rows: xa[a, i, j + t] = sum P[i, j] g_a[t] (full convolution)
+    for a in range(DEGREE + 1):  # rows: xa[a, i, j + t - hk] = sum P[i, j] g_a[t], within the box
         for i in range(kp):
             row = xa[a, i]
             for x in range(m):
                 row[x] = 0.0
             for j in range(kp):
                 v = psf[i, j]
-                for t in range(nt):
-                    row[j + t] += v * g[a, t]
-    for k in range(N_BASIS):  # columns: yk[k, i + t] += xa[a, i] g_b[t]
+                for t in range(max(0, hk - j), min(nt, kp + hk - j)):
+                    row[j + t - hk] += v * g[a, t]
+    for k in range(N_BASIS):  # columns: yk[k, i + t - hk] += xa[a, i] g_b[t]
         a, b = basis_index(k)
         img = yk[k]
         for y in range(m):
@@ -126,9 +127,9 @@ def fit_kernel(psf, p, sigk, hk, g, xa, yk, tgt, kkt, rhs, d):
                 img[y, x] = 0.0
         for i in range(kp):
             src = xa[a, i]
-            for t in range(nt):
+            for t in range(max(0, hk - i), min(nt, kp + hk - i)):
                 gb = g[b, t]
-                dst = img[i + t]
+                dst = img[i + t - hk]
                 for x in range(m):
                     dst[x] += gb * src[x]
     tt = 0.0
@@ -333,7 +334,7 @@ def measure_block(t0, t1, args, fp, out):
             hkb = max(hkb, hk[s])
             for k in range(na):
                 rwb = max(rwb, rw[s, k])
-    m = kp + 2 * hkb
+    m = kp
     nw = 2 * rwb + 1
     nsb = 2 * (rwb + hkb) + 1
     g = np.empty((DEGREE + 1, 2 * hkb + 1))
