@@ -170,10 +170,11 @@ def test_processes_writing_one_cache_index_at_once_keep_every_entry(tmp_path):
 
 def test_a_config_names_only_the_kernel_modules_of_its_plugins():
     everything = [K + m for m in ("aperture_naive", "aperture_sinc", "apertures", "background", "centroid", "cmodel",
-                                  "convolved", "csr", "footprints", "mixtures", "moments", "psf")]
+                                  "convolved", "csr", "footprints", "gaap", "mixtures", "moments", "psf")]
     assert kernel_modules(ForcedPhotConfig()) == everything  # kron_radius: ingest's, not a run's
     stages = [K + "background", K + "csr", K + "footprints"]
     assert kernel_modules(ForcedPhotConfig(plugins=("PsfFlux",))) == stages + [K + "psf"]
+    assert kernel_modules(ForcedPhotConfig(plugins=("GaapFlux",))) == stages + [K + "gaap", K + "psf"]
     assert kernel_modules(ForcedPhotConfig(plugins=("PixelFlags", "InputCount"))) == stages
     assert kernel_modules(ForcedPhotConfig(plugins=("PixelFlags",), footprint_dataset="scarlet")) == stages + [K + "psf"]
     no_centroid = [p for p in ForcedPhotConfig().plugins if p != "SdssCentroid"]

@@ -24,8 +24,7 @@ GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide" / "query.md"  # l
 
 # Rubin's forced per-band Object columns whose forced_source source another branch adds (CModel, GAaP):
 # the view leaves them out until then. The lead empties this set when those branches are merged.
-AWAITING = {"gaapPsfFlux", "gaapPsfFluxErr", "gaap0p7Flux", "gaap0p7FluxErr",
-            "gaap1p0Flux", "gaap1p0FluxErr", "gaapFlux_flag", "gaapFlux_flag_edge"}
+AWAITING: set[str] = set()
 # Per-band columns of Rubin's Object derived from forced ones without "Forced on" in their description:
 # the magnitudes of the forced psfFlux and the duplicates of the forced 12 px aperture's flags (name -> the
 # forced_src column their description names).

@@ -26,7 +26,7 @@ from forcedphot.tomlfile import read_toml
 # is validated without importing the plugins and their kernels (numba, astropy), e.g. by `forcedphot status`.
 PLUGIN_NAMES = ("TransformedCentroid", "SdssCentroid", "TransformedShape", "SdssShape", "InputCount", "PixelFlags",
                 "PsfFlux", "GaussianFlux", "CircularApertureFlux", "LocalBackground", "Variance", "KronFlux", "CModel",
-                "ConvolvedFlux",
+                "ConvolvedFlux", "GaapFlux",
                 "ApCorr", "Extendedness")
 
 

@@ -29,8 +29,9 @@ import numpy as np
 
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag, register
 from forcedphot.plugins.convolved import CONVOLVED_FLUXES
+from forcedphot.plugins.gaap import GAAP_FLUXES
 
-AP_CORR_FLUXES = ("psfFlux", "gaussianFlux", "kronFlux", "cModelFlux")
+AP_CORR_FLUXES = ("psfFlux", "gaussianFlux", "kronFlux", "cModelFlux") + GAAP_FLUXES
 AP_CORR_FLUXES += CONVOLVED_FLUXES  # ConvolvedFlux: every circle and Kron flux of every target (as Rubin)
 # a flux whose flags are named after its algorithm rather than the flux (<base>_flag, <base>_flag_apCorr)
 FLAG_BASE = {"cModelFlux": "cModel"}

@@ -33,8 +33,8 @@ def _fit(box: Box, x: np.ndarray, y: np.ndarray, values: np.ndarray) -> Chebyshe
 
 
 def _star_fractions(band_psf, ref_psf, x, y, rng, psf_fraction, psf_mixtures=None) -> dict[str, np.ndarray]:
-    """Expected measured/true flux of a star at (x, y) for psfFlux, gaussianFlux, kronFlux and (given the
-    grid's PSF mixtures, one per (x, y)) cModelFlux."""
+    """Expected measured/true flux of a star at (x, y) for psfFlux, gaussianFlux, kronFlux, the GAaP fluxes, the
+    ConvolvedFlux fluxes and (given the grid's PSF mixtures, one per (x, y)) cModelFlux."""
     amps, covs = band_psf.components(x, y)  # (N, 2), (N, 2, 2, 2)
     covs = covs + PIXEL_VARIANCE * np.eye(2)
     ramps, rcovs = ref_psf.components(x, y)
@@ -61,8 +61,12 @@ def _star_fractions(band_psf, ref_psf, x, y, rng, psf_fraction, psf_mixtures=Non
         e = einv[i]
         inside = e[0, 0] * dx * dx + 2 * e[0, 1] * dx * dy + e[1, 1] * dy * dy <= 1.0
         kron[i] = (img * inside).sum(axis=(1, 2)).mean()
-    # the PSF images are normalised over their box: psfFlux recovers the flux in that box
-    out = {"psfFlux": psf_fraction, "gaussianFlux": gaussian, "kronFlux": kron}
+    # the PSF images are normalised over their box: psfFlux recovers the flux in that box; so does every GAaP
+    # flux (normalised by the point-source response sum(W' P)), plus the wing beyond the box inside the
+    # largest apertures' weights, < 1 - psf_fraction (~2e-7 for these PSFs): psf_fraction for all of them
+    from forcedphot.plugins.gaap import GAAP_FLUXES
+
+    out = {"psfFlux": psf_fraction, "gaussianFlux": gaussian, "kronFlux": kron} | {f: psf_fraction for f in GAAP_FLUXES}
     if psf_mixtures is not None:
         out["cModelFlux"] = _cmodel_fractions(amps, covs, psf_mixtures, rng)
     return out | _convolved_fractions(amps, covs - PIXEL_VARIANCE * np.eye(2), einv, half, rng)
