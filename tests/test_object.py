@@ -22,8 +22,8 @@ from forcedphot.schema import load_schema
 BANDS = ["g", "r", "i", "z"]  # the tiny recipe's bands, in wavelength order
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide" / "query.md"  # lists the column families
 
-# Rubin's forced per-band Object columns whose forced_source source another branch adds (CModel, GAaP):
-# the view leaves them out until then. The lead empties this set when those branches are merged.
+# Rubin's forced per-band Object columns the view may leave out because their forced_source column does not
+# exist yet: none (the CModel and GAaP columns have landed); the test requires all 58 per band.
 AWAITING: set[str] = set()
 # Per-band columns of Rubin's Object derived from forced ones without "Forced on" in their description:
 # the magnitudes of the forced psfFlux and the duplicates of the forced 12 px aperture's flags (name -> the
