@@ -99,6 +99,7 @@ class ForcedPhotCoaddTask:
         self.schema = load_schema("forced_source")
         self.plugins = [cls(self.config) for cls in ordered(self.config.plugins)]
         self.metadata: dict = {"timings": {}}
+        self._sections: list[list[float]] = []  # the open timed sections, innermost last (see section)
         self._skymap = repo.read_skymap()
         self._packer = IdPacker(self._skymap.n_tracts, self._skymap.n_patches)
 
@@ -106,11 +107,26 @@ class ForcedPhotCoaddTask:
     @contextmanager
     def timer(self, name: str):
         threads.rebalance()  # every stage starts with this quantum's current share of the cores
+        with self.section(name):
+            yield
+
+    @contextmanager
+    def section(self, name: str):
+        """Add the seconds of the block to ``metadata["timings"][name]``, less those of the sections
+        timed inside it (each second is counted once: a shared stage that a plugin builds, timed
+        as ``stage_<name>`` through ``MeasurementContext.timer``, is not also the plugin's)."""
+        frame = [0.0]  # seconds of the sections nested in this one
+        self._sections.append(frame)
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self.metadata["timings"][name] = self.metadata["timings"].get(name, 0.0) + time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+            self._sections.pop()
+            if self._sections:
+                self._sections[-1][0] += elapsed
+            timings = self.metadata["timings"]
+            timings[name] = timings.get(name, 0.0) + elapsed - frame[0]
 
     def get_schema_catalogs(self) -> dict:
         return {"forced_source": self.schema}
@@ -169,7 +185,7 @@ class ForcedPhotCoaddTask:
         # plugins that measure the original image in their own pass (sharing per-source products)
         same_pass = tuple(n for n in self.config.undeblended if PLUGINS[n].measures_undeblended)
         ctx = MeasurementContext(coadd, self.config, inputs.ref, ref_wcs=self._ref_wcs(inputs),
-                                 replacement=replacer, pixels=pixels, undeblended=same_pass)
+                                 replacement=replacer, pixels=pixels, undeblended=same_pass, timer=self.section)
         values = ctx.values
         values.update(meas_cat)
         measure = [p for p in self.plugins if p.order < 3]
