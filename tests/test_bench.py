@@ -116,7 +116,8 @@ def _plugins():
 
 def test_json_keys(tmp_path, monkeypatch):
     res = {"n_sources": 100, "rows": _rows(), "stages": {1: {"total": 6.0}, 2: {"total": 3.0}},
-           "plugins": _plugins(),
+           "plugins": _plugins(), "cpu": {"psf_photutils_s": 600.0, "psf_ours_s": 0.5, "psf_ratio": 1200.0,
+                                          "quantum_ours_s": 6.0, "sep_s": 0.4, "quantum_ratio": 15.0},
            "compile": {"warm_before": True, "kernels": 1, "warm_kernels_before": 1, "warm_up_s": 0.1,
                        "modules": [{"module": "forcedphot.kernels.psf", "kernels": 3, "warm_before": 3,
                                     "warm_up_s": 0.1, "compile_cpu_s": 4.5, "default_run": True}]},
@@ -130,7 +131,8 @@ def test_json_keys(tmp_path, monkeypatch):
     doc = json.loads(out.read_text())
     assert set(doc) == {"bench"}
     assert "forcedphot.kernels.psf" in text and "PsfFlux" in text  # the per-module and per-plugin tables
-    assert set(doc["bench"]) == {"n_sources", "rows", "stages", "plugins", "compile", "agreement", "environment"}
+    assert set(doc["bench"]) == {"n_sources", "rows", "stages", "plugins", "cpu", "compile", "agreement", "environment"}
+    assert "CPU seconds at 1 thread" in text and "= 1200x; whole quantum 6.00 / SEP 0.400 = 15.00x" in text
     assert doc["bench"]["plugins"]["2"]["PsfFlux"] == 0.125
     assert set(doc["bench"]["rows"][0]) == {"what", "threads", "ours_s", "peer_s", "peer", "first_s", "ratio",
                                             "target", "met"}
@@ -251,6 +253,9 @@ def test_run_bench_reports_each_plugin(tiny_repo):
         assert all(t[k] <= res["stages"][nt][k] + 1e-12 for k in res["stages"][nt])
     best = res["stages"][1]  # the sections are exclusive: no second is counted twice
     assert sum(v for k, v in best.items() if k != "total") <= best["total"]
+    c = res["cpu"]  # the 1-thread CPU figures: both sides measured, ratios as the rows'
+    assert c["psf_ratio"] == pytest.approx(c["psf_photutils_s"] / c["psf_ours_s"]) and c["psf_ours_s"] > 0
+    assert c["quantum_ratio"] == pytest.approx(c["quantum_ours_s"] / c["sep_s"]) and c["sep_s"] > 0
     ag = res["agreement"]["photutils"]
     assert ag["sources"] == res["n_sources"] and abs(ag["ratio_median"] - 1) < 0.005
     modules = {m["module"]: m for m in res["compile"]["modules"]}

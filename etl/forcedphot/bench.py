@@ -101,6 +101,13 @@ def _timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
+def _cpu(fn) -> float:
+    """CPU seconds of this process (every thread) spent in ``fn()``."""
+    c0 = time.process_time()
+    fn()
+    return time.process_time() - c0
+
+
 # -- kernels -------------------------------------------------------------------------------------
 
 def compile_report() -> dict:
@@ -330,10 +337,14 @@ def run_bench(repo_root: str | Path, *, band: str = "i", psf_subset: int = PSF_S
     bad_bits = excluded_bits(coadd, task.config)
     if bad_bits:
         mask |= (coadd.mask & bad_bits) != 0
+    # CPU seconds at 1 thread beside the walls: on a machine others load, a single-threaded run's
+    # wall stretches with the load while its CPU seconds do not (both sides timed the same way)
+    cpu = {}
     cpu0 = time.process_time()  # photutils runs in this one thread: its CPU seconds show how loaded the machine was
     t_sub, phot_flux, phot_flags = photutils_psf_fluxes(coadd.psf, coadd.bbox, data64, mask, x[subset], y[subset])
     cpu_sub = time.process_time() - cpu0
     t_phot = t_sub * n / subset.size
+    cpu["psf_photutils_s"] = cpu_sub * n / subset.size
     del data64, mask
     psf_rows = []
     for nt in counts:
@@ -341,6 +352,8 @@ def run_bench(repo_root: str | Path, *, band: str = "i", psf_subset: int = PSF_S
         first, ours_psf = _timed(our_psf)
         t_psf, _ = _best(our_psf, repeat)
         psf_rows.append((nt, t_psf, first))
+        if nt == 1:
+            cpu["psf_ours_s"] = min(_cpu(our_psf) for _ in range(max(1, repeat)))
     src = sel[subset]
     psf_agree = psf_agreement(phot_flux, phot_flags, ours_psf["psfFlux"][src], ours_psf["psfFluxErr"][src],
                               ours_psf["psfFlux_flag"][src])
@@ -362,9 +375,14 @@ def run_bench(repo_root: str | Path, *, band: str = "i", psf_subset: int = PSF_S
         t_quantum, t_sep_here, res, each = np.inf, np.inf, None, {}
         for _ in range(max(1, repeat)):
             pools.configure(1)
+            c0 = time.process_time()
             t_sep_here = min(t_sep_here, _timed(sep_apertures)[0])
+            c1 = time.process_time()
             pools.configure(nt)
             t, out = _timed(lambda: ForcedPhotCoaddTask(repo).run_quantum(quantum))
+            if nt == 1:  # the same runs' CPU seconds
+                cpu["sep_s"] = min(cpu.get("sep_s", np.inf), c1 - c0)
+                cpu["quantum_ours_s"] = min(cpu.get("quantum_ours_s", np.inf), time.process_time() - c1)
             for name, sec in out.timings.items():  # each plugin's and stage's best over the runs
                 each[name] = min(each.get(name, np.inf), sec)
             if t < t_quantum:  # the stages of the best run are shown
@@ -375,7 +393,11 @@ def run_bench(repo_root: str | Path, *, band: str = "i", psf_subset: int = PSF_S
         plugins[nt] = each
     pools.configure(None)
     compiled["first_quantum_s"] = first_quantum
-    return {"n_sources": int(n), "rows": rows, "stages": stages, "plugins": plugins, "compile": compiled,
+    if "psf_ours_s" in cpu:
+        cpu["psf_ratio"] = cpu["psf_photutils_s"] / cpu["psf_ours_s"]
+    if "quantum_ours_s" in cpu:
+        cpu["quantum_ratio"] = cpu["quantum_ours_s"] / cpu["sep_s"]
+    return {"n_sources": int(n), "rows": rows, "stages": stages, "plugins": plugins, "cpu": cpu, "compile": compiled,
             "agreement": agreement, "environment": _environment(counts)}
 
 
@@ -495,6 +517,12 @@ def main_bench(repo_root, *, band="i", psf_subset=PSF_SUBSET, repeat=3, progress
                  f"error {ag['err_max_rel_diff']:.1e}")
         if "photutils" in ag:
             text += "\n" + format_psf_agreement(ag["photutils"])
+        if res.get("cpu", {}).get("psf_ratio") is not None:
+            c = res["cpu"]
+            text += (f"\nCPU seconds at 1 thread (a loaded machine stretches walls, not these): PSF flux photutils "
+                     f"{c['psf_photutils_s']:.1f} / ours {c['psf_ours_s']:.3f} = {c['psf_ratio']:.0f}x"
+                     + (f"; whole quantum {c['quantum_ours_s']:.2f} / SEP {c['sep_s']:.3f} = {c['quantum_ratio']:.2f}x"
+                        if "quantum_ratio" in c else ""))
         text += "\n" + format_compile(res["compile"], res["rows"])
         if res["compile"].get("modules"):
             text += "\n\n" + format_compile_modules(res["compile"]["modules"])
