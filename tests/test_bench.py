@@ -131,7 +131,8 @@ def test_json_keys(tmp_path, monkeypatch):
     doc = json.loads(out.read_text())
     assert set(doc) == {"bench"}
     assert "forcedphot.kernels.psf" in text and "PsfFlux" in text  # the per-module and per-plugin tables
-    assert set(doc["bench"]) == {"n_sources", "rows", "stages", "plugins", "cpu", "compile", "agreement", "environment"}
+    assert set(doc["bench"]) == {"n_sources", "rows", "stages", "plugins", "cpu", "compile", "agreement",
+                                 "environment", "plugins_cpu"}
     assert "CPU seconds at 1 thread" in text and "= 1200x; whole quantum 6.00 / SEP 0.400 = 15.00x" in text
     assert doc["bench"]["plugins"]["2"]["PsfFlux"] == 0.125
     assert set(doc["bench"]["rows"][0]) == {"what", "threads", "ours_s", "peer_s", "peer", "first_s", "ratio",
@@ -159,6 +160,13 @@ def test_format_plugins():
     plugins = next(ln for ln in lines if ln.startswith("sum of plugins")).split()
     assert plugins[3:6] == ["0.300", "0.150", "2.00"]
     assert next(ln for ln in lines if ln.startswith("total")).split()[1:] == ["0.800", "0.600", "1.33", "100.0"]
+    cpu = {1: {k: v / 2 for k, v in _plugins()[1].items()}}  # the CPU column: at the fewest threads
+    with_cpu = bench.format_plugins(_plugins(), cpu).splitlines()
+    assert with_cpu[0].split()[-3:] == ["1", "thr", "CPU"]
+    assert next(ln for ln in with_cpu if ln.startswith("PsfFlux")).split()[1:] == ["plugin", "0.250", "0.125", "2.00",
+                                                                                    "20.8", "0.125"]
+    assert next(ln for ln in with_cpu if ln.startswith("sum of plugins")).split()[-1] == "0.150"
+    assert next(ln for ln in with_cpu if ln.startswith("total")).split()[-1] == "0.400"
     one = bench.format_plugins({2: _plugins()[2]}).splitlines()  # one thread count: no speed-up column value
     assert next(ln for ln in one if ln.startswith("PsfFlux")).split()[1:] == ["plugin", "0.125", "20.8"]
 
@@ -249,6 +257,7 @@ def test_run_bench_reports_each_plugin(tiny_repo):
     for name in ForcedPhotConfig().plugins:
         assert timings[name] >= 0, name
     assert any(k.startswith("stage_") for k in timings) and timings["total"] > 0
+    assert set(res["plugins_cpu"][1]) == set(timings) and res["plugins_cpu"][1]["total"] > 0
     for nt, t in res["plugins"].items():  # each a best over the runs: never above the best run's own figure
         assert all(t[k] <= res["stages"][nt][k] + 1e-12 for k in res["stages"][nt])
     best = res["stages"][1]  # the sections are exclusive: no second is counted twice
@@ -275,6 +284,8 @@ def test_task_sections_exclude_nested_stages(monkeypatch):
     clock = iter([0.0, 1.0, 1.5, 4.0,  # PsfFlux 0-4 s with a stage 1-1.5 s inside
                   10.0, 12.0])  # PsfFlux again (another chunk), 2 s
     monkeypatch.setattr(task_module.time, "perf_counter", lambda: next(clock))
+    cpu_clock = iter([0.0, 0.5, 0.75, 2.0, 5.0, 6.0])  # the CPU seconds: half the wall
+    monkeypatch.setattr(task_module.time, "process_time", lambda: next(cpu_clock))
     task = ForcedPhotCoaddTask.__new__(ForcedPhotCoaddTask)
     task.metadata, task._sections = {"timings": {}}, []
     built = []
@@ -285,6 +296,7 @@ def test_task_sections_exclude_nested_stages(monkeypatch):
     with task.section("PsfFlux"):
         pass
     assert built == [1] and task.metadata["timings"] == {"PsfFlux": 3.5 + 2.0, "stage_psf_mixtures": 0.5}
+    assert task.metadata["cpu_timings"] == {"PsfFlux": 1.75 + 1.0, "stage_psf_mixtures": 0.25}
     assert task._sections == []
     plain = MeasurementContext(None, None, {"id": np.zeros(1)})
     assert plain.stage("x", lambda: 7) == 7 and plain.cache == {"x": 7}

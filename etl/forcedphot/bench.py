@@ -368,11 +368,11 @@ def run_bench(repo_root: str | Path, *, band: str = "i", psf_subset: int = PSF_S
     # the whole quantum: read, every default plugin, write; a first run compiles what warm_up() did not
     pools.configure(max(counts))
     first_quantum, _ = _timed(lambda: task.run_quantum(quantum))
-    stages, plugins = {}, {}
+    stages, plugins, plugins_cpu = {}, {}, {}
     for nt in counts:
         # best of ``repeat``, as SEP's time it is divided by (one run varies by up to ~30% here); SEP
         # runs again before each of ours, so both are timed in the same spell of the machine
-        t_quantum, t_sep_here, res, each = np.inf, np.inf, None, {}
+        t_quantum, t_sep_here, res, each, each_cpu = np.inf, np.inf, None, {}, {}
         for _ in range(max(1, repeat)):
             pools.configure(1)
             c0 = time.process_time()
@@ -385,19 +385,23 @@ def run_bench(repo_root: str | Path, *, band: str = "i", psf_subset: int = PSF_S
                 cpu["quantum_ours_s"] = min(cpu.get("quantum_ours_s", np.inf), time.process_time() - c1)
             for name, sec in out.timings.items():  # each plugin's and stage's best over the runs
                 each[name] = min(each.get(name, np.inf), sec)
+            for name, sec in out.cpu_timings.items():
+                each_cpu[name] = min(each_cpu.get(name, np.inf), sec)
             if t < t_quantum:  # the stages of the best run are shown
                 t_quantum, res = t, out
         rows.append(Row(QUANTUM, nt, t_quantum, t_sep_here, "SEP three apertures, timed in turn with ours",
                         first_quantum))
         stages[nt] = res.timings
         plugins[nt] = each
+        plugins_cpu[nt] = each_cpu
     pools.configure(None)
     compiled["first_quantum_s"] = first_quantum
     if "psf_ours_s" in cpu:
         cpu["psf_ratio"] = cpu["psf_photutils_s"] / cpu["psf_ours_s"]
     if "quantum_ours_s" in cpu:
         cpu["quantum_ratio"] = cpu["quantum_ours_s"] / cpu["sep_s"]
-    return {"n_sources": int(n), "rows": rows, "stages": stages, "plugins": plugins, "cpu": cpu, "compile": compiled,
+    return {"n_sources": int(n), "rows": rows, "stages": stages, "plugins": plugins, "plugins_cpu": plugins_cpu,
+            "cpu": cpu, "compile": compiled,
             "agreement": agreement, "environment": _environment(counts)}
 
 
@@ -447,34 +451,46 @@ def timing_kind(name: str) -> str:
     return "task"
 
 
-def format_plugins(plugins: dict) -> str:
+def format_plugins(plugins: dict, cpu: dict | None = None) -> str:
     """Each plugin's, stage's and task step's seconds in the whole quantum at every thread count
     (``{threads: {name: seconds}}``, in run order), the speed-up of the most threads over the
-    fewest and each one's share of the total at the most threads."""
+    fewest and each one's share of the total at the most threads; with ``cpu`` (the same for CPU
+    seconds), a last column of the CPU seconds at the fewest threads (at 1 thread: the cost, which
+    a loaded machine does not stretch)."""
     counts = sorted(plugins)
+    cpu_lo = (cpu or {}).get(counts[0]) or None
     names = list(dict.fromkeys(k for nt in counts for k in plugins[nt] if k != "total"))
     lo, hi = counts[0], counts[-1]
     total_hi = plugins[hi].get("total", float("nan"))
     head = " ".join(f"{f'{nt} thr (s)':>10s}" for nt in counts)
+    cpu_head = f" {f'{lo} thr CPU':>10s}" if cpu_lo else ""
     lines = [f"{'whole quantum: plugin / stage':34s} {'kind':6s} {head} {f'{lo}/{hi} thr':>8s} "
-             f"{f'% of {hi} thr':>9s}", "-" * (62 + 11 * len(counts))]
+             f"{f'% of {hi} thr':>9s}{cpu_head}", "-" * (62 + 11 * len(counts) + len(cpu_head))]
 
-    def line(label, kind, values):
+    def line(label, kind, values, cpu_value=float("nan")):
         cells = " ".join(f"{v:10.3f}" if np.isfinite(v) else f"{'':10s}" for v in values)
         a, b = values[0], values[-1]
         speed = f"{a / b:8.2f}" if len(values) > 1 and b > 0 and np.isfinite(a / b) else f"{'':8s}"
         share = f"{100 * b / total_hi:9.1f}" if total_hi > 0 and np.isfinite(b) else f"{'':9s}"
-        return f"{label:34s} {kind:6s} {cells} {speed} {share}".rstrip()
+        extra = (f" {cpu_value:10.3f}" if np.isfinite(cpu_value) else f" {'':10s}") if cpu_lo else ""
+        return f"{label:34s} {kind:6s} {cells} {speed} {share}{extra}".rstrip()
 
     nan = float("nan")
+
+    def summed(timings, kind):
+        return sum(v for k, v in timings.items() if k != "total" and timing_kind(k) == kind)
+
     for name in names:
-        lines.append(line(name, timing_kind(name), [plugins[nt].get(name, nan) for nt in counts]))
+        lines.append(line(name, timing_kind(name), [plugins[nt].get(name, nan) for nt in counts],
+                          cpu_lo.get(name, nan) if cpu_lo else nan))
     for kind in ("plugin", "stage"):
-        lines.append(line(f"sum of {kind}s", "", [sum(v for k, v in plugins[nt].items() if k != "total"
-                                                      and timing_kind(k) == kind) for nt in counts]))
-    lines.append(line("total", "", [plugins[nt].get("total", nan) for nt in counts]))
+        lines.append(line(f"sum of {kind}s", "", [summed(plugins[nt], kind) for nt in counts],
+                          summed(cpu_lo, kind) if cpu_lo else nan))
+    lines.append(line("total", "", [plugins[nt].get("total", nan) for nt in counts],
+                      cpu_lo.get("total", nan) if cpu_lo else nan))
     lines.append("(each figure the best of the runs at that thread count; a plugin's seconds exclude the shared "
-                 "stages it asks for first, which are shown as stage_<name>; chunked plugins summed over chunks)")
+                 "stages it asks for first, which are shown as stage_<name>; chunked plugins summed over chunks"
+                 + (f"; CPU: the process's CPU seconds at {lo} thread(s), every thread counted)" if cpu_lo else ")"))
     return "\n".join(lines)
 
 
@@ -526,11 +542,12 @@ def main_bench(repo_root, *, band="i", psf_subset=PSF_SUBSET, repeat=3, progress
         text += "\n" + format_compile(res["compile"], res["rows"])
         if res["compile"].get("modules"):
             text += "\n\n" + format_compile_modules(res["compile"]["modules"])
-        text += "\n\n" + format_plugins(res.get("plugins") or res["stages"])
+        text += "\n\n" + format_plugins(res.get("plugins") or res["stages"], res.get("plugins_cpu"))
         parts.append(text)
         figures["bench"] = res | {"rows": [r.as_dict() for r in res["rows"]],
                                   "stages": {str(k): v for k, v in res["stages"].items()},
-                                  "plugins": {str(k): v for k, v in (res.get("plugins") or {}).items()}}
+                                  "plugins": {str(k): v for k, v in (res.get("plugins") or {}).items()},
+                                  "plugins_cpu": {str(k): v for k, v in (res.get("plugins_cpu") or {}).items()}}
     if growth:
         g = run_growth(repo_root, sizes=growth_sizes, band=band, threads=max(_thread_counts(threads)),
                        progress=progress, rss_limit_gb=growth_rss_limit_gb)
