@@ -480,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "time whole quanta instead (recipes simulated into sub-folders of --repo).")
     b.add_argument("--repo", default="bench-repo", help="bench repository (created if missing; default bench-repo)")
     b.add_argument("--band", default="i", help="band of the quantum to time (default i)")
-    b.add_argument("--psf-subset", type=int, default=200, help="sources fitted by photutils, scaled up (default 200)")
+    b.add_argument("--psf-subset", type=int, default=2000,
+                   help="sources photutils fits in its one call, its time scaled to all (0: all; default 2000)")
     b.add_argument("--repeat", type=int, default=3, help="best of this many runs for the kernels and the whole quantum, and rounds of --scaling (default 3)")
     b.add_argument("--threads", type=_csv_ints, default=[1, 2],
                    help="thread counts our rows run at (comma-separated, default 1,2; capped at the cores)")

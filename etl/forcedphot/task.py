@@ -81,6 +81,7 @@ class QuantumResult:
     path: str
     timings: dict
     n_unmatched_footprints: int
+    cpu_timings: dict = dataclasses.field(default_factory=dict)  # CPU seconds of each timed section
 
 
 class ForcedPhotCoaddTask:
@@ -99,6 +100,7 @@ class ForcedPhotCoaddTask:
         self.schema = load_schema("forced_source")
         self.plugins = [cls(self.config) for cls in ordered(self.config.plugins)]
         self.metadata: dict = {"timings": {}}
+        self._sections: list[list[float]] = []  # the open timed sections, innermost last (see section)
         self._skymap = repo.read_skymap()
         self._packer = IdPacker(self._skymap.n_tracts, self._skymap.n_patches)
 
@@ -106,11 +108,30 @@ class ForcedPhotCoaddTask:
     @contextmanager
     def timer(self, name: str):
         threads.rebalance()  # every stage starts with this quantum's current share of the cores
-        t0 = time.perf_counter()
+        with self.section(name):
+            yield
+
+    @contextmanager
+    def section(self, name: str):
+        """Add the seconds of the block to ``metadata["timings"][name]``, less those of the sections
+        timed inside it (each second is counted once: a shared stage that a plugin builds, timed
+        as ``stage_<name>`` through ``MeasurementContext.timer``, is not also the plugin's)."""
+        frame = [0.0, 0.0]  # wall and CPU seconds of the sections nested in this one
+        self._sections.append(frame)
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
-            self.metadata["timings"][name] = self.metadata["timings"].get(name, 0.0) + time.perf_counter() - t0
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+            self._sections.pop()
+            if self._sections:
+                self._sections[-1][0] += elapsed
+                self._sections[-1][1] += cpu
+            timings = self.metadata["timings"]
+            timings[name] = timings.get(name, 0.0) + elapsed - frame[0]
+            # the process's CPU seconds (every thread): what a plugin costs, however loaded the machine
+            cpu_timings = self.metadata.setdefault("cpu_timings", {})
+            cpu_timings[name] = cpu_timings.get(name, 0.0) + cpu - frame[1]
 
     def get_schema_catalogs(self) -> dict:
         return {"forced_source": self.schema}
@@ -169,7 +190,7 @@ class ForcedPhotCoaddTask:
         # plugins that measure the original image in their own pass (sharing per-source products)
         same_pass = tuple(n for n in self.config.undeblended if PLUGINS[n].measures_undeblended)
         ctx = MeasurementContext(coadd, self.config, inputs.ref, ref_wcs=self._ref_wcs(inputs),
-                                 replacement=replacer, pixels=pixels, undeblended=same_pass)
+                                 replacement=replacer, pixels=pixels, undeblended=same_pass, timer=self.section)
         values = ctx.values
         values.update(meas_cat)
         measure = [p for p in self.plugins if p.order < 3]
@@ -283,8 +304,8 @@ class ForcedPhotCoaddTask:
             raise QuantumError(f"{quantum.data_id}: locked by another run ({lock_path})") from None
 
     def _run_quantum(self, quantum: Quantum, inputs_fingerprint: dict | None) -> QuantumResult:
-        self.metadata = {"timings": {}}
-        t0 = time.perf_counter()
+        self.metadata = {"timings": {}, "cpu_timings": {}}
+        t0, c0 = time.perf_counter(), time.process_time()
         with self.timer("fingerprint"):
             fingerprint = inputs_fingerprint or input_fingerprints(self.input_files(quantum))
         with self.timer("load"):
@@ -302,7 +323,9 @@ class ForcedPhotCoaddTask:
         with self.timer("write"):
             path = self.write_output(quantum.data_id, table, prov)
         self.metadata["timings"]["total"] = time.perf_counter() - t0
-        return QuantumResult(quantum.data_id, table.num_rows, path, dict(self.metadata["timings"]), n_unmatched)
+        self.metadata["cpu_timings"]["total"] = time.process_time() - c0
+        return QuantumResult(quantum.data_id, table.num_rows, path, dict(self.metadata["timings"]), n_unmatched,
+                             dict(self.metadata["cpu_timings"]))
 
 
 __all__ = ["ForcedPhotCoaddTask", "QuantumResult", "PLUGINS"]

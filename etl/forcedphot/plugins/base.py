@@ -61,6 +61,9 @@ class MeasurementContext:
     cache: dict = field(default_factory=dict)
     pixels: SourcePixels | None = None  # the planes and own footprints compiled kernels read
     undeblended: tuple[str, ...] = ()  # plugins that also measure the original image in the same pass
+    # name -> context manager timing a block (the task's ``section``): the cached stages below are
+    # timed as ``stage_<name>`` apart from the plugin that first asks for them; None: not timed
+    timer: object | None = None
 
     @property
     def n(self) -> int:
@@ -74,14 +77,23 @@ class MeasurementContext:
             x=_rows(self.x, start, stop), y=_rows(self.y, start, stop), usable=_rows(self.usable, start, stop),
             ref_wcs=self.ref_wcs, shape=None if self.shape is None else self.shape[sl],
             shape_ok=_rows(self.shape_ok, start, stop), values={k: _rows(v, start, stop) for k, v in self.values.items()},
-            replacement=self.replacement, pixels=pixels, undeblended=self.undeblended)
+            replacement=self.replacement, pixels=pixels, undeblended=self.undeblended, timer=self.timer)
+
+    def stage(self, key: str, build):
+        """``self.cache[key]``, made by ``build()`` the first time (timed as ``stage_<key>`` when
+        ``timer`` is set)."""
+        if key not in self.cache:
+            if self.timer is None:
+                self.cache[key] = build()
+            else:
+                with self.timer(f"stage_{key}"):
+                    self.cache[key] = build()
+        return self.cache[key]
 
     def centres(self) -> ForcedCentres:
         """The forced centroids in coadd-local pixels, as kernels read them (cached)."""
-        if "centres" not in self.cache:
-            b = self.coadd.bbox
-            self.cache["centres"] = ForcedCentres.build(self.x, self.y, self.usable, b.min_x, b.min_y)
-        return self.cache["centres"]
+        b = self.coadd.bbox
+        return self.stage("centres", lambda: ForcedCentres.build(self.x, self.y, self.usable, b.min_x, b.min_y))
 
     def sub_pixel(self) -> tuple[np.ndarray, np.ndarray]:
         """Offset of each forced centroid from its nearest pixel, in [-0.5, 0.5]."""
@@ -91,17 +103,16 @@ class MeasurementContext:
 
     def psf_moments(self) -> np.ndarray:
         """(N, 2, 2) PSF model moments at the forced centroids (cached)."""
-        if "psf_moments" not in self.cache:
+        def build():
             x = np.where(self.usable, self.x, self.coadd.bbox.min_x)
             y = np.where(self.usable, self.y, self.coadd.bbox.min_y)
-            self.cache["psf_moments"] = self.coadd.psf.moments_at(x, y)
-        return self.cache["psf_moments"]
+            return self.coadd.psf.moments_at(x, y)
+
+        return self.stage("psf_moments", build)
 
     def psf_mixtures(self) -> PsfMixtures:
         """Each source's PSF as a Gaussian mixture at its forced centroid (the stage; cached)."""
-        if "psf_mixtures" not in self.cache:
-            self.cache["psf_mixtures"] = PsfMixtures.build(self.coadd.psf, self.x, self.y, self.usable)
-        return self.cache["psf_mixtures"]
+        return self.stage("psf_mixtures", lambda: PsfMixtures.build(self.coadd.psf, self.x, self.y, self.usable))
 
 
 def _rows(value, start: int, stop: int):
