@@ -111,7 +111,7 @@ def test_forced_stage_flux_of_the_galaxys_own_profile_with_fitted_reference_mode
 @pytest.mark.xfail(strict=True, reason="issue 21 item 7 target missed with fitted reference models: the joint "
                    "exp+dev fit takes a noise-driven share of the other profile, whose fitted ellipse is 2-4x "
                    "(dev on exp) or 0.4-0.7x (exp on dev) the galaxy's, so fracDev pinned at 0 / 1 moves inwards "
-                   "and the total rises (exp, +3.6%) or falls (dev, -5.2%); see docs/incoming/cmodele2e.md")
+                   "and the total rises (exp, +3.6%) or falls (dev, -5.2%); see docs/validation.md, Galaxy photometry")
 @pytest.mark.parametrize("n_sersic, target", [(1, 0.01), (4, 0.02)])
 def test_forced_cmodel_flux_with_fitted_reference_models_meets_the_issue_target(n_sersic, target):
     """The issue's wording: median cModelFlux / true total flux within 1% (exp) and 2% (dev) at S/N > 50
