@@ -215,7 +215,8 @@ def test_duplicate_positions_are_refused_naming_them(synthetic, tmp_path, capsys
     line = _fails(capsys, [*_band(s), "--catalog", str(cat), "--repo", str(repo)], str(cat),
                   "2 groups of rows at one position (within 0.1 px)", "rows 2 and 12 (ids 102 and 112)",
                   "rows 5 and 13 (ids 105 and 113)", "--duplicates drop", "--duplicates flag")
-    assert "114" not in line and "rows 0 and" not in line
+    message = line.replace(str(cat), "")  # the rows and ids it names (the path may hold any digits)
+    assert "114" not in message and "rows 0 and" not in message
     assert not repo.exists()
     cat = _sky_catalog(s, s.root / "pairs.fits", x[[*range(12), 14]], y[[*range(12), 14]], NUMBER=ids[[*range(12), 14]])
     assert main(["ingest", "fits", *_band(s), "--catalog", str(cat), "--repo", str(repo)]) == 0
