@@ -130,7 +130,9 @@ def fit(q0, prof, psf, dx, dy, data, weight) -> tuple[np.ndarray, float, float]:
 
 
 def fit_source(image, variance, usable, x, y, shape, kron, fp_area, psf):
-    """The three stages on one source as the kernel does them: dict of e0, e1, ellipses, fluxes, chi2s."""
+    """The three stages on one source as the kernel does them: dict of e0, e1, (ellipse, flux, chi2) per stage
+    (the stored ellipse: the better profile's for the ``shared`` one), ``own`` the exp and dev fits' own
+    ellipses, ``shared`` the stage that took the other's ellipse (None)."""
     from forcedphot.profiles import DEV, EXP, INITIAL
 
     pm = psf_moments(*psf)
@@ -155,4 +157,12 @@ def fit_source(image, variance, usable, x, y, shape, kron, fp_area, psf):
     out["n1"] = int(sel.sum())
     for name, prof in (("exp", EXP), ("dev", DEV)):
         out[name] = fit(q, prof, psf, dx, dy, data, weight)
+    # the shared-ellipse rule: the profile fitting worse by more than 9 in chi2 stores the other's ellipse
+    out["own"] = {name: out[name][0] for name in ("exp", "dev")}
+    out["shared"] = None
+    (q_e, a_e, c_e), (q_d, a_d, c_d) = out["exp"], out["dev"]
+    if c_d - c_e > 9.0:
+        out["dev"], out["shared"] = (q_e, a_d, c_d), "dev"
+    elif c_e - c_d > 9.0:
+        out["exp"], out["shared"] = (q_d, a_e, c_e), "exp"
     return out

@@ -177,6 +177,58 @@ def test_fit_matches_the_reference(n_sersic, r_e, g, psf_kind):
         # a minimum of the same objective: never worse than the reference's, by more than rounding
         assert out["chi2"][0, k] <= chi2 * (1 + 1e-6) + 1e-6
         assert out["chi2"][0, k] >= chi2 * (1 - 1e-3)
+    # the shared-ellipse rule decided as the reference decides it (the galaxy's own profile keeps its fit)
+    own = "exp" if n_sersic == 1 else "dev"
+    assert want["shared"] == ("dev" if n_sersic == 1 else "exp")
+    for k, stage in ((1, "exp"), (2, "dev")):
+        assert bool(out["stage_flags"][0, k] & mf.SHARED) == (stage == want["shared"])
+    np.testing.assert_allclose(want[own][0], want["own"][own])
+
+
+def test_the_shared_ellipse_rule():
+    """The worse of exp and dev by more than SHARE_DCHI2 takes the better one's ellipse (bit SHARED), its flux
+    and chi2 untouched; within SHARE_DCHI2, or with a failed stage, each keeps its own."""
+    def run(chi2_exp, chi2_dev, flags=(0, 0, 0)):
+        ell = np.array([[1.0, 1.0, 0.0], [4.0, 3.0, 0.5], [16.0, 12.0, 2.0]])
+        chi2 = np.array([50.0, chi2_exp, chi2_dev])
+        sflags = np.array(flags, np.int32)
+        mf.share_ellipse(ell, chi2, sflags)
+        return ell, chi2, sflags
+
+    ell, chi2, sflags = run(100.0, 100.0 + mf.SHARE_DCHI2 + 0.5)  # dev worse: exp's ellipse
+    np.testing.assert_array_equal(ell[2], [4.0, 3.0, 0.5])
+    np.testing.assert_array_equal(ell[1], [4.0, 3.0, 0.5])
+    assert list(sflags) == [0, 0, mf.SHARED] and chi2[2] == 100.0 + mf.SHARE_DCHI2 + 0.5
+    ell, _, sflags = run(100.0 + mf.SHARE_DCHI2 + 0.5, 100.0)  # exp worse: dev's ellipse
+    np.testing.assert_array_equal(ell[1], [16.0, 12.0, 2.0])
+    assert list(sflags) == [0, mf.SHARED, 0]
+    for c_exp, c_dev, flags in ((100.0, 100.0 + mf.SHARE_DCHI2 - 0.5, (0, 0, 0)),
+                                (100.0 + mf.SHARE_DCHI2 - 0.5, 100.0, (0, 0, 0)),
+                                (100.0, 500.0, (0, mf.FAILED, 0)), (500.0, 100.0, (0, 0, mf.FAILED))):
+        ell, _, sflags = run(c_exp, c_dev, flags)
+        np.testing.assert_array_equal(ell[1:], [[4.0, 3.0, 0.5], [16.0, 12.0, 2.0]])
+        assert list(sflags) == [0, *flags[1:]]
+
+
+@pytest.mark.parametrize("n_sersic", [1, 4])
+def test_a_galaxys_other_profile_takes_its_own_profiles_ellipse(n_sersic):
+    """GalSim exp / dev galaxies at S/N 100: the other profile's own fit is far from the galaxy's (dev on exp
+    ~2-4 r_e, exp on dev ~0.4-0.7 r_e) and worse by far more than SHARE_DCHI2, so it stores the galaxy's
+    profile's ellipse; the galaxy's own profile keeps its fit (SHARED unset)."""
+    psf = psf_of("moffat")
+    r_e = 5.0
+    size = int(2 * (6.5 * r_e + 12)) | 1
+    x, y = size // 2 + 0.3, size // 2 - 0.2
+    image, variance, _ = render(galaxy(n_sersic, r_e, 0.3, 40.0), psf, size, x, y, 100.0, 7)
+    res, _, _ = fit_one(image, variance, x, y, psf_mixture(psf))
+    own, other = (1, 2) if n_sersic == 1 else (2, 1)
+    stages = {1: "exp", 2: "dev"}
+    assert res["chi2"][0, other] - res["chi2"][0, own] > mf.SHARE_DCHI2
+    assert res["stage_flags"][0, other] & mf.SHARED and not res["stage_flags"][0, own] & mf.SHARED
+    assert not res["cModel_ref_flag"][0]
+    q = {k: np.array([res[f"cModel_{stages[k]}_{c}"][0] for c in ("xx", "yy", "xy")]) for k in (1, 2)}
+    np.testing.assert_array_equal(q[other], q[own])
+    assert 0.85 < ellipse_figures(q[own])[0] / r_e < 1.05
 
 
 # ---------------------------------------------------------------------------------------------

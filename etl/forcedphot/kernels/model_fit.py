@@ -30,6 +30,15 @@ than POINT_DCHI2 = 9 (noise units, ~3 sigma for 3 parameters) below the point mo
 r = R_MIN) is replaced by the point (stage bit ``POINT``): faint stars' noise ellipses would
 otherwise lift their forced CModel flux past extendedness's threshold.
 
+**Shared ellipse** (deliberate difference, Rubin stores each profile's own fit): exp and dev are
+fitted on the same pixels with the same weights, so their chi2 compare. When one profile fits worse
+by more than SHARE_DCHI2 = 9 (noise units; both have 3 parameters), its stored ellipse is the better
+profile's (stage bit ``SHARED``; its flux and chi2 stay those of its own fit). The forced joint fit
+then mixes the two profiles at one ellipse: the wrong profile's own ellipse (dev on an exp galaxy
+2-4 r_e, exp on a dev galaxy 0.4-0.7 r_e) extrapolates very differently beyond the fit region, so
+the noise-driven, non-negative share it takes moved forced cModelFlux +3.6% (exp) and -5.2% (dev);
+at one ellipse the share moves the total by ~0 (issue 21 item 7).
+
 **Start** (Rubin's guessParametersFromMoments): D = S - P with D_xx, D_yy >= 0.01, D_xy = 0
 if D is then not positive definite (``SMALL_SHAPE``), Q0 = D / 0.95473^2 (the lux moments-radius
 factor); S the reference shape (observed moments), P the PSF mixture's moments; a missing shape
@@ -68,6 +77,7 @@ MAX_ITER = 2  # the iteration limit was reached (ellipse kept)
 NUMERIC_ERROR = 4  # a non-finite objective at the start
 NO_FLUX = 8  # the best amplitude is 0 (no positive model correlates with the data)
 POINT = 16  # the fitted ellipse did not beat the point model by POINT_DCHI2: the point kept (informative)
+SHARED = 32  # exp or dev fitted worse than the other by SHARE_DCHI2: the other's ellipse stored (informative)
 # region flag bits
 MAX_AREA = 1  # the initial region's area exceeds MAX_AREA (informative only, as Rubin)
 BAD_PIXELS = 2  # more than MAX_BAD_FRACTION of a region's pixels unusable or off the image, or none
@@ -91,6 +101,7 @@ R_MIN = 0.01  # px, lower bound of the determinant radius
 R_MAX_REGION = 2.0  # upper bound of the radius: this times the initial region's semi-major axis
 ETA_MAX = 3.0  # axis ratio >= e^-3
 POINT_DCHI2 = 9.0  # chi2 (noise units) a fitted ellipse must gain over the point model (r = R_MIN) to be kept
+SHARE_DCHI2 = 9.0  # chi2 (noise units) by which exp or dev must fit worse than the other to get its ellipse
 MAX_HALF = 300  # largest stamp half-size read (a larger region counts its outer pixels as unusable)
 TOL_REL = 1e-9
 TOL_ABS = 1e-4  # chi2 units (the weights are inverse variances, or their geometric mean): far below 1 sigma
@@ -640,7 +651,22 @@ def fit_source(image, variance, usable, fp, s_idx, x, y, shape, kron, fp_area, a
         if st == 0:
             for a in range(3):
                 p[a] = ps[a]
+    share_ellipse(ell, chi2, sflags)
     return rflags
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def share_ellipse(ell, chi2, sflags):
+    """The shared-ellipse rule (module docstring): when exp and dev both fitted and one's chi2 exceeds the
+    other's by more than SHARE_DCHI2, the worse one's ellipse ell[k] becomes the better one's (bit SHARED)."""
+    if (sflags[1] & FAILED) or (sflags[2] & FAILED):
+        return
+    d = chi2[2] - chi2[1]
+    worse, better = (2, 1) if d > 0 else (1, 2)
+    if abs(d) > SHARE_DCHI2:
+        for a in range(3):
+            ell[worse, a] = ell[better, a]
+        sflags[worse] |= SHARED
 
 
 @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
@@ -687,7 +713,8 @@ def fit_models(image, variance, usable, fp, x, y, shape, kron, fp_area, psf_amp,
     psf_centre (N, M, 2) (offsets from the centroid), psf_cov (N, M, 3): the PSF mixtures; profiles: the
     (weights, variances) of the initial, exp and dev mixtures (``forcedphot.refmodels.PROFILES``).
 
-    Returns (ell (N, 3, 3) half-light ellipses (Qxx, Qyy, Qxy) of initial, exp, dev (NaN: FAILED),
+    Returns (ell (N, 3, 3) half-light ellipses (Qxx, Qyy, Qxy) of initial, exp, dev (NaN: FAILED; the
+    better-fitting one's for a ``SHARED`` stage),
     region (N, 3) the final fit region E1 (NaN: none), flux (N, 3) the amplitudes (total flux of the
     truncated mixture, image units), chi2 (N, 3) the objective at the fit (fit weights), iterations
     (N, 3), stage flags (N, 3) and region flags (N,) int32 (bits above)).
