@@ -61,9 +61,9 @@ def fit_reference_models(image, variance, mask_valid, psf_mixtures, x, y, shape,
     Returns a dict of the ``ref`` columns (:data:`REF_COLUMNS`), (N,) arrays: the half-light
     ellipses ``cModel_{initial,exp,dev}_{xx,yy,xy}`` and the final fit region
     ``cModel_region_{xx,yy,xy}`` (pixels^2, centred on the centroid; NaN = null where there is no
-    fit; where exp or dev fits worse than the other by more than ``SHARE_DCHI2``, its ellipse is the other's,
-    the kernel's shared-ellipse rule), ``cModel_{initial,exp,dev,region}_flag`` (the stage failed or hit its iteration limit;
-    no usable region) and ``cModel_ref_flag`` (any of them). With ``details`` also ``flux`` (N, 3)
+    fit; where exp or dev fits worse than the other by more than ``SHARE_DCHI2``, its ellipse is the
+    other's: the kernel's shared-ellipse rule), ``cModel_{initial,exp,dev,region}_flag`` (the stage
+    failed or hit its iteration limit; no usable region) and ``cModel_ref_flag`` (any of them). With ``details`` also ``flux`` (N, 3)
     (the fitted total fluxes), ``chi2`` (N, 3), ``iterations`` (N, 3), ``stage_flags`` (N, 3) and
     ``region_flags`` (N,) (the kernel's bits; ``SHARED`` marks a stage that took the other's ellipse).
     """
