@@ -104,6 +104,13 @@ def test_ingest_fits_the_reference_models(field):
     assert (radius(region) > radius(got)).all()  # E1 = alpha^2 D + 4P holds the half-light ellipse
     for c in FLAG_COLUMNS:
         assert ref[c].notna().all(), c
+    # the shared-ellipse rule is visible: a stage holding the other profile's ellipse says so
+    for st, other in (("exp", "dev"), ("dev", "exp")):
+        shared = ref[f"cModel_{st}_sharedEllipse"].to_numpy(bool)
+        assert ref[f"cModel_{st}_sharedEllipse"].notna().all()
+        same = np.all(ref[[f"cModel_{st}_{c}" for c in ("xx", "yy", "xy")]].to_numpy(float)
+                      == ref[[f"cModel_{other}_{c}" for c in ("xx", "yy", "xy")]].to_numpy(float), axis=1)
+        assert (same[shared]).all(), st
 
 
 def test_ingest_maps_a_catalogs_rubin_columns_through_the_wcs(field):
@@ -181,7 +188,7 @@ def test_old_ref_files_are_read_with_null_reference_models(tiny_repo, tmp_path):
     fp = pq.read_table(quantum.footprints_file)
     got, _ = load_refs(SimpleNamespace(ref_file=str(path), data_id=quantum.data_id), fp)
     new, _ = load_refs(quantum, fp)
-    assert load_schema("ref").version == "1.4.0"
+    assert load_schema("ref").version == "1.5.0"
     for c in REF_COLUMNS:
         assert got.column(c).null_count == got.num_rows, c
         assert new.column(c).null_count < new.num_rows, c

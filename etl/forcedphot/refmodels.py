@@ -18,7 +18,10 @@ from forcedphot.profiles import DEV, EXP, INITIAL
 STAGES = ("initial", "exp", "dev")
 ELLIPSE_COLUMNS = [f"cModel_{s}_{c}" for s in (*STAGES, "region") for c in ("xx", "yy", "xy")]
 FLAG_COLUMNS = [f"cModel_{s}_flag" for s in (*STAGES, "region")] + ["cModel_ref_flag"]
-REF_COLUMNS = ELLIPSE_COLUMNS + FLAG_COLUMNS
+# informative (ref 1.5.0): the stage's stored ellipse is the other profile's (the kernel's shared-ellipse rule)
+SHARED_COLUMNS = ["cModel_exp_sharedEllipse", "cModel_dev_sharedEllipse"]
+BOOL_COLUMNS = FLAG_COLUMNS + SHARED_COLUMNS  # nullable booleans (object arrays, None = null, where no fit was made)
+REF_COLUMNS = ELLIPSE_COLUMNS + FLAG_COLUMNS + SHARED_COLUMNS
 BAD_MASK_PLANES = ("EDGE", "SAT", "BAD", "NO_DATA")  # Rubin's PixelFitRegion badMaskPlanes
 STAGE_FAILED = mf.FAILED | mf.MAX_ITER  # a stage's flag column: no fit, or the iteration limit
 REGION_FAILED = mf.BAD_PIXELS | mf.NO_PSF  # the region's flag column: no usable region
@@ -63,7 +66,8 @@ def fit_reference_models(image, variance, mask_valid, psf_mixtures, x, y, shape,
     ``cModel_region_{xx,yy,xy}`` (pixels^2, centred on the centroid; NaN = null where there is no
     fit; where exp or dev fits worse than the other by more than ``SHARE_DCHI2``, its ellipse is the
     other's: the kernel's shared-ellipse rule), ``cModel_{initial,exp,dev,region}_flag`` (the stage
-    failed or hit its iteration limit; no usable region) and ``cModel_ref_flag`` (any of them). With ``details`` also ``flux`` (N, 3)
+    failed or hit its iteration limit; no usable region) and ``cModel_ref_flag`` (any of them); ``cModel_{exp,dev}_sharedEllipse`` (informative: that stage stores the other
+    profile's ellipse). With ``details`` also ``flux`` (N, 3)
     (the fitted total fluxes), ``chi2`` (N, 3), ``iterations`` (N, 3), ``stage_flags`` (N, 3) and
     ``region_flags`` (N,) (the kernel's bits; ``SHARED`` marks a stage that took the other's ellipse).
     """
@@ -91,6 +95,8 @@ def fit_reference_models(image, variance, mask_valid, psf_mixtures, x, y, shape,
         out[f"cModel_{st}_flag"] = (sflags[:, k] & STAGE_FAILED) != 0
     out["cModel_region_flag"] = ((rflags & REGION_FAILED) != 0) | ~np.isfinite(region[:, 0])
     out["cModel_ref_flag"] = out["cModel_region_flag"] | np.any((sflags & STAGE_FAILED) != 0, axis=1)
+    out["cModel_exp_sharedEllipse"] = (sflags[:, 1] & mf.SHARED) != 0
+    out["cModel_dev_sharedEllipse"] = (sflags[:, 2] & mf.SHARED) != 0
     if details:
         out.update(flux=flux, chi2=chi2, iterations=iters, stage_flags=sflags, region_flags=rflags)
     return out
@@ -99,7 +105,7 @@ def fit_reference_models(image, variance, mask_valid, psf_mixtures, x, y, shape,
 def null_columns(n: int) -> dict:
     """The ref columns of ``n`` objects without reference models (NaN ellipses, null flags: None)."""
     out = {c: np.full(n, np.nan) for c in ELLIPSE_COLUMNS}
-    out.update({c: np.full(n, None, object) for c in FLAG_COLUMNS})
+    out.update({c: np.full(n, None, object) for c in BOOL_COLUMNS})
     return out
 
 
@@ -220,7 +226,7 @@ def ingest_reference_models(objects, band) -> dict:
     kron = np.full(n, np.nan) if objects.kron is None else np.asarray(objects.kron, np.float64)
     if objects.model_ellipses is None:
         cols = fit_on_planes(band.image, band.variance, band.mask, grid, objects.x, objects.y, shape, kron)
-        return {c: (np.asarray(v, object) if c in FLAG_COLUMNS else v) for c, v in cols.items()}
+        return {c: (np.asarray(v, object) if c in BOOL_COLUMNS else v) for c, v in cols.items()}
     out = null_columns(n)
     mix = PsfMixtures.build(grid, objects.x, objects.y, np.ones(n, bool))
     region = regions_from(objects.model_ellipses["exp"], shape, kron, mix)

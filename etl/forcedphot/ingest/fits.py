@@ -323,7 +323,7 @@ def _fit_reference_models(refs: RefObjects, rows: np.ndarray, new, blends, fp: p
     cols = refmodels.fit_with_footprints(band.image[sl], band.variance[sl], band.mask[sl], psf, x, y, shape, kron,
                                          blends.spans, values.offsets.to_numpy(), values.values.to_numpy(),
                                          min_x=cut.min_x, min_y=cut.min_y, seed=[p.tract, p.patch, 4])
-    return {c: (np.asarray(v, object) if c in refmodels.FLAG_COLUMNS else v) for c, v in cols.items()}
+    return {c: (np.asarray(v, object) if c in refmodels.BOOL_COLUMNS else v) for c, v in cols.items()}
 
 
 def _write_patch(repo: Repository, tract: TractInfo, p: PatchInfo, packer: IdPacker, grid: Grid,
