@@ -155,3 +155,21 @@ def test_two_concurrent_runs_measure_each_quantum_once(s3_tiny, capsys):
     assert capsys.readouterr().out.splitlines() == ["band,n", f"r,{load_forced_source(s3_tiny).height}"]
     assert main(["status", "--repo", s3_tiny, "--history", "5"]) == 0
     assert capsys.readouterr().out.count(" ok ") >= 2  # both runs in the ledger, ended ok
+
+
+def test_corrupted_input_object_fails_its_quantum_by_name(s3_tiny):
+    """An input object whose bytes no longer match the manifest's sha256 is refused before it is read: the
+    quantum fails naming the object, nothing is committed, and the other quanta are not affected."""
+    from forcedphot.repository import DataId
+
+    repo = s3repo.open_repository(s3_tiny)
+    rel = "coadd/tract=0/patch=0/band=z/coadd.arrow"
+    data = bytearray(repo.get(rel))
+    data[len(data) // 2] ^= 0xFF
+    repo.put(rel, bytes(data))
+    did, status, payload = s3repo.measure_quantum(s3_tiny, "test-run", ForcedPhotConfig(), DataId(0, 0, "z"))
+    assert status == "failed" and f"{s3_tiny}/{rel}: checksum mismatch" in payload
+    assert repo.committed_files() == [] and _keys(s3_tiny, "forced_source/") == []
+    assert _keys(s3_tiny, "runs/claims/") == []
+    ledger = sql(s3_tiny, "SELECT status, error FROM quanta").to_pylist()
+    assert ledger == [{"status": "failed", "error": payload}]

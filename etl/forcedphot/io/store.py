@@ -35,8 +35,8 @@ def refuse_uri_as_path(root) -> None:
     """A local repository path must not be a URI nor a URI whose ``//`` was collapsed (``s3:/bucket/r``)."""
     text = os.fspath(root)
     if is_uri(text) or _COLLAPSED.match(text):
-        raise InputError(f"{text}: a URI is not a local folder; object-store repositories are opened from their "
-                         "s3://bucket/prefix URI (forcedphot.s3repo), never as a local path")
+        raise InputError(f"{text}: a URI is not a local folder; s3://bucket/prefix repositories work with "
+                         "simulate, run, status, sql and the Python loaders (this needs a local repository)")
 
 
 @dataclass(frozen=True)
