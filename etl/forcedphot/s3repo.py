@@ -447,16 +447,23 @@ def _decide_and_measure(repo: S3Repository, run_id: str, config, data_id, note: 
         raise InputError(f"{data_id}: missing inputs: {', '.join(q.missing) if q else 'all'}")
     fps = fingerprints(repo, q)
     note["inputs"] = fps
-    latest = repo.commits(data_id).get((data_id.tract, data_id.patch, data_id.band))
-    state = quantum_state(repo, q, config, latest)
-    if state == "up-to-date" and (not force or latest[1].get("committed_epoch", 0) >= run_started):
-        note.update(status="up-to-date", checksum=latest[1]["sha256"])
-        return
-    gen = (latest[0] if latest else 0) + 1
-    if not claim(repo, data_id, gen, run_id):
-        note.update(status="running-elsewhere", payload=f"{data_id}: claimed by another live run "
-                                                        f"({repo.uri}/{claim_key(data_id, gen)})")
-        return
+    while True:
+        latest = repo.commits(data_id).get((data_id.tract, data_id.patch, data_id.band))
+        state = quantum_state(repo, q, config, latest)
+        if state == "up-to-date" and (not force or latest[1].get("committed_epoch", 0) >= run_started):
+            note.update(status="up-to-date", checksum=latest[1]["sha256"])
+            return
+        gen = (latest[0] if latest else 0) + 1
+        if not claim(repo, data_id, gen, run_id):
+            note.update(status="running-elsewhere", payload=f"{data_id}: claimed by another live run "
+                                                            f"({repo.uri}/{claim_key(data_id, gen)})")
+            return
+        # a run that committed generation gen deletes its claim only after its commit: a claim won once that
+        # claim is gone must find the commit (then the quantum is decided again, e.g. up to date), so a
+        # quantum is never measured twice; the same for a claim taken over from a run that died after committing
+        if repo.head_etag(commit_key(data_id, gen)) is None:
+            break
+        repo.delete(claim_key(data_id, gen))
     try:
         rec = _measure_and_commit(repo, run_id, config, q, gen, fps, n_threads=n_threads,
                                   footprint_dataset=footprint_dataset, after_upload=after_upload)

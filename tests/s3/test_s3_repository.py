@@ -173,3 +173,32 @@ def test_corrupted_input_object_fails_its_quantum_by_name(s3_tiny):
     assert _keys(s3_tiny, "runs/claims/") == []
     ledger = sql(s3_tiny, "SELECT status, error FROM quanta").to_pylist()
     assert ledger == [{"status": "failed", "error": payload}]
+
+
+def test_a_claim_won_after_a_commit_measures_nothing(s3_tiny, monkeypatch):
+    """A run that read the commits just before another run committed generation 1 and released its claim wins
+    the (now free) claim on generation 1: it must find that commit and not measure the quantum again."""
+    import json
+
+    from forcedphot.provenance import make_provenance
+    from forcedphot.repository import DataId
+    from forcedphot.schema import schema_version
+
+    did, config = DataId(0, 1, "i"), ForcedPhotConfig()
+    repo = s3repo.open_repository(s3_tiny)
+    q = next(q for q in s3repo.plan(repo) if q.data_id == did)
+    record = {"tract": 0, "patch": 1, "band": "i", "file": "forced_source/elsewhere.parquet", "sha256": "0" * 64,
+              "size": 1, "n_rows": 0, "provenance": make_provenance(
+                  data_id=did, config=config, inputs=s3repo.fingerprints(repo, q),
+                  schema_version=schema_version("forced_source"))}
+    repo.put_if_absent(s3repo.commit_key(did, 1), json.dumps(record).encode())
+    real, calls = s3repo.S3Repository.commits, []
+
+    def stale_first(self, data_id=None):  # the first read predates the other run's commit
+        calls.append(data_id)
+        return {} if len(calls) == 1 else real(self, data_id)
+
+    monkeypatch.setattr(s3repo.S3Repository, "commits", stale_first)
+    _, status, _ = s3repo.measure_quantum(s3_tiny, "late-run", config, did)
+    assert status == "up-to-date" and len(calls) == 2
+    assert _keys(s3_tiny, "forced_source/") == [] and _keys(s3_tiny, "runs/claims/") == []
