@@ -479,45 +479,58 @@ def _decide_and_measure(repo: S3Repository, run_id: str, config, data_id, note: 
                 checksum=rec["sha256"], n_rows=rec["n_rows"], timings=rec["timings"])
 
 
-def stage_inputs(repo: S3Repository, q: S3Quantum, dest: Path) -> Path:
-    """A private local repository holding only the quantum's inputs (and the skymap), each fetched whole
-    (one GET) and checked against the manifest's sha256 before use."""
+def fetch_verified(repo: S3Repository, rel: str):
+    """An input object read whole into memory (``open_input_file(...).read()``: one GET, 2 requests), checked
+    against the manifest's size and sha256 before anything reads it; a ``pyarrow.Buffer``."""
     from forcedphot.io.parquet import ChecksumError
 
-    inputs = repo.inputs()
+    want = repo.inputs()[rel]
+    with arrow_fs(repo.uri).open_input_file(repo.loc.path(rel)) as f:
+        buf = f.read_buffer()
+    if buf.size != want["size"] or hashlib.sha256(memoryview(buf)).hexdigest() != want["sha256"]:
+        raise ChecksumError(f"{repo.uri}/{rel}: checksum mismatch with the repository manifest (the object "
+                            "was corrupted or modified after upload)")
+    return buf
+
+
+def stage_inputs(repo: S3Repository, q: S3Quantum, dest: Path):
+    """(a private local repository holding the quantum's tables and the skymap, its local Quantum, the coadd
+    buffers for :func:`forcedphot.io.coadd.coadds_in_memory`). Every object is fetched whole and checked
+    against the manifest's sha256; the coadd stays in memory (no memory map, no local copy), named by its URI."""
+    from forcedphot.plan import Quantum
+
     dest.mkdir(parents=True)
     manifest = {k: v for k, v in repo.metadata().items() if k not in ("inputs", "storage")}
     (dest / MANIFEST).write_text(json.dumps(manifest))
-    for rel in ["skymap/skymap.parquet", *q.files.values()]:
-        data = repo.get(rel)
-        want = inputs[rel]
-        sha, _ = _sha256_b64(data)
-        if len(data) != want["size"] or sha != want["sha256"]:
-            raise ChecksumError(f"{repo.uri}/{rel}: checksum mismatch with the repository manifest (the object "
-                                "was corrupted or modified after upload)")
+    local = {}
+    for name, rel in [("skymap", "skymap/skymap.parquet"), *q.files.items()]:
+        if name == "coadd":
+            continue
         path = dest / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return dest
+        path.write_bytes(fetch_verified(repo, rel))
+        local[name] = str(path)
+    coadd_uri = f"{repo.uri}/{q.files['coadd']}"
+    quantum = Quantum(q.data_id, local["ref"], local.get("footprints"), coadd_uri, (), local.get("scarlet_blends"))
+    return dest, quantum, {coadd_uri: fetch_verified(repo, q.files["coadd"])}
 
 
 def _measure_and_commit(repo: S3Repository, run_id: str, config, q: S3Quantum, gen: int, fps: dict, *,
                         n_threads, footprint_dataset: str, after_upload) -> dict | None:
     from forcedphot import threads
     from forcedphot.io.atomic import writer_token
-    from forcedphot.plan import plan_quanta
+    from forcedphot.io.coadd import coadds_in_memory
     from forcedphot.repository import Repository
     from forcedphot.task import ForcedPhotCoaddTask
 
     did = q.data_id
     with tempfile.TemporaryDirectory(prefix="forcedphot-s3-quantum-") as tmp:
-        local = Repository(stage_inputs(repo, q, Path(tmp) / "repo"))
-        lq = plan_quanta(local, tracts=[did.tract], patches=[did.patch], bands=[did.band],
-                         footprint_dataset=footprint_dataset)
-        if len(lq) != 1 or not lq[0].ready:
-            raise InputError(f"{did}: inputs not usable: {lq[0].missing if lq else 'no quantum planned'}")
+        root, local_quantum, coadds = stage_inputs(repo, q, Path(tmp) / "repo")
         threads.configure(n_threads)
-        res = ForcedPhotCoaddTask(local, config).run_quantum(lq[0], inputs_fingerprint=fps, locked=True)
+        with coadds_in_memory(coadds):
+            res = ForcedPhotCoaddTask(Repository(root), config).run_quantum(local_quantum, inputs_fingerprint=fps,
+                                                                            locked=True)
+        del coadds
         data = Path(res.path).read_bytes()
     sha, _ = _sha256_b64(data)
     rel = (f"forced_source/tract={did.tract}/patch={did.patch}/band={did.band}/"

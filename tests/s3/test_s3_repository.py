@@ -61,6 +61,12 @@ def test_tiny_survey_on_s3_equals_local_disk(s3_tiny, measured_tiny_repo):
     assert counts.column("n").to_pylist() == local_df.group_by("band").len().sort("band")["len"].to_list()
     obj = sql(s3_tiny, "SELECT count(*) AS n FROM object").column("n")[0].as_py()
     assert obj == sql(measured_tiny_repo, "SELECT count(*) AS n FROM object").column("n")[0].as_py() > 0
+    from forcedphot.query import load_object
+
+    assert_frame_equal(load_object(s3_tiny), load_object(measured_tiny_repo), check_exact=True)
+    cone = dict(ra=float(local_df["coord_ra"][0]), dec=float(local_df["coord_dec"][0]), radius=0.01)
+    assert_frame_equal(_sorted(load_forced_source(s3_tiny, **cone)), _sorted(load_forced_source(measured_tiny_repo,
+                                                                                              **cone)))
     rows = s3repo.status_rows(s3repo.open_repository(s3_tiny), ForcedPhotConfig())
     assert {r["state"] for r in rows} == {"up-to-date"} and len(rows) == 16
     again = s3repo.run_all(s3_tiny, ForcedPhotConfig())
