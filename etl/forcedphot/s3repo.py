@@ -660,6 +660,9 @@ def run_all(uri: str, config=None, *, tracts=None, patches=None, bands=None, for
         raise
     finally:
         if pool is not None:
+            if outcome == "interrupted":  # stop their quanta at once: a claim left behind is taken over later
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    proc.kill()
             pool.shutdown(wait=outcome != "interrupted", cancel_futures=True)
         summary.seconds = time.perf_counter() - t0
         ledger.record_end(repo.uri, summary.run_id, outcome=outcome, exit_code=code,

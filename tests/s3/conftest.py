@@ -8,7 +8,6 @@ it would AWS S3, GCS's S3 API or MinIO. Nothing is mocked in-process.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
