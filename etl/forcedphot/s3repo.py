@@ -591,10 +591,13 @@ def _measure_waiting(uri: str, run_id: str, config, data_id, wait: bool, **kw) -
         time.sleep(WAIT_POLL)
 
 
-def _spawned_worker_init() -> None:
+def _spawned_worker_init(parent_pid: int) -> None:
     import signal
 
+    from forcedphot.runner import watch_parent
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's to handle
+    watch_parent(parent_pid)  # die with the run (a SIGKILL of it too): its claims are then taken over
 
 
 def run_all(uri: str, config=None, *, tracts=None, patches=None, bands=None, force: bool = False, jobs: int = 1,
@@ -642,7 +645,7 @@ def run_all(uri: str, config=None, *, tracts=None, patches=None, bands=None, for
             kw["n_threads"] = n_threads or threads.default_threads(min(jobs, len(ready)))
             pool = ProcessPoolExecutor(max_workers=min(jobs, len(ready)),
                                        mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_spawned_worker_init)
+                                       initializer=_spawned_worker_init, initargs=(os.getpid(),))
             futures = {pool.submit(_measure_waiting, repo.uri, summary.run_id, config, q.data_id, wait, **kw): q
                        for q in ready}
             for fut in as_completed(futures):

@@ -208,3 +208,20 @@ def test_a_claim_won_after_a_commit_measures_nothing(s3_tiny, monkeypatch):
     _, status, _ = s3repo.measure_quantum(s3_tiny, "late-run", config, did)
     assert status == "up-to-date" and len(calls) == 2
     assert _keys(s3_tiny, "forced_source/") == [] and _keys(s3_tiny, "runs/claims/") == []
+
+
+def test_export_hats_from_s3(s3_tiny, tmp_path, capsys):
+    """`export hats --repo s3://...` writes a local HATS catalog of the committed rows (forced_source table)."""
+    lsdb = pytest.importorskip("lsdb", reason="lsdb is in the test extra")
+    from forcedphot.cli import main
+
+    assert s3repo.run_all(s3_tiny, ForcedPhotConfig(), bands=["i"]).ok
+    out = tmp_path / "fs"
+    assert main(["export", "hats", "--repo", s3_tiny, "--out", str(out), "--table", "forced_source",
+                 "--highest-order", "5"]) == 0, capsys.readouterr().err
+    long = lsdb.open_catalog(out).compute()
+    want = load_forced_source(s3_tiny, columns=["objectId", "band", "psfFlux"])
+    assert len(long) == want.height > 0 and set(long["band"]) == {"i"}
+    got = pl.from_pandas(long[["objectId", "band", "psfFlux"]]).sort("objectId")
+    assert_frame_equal(got, want.sort("objectId"), check_dtypes=False)
+    assert list(tmp_path.iterdir()) == [out]
