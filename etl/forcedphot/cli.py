@@ -410,15 +410,33 @@ def cmd_ingest_fits(args) -> int:
     from forcedphot.ingest import ingest_fits
     from forcedphot.ingest.args import specs_from_args
 
+    import contextlib
+    import tempfile
+
+    from forcedphot.io.store import is_uri
+
     repo_root, bands, catalog, options = specs_from_args(args)
-    repo = ingest_fits(repo_root, bands, catalog, **options)
-    refs = sorted(repo.dataset_dir("ref").glob("tract=*/patch=*/ref.parquet"))
-    n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in refs)
-    for name, cal in repo.metadata().get("ingest", {}).get("bands", {}).items():
-        print(f"band {name}: 1 image unit = {cal['photo_calib_nJy']:.6g} nJy (AB zero point "
-              f"{cal['zero_point_ab']:.4f}) from {cal['from']}")
-    print(f"ingested {len(bands)} band(s) ({', '.join(b.name for b in bands)}) and {n_rows} reference rows "
-          f"in {len(refs)} patch(es) into {repo.root}; next: forcedphot run --repo {repo.root}")
+    uri = str(repo_root) if is_uri(str(repo_root)) else None
+    with contextlib.ExitStack() as stack:
+        if uri:  # an object store: ingested into a local temporary folder, then uploaded and committed
+            from forcedphot.errors import InputError
+            from forcedphot.s3repo import S3Repository, upload_inputs
+
+            if S3Repository(uri).exists():
+                raise InputError(f"{uri}: repository exists (replacing the inputs of an s3 repository is not "
+                                 "supported; ingest into a new prefix)")
+            repo_root = stack.enter_context(tempfile.TemporaryDirectory(prefix="forcedphot-s3-ingest-")) + "/repo"
+        repo = ingest_fits(repo_root, bands, catalog, **options)
+        refs = sorted(repo.dataset_dir("ref").glob("tract=*/patch=*/ref.parquet"))
+        n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in refs)
+        for name, cal in repo.metadata().get("ingest", {}).get("bands", {}).items():
+            print(f"band {name}: 1 image unit = {cal['photo_calib_nJy']:.6g} nJy (AB zero point "
+                  f"{cal['zero_point_ab']:.4f}) from {cal['from']}")
+        if uri:
+            upload_inputs(repo.root, uri)
+        shown = uri or repo.root
+        print(f"ingested {len(bands)} band(s) ({', '.join(b.name for b in bands)}) and {n_rows} reference rows "
+              f"in {len(refs)} patch(es) into {shown}; next: forcedphot run --repo {shown}")
     return 0
 
 
