@@ -370,9 +370,19 @@ def _status_s3(args) -> int:
 
 
 def cmd_report(args) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from forcedphot.io.store import is_uri
     from forcedphot.report import write_report
 
-    index = write_report(args.repo, args.out, overwrite=args.overwrite)
+    if is_uri(args.repo):  # the report reads the whole repository: from a verified local snapshot of it
+        from forcedphot.s3repo import local_snapshot
+
+        with tempfile.TemporaryDirectory(prefix="forcedphot-s3-report-") as tmp:
+            index = write_report(local_snapshot(args.repo, Path(tmp) / "repo"), args.out, overwrite=args.overwrite)
+    else:
+        index = write_report(args.repo, args.out, overwrite=args.overwrite)
     print(f"report written: {index}")
     return 0
 

@@ -710,3 +710,29 @@ def write_ledger_record(uri: str, rel: str, table, schema) -> None:
         S3Repository(uri).put_if_absent(rel, data)
     except AlreadyExists:
         raise ForcedPhotError(f"{uri}/{rel}: ledger record exists already") from None
+
+
+def local_snapshot(uri: str, dest: Path) -> Path:
+    """A verified local copy of what the s3 repository shows now: its inputs (checked against the manifest's
+    sha256) and its committed forced_source files under their local names (checked against their commit
+    records), for the commands that read a local repository whole (``report``). Uncommitted files are not
+    copied."""
+    from forcedphot.io.parquet import ChecksumError
+
+    repo = open_repository(uri)
+    dest = Path(dest)
+    dest.mkdir(parents=True)
+    manifest = {k: v for k, v in repo.metadata().items() if k not in ("inputs", "storage")}
+    for rel in repo.inputs():
+        path = dest / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(fetch_verified(repo, rel))
+    for rec in repo.committed_files():
+        data = repo.get(rec["file"])
+        if len(data) != rec["size"] or hashlib.sha256(data).hexdigest() != rec["sha256"]:
+            raise ChecksumError(f"{repo.uri}/{rec['file']}: checksum mismatch with its commit record")
+        path = dest / f"forced_source/tract={rec['tract']}/patch={rec['patch']}/band={rec['band']}/forced_source.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return dest

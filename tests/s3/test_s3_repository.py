@@ -225,3 +225,20 @@ def test_export_hats_from_s3(s3_tiny, tmp_path, capsys):
     got = pl.from_pandas(long[["objectId", "band", "psfFlux"]]).sort("objectId")
     assert_frame_equal(got, want.sort("objectId"), check_dtypes=False)
     assert list(tmp_path.iterdir()) == [out]
+
+
+def test_report_of_an_s3_repository(s3_tiny, tmp_path, capsys):
+    """`report --repo s3://...` writes the QA page from a verified snapshot of the committed state: an
+    uncommitted data file is not in it."""
+    from forcedphot.cli import main
+    from forcedphot.repository import DataId
+
+    assert s3repo.run_all(s3_tiny, ForcedPhotConfig(), bands=["g"]).ok
+    s3repo.measure_quantum(s3_tiny, "killed", ForcedPhotConfig(), DataId(0, 0, "r"),
+                           after_upload=lambda rel: (_ for _ in ()).throw(RuntimeError("killed")))
+    snap = s3repo.local_snapshot(s3_tiny, tmp_path / "snap")
+    assert sorted(p.parent.name for p in (snap / "forced_source").rglob("*.parquet")) == ["band=g"] * 4
+    assert load_forced_source(snap).height == load_forced_source(s3_tiny).height > 0
+    out = tmp_path / "qa"
+    assert main(["report", "--repo", s3_tiny, "--out", str(out)]) == 0, capsys.readouterr().err
+    assert (out / "index.html").is_file() and list(out.glob("*.png"))
