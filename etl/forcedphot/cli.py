@@ -47,6 +47,17 @@ def cmd_simulate(args) -> int:
     from forcedphot.sim import load_recipe
     from forcedphot.sim.survey import simulate_into
 
+    from forcedphot.io.store import is_uri
+
+    if is_uri(args.repo):  # an object store: built locally, uploaded, committed (forcedphot.s3repo)
+        from forcedphot.s3repo import simulate_to_s3
+
+        if args.overwrite:
+            raise ForcedPhotError(f"{args.repo}: --overwrite is not supported on s3 repositories yet")
+        recipe = load_recipe(args.recipe, **({"seed": args.seed} if args.seed is not None else {}))
+        repo = simulate_to_s3(recipe, args.repo, progress=_progress(args))
+        print(f"simulated recipe {recipe.name!r} (seed {recipe.seed}) into {repo.uri}")
+        return 0
     exists = "repository exists; pass --overwrite to simulate into it again"
     check_inputs_target(args.repo, overwrite=args.overwrite, exists=exists)  # before loading the recipe
     overrides = {"seed": args.seed} if args.seed is not None else {}
@@ -109,7 +120,10 @@ def cmd_run(args) -> int:
 
     from forcedphot.compile import ensure_compiled
 
-    repo = Repository(args.repo)
+    from forcedphot.io.store import is_uri
+
+    s3 = is_uri(args.repo)  # an object store: forcedphot.s3repo's run (commit records, claims)
+    repo = None if s3 else Repository(args.repo)
     config = _config(args)
     def compile_kernels():  # once per machine, after the inputs are known good and before any worker starts
         from forcedphot.task import kernel_modules
@@ -118,10 +132,21 @@ def cmd_run(args) -> int:
         if compiled is not None:  # the figure the message announced, and what it took
             print(compiled.summary(), file=sys.stderr)
 
-    summary = run_all(repo, config, tracts=args.tract, patches=args.patch, bands=args.band, force=args.force,
-                      jobs=args.jobs, dask=args.dask, progress=_progress(args), n_threads=args.threads,
-                      before_measuring=compile_kernels, wait=args.wait, command=["forcedphot", *sys.argv[1:]],
-                      defer_end=exits.on_close)  # recorded with the command's exit code, as it exits
+    if s3:
+        from forcedphot import s3repo
+
+        if args.dask:
+            raise ForcedPhotError("--dask is not supported on s3 repositories yet; use --jobs")
+        summary = s3repo.run_all(args.repo, config, tracts=args.tract, patches=args.patch, bands=args.band,
+                                 force=args.force, jobs=args.jobs, progress=_progress(args), n_threads=args.threads,
+                                 before_measuring=compile_kernels, wait=args.wait,
+                                 command=["forcedphot", *sys.argv[1:]])
+        repo = s3repo.S3Repository(args.repo)
+    else:
+        summary = run_all(repo, config, tracts=args.tract, patches=args.patch, bands=args.band, force=args.force,
+                          jobs=args.jobs, dask=args.dask, progress=_progress(args), n_threads=args.threads,
+                          before_measuring=compile_kernels, wait=args.wait, command=["forcedphot", *sys.argv[1:]],
+                          defer_end=exits.on_close)  # recorded with the command's exit code, as it exits
     if summary.removed:
         print(f"removed the outputs of {len(summary.removed)} quanta that no longer exist: "
               f"{', '.join(summary.removed)}", file=sys.stderr)
@@ -284,6 +309,10 @@ def cmd_status(args) -> int:
     from forcedphot.repository import Repository
     from forcedphot.runner import quantum_state, read_last_run
 
+    from forcedphot.io.store import is_uri
+
+    if is_uri(args.repo):  # forcedphot.s3repo: states from the manifest and the commit records
+        return _status_s3(args)
     repo = Repository(args.repo)
     config = _config(args)
     states = {}
@@ -316,10 +345,44 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _status_s3(args) -> int:
+    from forcedphot import s3repo
+
+    repo = s3repo.open_repository(args.repo)
+    if args.history:
+        _print_history(repo, args.history)
+        return 0
+    rows = s3repo.status_rows(repo, _config(args))
+    states = {}
+    for row in rows:
+        states[row["state"]] = states.get(row["state"], 0) + 1
+    print(f"repository {repo.uri}: {len(rows)} quanta: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    if args.verbose and rows:
+        with pl.Config(tbl_rows=-1):
+            print(pl.DataFrame(rows))
+    last = s3repo.read_last_run(repo)
+    if last:
+        print(f"last run ({last['outcome']}, exit {last['exit_code']}): {len(last['done'])} measured, "
+              f"{len(last['skipped'])} up to date, {len(last['failed'])} failed")
+        for _, cause in last["failed"]:
+            print(f"  FAILED {cause}")
+    return 0
+
+
 def cmd_report(args) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from forcedphot.io.store import is_uri
     from forcedphot.report import write_report
 
-    index = write_report(args.repo, args.out, overwrite=args.overwrite)
+    if is_uri(args.repo):  # the report reads the whole repository: from a verified local snapshot of it
+        from forcedphot.s3repo import local_snapshot
+
+        with tempfile.TemporaryDirectory(prefix="forcedphot-s3-report-") as tmp:
+            index = write_report(local_snapshot(args.repo, Path(tmp) / "repo"), args.out, overwrite=args.overwrite)
+    else:
+        index = write_report(args.repo, args.out, overwrite=args.overwrite)
     print(f"report written: {index}")
     return 0
 
@@ -357,15 +420,33 @@ def cmd_ingest_fits(args) -> int:
     from forcedphot.ingest import ingest_fits
     from forcedphot.ingest.args import specs_from_args
 
+    import contextlib
+    import tempfile
+
+    from forcedphot.io.store import is_uri
+
     repo_root, bands, catalog, options = specs_from_args(args)
-    repo = ingest_fits(repo_root, bands, catalog, **options)
-    refs = sorted(repo.dataset_dir("ref").glob("tract=*/patch=*/ref.parquet"))
-    n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in refs)
-    for name, cal in repo.metadata().get("ingest", {}).get("bands", {}).items():
-        print(f"band {name}: 1 image unit = {cal['photo_calib_nJy']:.6g} nJy (AB zero point "
-              f"{cal['zero_point_ab']:.4f}) from {cal['from']}")
-    print(f"ingested {len(bands)} band(s) ({', '.join(b.name for b in bands)}) and {n_rows} reference rows "
-          f"in {len(refs)} patch(es) into {repo.root}; next: forcedphot run --repo {repo.root}")
+    uri = str(repo_root) if is_uri(str(repo_root)) else None
+    with contextlib.ExitStack() as stack:
+        if uri:  # an object store: ingested into a local temporary folder, then uploaded and committed
+            from forcedphot.errors import InputError
+            from forcedphot.s3repo import S3Repository, upload_inputs
+
+            if S3Repository(uri).exists():
+                raise InputError(f"{uri}: repository exists (replacing the inputs of an s3 repository is not "
+                                 "supported; ingest into a new prefix)")
+            repo_root = stack.enter_context(tempfile.TemporaryDirectory(prefix="forcedphot-s3-ingest-")) + "/repo"
+        repo = ingest_fits(repo_root, bands, catalog, **options)
+        refs = sorted(repo.dataset_dir("ref").glob("tract=*/patch=*/ref.parquet"))
+        n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in refs)
+        for name, cal in repo.metadata().get("ingest", {}).get("bands", {}).items():
+            print(f"band {name}: 1 image unit = {cal['photo_calib_nJy']:.6g} nJy (AB zero point "
+                  f"{cal['zero_point_ab']:.4f}) from {cal['from']}")
+        if uri:
+            upload_inputs(repo.root, uri)
+        shown = uri or repo.root
+        print(f"ingested {len(bands)} band(s) ({', '.join(b.name for b in bands)}) and {n_rows} reference rows "
+              f"in {len(refs)} patch(es) into {shown}; next: forcedphot run --repo {shown}")
     return 0
 
 

@@ -61,7 +61,14 @@ def _stage_input(repo, table: str, staging: Path) -> list[Path]:
     """The Parquet files hats-import reads: the checked forced_source files, or the object table written once."""
     from forcedphot import query
 
-    if table == "forced_source":
+    if table == "forced_source" and getattr(repo, "is_s3", False):  # the committed files, copied whole
+        import pyarrow.parquet as pq
+
+        data = repo.arrow_dataset("forced_source").to_table()
+        files = [staging / "forced_source.parquet"] if data.num_rows else []
+        if files:
+            pq.write_table(data, files[0])
+    elif table == "forced_source":
         files = query.dataset_files(repo, "forced_source")
     else:
         objects = query.load_object(repo, backend="pandas")
@@ -69,7 +76,7 @@ def _stage_input(repo, table: str, staging: Path) -> list[Path]:
         if files:
             objects.to_parquet(files[0], index=False)
     if not files:
-        raise InputError(f"{Path(repo)}: no {table} rows to export (run `forcedphot run` first)")
+        raise InputError(f"{repo.root}: no {table} rows to export (run `forcedphot run` first)")
     return files
 
 

@@ -41,9 +41,17 @@ def ledger_dir(root: str | Path) -> Path:
 
 
 def _write(root, table: str, row: dict, *parts: str) -> None:
-    path = ledger_dir(root).joinpath(table, *parts)
     import pyarrow as pa
 
+    from forcedphot.io.store import is_uri
+
+    if is_uri(str(root)):  # an s3 repository: one object per record, put if absent (forcedphot.s3repo)
+        from forcedphot.s3repo import write_ledger_record
+
+        write_ledger_record(str(root), "/".join(("runs/ledger", table, *parts)), pa.Table.from_pylist([row]),
+                            load_schema("ledger", table))
+        return
+    path = ledger_dir(root).joinpath(table, *parts)
     write_parquet(pa.Table.from_pylist([row]), path, load_schema("ledger", table))
 
 
@@ -93,6 +101,12 @@ def create_views(con, repo) -> None:
 
     from forcedphot.query import checked_files, parquet_format, view_statements
 
+    if getattr(repo, "is_s3", False):  # records listed on the object store (forcedphot.s3repo)
+        for name in RECORD_GLOBS:
+            con.register(f"_{name}", repo.ledger_dataset(name.removeprefix("ledger_")))
+        for stmt in view_statements("ledger_views").values():
+            con.execute(stmt)
+        return
     for name, (schema, files) in ledger_files(repo).items():
         files = [str(p) for p in checked_files(repo, files, schema)]
         con.register(f"_{name}", pads.dataset(files, schema=schema.arrow_schema(), format=parquet_format()))

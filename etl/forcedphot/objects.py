@@ -140,6 +140,8 @@ def sort_bands(bands) -> list[str]:
 
 def repository_bands(repo) -> list[str]:
     """Bands with measurements or coadds in the repository (``band=`` folders), sorted by :func:`sort_bands`."""
+    if getattr(repo, "is_s3", False):  # forcedphot.s3repo: from the manifest and the commit records
+        return repo.bands()
     bands = set()
     for dataset in ("forced_source", "coadd"):
         for folder in repo.dataset_dir(dataset).glob("tract=*/patch=*/band=*"):

@@ -71,7 +71,13 @@ def view_statements(sql_file: str = "views") -> dict[str, str]:
 
 
 def _as_repository(repo) -> Repository:
-    repo = repo if isinstance(repo, Repository) else Repository(repo)
+    from forcedphot.io.store import is_uri
+
+    if is_uri(repo):  # s3://bucket/prefix (forcedphot.s3repo)
+        from forcedphot.s3repo import S3Repository
+
+        repo = S3Repository(repo)
+    repo = repo if isinstance(repo, Repository) or getattr(repo, "is_s3", False) else Repository(repo)
     repo.check()
     return repo
 
@@ -187,6 +193,9 @@ def arrow_dataset(repo, dataset: str, *, sky_patches=None, **partitions) -> pads
 
     from forcedphot.schema import load_schema
 
+    repo = _as_repository(repo)
+    if getattr(repo, "is_s3", False):  # committed files only, read through pyarrow's S3FileSystem
+        return repo.arrow_dataset(dataset, sky_patches=sky_patches, **partitions)
     files = [str(p) for p in dataset_files(repo, dataset, sky_patches=sky_patches, **partitions)]
     return pads.dataset(files, schema=load_schema(dataset).arrow_schema(), format=parquet_format())
 
@@ -203,7 +212,7 @@ def _query(repo, con, query: str, params: dict | None = None) -> pa.Table:
 def _recheck_on_crc_error(repo, exc: Exception) -> None:
     """A page that fails its CRC (changed after it was verified, or bits rotted under the filesystem)
     re-verifies every file of the repository's views, so the error names the file."""
-    if PAGE_CRC in str(exc):
+    if PAGE_CRC in str(exc) and not getattr(repo, "is_s3", False):
         recheck_all(repo)
 
 
@@ -470,8 +479,11 @@ def scan_forced_source(repo, *, tract=None, patch=None, band=None, sky_patches=N
     import polars as pl
 
     repo = _as_repository(repo)
-    files = dataset_files(repo, "forced_source", tract=tract, patch=patch, band=band, sky_patches=sky_patches)
     schema = forced_source_schema()
+    if getattr(repo, "is_s3", False):  # the committed files, through pyarrow's S3FileSystem
+        ds = repo.arrow_dataset("forced_source", tract=tract, patch=patch, band=band, sky_patches=sky_patches)
+        return pl.scan_pyarrow_dataset(ds) if ds.files else pl.LazyFrame(schema=schema)
+    files = dataset_files(repo, "forced_source", tract=tract, patch=patch, band=band, sky_patches=sky_patches)
     if not files:
         return pl.LazyFrame(schema=schema)
     lf = pl.scan_parquet(files, hive_partitioning=False, schema=schema, missing_columns="insert",

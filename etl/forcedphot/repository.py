@@ -56,6 +56,9 @@ class Repository:
     """The repository at ``root``: paths of every dataset, the skymap and ``repository.json``."""
 
     def __init__(self, root: str | Path):
+        from forcedphot.io.store import refuse_uri_as_path
+
+        refuse_uri_as_path(root)  # s3://... is forcedphot.s3repo.S3Repository; never a local folder "s3:/..."
         self.root = Path(root)
 
     # -- creation and identity -------------------------------------------------

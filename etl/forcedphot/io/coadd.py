@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,14 +116,33 @@ def _content_digest(row: dict, planes: dict) -> str:
     return digest.hexdigest()
 
 
+_IN_MEMORY: dict[str, pa.Buffer] = {}  # name -> an object store's whole object (see coadds_in_memory)
+
+
+@contextmanager
+def coadds_in_memory(buffers: dict[str, pa.Buffer]):
+    """While open, :func:`read_coadd` of one of these names (an ``s3://`` URI) reads its buffer, not a file:
+    a coadd on an object store is fetched whole in one GET (:mod:`forcedphot.s3repo`) and read zero-copy from
+    memory, with no memory map and no local copy."""
+    _IN_MEMORY.update(buffers)
+    try:
+        yield
+    finally:
+        for name in buffers:
+            _IN_MEMORY.pop(name, None)
+
+
 def read_coadd(path: str | Path) -> Coadd:
-    """Memory-map a coadd; image, mask and variance are read-only views into the file."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: coadd file not found")
+    """Memory-map a coadd; image, mask and variance are read-only views into the file (or into the buffer of
+    an object fetched whole, :func:`coadds_in_memory`)."""
+    buffer = _IN_MEMORY.get(str(path))
+    if buffer is None:
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"{path}: coadd file not found")
     schema = load_schema("coadd")
     try:
-        source = pa.memory_map(str(path), "r")
+        source = pa.BufferReader(buffer) if buffer is not None else pa.memory_map(str(path), "r")
         reader = pa.ipc.open_file(source)
         schema.check_metadata(reader.schema.metadata, where=str(path))
         table = reader.read_all()
