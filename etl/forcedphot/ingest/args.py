@@ -260,7 +260,8 @@ def add_rubin_arguments(p: argparse.ArgumentParser) -> None:
                         "EPSFBuilder on the catalog's stars); repeatable. The files' own afw PSF cannot be read")
     p.add_argument("--psf-fwhm", action="append", default=[], metavar="[BAND=]VALUE",
                    help="a Gaussian PSF of this FWHM instead (e.g. 0.7arcsec or 3.5px)")
-    p.add_argument("--band", help="band of files whose header names none (LSST BUTLER DATAID BAND, BAND, FILTER)")
+    p.add_argument("--band", help="band of every file (default: each file's header: LSST BUTLER DATAID BAND, BAND, "
+                                  "or FILTER 'r_57' -> r)")
     p.add_argument("--drop-mask-plane", action="append", default=[], metavar="NAME",
                    help="leave out a mask plane that is neither Rubin's nor forcedphot's (else an error)")
     p.add_argument("--patch-size", type=int, metavar="N", help="patch inner size, pixels (default: one patch)")

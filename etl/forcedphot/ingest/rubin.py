@@ -122,7 +122,8 @@ def _afw_psf_hdu(hdul, path: Path) -> str | None:
     for i, h in enumerate(hdul[1:], 1):
         names = f"{h.name} {h.header.get('AR_NAME', '')}"
         if h.header.get("EXTTYPE") == "ARCHIVE_DATA" and "psf" in names.lower():
-            return f"{path}[{i} {h.header.get('EXTNAME', h.name)}]"
+            ar_name = h.header.get("AR_NAME")
+            return f"{path}[{i} {h.name}]" + (f" (afw {ar_name})" if ar_name else "")
     if psf_id:
         index = next((i for i, h in enumerate(hdul) if h.header.get("EXTTYPE") == "ARCHIVE_INDEX"), None)
         return f"{path}[{index} ARCHIVE_INDEX]" if index is not None else f"{path}[0 PSF_ID={psf_id}]"
@@ -529,9 +530,11 @@ def ingest_rubin(repo_root, coadds, catalog, *, psf=None, psf_fwhm=None, band: s
             ing = meta["ingest"]
             for b, m in mosaics.items():
                 entry = ing["bands"][b]
-                for k in ("image", "variance", "mask"):
+                for k in ("image", "mask"):
                     if k in entry:
                         entry[k] = ", ".join(f"{f.path}[{k.upper()}]" for f in m.files)
+                if "variance" in entry.get("noise", {}):
+                    entry["noise"]["variance"] = ", ".join(f"{f.path}[VARIANCE]" for f in m.files)
                 if entry.get("from", "").startswith("header"):
                     entry["from"] = entry["from"].replace("header", "deep_coadd header", 1)
             ing["catalog"]["path"] = str(catalog)
