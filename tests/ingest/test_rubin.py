@@ -261,29 +261,42 @@ def test_object_table_with_the_sdm_schema_columns_maps_without_options(survey, t
     np.testing.assert_allclose(ref.kron_radius, kron.astype(np.float32), rtol=1e-6)
 
 
-# -- deepCoadd_ref: afw names, radians, parents ------------------------------------------------------------
-def test_deep_coadd_ref_table_keeps_families_and_reads_radians(survey, tmp_path):
-    t = pq.read_table(next(glob.iglob(str(survey.sim / "ref" / "tract=0" / "patch=0" / "*.parquet")))).to_pydict()
+# -- deepCoadd_ref: afw names, radians, parents, detect_isPrimary ---------------------------------------------
+def test_deep_coadd_refs_of_two_patches_keep_primary_rows_and_families(survey, tmp_path):
+    """Two patches' deepCoadd_ref tables concatenated: every border object is in both (a duplicate at one position);
+    the rows Rubin's Object would hold (primary, plus the parents of primary rows) are ingested, each once."""
+    tables = [pq.read_table(next(glob.iglob(str(survey.sim / "ref" / "tract=0" / f"patch={p}" / "*.parquet"))))
+              for p in (0, 1)]
+    t = pa.concat_tables(tables).to_pydict()
     ra, dec = survey.sip.all_pix2world(np.asarray(t["centroid_x"]), np.asarray(t["centroid_y"]), 0)
     ids = np.asarray(t["id"], np.int64)
     parents = np.asarray([p or 0 for p in t["parent"]], np.int64)
+    primary = np.asarray(t["detect_isPrimary"], bool)
     path = tmp_path / "deepCoadd_ref.parquet"
     pq.write_table(pa.table({"id": ids, "parent": parents, "coord_ra": np.deg2rad(ra), "coord_dec": np.deg2rad(dec),
                              "base_SdssShape_xx": t["shape_xx"], "base_SdssShape_yy": t["shape_yy"],
                              "base_SdssShape_xy": t["shape_xy"], "deblend_nChild": t["deblend_nChild"],
-                             "detect_isPrimary": t["detect_isPrimary"]}), path)
+                             "detect_isPrimary": primary}), path)
     cat = rubin_catalog(path)
     assert cat.flavour == "deepCoadd_ref" and cat.mapped["coord_ra"] == "coord_ra (rad)"
     assert cat.mapped["shape_xx"] == "base_SdssShape_xx" and cat.mapped["parent"] == "parent"
-    repo = ingest_rubin(tmp_path / "repo", [survey.paths[0, "i"]], path, psf={"i": survey.psf["i"]})
-    got = sql(repo.root, "SELECT externalId, centroid_x + -24 AS x, centroid_y + -24 AS y, deblend_nChild FROM ref "
-                         "WHERE externalId IS NOT NULL").to_pandas().set_index("externalId")
-    want = {int(i): (x, y, n) for i, x, y, n in zip(ids, t["centroid_x"], t["centroid_y"], t["deblend_nChild"])}
-    assert len(got) == len(ids)
-    for i, (x, y, nchild) in want.items():
-        assert abs(got.x[i] - x) < 1e-4 and abs(got.y[i] - y) < 1e-4
-        assert got.deblend_nChild[i] >= nchild  # catalog families kept (ingest may only add children to a blend)
-    assert (got.deblend_nChild > 0).sum() >= (np.asarray(t["deblend_nChild"]) > 0).sum() > 0
+    kept_parents = set(parents[primary & (parents != 0)])
+    want = primary | np.isin(ids, list(kept_parents))
+    assert 0 < (~want).sum() and kept_parents  # border duplicates and non-primary leaves exist, and families
+    np.testing.assert_array_equal(np.sort(cat.columns["id"]), np.sort(ids[want]))
+    files = [survey.paths[p, "i"] for p in (0, 1)]
+    repo = ingest_rubin(tmp_path / "repo", files, path, psf={"i": survey.psf["i"]})  # no duplicate refusal
+    got = sql(repo.root, "SELECT externalId, centroid_x + -24 AS x, centroid_y + -24 AS y, deblend_nChild, "
+                         "detect_isPrimary FROM ref WHERE externalId IS NOT NULL").to_pandas().set_index("externalId")
+    assert sorted(got.index) == sorted(ids[want].tolist())
+    x, y = np.asarray(t["centroid_x"]), np.asarray(t["centroid_y"])
+    for i in np.flatnonzero(want):
+        assert abs(got.x[ids[i]] - x[i]) < 1e-4 and abs(got.y[ids[i]] - y[i]) < 1e-4
+    for p in kept_parents:  # catalog families kept: the parent has at least its primary children
+        assert got.deblend_nChild[p] >= (primary & (parents == p)).sum() > 0
+        assert not got.detect_isPrimary[p]
+    leaves = ids[primary]
+    assert got.detect_isPrimary[leaves].all()  # Rubin's primary rows are primary here too
 
 
 # -- refusals: exit 2, one line naming the file and the HDU ---------------------------------------------------

@@ -426,9 +426,29 @@ def rubin_catalog(path) -> RubinCatalog:
                 for part in ("major", "minor", "theta"):
                     mapped.pop(f"cmodel_{stage}_{part}", None)
     if "detect_isPrimary" in names:
-        cols["detect_isPrimary"] = np.asarray(_np(t, "detect_isPrimary"), bool)
-        mapped["detect_isPrimary"] = "detect_isPrimary"
+        cols = _primary_rows(cols, np.asarray(_np(t, "detect_isPrimary"), bool), path)
+        mapped["detect_isPrimary"] = "detect_isPrimary (rows kept: primary ones and their parents)"
     return RubinCatalog(flavour, cols, main_band, mapped)
+
+
+def _primary_rows(cols: dict, primary: np.ndarray, path: Path) -> dict:
+    """The rows Rubin measures into its Object table: primary ones, and the parents of those (kept as catalog
+    families). A deepCoadd_ref also holds every object of the patch's border (primary in the neighbouring patch)
+    and sky objects; several patches' tables hold the border objects twice, at one position."""
+    keep = primary.copy()
+    if "parent" in cols:
+        ids = cols["id"]
+        parents = cols["parent"]
+        for _ in range(8):  # parents of kept rows, up the hierarchy
+            wanted = np.isin(ids, parents[keep & (parents != 0)]) & ~keep
+            if not wanted.any():
+                break
+            keep |= wanted
+    dropped = int((~keep).sum())
+    if dropped:
+        log.info("%s: %d of %d rows left out: not detect_isPrimary and no primary child (patch-border objects, "
+                 "primary in a neighbouring patch, and sky objects)", path, dropped, keep.size)
+    return {k: v[keep] for k, v in cols.items()}
 
 
 def _write_catalog(cat: RubinCatalog, path: Path):
