@@ -166,6 +166,18 @@ def test_ingest_and_run_reproduce_the_simulated_fluxes(survey, tmp_path, capsys)
     assert ok.sum() > 0.9 * len(m)
     np.testing.assert_allclose(m.f_rubin[ok], m.f_sim[ok], rtol=1e-5, atol=1e-3 * m.e_sim[ok].min())
     np.testing.assert_allclose(m.e_rubin[ok], m.e_sim[ok], rtol=1e-5)
+    # PixelFlags' Rubin plane lists see the planes mapped by name: the 3x3-centre flags (footprint-free) are the
+    # simulated repository's, and some are set (the bad column, the no-data box, the saturated star)
+    fsql = ("SELECT {key} AS oid, band, COLUMNS('pixelFlags_.*Center(All)?$') FROM forced_source "
+            "WHERE detect_isPrimary")
+    fa = sql(survey.sim, fsql.format(key="objectId")).to_pandas()
+    fb = sql(repo, fsql.format(key="externalId")).to_pandas()
+    fm = fa.merge(fb, on=["oid", "band"], suffixes=("_sim", "_rubin"))
+    flags = [c for c in fa.columns if c.startswith("pixelFlags_")]
+    assert len(flags) >= 20 and len(fm) == len(fa)
+    for c in flags:
+        np.testing.assert_array_equal(fm[c + "_rubin"], fm[c + "_sim"], err_msg=c)
+    assert sum(bool(fa[c].any()) for c in flags) >= 3, [c for c in flags if fa[c].any()]
     # the deblended psfFlux differs only through the footprints (the simulator's against ingest's own deblender):
     # for objects without a neighbour in either, it agrees too
     iso = sql(survey.sim, "SELECT id AS oid FROM ref WHERE detect_isPrimary AND parent IS NULL OR parent = 0"
