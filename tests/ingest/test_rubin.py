@@ -344,3 +344,22 @@ def test_band_from_the_physical_filter_or_the_option(survey, tmp_path):
     f = write_deep_coadd(tmp_path / "no_band.fits", survey.coadds[0, "r"], survey.sip, band_card=False)
     assert read_deep_coadd(f).band == "r"  # FILTER = 'r_sim' (Rubin's physical filter: band_suffix)
     assert read_deep_coadd(f, band="x").band == "x"
+
+
+def test_psf_options_per_band(survey, tmp_path, capsys):
+    _fails(capsys, ["--repo", str(tmp_path / "r"), "--coadd", str(survey.paths[0, "i"]), "--catalog",
+                    str(survey.object), "--psf", f"i={survey.psf['i']}", "--psf-fwhm", "i=3px"],
+           "--psf and --psf-fwhm both given for i")
+    # a Gaussian PSF for the band, no PSF file: the afw PSF is not needed
+    assert main(["ingest", "rubin", "--repo", str(tmp_path / "g"), "--coadd", str(survey.paths[0, "i"]),
+                 "--catalog", str(survey.object), "--psf-fwhm", "i=3.5px"]) == 0
+    psf = Repository(tmp_path / "g").metadata()["ingest"]["bands"]["i"]["psf"]
+    assert psf == {"gaussian_fwhm_px": 3.5}
+
+
+def test_without_lsst_images_one_line_says_what_to_install(survey, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lsst.images", None)  # import lsst.images raises ImportError
+    _fails(capsys, ["--repo", str(tmp_path / "r"), "--coadd", str(survey.paths[0, "i"]), "--catalog",
+                    str(survey.object), "--psf", str(survey.psf["i"])], "pip install 'forcedphot[rubin]'")
