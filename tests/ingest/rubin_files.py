@@ -63,7 +63,8 @@ def rubin_mask(mask: np.ndarray, bits: dict[str, int], crosstalk: np.ndarray | N
 
 
 def write_deep_coadd(path: Path, coadd, sip_wcs: WCS, *, psf_archive: bool = True, planes: dict | None = None,
-                     extra_plane: str | None = None, hdus=("IMAGE", "MASK", "VARIANCE"), band_card: bool = True) -> Path:
+                     extra_plane: str | None = None, hdus=("IMAGE", "MASK", "VARIANCE"),
+                     band_card: bool = True) -> Path:
     """The simulated coadd as a Rubin deep_coadd file (see the module docstring)."""
     bits = dict(RUBIN_BITS if planes is None else planes)
     if extra_plane is not None:

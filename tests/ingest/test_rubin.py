@@ -90,8 +90,7 @@ def _fails(capsys, argv, *expected):
 def test_lsst_images_and_forcedphot_read_the_same_pixels_planes_and_sky(survey):
     import astropy.units as u
     from lsst.images import MaskedImage
-    from lsst.images._mask import get_legacy_non_cell_coadd_mask_planes
-    from lsst.images._transforms import GeneralFrame
+    from lsst.images import GeneralFrame, get_legacy_non_cell_coadd_mask_planes
 
     legacy_map = get_legacy_non_cell_coadd_mask_planes()  # Rubin's own names: SAT -> SATURATED, CR -> COSMIC_RAY ...
     legacy_map["STREAK"] = lsst.images.MaskPlane("STREAK", "streak")
@@ -144,7 +143,8 @@ def test_ingest_and_run_reproduce_the_simulated_fluxes(survey, tmp_path, capsys)
     assert "Object table" in out and "id <- objectId" in out and "(-24, -24)" in out
     meta = Repository(repo).metadata()["ingest"]
     assert meta["rubin"]["xy0"] == list(XY0) and meta["rubin"]["flavour"] == "Object"
-    assert meta["bands"]["i"]["photo_calib_nJy"] == 1.0 and "deep_coadd_0_3_i.fits[IMAGE]" in meta["bands"]["i"]["image"]
+    assert meta["bands"]["i"]["photo_calib_nJy"] == 1.0
+    assert "deep_coadd_0_3_i.fits[IMAGE]" in meta["bands"]["i"]["image"]
     assert meta["catalog"]["path"] == str(survey.object)
     assert main(["run", "--repo", str(repo), "-q"]) == 0
     # positions: the catalog's RA/Dec through the files' SIP WCS land on the simulated centroids (tract = ours + xy0)
@@ -215,7 +215,8 @@ def test_object_table_with_the_sdm_schema_columns_maps_without_options(survey, t
     # the units the mapping relies on, as the schema states them (a change there must fail here)
     unit = {n: getattr(cols[n], "ivoa_unit", None) for n in ("coord_ra", "shape_xx", "i_kronRad",
                                                               "i_cModel_exp_reff_major", "g_cModel_dev_reff_minor")}
-    assert unit == {"coord_ra": "deg", "shape_xx": "pixel**2", "i_kronRad": "pixel", "i_cModel_exp_reff_major": "arcsec",
+    assert unit == {"coord_ra": "deg", "shape_xx": "pixel**2", "i_kronRad": "pixel",
+                    "i_cModel_exp_reff_major": "arcsec",
                     "g_cModel_dev_reff_minor": "arcsec"}, unit
     for n in ("objectId", "parentObjectId", "refBand", "i_cModel_exp_theta", "g_cModel_dev_theta"):
         assert n in cols, n
@@ -350,6 +351,8 @@ def test_psf_options_per_band(survey, tmp_path, capsys):
     _fails(capsys, ["--repo", str(tmp_path / "r"), "--coadd", str(survey.paths[0, "i"]), "--catalog",
                     str(survey.object), "--psf", f"i={survey.psf['i']}", "--psf-fwhm", "i=3px"],
            "--psf and --psf-fwhm both given for i")
+    _fails(capsys, ["--repo", str(tmp_path / "r"), "--coadd", str(survey.paths[0, "i"]), "--catalog",
+                    str(survey.object), "--psf", f"q={survey.psf['i']}"], "--psf names band(s) q", "bands are i")
     # a Gaussian PSF for the band, no PSF file: the afw PSF is not needed
     assert main(["ingest", "rubin", "--repo", str(tmp_path / "g"), "--coadd", str(survey.paths[0, "i"]),
                  "--catalog", str(survey.object), "--psf-fwhm", "i=3.5px"]) == 0

@@ -51,13 +51,14 @@ DATAID_KEYS = {  # primary-header cards, first present wins
     "skymap": ("LSST BUTLER DATAID SKYMAP", "SKYMAP"),
 }
 RUBIN_BANDS = ("u", "g", "r", "i", "z", "y")
-PSF_WORKAROUND = ("give --psf FILE (a PSF image, e.g. deep_coadd.psf.computeKernelImage(position) written to FITS where the "
-                  "LSST stack is installed), --psf estimate (an effective PSF of the catalog's stars) or --psf-fwhm")
+PSF_WORKAROUND = ("give --psf FILE (a PSF image, e.g. deep_coadd.psf.computeKernelImage(position) written to FITS "
+                  "where the LSST stack is installed), --psf estimate (an effective PSF of the catalog's stars) or "
+                  "--psf-fwhm")
 
 
 def _rubin_planes() -> set[str]:
     """Every legacy plane name lsst.images knows for Rubin images (coadds, visits, differences, templates)."""
-    import lsst.images._mask as m
+    import lsst.images as m
 
     names = set(RUBIN_ONLY_PLANES)
     for f in ("get_legacy_visit_image_mask_planes", "get_legacy_difference_image_mask_planes",
@@ -137,8 +138,7 @@ def read_deep_coadd(path, *, band: str | None = None, drop_planes=()) -> RubinCo
     from astropy.io import fits
     from astropy.utils.exceptions import AstropyWarning
     from astropy.wcs import WCS
-    from lsst.images import MaskedImage, MaskPlane
-    from lsst.images._transforms import GeneralFrame
+    from lsst.images import GeneralFrame, MaskedImage, MaskPlane
 
     path = Path(path)
     if not path.exists():
@@ -513,6 +513,11 @@ def ingest_rubin(repo_root, coadds, catalog, *, psf=None, psf_fwhm=None, band: s
         raise InputError("the bands cover different patches (pixel boxes "
                          + ", ".join(f"{b}: x0,y0={m.x0},{m.y0} {m.image.shape[1]}x{m.image.shape[0]}"
                                      for b, m in mosaics.items()) + "); give the same patches in every band")
+    for name, given in (("--psf", psf), ("--psf-fwhm", psf_fwhm)):
+        unknown = sorted(b for b in (given or {}) if isinstance(given, dict) and b is not None and b not in mosaics)
+        if unknown:
+            raise InputError(f"{name} names band(s) {', '.join(unknown)}; the files' bands are "
+                             f"{', '.join(sorted(mosaics))}")
     specs = []
     with tempfile.TemporaryDirectory(prefix="forcedphot-rubin-") as tmp:
         tmp = Path(tmp)
