@@ -358,6 +358,13 @@ def test_psf_options_per_band(survey, tmp_path, capsys):
                  "--catalog", str(survey.object), "--psf-fwhm", "i=3.5px"]) == 0
     psf = Repository(tmp_path / "g").metadata()["ingest"]["bands"]["i"]["psf"]
     assert psf == {"gaussian_fwhm_px": 3.5}
+    # into the same repository again, with the PSF image: refused without --overwrite, then its inputs replaced
+    again = ["ingest", "rubin", "--repo", str(tmp_path / "g"), "--coadd", str(survey.paths[0, "i"]), "--catalog",
+             str(survey.object), "--psf", str(survey.psf["i"])]
+    assert main(again) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main([*again, "--overwrite"]) == 0
+    meta = Repository(tmp_path / "g").metadata()["ingest"]
+    assert meta["bands"]["i"]["psf"]["file"] == str(survey.psf["i"]) and meta["rubin"]["xy0"] == list(XY0)
 
 
 def test_without_lsst_images_one_line_says_what_to_install(survey, tmp_path, capsys, monkeypatch):
