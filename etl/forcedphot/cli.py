@@ -450,6 +450,26 @@ def cmd_ingest_fits(args) -> int:
     return 0
 
 
+def cmd_ingest_rubin(args) -> int:
+    import pyarrow.parquet as pq
+
+    from forcedphot.ingest.args import rubin_options
+    from forcedphot.ingest.rubin import ingest_rubin
+
+    repo = ingest_rubin(args.repo, args.coadd, args.catalog, **rubin_options(args))
+    refs = sorted(repo.dataset_dir("ref").glob("tract=*/patch=*/ref.parquet"))
+    n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in refs)
+    meta = repo.metadata().get("ingest", {})
+    rubin = meta.get("rubin", {})
+    print(f"{rubin.get('flavour')} table {args.catalog}: " + ", ".join(f"{k} <- {v}" for k, v in
+                                                                     rubin.get("columns", {}).items()))
+    bands = list(meta.get("bands", {}))
+    print(f"ingested {len(args.coadd)} deep_coadd file(s) of band(s) {', '.join(bands)} (tract pixel = repository "
+          f"pixel + {tuple(rubin.get('xy0', ()))}) and {n_rows} reference rows in {len(refs)} patch(es) into "
+          f"{repo.root}; next: forcedphot run --repo {repo.root}")
+    return 0
+
+
 def cmd_export_hats(args) -> int:
     from forcedphot.export_hats import export_hats
 
@@ -619,6 +639,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_fits_arguments(fi)
     _add_verbose(fi)
     fi.set_defaults(func=cmd_ingest_fits)
+    from forcedphot.ingest.args import RUBIN_EXAMPLE, add_rubin_arguments
+
+    ru = ing_sub.add_parser("rubin", help="Rubin deep_coadd files and an Object or deepCoadd_ref table",
+                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUBIN_EXAMPLE,
+                            description="Ingest Rubin deep_coadd files (read with lsst.images; pip install "
+                                        "'forcedphot[rubin]') and a Rubin Object or deepCoadd_ref Parquet table "
+                                        "into a new repository that `forcedphot run` measures.")
+    add_rubin_arguments(ru)
+    _add_verbose(ru)
+    ru.set_defaults(func=cmd_ingest_rubin)
 
     ex = sub.add_parser("export", help="write a table in another format (HATS for LSDB)",
                         description="Export repository tables.")

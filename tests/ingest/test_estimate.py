@@ -320,3 +320,31 @@ def test_spitzer_estimated_psf_matches_published_fluxes(tmp_path, caplog):
     est, sup = stats["estimated"][0], stats["supplied"][0]
     assert abs(est - 1) < abs(sup - 1)
     assert abs(est - 1) < 0.05 and stats["estimated"][2] >= 200
+
+
+def test_psf_estimate_ignores_detection_planes_but_not_defects(tmp_path, caplog):
+    """A Rubin coadd's mask sets DETECTED on every source: that marks no defect, so every star stays a candidate;
+    a BAD pixel in a cutout still rejects its star."""
+    rng = np.random.default_rng(9)
+    shape, sigma, fwhm, beta = (250, 250), 1.0, 3.0, 3.5
+    x, y = _lattice(shape, 30, rng, margin=25)
+    truth = 10 ** rng.uniform(3.5, 4.5, x.size)
+    img = moffat_image(shape, x, y, truth, fwhm, beta, half=16) + rng.normal(0, sigma, shape)
+    path = _write(tmp_path / "in", "g", img)
+    cat = _catalog(tmp_path / "in", shape, x, y)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    near = np.min([(xx - xi) ** 2 + (yy - yi) ** 2 for xi, yi in zip(x, y)], axis=0) < 6 ** 2
+    mask = np.where(near, 1 << 5, 0).astype(np.int32)  # bit 5 = DETECTED: around every star
+    bad = [0, 1, 2]
+    for i in bad:  # bit 0 = BAD: one pixel next to three stars
+        mask[int(round(y[i])), int(round(x[i])) + 2] |= 1
+    mpath = tmp_path / "in" / "mask.fits"
+    fits.writeto(mpath, mask)
+    band = BandSpec(name="g", image=str(path), sigma=str(sigma), psf="estimate", zero_point=ZP, mask=str(mpath),
+                    mask_bits="BAD=0,DETECTED=5")
+    with caplog.at_level(logging.WARNING, logger="forcedphot.ingest"):
+        ingest_fits(tmp_path / "repo", [band], CatalogSpec(path=str(cat), deblend="none"))
+    record = json.loads((tmp_path / "repo" / "repository.json").read_text())["ingest"]["bands"]["g"]["psf"]
+    n = record["estimate"]["stars"]
+    print(f"{n} stars of {x.size} (3 with a BAD pixel, DETECTED around all)")
+    assert n == x.size - len(bad)  # before: DETECTED made every star unusable (fewer than 10: an error)

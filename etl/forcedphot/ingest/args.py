@@ -228,3 +228,59 @@ def specs_from_args(args) -> tuple[str, list, object, dict]:
     if not bands:
         raise InputError("no bands; give --band NAME --image FILE ... for each band")
     return repo, bands, catalog, options
+
+
+RUBIN_EXAMPLE = """\
+example (a tract's deep_coadd files of two bands, and its Object table):
+  forcedphot ingest rubin --repo myrepo \\
+      --coadd deep_coadd_9813_4[0-9]_[gr]*.fits \\
+      --catalog object_9813.parquet --psf g=psf_g.fits --psf r=psf_r.fits
+  forcedphot run --repo myrepo
+
+Each deep_coadd (afw ExposureF layout: IMAGE, MASK, VARIANCE HDUs, MP_* mask planes, LTV1/2, SIP WCS,
+BUNIT nJy) is read with lsst.images; band, tract and patch come from its header. Its PSF is afw's
+persisted CoaddPsf, which needs lsst.afw: give --psf FILE (an image of the PSF), --psf estimate or
+--psf-fwhm. The catalog is Rubin's Object or deepCoadd_ref table (Parquet), told apart by its columns.
+"""
+
+
+def _band_value(text: str) -> tuple[str | None, str]:
+    band, sep, value = text.partition("=")
+    return (band, value) if sep and "/" not in band and len(band) <= 8 else (None, text)
+
+
+def add_rubin_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", required=True, help="repository folder to create")
+    p.add_argument("--coadd", nargs="+", action="extend", required=True, metavar="FILE",
+                   help="Rubin deep_coadd FITS files (any bands and patches of one tract); repeatable")
+    p.add_argument("--catalog", required=True, metavar="FILE.parquet",
+                   help="Rubin Object or deepCoadd_ref table (Parquet; column names as lsst-sdm-schemas)")
+    p.add_argument("--psf", action="append", default=[], metavar="[BAND=]FILE|estimate",
+                   help="PSF image for a band (BAND=FILE) or for every band (FILE), or estimate (photutils "
+                        "EPSFBuilder on the catalog's stars); repeatable. The files' own afw PSF cannot be read")
+    p.add_argument("--psf-fwhm", action="append", default=[], metavar="[BAND=]VALUE",
+                   help="a Gaussian PSF of this FWHM instead (e.g. 0.7arcsec or 3.5px)")
+    p.add_argument("--band", help="band of every file (default: each file's header: LSST BUTLER DATAID BAND, BAND, "
+                                  "or FILTER 'r_57' -> r)")
+    p.add_argument("--drop-mask-plane", action="append", default=[], metavar="NAME",
+                   help="leave out a mask plane that is neither Rubin's nor forcedphot's (else an error)")
+    p.add_argument("--patch-size", type=int, metavar="N", help="patch inner size, pixels (default: one patch)")
+    p.add_argument("--patch-border", type=int, metavar="B", help="patch overlap border, pixels")
+    p.add_argument("--reference-band", "--ref-band", dest="ref_band", metavar="NAME",
+                   help="reference band (default: the catalog's most common refBand, else Rubin's priority)")
+    p.add_argument("--deblend", choices=("peaks", "none"), help="as ingest fits (default peaks)")
+    p.add_argument("--duplicates", choices=("refuse", "flag", "drop"), default="refuse",
+                   help="rows at one position: as ingest fits")
+    p.add_argument("--overwrite", action="store_true", help="ingest into an existing repository (as ingest fits)")
+
+
+def rubin_options(args) -> dict:
+    """Keyword arguments of :func:`forcedphot.ingest.rubin.ingest_rubin` from parsed arguments."""
+    psf = dict(_band_value(v) for v in args.psf)
+    fwhm = dict(_band_value(v) for v in args.psf_fwhm)
+    both = set(psf) & set(fwhm)
+    if both:
+        raise InputError(f"--psf and --psf-fwhm both given for {', '.join(sorted(map(str, both)))}")
+    return dict(psf=psf or None, psf_fwhm=fwhm or None, band=args.band, drop_planes=tuple(args.drop_mask_plane),
+                patch_size=args.patch_size, patch_border=args.patch_border, ref_band=args.ref_band,
+                overwrite=args.overwrite, deblend=args.deblend, duplicates=args.duplicates)

@@ -482,7 +482,7 @@ def load_catalog(spec: CatalogSpec, grid: Grid) -> RefObjects:
     used = set(positions["columns"])  # l/b positions are not a shape's b
     shape = _shape({k: v for k, v in columns.items() if k not in used}, spec, label)
     kron = _kron(columns, spec, fmt, shape, label)
-    models = _model_ellipses(columns, spec, grid, x[keep], y[keep], label)
+    models = _model_ellipses(columns, spec, grid, x[keep], y[keep], label, keep)
     return RefObjects(
         x=x[keep], y=y[keep], ra=np.asarray(ra, float)[keep], dec=np.asarray(dec, float)[keep],
         shape=shape[keep] if shape is not None else None, kron=kron[keep] if kron is not None else None,
@@ -490,8 +490,10 @@ def load_catalog(spec: CatalogSpec, grid: Grid) -> RefObjects:
         keys=keys, model_ellipses=models)
 
 
-def _model_ellipses(columns, spec: CatalogSpec, grid: Grid, x: np.ndarray, y: np.ndarray, label: str) -> dict | None:
-    """The catalog's exp/dev half-light ellipses (--cmodel-exp-cols, --cmodel-dev-cols) in pixels, or None."""
+def _model_ellipses(columns, spec: CatalogSpec, grid: Grid, x: np.ndarray, y: np.ndarray, label: str,
+                    keep: np.ndarray) -> dict | None:
+    """The catalog's exp/dev half-light ellipses (--cmodel-exp-cols, --cmodel-dev-cols) in pixels of the rows
+    ``keep`` (on the image, at ``x``, ``y``), or None."""
     from forcedphot.refmodels import sky_ellipses_to_pixels
 
     if spec.cmodel_exp is None and spec.cmodel_dev is None:
@@ -508,7 +510,7 @@ def _model_ellipses(columns, spec: CatalogSpec, grid: Grid, x: np.ndarray, y: np
         missing = [c for c in cols if c not in columns]
         if missing:
             raise InputError(f"{label}: no column(s) {missing} for the {stage} model ellipse (--cmodel-{stage}-cols)")
-        a, b, theta = (_float(columns, c, label) for c in cols)
+        a, b, theta = (_float(columns, c, label)[keep] for c in cols)  # the rows on the image, as x and y
         out[stage] = sky_ellipses_to_pixels(grid.wcs, x, y, a, b, theta)
     log.info("%s: reference model ellipses (exp, dev) from the catalog's columns", label)
     return out

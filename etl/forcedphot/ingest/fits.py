@@ -54,7 +54,8 @@ __all__ = ["BandSpec", "CatalogSpec", "ingest_fits"]
 
 def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch_size: int | None = None,
                 patch_border: int | None = None, pixel_scale: float | None = None, ref_band: str | None = None,
-                overwrite: bool = False, deblend: str | None = None, assume_njy: bool = False) -> Repository:
+                overwrite: bool = False, deblend: str | None = None, assume_njy: bool = False,
+                metadata_hook=None) -> Repository:
     """Write a new repository at ``repo_root`` from per-band FITS images and a catalog.
 
     With ``overwrite``, an existing repository there gets the new inputs: only the files whose
@@ -73,7 +74,8 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     pixels of bands whose options and header give no flux unit or zero point as nJy
     (otherwise an error). The calibrations, catalog frame and each band's planes (files,
     constants or estimates) are recorded in the repository's ``repository.json`` under
-    ``ingest``; ``--psf estimate`` PSFs are also written as ``ingest/psf_<band>.fits``.
+    ``ingest``; ``--psf estimate`` PSFs are also written as ``ingest/psf_<band>.fits``. ``metadata_hook`` (a
+    function of that metadata dict, returning it) lets a front end (``ingest rubin``) name its own inputs there.
     """
     if not isinstance(assume_njy, bool):
         raise InputError(f"assume_njy must be true or false, not {assume_njy!r}")
@@ -119,6 +121,8 @@ def ingest_fits(repo_root, bands: list[BandSpec], catalog: CatalogSpec, *, patch
     metadata = {"ingest": {"bands": {b.name: {"image": b.label, **cal.as_dict(), **b.record}
                                      for b, cal in zip(data, calibs)},
                            "catalog": {"path": objects.label, **(objects.positions or {}), **(objects.keys or {})}}}
+    if metadata_hook is not None:
+        metadata = metadata_hook(metadata)
     tract = _make_tract(grid, patch_size, patch_border)
     skymap = SkyMap(f"fits-{Path(str(data[0].label)).stem}"[:64], (tract,))
 

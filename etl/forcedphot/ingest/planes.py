@@ -144,7 +144,8 @@ def load_band(spec: BandSpec, image: np.ndarray, image_label: str, grid: Grid, *
                  if est.is_estimate(v)]
     fwhm = None
     if estimates:
-        unusable = ~np.isfinite(img) | (mask != 0)
+        # detection planes mark no defect (Rubin coadds set DETECTED on every source): stars stay candidates
+        unusable = ~np.isfinite(img) | ((mask & ~planes.bitmask("DETECTED", "DETECTED_NEGATIVE")) != 0)
         if spec.psf_fwhm is not None:  # a Gaussian PSF, or the first guess of --psf estimate
             fwhm = parse_fwhm(spec.psf_fwhm, unit=spec.psf_fwhm_unit, pixel_scale=grid.pixel_scale, label=where)
         elif psf is not None:
@@ -183,7 +184,7 @@ def load_band(spec: BandSpec, image: np.ndarray, image_label: str, grid: Grid, *
     mask |= np.where(no_data, planes.bitmask("NO_DATA"), 0).astype(np.int32)
     psf_est = None
     if "psf" in estimates:
-        psf_est = est.estimate_psf(img, mask != 0, np.sqrt(variance), x, y, fwhm_guess=fwhm, label=where)
+        psf_est = est.estimate_psf(img, (mask & ~planes.bitmask("DETECTED", "DETECTED_NEGATIVE")) != 0, np.sqrt(variance), x, y, fwhm_guess=fwhm, label=where)
         psf = psf_est.psf
         record["psf"] = {"estimate": psf_est.record()}
     if calibration is None:
