@@ -116,11 +116,12 @@ class PsfGrid:
         """Each node image fitted with ``n_components`` Gaussians (cached), POOR above ``max_residual``."""
         key = (int(n_components), float(max_residual))
         if key not in self._mixtures:
-            from forcedphot.kernels.mixtures import fit_psf_mixtures
+            from forcedphot.kernels.mixtures import FLOAT32_ROUNDING, fit_psf_mixtures
 
             ny, nx, k, _ = self.images.shape
+            rounding = FLOAT32_ROUNDING if self.images.dtype == np.float32 else 0.0  # as the coadd stores them
             amp, centre, cov, residual, _, iterations, status = fit_psf_mixtures(
-                self.node_images().reshape(ny * nx, k, k), key[0])
+                self.node_images().reshape(ny * nx, k, k), key[0], rounding=rounding)
             flags = status | np.where(~(residual <= max_residual) & (status != MIXTURE_FAILED), MIXTURE_POOR, 0)
             m = key[0]
             self._mixtures[key] = PsfMixtureFit(amp.reshape(ny, nx, m), centre.reshape(ny, nx, 2),

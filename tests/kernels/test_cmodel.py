@@ -137,3 +137,40 @@ def test_nnls_of_two_matches_the_active_set_search(seed):
     want = nnls_two(m, d)
     assert np.all(got >= 0)
     np.testing.assert_allclose(np.sum((d - m @ got) ** 2), np.sum((d - m @ want) ** 2), rtol=1e-9, atol=1e-9)
+
+
+def test_model_rows_equal_the_gaussians_evaluated_one_by_one():
+    """_model_row (3 exps per Gaussian and row, then multiplications) against _model_value (one exp per
+    Gaussian and pixel) on rows through, beside and far from the Gaussians, whose row maxima fall
+    inside, left and right of the row (clamped), with compact, wide and strongly tilted covariances."""
+    from forcedphot.kernels.mixtures import _combine
+
+    rng = np.random.default_rng(11)
+    worst = 0.0
+    for trial in range(40):
+        m = 3
+        amp = rng.uniform(0.1, 1.0, (1, m))
+        centre = rng.normal(0, 0.3, (1, m, 2))
+        sig = rng.uniform(0.6, 3.0, (1, m, 2)) ** 2
+        rho = rng.uniform(-0.9, 0.9, (1, m))
+        cov = np.stack([sig[..., 0], sig[..., 1], rho * np.sqrt(sig[..., 0] * sig[..., 1])], -1)
+        q = np.array([[rng.uniform(0.5, 40), rng.uniform(0.5, 40), 0.0]])
+        q[0, 2] = rng.uniform(-0.9, 0.9) * np.sqrt(q[0, 0] * q[0, 1])
+        prof = EXP if trial % 2 else DEV
+        xs, ys = np.array([rng.uniform(-5, 5)]), np.array([rng.uniform(-5, 5)])
+        nc = prof.weights.size * m
+        comps = np.empty((nc, 7))
+        assert K._combine is _combine and _combine(0, q, prof.weights, prof.variances, amp, centre, cov, xs, ys, comps)
+        for y in (ys[0] + 0.3, ys[0] - 7.6, ys[0] + 25.0, ys[0] - 60.0):
+            for x0, nx in ((np.floor(xs[0]) - 20, 41), (np.floor(xs[0]) + 6, 15), (np.floor(xs[0]) - 45, 12)):
+                row = np.empty(nx)
+                K._model_row(comps, nc, float(x0), float(y), nx, row)
+                direct = np.array([K._model_value(comps, nc, float(x0 + i), float(y)) for i in range(nx)])
+                err = np.abs(row - direct)
+                # both carry the rounding of exponents up to ~1e3 (~1e-13 relative) far out in the tails
+                assert np.all(err <= 1e-12 * direct + 1e-15 * comps[:, 6].sum()), (trial, y, x0)
+                near = direct > 1e-6 * comps[:, 6].sum()
+                if near.any():
+                    worst = max(worst, (err[near] / direct[near]).max())
+                    assert (err[near] <= 1e-12 * direct[near]).all(), (trial, y, x0)
+    assert worst > 0  # the rows are not computed by the same exps

@@ -82,6 +82,39 @@ def test_fit_equals_scipy_least_squares_on_a_moffat_psf():
     assert 0.003 < residual[0] < MAX_RESIDUAL
 
 
+def _mixture_moments(a, c, v):
+    """(flux, centre x, y, second moments xx, yy, xy) of fitted mixtures (N, M)."""
+    f = a.sum(1)
+    return np.concatenate([f[:, None], c, (a[..., None] * v).sum(1) / f[:, None]], axis=1)
+
+
+def test_fit_stops_at_the_float32_rounding_of_the_image():
+    """A PSF image stored as float32 (as coadds store them) is fitted until the mixture is within the
+    values' own rounding: far fewer iterations than fitting the rounding noise (rounding=0), the same
+    mixture to 1e-6 (flux, centre, second moments) and a residual at the rounding's level; float64
+    images are fitted as before (the default rounding of float64 is 0). A non-Gaussian (Moffat) image
+    converges on the step size (XTOL) to the same mixture as without the criterion's float32 floor."""
+    k = 33
+    r = np.arange(k) - k // 2
+    x, y = np.meshgrid(r - 0.17, r + 0.08)
+    img = np.zeros((k, k))
+    for amp, sxx, syy, sxy in ((0.55, 1.7, 1.9, 0.2), (0.35, 2.4, 2.2, -0.3), (0.10, 9.0, 8.0, 1.0)):
+        det = sxx * syy - sxy * sxy
+        img += amp / (2 * np.pi * np.sqrt(det)) * np.exp(-0.5 * (syy * x * x + sxx * y * y - 2 * sxy * x * y) / det)
+    images = np.stack([img, moffat_image()]).astype(np.float32)
+    fast = km.fit_psf_mixtures(images, 3)
+    slow = km.fit_psf_mixtures(images, 3, rounding=0.0)
+    as64 = km.fit_psf_mixtures(images.astype(np.float64), 3)
+    for f in (fast, slow):
+        assert (f[6] == km.OK).all()
+    np.testing.assert_array_equal(as64[5], slow[5])  # float64 input: no rounding floor
+    assert fast[5][0] < slow[5][0]  # the mixture image stops at its rounding
+    assert fast[3][0] < 1e-6  # sum|r| / sum|image|: float32 rounding is ~6e-8 per pixel
+    assert fast[4][0] <= np.sum((km.FLOAT32_ROUNDING * images[0].astype(np.float64)) ** 2)
+    np.testing.assert_allclose(_mixture_moments(*fast[:3]), _mixture_moments(*slow[:3]), rtol=1e-6, atol=1e-7)
+    assert fast[5][1] <= slow[5][1] and fast[4][1] <= slow[4][1] * (1 + 1e-6)  # Moffat: chi2 far above rounding
+
+
 def test_fit_flags():
     good = moffat_image(k=21)
     ring = np.zeros((21, 21))

@@ -57,6 +57,7 @@ import numpy as np
 from numba import njit, prange
 
 from forcedphot.kernels.mixtures import _combine
+from forcedphot.kernels.pixels import insert_footprint_box
 
 BLOCK = 8  # sources per parallel task
 
@@ -110,22 +111,7 @@ def _fill(image, variance, mask, valid, fp, src, cx, cy, hx, hy, bad_bits, img, 
                 img[j, i] = 0.0
                 var[j, i] = 0.0
                 status[j, i] = 1
-    used, span_off, span_y, span_x0, span_x1, val_off, values = fp
-    f = used[src]
-    if f < 0:
-        return
-    k = val_off[f]
-    for s in range(span_off[f], span_off[f + 1]):
-        y, x0, x1 = span_y[s], span_x0[s], span_x1[s]
-        j = y - cy + hy
-        if 0 <= j < ny:
-            lo = max(x0, cx - hx)
-            hi = min(x1, cx + hx)
-            for x in range(lo, hi + 1):
-                i = x - cx + hx
-                if status[j, i] == 0:
-                    img[j, i] = values[k + x - x0]
-        k += x1 - x0 + 1
+    insert_footprint_box(fp, src, cy, cx, hy, hx, img, status, True)  # its own heavy values on good pixels
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -136,6 +122,62 @@ def _model_value(comps, nc, x, y):
         dy = y - comps[c, 2]
         v += comps[c, 6] * math.exp(-0.5 * (comps[c, 3] * dx * dx + comps[c, 4] * dy * dy + 2.0 * comps[c, 5] * dx * dy))
     return v
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _model_row(comps, nc, x0, y, nx, out):
+    """out[i] = the model (``nc`` Gaussians of :func:`forcedphot.kernels.mixtures._combine`) at pixel
+    centre (x0 + i, y) for i < nx, as :func:`_model_value` but with 3 exps per Gaussian and row.
+
+    Along a row the exponent q(dx) = A dx^2 + 2 B dx dy + C dy^2 grows by A (2 dx + 1) + 2 B dy per
+    pixel, and that step by 2 A: each Gaussian starts at the pixel nearest its row maximum (clamped
+    to the row) and is carried outwards by two multiplications per pixel, on values that only
+    decrease (no overflow; what underflows is below 1e-308 of the peak). Rounding grows by ~1e-16 per
+    pixel. Components are added in the same order as _model_value."""
+    for i in range(nx):
+        out[i] = 0.0
+    for c in range(nc):
+        a = comps[c, 3]
+        b = comps[c, 5]
+        dy = y - comps[c, 2]
+        dx0 = x0 - comps[c, 1]
+        ip = int(math.floor(-b * dy / a - dx0 + 0.5))
+        ip = min(max(ip, 0), nx - 1)
+        dx = dx0 + ip
+        g = comps[c, 6] * math.exp(-0.5 * (a * dx * dx + comps[c, 4] * dy * dy + 2.0 * b * dx * dy))
+        out[ip] += g
+        step = math.exp(-a)
+        if ip + 1 < nx:
+            rho = math.exp(-0.5 * (a * (2.0 * dx + 1.0) + 2.0 * b * dy))
+            v = g
+            for i in range(ip + 1, nx):
+                v *= rho
+                out[i] += v
+                rho *= step
+        if ip > 0:
+            rho = math.exp(-0.5 * (a * (1.0 - 2.0 * dx) - 2.0 * b * dy))
+            v = g
+            for i in range(ip - 1, -1, -1):
+                v *= rho
+                out[i] += v
+                rho *= step
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _stage_fit(out, flags, s, col, failed, hmm, bm, wm, sm, total):
+    """One stage's linear fit (columns col, col + 1, col + 2: flux, error, inner flux) from sum(m^2) ``hmm``,
+    sum(m d) ``bm``, sum(m^2 V) ``wm``, sum(m) ``sm`` and the model's total flux; False (and the stage's
+    ``failed`` bit and FAILED) when sum(m^2) is not positive and finite."""
+    if not (hmm > 0 and np.isfinite(hmm)):
+        flags[s] |= failed | FAILED
+        return False
+    a = bm / hmm
+    out[s, col] = a * total
+    out[s, col + 1] = total * math.sqrt(wm) / hmm
+    out[s, col + 2] = a * sm
+    if not (a * sm != 0 and np.isfinite(a * sm)):
+        flags[s] |= failed
+    return True
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -220,10 +262,26 @@ def _one(image, variance, mask, valid, fp, s, cx, cy, xl, yl, fx, fy, region, q_
     se = sd = 0.0  # sum m_a
     dd = 0.0
     off = False
+    nx = 2 * hx + 1
+    row_e = np.zeros(nx)
+    row_d = np.zeros(nx)
     for j in range(2 * hy + 1):
         dy = j - hy - fy[s]
         y = np.float64(cy[s] - hy + j)
-        for i in range(2 * hx + 1):
+        # the row's columns that can be inside the region (one pixel of margin; the test below decides)
+        disc = (ib * dy) ** 2 - ia * (ic * dy * dy - 1.0)  # ia (1 - the row's smallest q)
+        if disc < -1e-9 * ia:  # every centre of the row is clearly outside (q > 1 + 1e-9)
+            continue
+        root = math.sqrt(max(disc, 0.0))
+        i0 = max(0, int(math.floor((-ib * dy - root) / ia + hx + fx[s])) - 1)
+        i1 = min(nx - 1, int(math.ceil((-ib * dy + root) / ia + hx + fx[s])) + 1)
+        if i1 < i0:
+            continue
+        if has_e:
+            _model_row(comps_e, ne, np.float64(cx[s] - hx + i0), y, i1 - i0 + 1, row_e)
+        if has_d:
+            _model_row(comps_d, nd, np.float64(cx[s] - hx + i0), y, i1 - i0 + 1, row_d)
+        for i in range(i0, i1 + 1):
             dx = i - hx - fx[s]
             if ia * dx * dx + 2.0 * ib * dx * dy + ic * dy * dy > 1.0:
                 continue
@@ -234,11 +292,10 @@ def _one(image, variance, mask, valid, fp, s, cx, cy, xl, yl, fx, fy, region, q_
                     off = True
                 continue
             n_good += 1
-            x = np.float64(cx[s] - hx + i)
             d = img[j, i]
             v = var[j, i]
-            me = _model_value(comps_e, ne, x, y) if has_e else 0.0
-            md = _model_value(comps_d, nd, x, y) if has_d else 0.0
+            me = row_e[i - i0]
+            md = row_d[i - i0]
             hee += me * me
             hdd += md * md
             hed += me * md
@@ -266,27 +323,9 @@ def _one(image, variance, mask, valid, fp, s, cx, cy, xl, yl, fx, fy, region, q_
     for c in range(nd):
         td += comps_d[c, 0]
     if has_e:
-        if hee > 0 and np.isfinite(hee):
-            a = be / hee
-            out[s, EXP_FLUX] = a * te
-            out[s, EXP_ERR] = te * math.sqrt(wee) / hee
-            out[s, EXP_INNER] = a * se
-            if not (a * se != 0 and np.isfinite(a * se)):
-                flags[s] |= EXP_FAILED
-        else:
-            flags[s] |= EXP_FAILED | FAILED
-            has_e = False
+        has_e = _stage_fit(out, flags, s, EXP_FLUX, EXP_FAILED, hee, be, wee, se, te)
     if has_d:
-        if hdd > 0 and np.isfinite(hdd):
-            a = bd / hdd
-            out[s, DEV_FLUX] = a * td
-            out[s, DEV_ERR] = td * math.sqrt(wdd) / hdd
-            out[s, DEV_INNER] = a * sd
-            if not (a * sd != 0 and np.isfinite(a * sd)):
-                flags[s] |= DEV_FAILED
-        else:
-            flags[s] |= DEV_FAILED | FAILED
-            has_d = False
+        has_d = _stage_fit(out, flags, s, DEV_FLUX, DEV_FAILED, hdd, bd, wdd, sd, td)
     if not (has_e and has_d):
         return
     ae, ad = nnls2(hee, hdd, hed, be, bd)

@@ -49,25 +49,32 @@ def fill_stamp(image, variance, mask, valid, cy, cx, half, img, var, msk, ok):
 
 
 @njit(cache=True, nogil=True)
-def insert_footprint(fp, src, cy, cx, half, img, ok):
-    """Put source ``src``'s own heavy values into its stamp (valid pixels only); no-op without one."""
+def insert_footprint_box(fp, src, cy, cx, hy, hx, img, ok, zero_is_ok=False):
+    """Put source ``src``'s own heavy values into its (2hy+1) x (2hx+1) stamp centred on local pixel
+    (cx, cy), where ``ok`` is nonzero (``zero_is_ok``: where it is 0); no-op without a footprint."""
     used, span_off, span_y, span_x0, span_x1, val_off, values = fp
     f = used[src]
     if f < 0:
         return
-    size = 2 * half + 1
+    ny = 2 * hy + 1
     k = val_off[f]
     for s in range(span_off[f], span_off[f + 1]):
         y, x0, x1 = span_y[s], span_x0[s], span_x1[s]
-        j = y - cy + half
-        if 0 <= j < size:
-            lo = max(x0, cx - half)
-            hi = min(x1, cx + half)
+        j = y - cy + hy
+        if 0 <= j < ny:
+            lo = max(x0, cx - hx)
+            hi = min(x1, cx + hx)
             for x in range(lo, hi + 1):
-                i = x - cx + half
-                if ok[j, i]:
+                i = x - cx + hx
+                if (ok[j, i] != 0) != zero_is_ok:
                     img[j, i] = values[k + x - x0]
         k += x1 - x0 + 1
+
+
+@njit(cache=True, nogil=True)
+def insert_footprint(fp, src, cy, cx, half, img, ok):
+    """Put source ``src``'s own heavy values into its square stamp (valid pixels only); no-op without one."""
+    insert_footprint_box(fp, src, cy, cx, half, half, img, ok)
 
 
 @njit(cache=True, nogil=True)
