@@ -197,7 +197,7 @@ def _decide_and_measure(job: Job, repo: Repository, note: dict) -> None:
         note.update(status="up-to-date", checksum=record.get("sha256"))
         return
     # --force re-measures what was up to date when the run started, not what another run just wrote
-    if state == "up-to-date" and (not job.force or out.stat().st_mtime >= job.run_started):
+    if state == "up-to-date" and compacted is None and (not job.force or out.stat().st_mtime >= job.run_started):
         from forcedphot.io.manifest import ensure_committed
 
         ensure_committed(repo.root, q.data_id.tract, q.data_id.patch, q.data_id.band, out)
