@@ -110,7 +110,7 @@ def test_a_point_query_opens_only_the_files_that_can_hold_the_id(measured, monke
     doc = manifest.read(measured.root, 0)
     can = {str(manifest.tract_dir(measured.root, 0) / rel) for rel, e in doc["files"].items()
            if e["objectId"] and e["objectId"][0] <= oid <= e["objectId"][1]}
-    # the files of the id's patch (4 bands), of 16; DuckDB's scan of the 1.4k-column schema may open one more
+    # the files of the id's patch (4 bands), of 16; DuckDB's scan of the 429-column schema may open one more
     # file (seen: the last fragment, not in a 2-column dataset) - never the rest
     assert len(can) == 4 and len(doc["files"]) == 16
     assert can <= set(handler.opened) and len(set(handler.opened) - can) <= 1
