@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.dataset as pads
 
-    from forcedphot.io.verified import VerifiedFiles
+    from forcedphot.io.verified import Entry, VerifiedFiles
     from forcedphot.schema import TableSchema
 
 # Polars, pyarrow (and its datasets), numpy and the schemas are imported by the functions that use them:
@@ -108,7 +108,7 @@ def _stamp_check(path: Path, schema: TableSchema):
 
 
 def check_file(path: Path, dataset: str | TableSchema, *, verified: VerifiedFiles | None = None,
-               force: bool = False) -> None:
+               force: bool = False) -> Entry:
     """Raise ``InputError`` (one line naming ``path``) unless it is an intact forcedphot ``dataset`` file this
     code reads: readable Parquet, stamped for that dataset, a schema major version this code reads, and bytes
     that match the sha256 its writer recorded (``ChecksumError``). With ``verified`` (the repository's
@@ -120,9 +120,8 @@ def check_file(path: Path, dataset: str | TableSchema, *, verified: VerifiedFile
     schema = load_schema(dataset) if isinstance(dataset, str) else dataset
     check = _stamp_check(path, schema)
     if verified is None:
-        verify_file(path, check=check)
-    else:
-        verified.entry(path, check=check, force=force)
+        return verify_file(path, check=check)
+    return verified.entry(path, check=check, force=force)
 
 
 def checked_files(repo: Repository, paths, schema: TableSchema | str, *, force: bool = False,
@@ -130,22 +129,35 @@ def checked_files(repo: Repository, paths, schema: TableSchema | str, *, force: 
     """``paths`` (files of ``repo``), each checked by :func:`check_file` against the repository's verified state,
     which is saved at the end (also when a file is refused: what was verified stays verified). A path of
     ``missing_ok`` (listed by a manifest) that is gone is left out, as a listing would (a warning says so)."""
+    return [Path(p) for p in _checked(repo, paths, schema, force=force, missing_ok=missing_ok)]
+
+
+def _checked(repo: Repository, paths, schema: TableSchema | str, *, force: bool = False,
+             missing_ok: frozenset = frozenset()) -> list[str]:
+    """:func:`checked_files` as strings. Per file a ``stat`` and a lookup (a file whose stat matches its
+    remembered entry, whose stamp was checked once for this call); the others through :func:`check_file`."""
     from forcedphot.io.verified import verified_files
     from forcedphot.schema import load_schema
 
     verified = verified_files(repo.root)
     verified.refresh()
     schema = load_schema(schema) if isinstance(schema, str) else schema
-    checked = []
+    checked, stamps_ok = [], set()
+    paths = [os.fspath(p) for p in paths]
+    remembered = [None] * len(paths) if force else verified.unchanged([os.path.abspath(p) for p in paths])
     try:
-        for path in map(Path, paths):
+        for path, known in zip(paths, remembered):
+            if known is not None and (known.schema, known.version) in stamps_ok:
+                checked.append(path)
+                continue
             try:
-                check_file(path, schema, verified=verified, force=force)
+                entry = check_file(Path(path), schema, verified=verified, force=force)
             except InputError:
                 if path in missing_ok and not os.path.lexists(path):
                     log.warning("%s: listed by its tract's manifest but gone; left out", path)
                     continue
                 raise
+            stamps_ok.add((entry.schema, entry.version))
             checked.append(path)
     finally:
         verified.save()
@@ -160,17 +172,17 @@ def dataset_files(repo, dataset: str, *, sky_patches: set[tuple[int, int]] | Non
 
     forced_source files come from each tract's manifest (:mod:`forcedphot.io.manifest`), not a listing; a
     compacted part holds several quanta and is kept when one of them is selected (the caller filters rows)."""
-    return list(_dataset_listing(repo, dataset, sky_patches=sky_patches, force=force, **partitions))
+    return [Path(p) for p in _dataset_listing(repo, dataset, sky_patches=sky_patches, force=force, **partitions)]
 
 
-def _dataset_listing(repo, dataset: str, *, sky_patches=None, force: bool = False, **partitions) -> dict[Path, dict | None]:
+def _dataset_listing(repo, dataset: str, *, sky_patches=None, force: bool = False, **partitions) -> dict[str, dict | None]:
     """{checked file: its manifest entry (None: listed from the folder)} of :func:`dataset_files`."""
     repo = _as_repository(repo)
     wanted = _partition_filter(repo, dataset, partitions)
     keep = None if sky_patches is None else {(str(t), str(p)) for t, p in sky_patches}
-    listed: dict[Path, dict | None] = {}
-    depth = len(repo.root.parts)
-    folder = _dataset_folder(repo, dataset)
+    listed: dict[str, dict | None] = {}
+    depth = len(Path(os.path.abspath(repo.root)).parts)
+    folder = Path(os.path.abspath(_dataset_folder(repo, dataset)))
     tracts = [folder] if dataset != "forced_source" else sorted(
         (Path(e.path) for e in _scandir(folder) if e.name.startswith("tract=") and e.is_dir()), key=str)
     from_manifest = set()
@@ -191,7 +203,7 @@ def _dataset_listing(repo, dataset: str, *, sky_patches=None, force: bool = Fals
                 if not any(("patch" not in wanted or p in wanted["patch"]) and ("band" not in wanted or b in wanted["band"])
                            for p, b in quanta):
                     continue
-                path = top / rel
+                path = f"{top}/{rel}"
                 listed[path] = entry
                 from_manifest.add(path)
             continue
@@ -200,8 +212,8 @@ def _dataset_listing(repo, dataset: str, *, sky_patches=None, force: bool = Fals
             if keep is not None and (keys.get("tract"), keys.get("patch")) not in keep:
                 continue
             if all(keys.get(k) in values for k, values in wanted.items()):
-                listed[path] = None
-    checked = checked_files(repo, listed, dataset, force=force, missing_ok=frozenset(from_manifest))
+                listed[str(path)] = None
+    checked = _checked(repo, listed, dataset, force=force, missing_ok=frozenset(from_manifest))
     return {path: listed[path] for path in checked}
 
 
@@ -252,17 +264,32 @@ def arrow_dataset(repo, dataset: str, *, sky_patches=None, **partitions) -> pads
     for path, entry in listing.items():
         expr = None
         if entry is not None and entry.get("objectId") is not None:
-            lo, hi = entry["objectId"]
-            expr = (pads.field("objectId") >= lo) & (pads.field("objectId") <= hi)
+            expr = _id_range(*entry["objectId"])
         elif entry is not None and entry.get("rows") == 0:
             expr = pads.scalar(False)
-        fragments.append(fmt.make_fragment(str(path), filesystem=fs, partition_expression=expr))
+        fragments.append(fmt.make_fragment(path, filesystem=fs, partition_expression=expr))
     ds = pads.FileSystemDataset(fragments, schema, fmt, fs)
     if any(entry is not None and len(entry.get("quanta", ())) > 1 for entry in listing.values()):
         row_filter = _row_filter(sky_patches, partitions)
         if row_filter is not None:
             ds = ds.filter(row_filter)
     return ds
+
+
+_ID_RANGES: dict = {}  # (lo, hi) -> its Arrow expression, built once per process (~50 us each in Python)
+
+
+def _id_range(lo: int, hi: int):
+    """``objectId BETWEEN lo AND hi`` as a fragment's partition expression."""
+    expr = _ID_RANGES.get((lo, hi))
+    if expr is None:
+        import pyarrow.dataset as pads
+
+        if len(_ID_RANGES) > 1_000_000:
+            _ID_RANGES.clear()
+        field = pads.field("objectId")
+        expr = _ID_RANGES[(lo, hi)] = (field >= lo) & (field <= hi)
+    return expr
 
 
 def _row_filter(sky_patches, partitions: dict):
