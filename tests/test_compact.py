@@ -163,3 +163,16 @@ def test_a_tract_without_a_manifest_is_listed_then_compacted(measured):
     doc = json.loads(manifest.manifest_path(measured.root, 0).read_text())
     assert len(doc["compacted"]) == 16
     assert_same(answers(measured), before)
+
+
+def test_a_vanished_quantum_leaves_the_compacted_parts(measured):
+    """A quantum the repository no longer has (its band removed): its rows leave the parts too (runner's
+    remove_vanished_outputs calls this with every planned quantum)."""
+    n = query.sql(measured, "SELECT count(*) AS n FROM forced_source").column("n")[0].as_py()
+    gone = query.sql(measured, "SELECT count(*) AS n FROM forced_source WHERE patch = 1 AND band = 'g'").column("n")[0].as_py()
+    compact(measured.root, rows_per_part=10_000)
+    keep = {(0, p, b) for p in range(4) for b in "griz"} - {(0, 1, "g")}
+    assert manifest.remove_vanished(measured.root, keep) == ["tract=0 patch=1 band=g"]
+    assert gone > 0 and query.sql(measured, "SELECT count(*) AS n FROM forced_source").column("n")[0].as_py() == n - gone
+    assert "1/g" not in manifest.read(measured.root, 0)["compacted"]
+    assert manifest.remove_vanished(measured.root, keep) == []

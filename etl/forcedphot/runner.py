@@ -593,6 +593,9 @@ def remove_vanished_outputs(repo: Repository, quanta: list[Quantum]) -> list[str
         if str(path) not in known:
             path.unlink(missing_ok=True)
             removed.append(str(path.relative_to(repo.root)))
+    from forcedphot.io.manifest import remove_vanished  # and from the tracts' manifests (rows of compacted parts too)
+
+    remove_vanished(repo.root, {(q.data_id.tract, q.data_id.patch, q.data_id.band) for q in quanta})
     return removed
 
 

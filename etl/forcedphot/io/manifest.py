@@ -184,6 +184,37 @@ def ensure_committed(root: str | Path, tract: int, patch: int, band: str, path: 
         commit_quantum(root, tract, patch, band, path)
 
 
+def remove_vanished(root: str | Path, keep: set[tuple[int, int, str]]) -> list[str]:
+    """Drop from every manifest the quanta not in ``keep`` (quanta the repository no longer has, e.g. a removed
+    band): their own outputs' entries, and their rows from compacted parts (copy-on-write). Returns them."""
+    root = Path(root)
+    dropped = []
+    folder = root / DATASET
+    tracts = sorted(int(p.name.split("=", 1)[1]) for p in folder.glob("tract=*")
+                    if p.name.split("=", 1)[1].isdigit()) if folder.is_dir() else []
+    for tract in tracts:
+        if read(root, tract) is None:
+            continue
+        with tract_lock(root, tract):
+            doc = read(root, tract)
+            gone = sorted({(int(p), str(b)) for e in doc["files"].values() for p, b in e["quanta"]}
+                          | {(int(k.split("/")[0]), k.split("/")[1]) for k in doc["compacted"]})
+            gone = [(p, b) for p, b in gone if (tract, p, b) not in keep]
+            if not gone:
+                continue
+            retired = []
+            for patch, band in gone:
+                doc["files"].pop(f"patch={patch}/band={band}/forced_source.parquet", None)
+                if quantum_key(patch, band) in doc["compacted"]:
+                    retired += _drop_quantum_from_parts(root, tract, doc, patch, band)
+                    del doc["compacted"][quantum_key(patch, band)]
+                dropped.append(f"tract={tract} patch={patch} band={band}")
+            write(root, tract, doc)
+        for old in retired:
+            remove_part(tract_dir(root, tract) / old)
+    return dropped
+
+
 def remove_part(path: Path) -> None:
     """Remove a file compact wrote (only ``compacted/g*-*.parquet`` names), once no manifest lists it."""
     if path.parent.name == COMPACTED_DIR and path.name.startswith("g") and path.suffix == ".parquet":
