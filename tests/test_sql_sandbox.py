@@ -88,10 +88,13 @@ def _with_bad_file(repo, tmp_path, name: str, write) -> tuple:
     return dst, bad
 
 
+# in place of a committed output: a forced_source file its tract's manifest does not list is not read at all
+# (tests/test_sql_scale.py), so a foreign file is met where a committed one was
 @pytest.mark.parametrize("name, write, cause", [
     ("forced_source.parquet", lambda p: p.write_bytes(b"PAR1 truncated by a crash"), "not a readable Parquet file"),
-    ("notes.parquet", lambda p: pq.write_table(pa.table({"x": [1, 2]}), p), "not written by forcedphot"),
-    ("ref.parquet", lambda p: shutil.copy(next((p.parents[4] / "ref").rglob("ref.parquet")), p), "a ref.ref file"),
+    ("forced_source.parquet", lambda p: pq.write_table(pa.table({"x": [1, 2]}), p), "not written by forcedphot"),
+    ("forced_source.parquet", lambda p: shutil.copy(next((p.parents[4] / "ref").rglob("ref.parquet")), p),
+     "a ref.ref file"),
 ])
 def test_a_corrupt_or_foreign_file_is_one_line_naming_it(repo, tmp_path, capsys, name, write, cause):
     dst, bad = _with_bad_file(repo, tmp_path, name, write)

@@ -479,8 +479,23 @@ def cmd_export_hats(args) -> int:
     return 0
 
 
+def cmd_compact(args) -> int:
+    from forcedphot.compact import compact
+
+    for t in compact(args.repo, args.tract, rows_per_part=args.rows_per_part):
+        print(f"tract {t['tract']}: {t['files_before']} files -> {t['parts']} compacted parts ({t['rows']} rows, "
+              f"{t['removed']} old files removed) in {t['seconds']:.1f} s")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from forcedphot.bench import main_bench
+
+    if args.sql_scale:
+        from forcedphot.sql_scale import main_sql_scale
+
+        print(main_sql_scale(args.repo, sizes=args.sql_scale, json_out=args.json, progress=_progress(args)))
+        return 0
 
     print(main_bench(args.repo, band=args.band, psf_subset=args.psf_subset, repeat=args.repeat,
                      progress=_progress(args), json_out=args.json, threads=args.threads,
@@ -599,7 +614,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "run_all serially, in 2 processes and on a local Dask cluster of 2 workers")
     b.add_argument("--json", help="also write every figure to this JSON file")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar (there is none off a terminal)")
+    b.add_argument("--sql-scale", type=lambda v: [int(x) for x in v.split(",")], metavar="N,N,...",
+                   help="SQL latency over repositories of N synthetic output files each (in REPO/sql-scale-N), "
+                        "before and after `compact` (e.g. 100,1000,10000)")
     b.set_defaults(func=cmd_bench)
+
+    cp = sub.add_parser("compact", help="rewrite a tract's forced_source outputs into few large files sorted by "
+                                        "objectId, band (one atomic switch; queries give the same results)")
+    cp.add_argument("--repo", required=True, help="repository folder")
+    cp.add_argument("--tract", type=int, help="only this tract (default: every tract)")
+    cp.add_argument("--rows-per-part", type=_positive_int, default=100_000,
+                    help="rows per compacted file (default 100000; memory ~2 kB per row while one is sorted)")
+    _add_verbose(cp)
+    cp.set_defaults(func=cmd_compact)
 
     st = sub.add_parser("status", help="show which quanta are new, stale, up to date or missing inputs")
     st.add_argument("--repo", required=True, help="repository folder")

@@ -13,6 +13,8 @@ Arrow datasets verify the page CRCs of what a query reads as well.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,12 +34,13 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.dataset as pads
 
-    from forcedphot.io.verified import VerifiedFiles
+    from forcedphot.io.verified import Entry, VerifiedFiles
     from forcedphot.schema import TableSchema
 
 # Polars, pyarrow (and its datasets), numpy and the schemas are imported by the functions that use them:
 # a query that reads no dataset (``forcedphot sql "SELECT 1"``) loads none of them (start-up time).
 
+log = logging.getLogger("forcedphot")
 _FILES = re.compile(r"@files\((\w+)\)@")
 PARTITION_KEYS = {"tract": int, "patch": int, "band": str}
 PAGE_CRC = "CRC checksum verification failed"  # pyarrow's message for a page that fails its CRC
@@ -111,7 +114,7 @@ def _stamp_check(path: Path, schema: TableSchema):
 
 
 def check_file(path: Path, dataset: str | TableSchema, *, verified: VerifiedFiles | None = None,
-               force: bool = False) -> None:
+               force: bool = False) -> Entry:
     """Raise ``InputError`` (one line naming ``path``) unless it is an intact forcedphot ``dataset`` file this
     code reads: readable Parquet, stamped for that dataset, a schema major version this code reads, and bytes
     that match the sha256 its writer recorded (``ChecksumError``). With ``verified`` (the repository's
@@ -123,24 +126,44 @@ def check_file(path: Path, dataset: str | TableSchema, *, verified: VerifiedFile
     schema = load_schema(dataset) if isinstance(dataset, str) else dataset
     check = _stamp_check(path, schema)
     if verified is None:
-        verify_file(path, check=check)
-    else:
-        verified.entry(path, check=check, force=force)
+        return verify_file(path, check=check)
+    return verified.entry(path, check=check, force=force)
 
 
-def checked_files(repo: Repository, paths, schema: TableSchema | str, *, force: bool = False) -> list[Path]:
+def checked_files(repo: Repository, paths, schema: TableSchema | str, *, force: bool = False,
+                  missing_ok: frozenset = frozenset()) -> list[Path]:
     """``paths`` (files of ``repo``), each checked by :func:`check_file` against the repository's verified state,
-    which is saved at the end (also when a file is refused: what was verified stays verified)."""
+    which is saved at the end (also when a file is refused: what was verified stays verified). A path of
+    ``missing_ok`` (listed by a manifest) that is gone is left out, as a listing would (a warning says so)."""
+    return [Path(p) for p in _checked(repo, paths, schema, force=force, missing_ok=missing_ok)]
+
+
+def _checked(repo: Repository, paths, schema: TableSchema | str, *, force: bool = False,
+             missing_ok: frozenset = frozenset()) -> list[str]:
+    """:func:`checked_files` as strings. Per file a ``stat`` and a lookup (a file whose stat matches its
+    remembered entry, whose stamp was checked once for this call); the others through :func:`check_file`."""
     from forcedphot.io.verified import verified_files
     from forcedphot.schema import load_schema
 
     verified = verified_files(repo.root)
     verified.refresh()
     schema = load_schema(schema) if isinstance(schema, str) else schema
-    checked = []
+    checked, stamps_ok = [], set()
+    paths = [os.fspath(p) for p in paths]
+    remembered = [None] * len(paths) if force else verified.unchanged([os.path.abspath(p) for p in paths])
     try:
-        for path in map(Path, paths):
-            check_file(path, schema, verified=verified, force=force)
+        for path, known in zip(paths, remembered):
+            if known is not None and (known.schema, known.version) in stamps_ok:
+                checked.append(path)
+                continue
+            try:
+                entry = check_file(Path(path), schema, verified=verified, force=force)
+            except InputError:
+                if path in missing_ok and not os.path.lexists(path):
+                    log.warning("%s: listed by its tract's manifest but gone; left out", path)
+                    continue
+                raise
+            stamps_ok.add((entry.schema, entry.version))
             checked.append(path)
     finally:
         verified.save()
@@ -151,18 +174,61 @@ def dataset_files(repo, dataset: str, *, sky_patches: set[tuple[int, int]] | Non
                   **partitions) -> list[Path]:
     """The checked Parquet files of ``dataset``, optionally only those of some partitions (tract/patch/band)
     and of the (tract, patch) pairs in ``sky_patches`` (a cone's patches); other files are not opened.
-    ``force``: hash every file again, whatever the repository remembers of it."""
+    ``force``: hash every file again, whatever the repository remembers of it.
+
+    forced_source files come from each tract's manifest (:mod:`forcedphot.io.manifest`), not a listing; a
+    compacted part holds several quanta and is kept when one of them is selected (the caller filters rows)."""
+    return [Path(p) for p in _dataset_listing(repo, dataset, sky_patches=sky_patches, force=force, **partitions)]
+
+
+def _dataset_listing(repo, dataset: str, *, sky_patches=None, force: bool = False, **partitions) -> dict[str, dict | None]:
+    """{checked file: its manifest entry (None: listed from the folder)} of :func:`dataset_files`."""
     repo = _as_repository(repo)
     wanted = _partition_filter(repo, dataset, partitions)
     keep = None if sky_patches is None else {(str(t), str(p)) for t, p in sky_patches}
-    files, depth = [], len(repo.root.parts)
-    for path in sorted(_dataset_folder(repo, dataset).glob("**/*.parquet")):
-        keys = _partition_values(path.parts[depth:])
-        if keep is not None and (keys.get("tract"), keys.get("patch")) not in keep:
+    listed: dict[str, dict | None] = {}
+    depth = len(Path(os.path.abspath(repo.root)).parts)
+    folder = Path(os.path.abspath(_dataset_folder(repo, dataset)))
+    tracts = [folder] if dataset != "forced_source" else sorted(
+        (Path(e.path) for e in _scandir(folder) if e.name.startswith("tract=") and e.is_dir()), key=str)
+    from_manifest = set()
+    for top in tracts:
+        doc = None
+        if dataset == "forced_source":
+            from forcedphot.io.manifest import read as read_manifest
+
+            tract = top.name.split("=", 1)[1]
+            if "tract" in wanted and tract not in wanted["tract"]:
+                continue
+            doc = read_manifest(repo.root, int(tract)) if tract.isdigit() else None
+        if doc is not None:
+            for rel, entry in sorted(doc["files"].items()):
+                quanta = [(str(p), str(b)) for p, b in entry.get("quanta", [])]
+                if keep is not None and not any((tract, p) in keep for p, _ in quanta):
+                    continue
+                if not any(("patch" not in wanted or p in wanted["patch"]) and ("band" not in wanted or b in wanted["band"])
+                           for p, b in quanta):
+                    continue
+                path = f"{top}/{rel}"
+                listed[path] = entry
+                from_manifest.add(path)
             continue
-        if all(keys.get(k) in values for k, values in wanted.items()):
-            files.append(path)
-    return checked_files(repo, files, dataset, force=force)
+        for path in sorted(top.glob("**/*.parquet")):
+            keys = _partition_values(path.parts[depth:])
+            if keep is not None and (keys.get("tract"), keys.get("patch")) not in keep:
+                continue
+            if all(keys.get(k) in values for k, values in wanted.items()):
+                listed[str(path)] = None
+    checked = _checked(repo, listed, dataset, force=force, missing_ok=frozenset(from_manifest))
+    return {path: listed[path] for path in checked}
+
+
+def _scandir(folder: Path) -> list:
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _partition_filter(repo: Repository, dataset: str, partitions: dict) -> dict[str, set[str]]:
@@ -188,7 +254,11 @@ def _partition_filter(repo: Repository, dataset: str, partitions: dict) -> dict[
 
 
 def arrow_dataset(repo, dataset: str, *, sky_patches=None, **partitions) -> pads.Dataset:
-    """The checked files of ``dataset`` as a pyarrow dataset with the columns of its schema (empty if none)."""
+    """The checked files of ``dataset`` as a pyarrow dataset with the columns of its schema (empty if none).
+
+    A file its manifest gives an objectId range is a fragment whose partition expression is that range, so a
+    query on objectId (DuckDB pushes its filters into the scan) skips the other files without opening them.
+    Where a selected compacted part also holds other quanta, the dataset filters their rows out."""
     import pyarrow.dataset as pads
 
     from forcedphot.schema import load_schema
@@ -196,8 +266,67 @@ def arrow_dataset(repo, dataset: str, *, sky_patches=None, **partitions) -> pads
     repo = _as_repository(repo)
     if getattr(repo, "is_s3", False):  # committed files only, read through pyarrow's S3FileSystem
         return repo.arrow_dataset(dataset, sky_patches=sky_patches, **partitions)
-    files = [str(p) for p in dataset_files(repo, dataset, sky_patches=sky_patches, **partitions)]
-    return pads.dataset(files, schema=load_schema(dataset).arrow_schema(), format=parquet_format())
+    listing = _dataset_listing(repo, dataset, sky_patches=sky_patches, **partitions)
+    schema = load_schema(dataset).arrow_schema()
+    fmt, fs = parquet_format(), query_filesystem()
+    fragments = []
+    for path, entry in listing.items():
+        expr = None
+        if entry is not None and entry.get("objectId") is not None:
+            expr = _id_range(*entry["objectId"])
+        elif entry is not None and entry.get("rows") == 0:
+            expr = pads.scalar(False)
+        fragments.append(fmt.make_fragment(path, filesystem=fs, partition_expression=expr))
+    ds = pads.FileSystemDataset(fragments, schema, fmt, fs)
+    if any(entry is not None and len(entry.get("quanta", ())) > 1 for entry in listing.values()):
+        row_filter = _row_filter(sky_patches, partitions)
+        if row_filter is not None:
+            ds = ds.filter(row_filter)
+    return ds
+
+
+_ID_RANGES: dict = {}  # (lo, hi) -> its Arrow expression, built once per process (~50 us each in Python)
+
+
+def _id_range(lo: int, hi: int):
+    """``objectId BETWEEN lo AND hi`` as a fragment's partition expression."""
+    expr = _ID_RANGES.get((lo, hi))
+    if expr is None:
+        import pyarrow.dataset as pads
+
+        if len(_ID_RANGES) > 1_000_000:
+            _ID_RANGES.clear()
+        field = pads.field("objectId")
+        expr = _ID_RANGES[(lo, hi)] = (field >= lo) & (field <= hi)
+    return expr
+
+
+def _row_filter(sky_patches, partitions: dict):
+    """The rows of the selected partitions (and cone patches), as a dataset filter; None: every row."""
+    import pyarrow.dataset as pads
+
+    expr = None
+    for key, value in partitions.items():
+        if value is None:
+            continue
+        values = [value] if isinstance(value, (int, str)) else list(value)
+        term = pads.field(key).isin(values)
+        expr = term if expr is None else expr & term
+    if sky_patches is not None:
+        term = None
+        for t, p in sky_patches:
+            pair = (pads.field("tract") == t) & (pads.field("patch") == p)
+            term = pair if term is None else term | pair
+        term = pads.scalar(False) if term is None else term
+        expr = term if expr is None else expr & term
+    return expr
+
+
+def query_filesystem():
+    """The pyarrow filesystem the query datasets read through (local; a test counts the files it opens)."""
+    import pyarrow.fs as pafs
+
+    return pafs.LocalFileSystem()
 
 
 def _query(repo, con, query: str, params: dict | None = None) -> pa.Table:

@@ -37,7 +37,8 @@ from forcedphot.errors import ForcedPhotError, InputError
 from forcedphot.io.atomic import atomic_path, sweep_temp
 from forcedphot.io.verified import verified_files
 from forcedphot.plan import Quantum, plan_quanta
-from forcedphot.provenance import StatusMemo, input_fingerprints, is_up_to_date, up_to_date_provenance
+from forcedphot.provenance import (UP_TO_DATE_KEYS, StatusMemo, input_fingerprints, is_up_to_date,
+                                   up_to_date_provenance)
 from forcedphot.repository import DataId, Repository
 from forcedphot.schema import schema_version as schema_version_of
 from forcedphot.teardown import freeze_gc_at_exit
@@ -74,7 +75,7 @@ def output_state(repo: Repository, quantum: Quantum, config: ForcedPhotConfig, f
     """
     out = repo.forced_source_path(quantum.data_id)
     if not out.exists():
-        return "new"
+        return _compacted_state(repo, quantum.data_id, config, fingerprints) or "new"
     if output_corruption(repo, out) is not None:
         return "corrupt"
     return _provenance_state(out, config, fingerprints, memo=memo)
@@ -87,6 +88,19 @@ def _provenance_state(out, config: ForcedPhotConfig, fingerprints: dict, *, memo
     if is_up_to_date(stored, config=config, inputs=fingerprints, schema_version=schema_version):
         return "up-to-date"
     return "stale"
+
+
+def _compacted_state(repo: Repository, data_id, config: ForcedPhotConfig, fingerprints: dict) -> str | None:
+    """'up-to-date' | 'stale' of a quantum whose rows ``forcedphot compact`` moved into compacted parts (the
+    provenance its output had is kept in the tract's manifest); None if it has none there."""
+    from forcedphot.io.manifest import compacted_quantum
+
+    record = compacted_quantum(repo.root, data_id.tract, data_id.patch, data_id.band)
+    if record is None:
+        return None
+    stored = {k: (record.get("provenance") or {}).get(k) for k in UP_TO_DATE_KEYS}
+    up = is_up_to_date(stored, config=config, inputs=fingerprints, schema_version=schema_version_of("forced_source"))
+    return "up-to-date" if up else "stale"
 
 
 def output_corruption(repo: Repository, out) -> str | None:
@@ -172,10 +186,21 @@ def _decide_and_measure(job: Job, repo: Repository, note: dict) -> None:
     note["inputs"] = fingerprints
     out = repo.forced_source_path(q.data_id)
     corrupt = output_corruption(repo, out) if out.exists() else None  # checked once, kept for the warning
-    state = "new" if not out.exists() else "corrupt" if corrupt else _provenance_state(out, job.config, fingerprints)
+    compacted = None if out.exists() else _compacted_state(repo, q.data_id, job.config, fingerprints)
+    state = (compacted or "new") if not out.exists() else "corrupt" if corrupt else _provenance_state(
+        out, job.config, fingerprints)
     verified = verified_files(repo.root)
+    if compacted == "up-to-date" and not job.force:  # its rows are in the tract's compacted parts
+        from forcedphot.io.manifest import compacted_quantum
+
+        record = compacted_quantum(repo.root, q.data_id.tract, q.data_id.patch, q.data_id.band) or {}
+        note.update(status="up-to-date", checksum=record.get("sha256"))
+        return
     # --force re-measures what was up to date when the run started, not what another run just wrote
-    if state == "up-to-date" and (not job.force or out.stat().st_mtime >= job.run_started):
+    if state == "up-to-date" and compacted is None and (not job.force or out.stat().st_mtime >= job.run_started):
+        from forcedphot.io.manifest import ensure_committed
+
+        ensure_committed(repo.root, q.data_id.tract, q.data_id.patch, q.data_id.band, out)
         note.update(status="up-to-date", checksum=verified.entry(out).digest)
         return
     threads.configure(job.n_threads)
@@ -568,6 +593,9 @@ def remove_vanished_outputs(repo: Repository, quanta: list[Quantum]) -> list[str
         if str(path) not in known:
             path.unlink(missing_ok=True)
             removed.append(str(path.relative_to(repo.root)))
+    from forcedphot.io.manifest import remove_vanished  # and from the tracts' manifests (rows of compacted parts too)
+
+    remove_vanished(repo.root, {(q.data_id.tract, q.data_id.patch, q.data_id.band) for q in quanta})
     return removed
 
 

@@ -281,8 +281,11 @@ class ForcedPhotCoaddTask:
         return self._skymap[inputs.quantum.data_id.tract].wcs
 
     def write_output(self, data_id: DataId, table: pa.Table, provenance: dict) -> str:
+        from forcedphot.io.manifest import commit_quantum
+
         path = self.repo.forced_source_path(data_id)
         write_parquet(table, path, self.schema, provenance=provenance)
+        commit_quantum(self.repo.root, data_id.tract, data_id.patch, data_id.band, path)  # the tract's manifest
         return str(path)
 
     def input_files(self, quantum: Quantum) -> dict[str, str]:

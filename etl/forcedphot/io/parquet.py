@@ -65,8 +65,10 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
             or pa.types.is_binary(f.type) or pa.types.is_dictionary(f.type)]
 
 
-def write_parquet(table: pa.Table, path: str | Path, schema: TableSchema, *, provenance: dict | None = None) -> Path:
-    """Conform ``table`` to ``schema`` and write it atomically with schema version and provenance."""
+def write_parquet(table: pa.Table, path: str | Path, schema: TableSchema, *, provenance: dict | None = None,
+                  row_group_size: int | None = None) -> Path:
+    """Conform ``table`` to ``schema`` and write it atomically with schema version and provenance
+    (``row_group_size``: rows per row group, pyarrow's default if None)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -81,7 +83,7 @@ def write_parquet(table: pa.Table, path: str | Path, schema: TableSchema, *, pro
             writer = pq.ParquetWriter(sink, table.schema, compression="zstd", write_statistics=True,
                                       write_page_checksum=True, use_dictionary=dictionary_columns(table.schema))
             try:
-                writer.write_table(table)
+                writer.write_table(table, row_group_size=row_group_size)
                 n_bytes = sink.tell()  # every row group is written: only the footer follows
                 writer.add_key_value_metadata({META_CHECKSUM: f"{n_bytes}:{_sha256_prefix(tmp, n_bytes)}"})
             finally:

@@ -255,6 +255,33 @@ class VerifiedFiles:
             unsaved = self._unsaved.get(name, {})
             return unsaved[rel] if rel in unsaved else self._load(name).get(rel)
 
+    def unchanged(self, paths: list[str]) -> list[Entry | None]:
+        """The remembered :class:`Entry` of each absolute path whose stat is unchanged (else None), at once: one lock, each shard looked up once (a query over
+        10^4 files: a ``stat`` and a dict lookup each)."""
+        out = []
+        with self._lock:
+            shards: dict[str, tuple[dict, dict]] = {}
+            for path in paths:
+                rel = self._rel(path)
+                if rel in self._memory:
+                    entry = self._memory[rel]
+                else:
+                    name = shard_of(rel)
+                    if name not in shards:
+                        shards[name] = (self._unsaved.get(name, {}), self._load(name))
+                    unsaved, saved = shards[name]
+                    entry = unsaved[rel] if rel in unsaved else saved.get(rel)
+                if entry is not None:
+                    try:
+                        st = os.stat(path)
+                    except OSError:
+                        entry = None
+                    else:
+                        if entry[:5] != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev):
+                            entry = None
+                out.append(entry)
+        return out
+
     def entry(self, path: str | Path, *, check: Callable[[dict], None] | None = None, force: bool = False) -> Entry:
         """The file's verified :class:`Entry`: remembered if its stat is unchanged, else verified now.
 
