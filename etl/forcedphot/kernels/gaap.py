@@ -287,41 +287,59 @@ def aperture_weight(ia, ib, ic, fx, fy, rw, small, sub, w):
 def effective_weight(w, rw, hk, g, d, ta, u, out):
     """out[:2hs+1, :2hs+1] = K~ (x) w (hs = rw + hk): W'(x) = sum_u K(u) w(x + u), K = sum d_ab g_a g_b.
 
-    Scratch ta (5, >= 2rw+1, >= 2hs+1), u (>= 2rw+1, >= 2hs+1).
+    Each row of w only over its nonzero span (the elliptical cut), taps outer and pixels inner
+    (vectorised; every output's sum in the same order as tap by tap per pixel). Scratch
+    ta (5, >= 2rw+1, >= 2hs+1), u (>= 2rw+1, >= 2hs+1).
     """
     n = 2 * rw + 1
     hs = rw + hk
     ns = 2 * hs + 1
     nt = 2 * hk + 1
-    for a in range(DEGREE + 1):  # rows: ta[a, j, i + nt - 1 - t] += w[j, i] g_a[t]
-        for j in range(n):
-            row = ta[a, j]
-            for x in range(ns):
-                row[x] = 0.0
-            for i in range(n):
-                v = w[j, i]
-                if v != 0.0:
-                    for t in range(nt):
-                        row[i + nt - 1 - t] += v * g[a, t]
     for y in range(ns):
         for x in range(ns):
             out[y, x] = 0.0
+    for j in range(n):
+        lo = 0
+        while lo < n and w[j, lo] == 0.0:
+            lo += 1
+        hi = n - 1
+        while hi >= lo and w[j, hi] == 0.0:
+            hi -= 1
+        if hi < lo:
+            continue
+        wrow = w[j, lo:hi + 1]
+        m = hi - lo + 1
+        for a in range(DEGREE + 1):  # rows: ta[a, j, i + nt - 1 - t] += w[j, i] g_a[t]
+            row = ta[a, j]
+            for x in range(lo, hi + nt):
+                row[x] = 0.0
+            for t in range(nt):
+                gt = g[a, t]
+                dst = row[lo + nt - 1 - t:lo + nt - 1 - t + m]
+                for i in range(m):
+                    dst[i] += wrow[i] * gt
     for b in range(DEGREE + 1):
         for j in range(n):
-            urow = u[j]
-            for x in range(ns):
+            lo = 0
+            while lo < n and w[j, lo] == 0.0:
+                lo += 1
+            hi = n - 1
+            while hi >= lo and w[j, hi] == 0.0:
+                hi -= 1
+            if hi < lo:
+                continue
+            urow = u[j, lo:hi + nt]
+            for x in range(urow.size):
                 urow[x] = 0.0
             for a in range(DEGREE + 1 - b):
                 c = d[a, b]
-                trow = ta[a, j]
-                for x in range(ns):
+                trow = ta[a, j, lo:hi + nt]
+                for x in range(urow.size):
                     urow[x] += c * trow[x]
-        for j in range(n):  # columns: out[j + nt - 1 - t] += u[j] g_b[t]
-            urow = u[j]
-            for t in range(nt):
+            for t in range(nt):  # columns: out[j + nt - 1 - t] += u[j] g_b[t]
                 gb = g[b, t]
-                dst = out[j + nt - 1 - t]
-                for x in range(ns):
+                dst = out[j + nt - 1 - t, lo:hi + nt]
+                for x in range(urow.size):
                     dst[x] += gb * urow[x]
 
 
@@ -395,11 +413,12 @@ def new_outputs(n, na):
 def clean_reach(valid, cy, cx, half):
     """Largest h <= half with the box |dx|, |dy| <= h around (cx, cy) inside the plane and only valid == 1
     (valid, not EXCLUDED) pixels in it; -1 if none. Rows are visited outwards from the centre and each
-    row's bad pixels only looked for when an OR over the row finds one."""
+    row's bad pixels only looked for when an OR over the row (vectorised, uint8) finds one."""
     height, width = valid.shape
     best = min(half, cx, cy, width - 1 - cx, height - 1 - cy)
     if best < 0:
         return -1
+    one = np.uint8(1)
     for dist in range(0, half + 1):
         if dist > best:
             break
@@ -407,14 +426,15 @@ def clean_reach(valid, cy, cx, half):
             if dist == 0 and sgn == 1:
                 continue
             y = cy + dist if sgn == 0 else cy - dist
-            row = valid[y]
-            acc = 0
-            for x in range(cx - best, cx + best + 1):
-                acc |= row[x] ^ 1
+            row = valid[y, cx - best:cx + best + 1]
+            mid = row.size // 2
+            acc = np.uint8(0)
+            for x in range(row.size):
+                acc |= row[x] ^ one
             if acc != 0:
-                for x in range(cx - best, cx + best + 1):
+                for x in range(row.size):
                     if row[x] != 1:
-                        best = min(best, max(dist, abs(x - cx)) - 1)
+                        best = min(best, max(dist, abs(x - mid)) - 1)
                 if best < 0:
                     return -1
     return best
@@ -447,24 +467,28 @@ def separable_pieces(ia, ic, fx, fy, rw, hk, small, sub, g, d, vec):
     nt = 2 * hk + 1
     weight_1d(ia, fx, rw, small, sub, vec[0])
     weight_1d(ic, fy, rw, small, sub, vec[1])
-    for b in range(DEGREE + 1):
+    for b in range(DEGREE + 1):  # taps outer, pixels inner: vectorised, each output's sum in the same order
         by = vec[2 + b]
         cb = vec[7 + b]
         for x in range(ns):
             by[x] = 0.0
             cb[x] = 0.0
-        for i in range(n):
-            v = vec[1, i]
-            for t in range(nt):
-                by[i + nt - 1 - t] += v * g[b, t]
+        wy = vec[1, :n]
+        for t in range(nt):
+            gt = g[b, t]
+            dst = by[nt - 1 - t:nt - 1 - t + n]
+            for i in range(n):
+                dst[i] += wy[i] * gt
     cx = vec[12]
+    wx = vec[0, :n]
     for a in range(DEGREE + 1):
         for x in range(ns):
             cx[x] = 0.0
-        for i in range(n):
-            v = vec[0, i]
-            for t in range(nt):
-                cx[i + nt - 1 - t] += v * g[a, t]
+        for t in range(nt):
+            gt = g[a, t]
+            dst = cx[nt - 1 - t:nt - 1 - t + n]
+            for i in range(n):
+                dst[i] += wx[i] * gt
         for b in range(DEGREE + 1 - a):
             c = d[a, b]
             cb = vec[7 + b]
@@ -473,36 +497,69 @@ def separable_pieces(ia, ic, fx, fy, rw, hk, small, sub, g, d, vec):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def separable_sums(image, variance, fp, src, cy, cx, hs, vec, psfs, acc):
+def separable_sums(image, variance, fp, src, cy, cx, hs, vec, psfs):
     """(sum W' I, sum W'^2 V, sum W' P) for the separable W' of ``vec`` (separable_pieces) on the box of
     half-size hs around (cx, cy), read straight from the planes (the box is inside and all valid: see
-    clean_reach), the source's own heavy footprint added as (heavy - plane) on its pixels. Per-column
-    partial sums (acc (2, >= 2hs+1)), then summed in order: vectorised, and the same for any thread."""
+    clean_reach), the source's own heavy footprint added as (heavy - plane) on its pixels. W' is made
+    row by row (the same sums as separable_weight); per-column partial sums, two rows per pass, then
+    summed in order: vectorised, and the same for any thread."""
     ns = 2 * hs + 1
     kp = psfs.shape[0]
     hp = kp // 2
     by0, by1, by2, by3, by4 = vec[2], vec[3], vec[4], vec[5], vec[6]
     cb0, cb1, cb2, cb3, cb4 = vec[7], vec[8], vec[9], vec[10], vec[11]
-    swt = 0.0
-    for j in range(max(0, hs - hp), min(ns, hs + hp + 1)):
+    af = np.zeros(ns)
+    av = np.zeros(ns)
+    ap = np.zeros(ns)
+    x0 = cx - hs
+    j0 = max(0, hs - hp)
+    j1 = min(ns, hs + hp + 1)
+    for j in range(j0, j1):  # a point source's response sum W' P, P the PSF image at the source
         b0, b1, b2, b3, b4 = by0[j], by1[j], by2[j], by3[j], by4[j]
         prow = psfs[j - hs + hp]
-        for i in range(max(0, hs - hp), min(ns, hs + hp + 1)):
+        for i in range(j0, j1):
             v = 0.0 + b0 * cb0[i]
             v += b1 * cb1[i]
             v += b2 * cb2[i]
             v += b3 * cb3[i]
             v += b4 * cb4[i]
-            swt += v * prow[i - hs + hp]
-    af = acc[0]
-    av = acc[1]
-    for i in range(ns):
-        af[i] = 0.0
-        av[i] = 0.0
-    x0 = cx - hs
-    for j in range(ns):
-        irow = image[cy - hs + j]
-        vrow = variance[cy - hs + j]
+            ap[i] += v * prow[i - hs + hp]
+    j = 0
+    while j + 1 < ns:
+        irow = image[cy - hs + j, x0:x0 + ns]
+        vrow = variance[cy - hs + j, x0:x0 + ns]
+        irow2 = image[cy - hs + j + 1, x0:x0 + ns]
+        vrow2 = variance[cy - hs + j + 1, x0:x0 + ns]
+        b0, b1, b2, b3, b4 = by0[j], by1[j], by2[j], by3[j], by4[j]
+        e0, e1, e2, e3, e4 = by0[j + 1], by1[j + 1], by2[j + 1], by3[j + 1], by4[j + 1]
+        for i in range(ns):
+            c0 = cb0[i]
+            c1 = cb1[i]
+            c2 = cb2[i]
+            c3 = cb3[i]
+            c4 = cb4[i]
+            v = 0.0 + b0 * c0
+            v += b1 * c1
+            v += b2 * c2
+            v += b3 * c3
+            v += b4 * c4
+            u = 0.0 + e0 * c0
+            u += e1 * c1
+            u += e2 * c2
+            u += e3 * c3
+            u += e4 * c4
+            f = af[i]
+            f += v * irow[i]
+            f += u * irow2[i]
+            af[i] = f
+            s = av[i]
+            s += v * v * vrow[i]
+            s += u * u * vrow2[i]
+            av[i] = s
+        j += 2
+    if j < ns:
+        irow = image[cy - hs + j, x0:x0 + ns]
+        vrow = variance[cy - hs + j, x0:x0 + ns]
         b0, b1, b2, b3, b4 = by0[j], by1[j], by2[j], by3[j], by4[j]
         for i in range(ns):
             v = 0.0 + b0 * cb0[i]
@@ -510,13 +567,15 @@ def separable_sums(image, variance, fp, src, cy, cx, hs, vec, psfs, acc):
             v += b2 * cb2[i]
             v += b3 * cb3[i]
             v += b4 * cb4[i]
-            af[i] += v * irow[x0 + i]
-            av[i] += v * v * vrow[x0 + i]
+            af[i] += v * irow[i]
+            av[i] += v * v * vrow[i]
     sf = 0.0
     sv = 0.0
+    swt = 0.0
     for i in range(ns):
         sf += af[i]
         sv += av[i]
+        swt += ap[i]
     used, span_off, span_y, span_x0, span_x1, val_off, values = fp
     f = used[src]
     if f >= 0:
@@ -539,34 +598,37 @@ def separable_sums(image, variance, fp, src, cy, cx, hs, vec, psfs, acc):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def weight_sums(image, variance, fp, src, cy, cx, hs, wp, psfs, acc):
+def weight_sums(image, variance, fp, src, cy, cx, hs, wp, psfs):
     """separable_sums for any W' given as the array wp[:2hs+1, :2hs+1] (the box inside and all valid)."""
     ns = 2 * hs + 1
     kp = psfs.shape[0]
     hp = kp // 2
-    swt = 0.0
-    for j in range(max(0, hs - hp), min(ns, hs + hp + 1)):
-        for i in range(max(0, hs - hp), min(ns, hs + hp + 1)):
-            swt += wp[j, i] * psfs[j - hs + hp, i - hs + hp]
-    af = acc[0]
-    av = acc[1]
-    for i in range(ns):
-        af[i] = 0.0
-        av[i] = 0.0
+    af = np.zeros(ns)
+    av = np.zeros(ns)
+    ap = np.zeros(ns)
     x0 = cx - hs
-    for j in range(ns):
-        irow = image[cy - hs + j]
-        vrow = variance[cy - hs + j]
+    j0 = max(0, hs - hp)
+    j1 = min(ns, hs + hp + 1)
+    for j in range(j0, j1):
         wrow = wp[j]
+        prow = psfs[j - hs + hp]
+        for i in range(j0, j1):
+            ap[i] += wrow[i] * prow[i - hs + hp]
+    for j in range(ns):
+        irow = image[cy - hs + j, x0:x0 + ns]
+        vrow = variance[cy - hs + j, x0:x0 + ns]
+        wrow = wp[j, :ns]
         for i in range(ns):
             v = wrow[i]
-            af[i] += v * irow[x0 + i]
-            av[i] += v * v * vrow[x0 + i]
+            af[i] += v * irow[i]
+            av[i] += v * v * vrow[i]
     sf = 0.0
     sv = 0.0
+    swt = 0.0
     for i in range(ns):
         sf += af[i]
         sv += av[i]
+        swt += ap[i]
     used, span_off, span_y, span_x0, span_x1, val_off, values = fp
     f = used[src]
     if f >= 0:
@@ -651,7 +713,6 @@ def measure_block(t0, t1, args, fp, out):
     sy = np.empty((kp, kp))
     q = np.empty((kp, kp))
     vec = np.empty((13, max(nsb, nw)))
-    acc = np.empty((2, nsb))
     w = np.empty((nw, nw))
     ta = np.empty((DEGREE + 1, nw, nsb))
     u = np.empty((max(nw, 4), nsb))
@@ -694,11 +755,11 @@ def measure_block(t0, t1, args, fp, out):
             if hs <= reach:  # inside the coadd, every pixel valid: sums straight from the planes
                 if sep:
                     separable_pieces(ia[s, k], ic[s, k], fx[s], fy[s], r, h, small[s, k] != 0, sub, g, d, vec)
-                    sf, sv, swt = separable_sums(image, variance, fp, s, cy[s], cx[s], hs, vec, ps, acc)
+                    sf, sv, swt = separable_sums(image, variance, fp, s, cy[s], cx[s], hs, vec, ps)
                 else:
                     aperture_weight(ia[s, k], ib[s, k], ic[s, k], fx[s], fy[s], r, small[s, k] != 0, sub, w)
                     effective_weight(w, r, h, g, d, ta, u, wp)
-                    sf, sv, swt = weight_sums(image, variance, fp, s, cy[s], cx[s], hs, wp, ps, acc)
+                    sf, sv, swt = weight_sums(image, variance, fp, s, cy[s], cx[s], hs, wp, ps)
                 flux[s, k] = sf / swt
                 err[s, k] = math.sqrt(sv) / swt
                 continue
