@@ -42,6 +42,7 @@ DEGREE = 4  # monomials of total degree <= 4
 N_BASIS = 15
 MAX_Q = 20.0  # aperture weight kept where x^T Q^-1 x <= MAX_Q (weight beyond: exp(-10) = 4.5e-5 of it)
 BLOCK = 8  # sources per scratch allocation (the unit of the parallel loop)
+TAP_EPS = 1e-16  # kernel taps with every |g_a(t)| below this (rows of unit norm) are left out where the box is clean
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -155,7 +156,7 @@ def cell_grams(nodes, iy0, ix0, sigk, hk):
         g = np.empty((DEGREE + 1, 2 * h + 1))
         xa = np.empty((DEGREE + 1, kp, kp))
         yk = np.empty((N_BASIS, kp, kp))
-        yt = np.empty((kp * kp, nb))  # pixel-major: the Gram's sums run along contiguous rows
+        yv = np.empty((nb, kp * kp))  # each convolved basis image as one row
         basis_1d(sigk[c], h, g)
         corners = corner_nodes(iy0[c], ix0[c], ny, nx)
         for q in range(4):
@@ -164,18 +165,25 @@ def cell_grams(nodes, iy0, ix0, sigk, hk):
             for k in range(N_BASIS):
                 for y in range(kp):
                     for x in range(kp):
-                        yt[y * kp + x, q * N_BASIS + k] = yk[k, y, x]
+                        yv[q * N_BASIS + k, y * kp + x] = yk[k, y, x]
         gram = out[c]
+        npix = kp * kp
+        n4 = npix - npix % 4
         for k in range(nb):
-            for l in range(nb):
-                gram[k, l] = 0.0
-        for pix in range(kp * kp):  # each entry summed over the pixels in order
-            v = yt[pix]
-            for k in range(nb):
-                vk = v[k]
-                row = gram[k]
-                for l in range(nb):
-                    row[l] += vk * v[l]
+            a = yv[k]
+            for l in range(k + 1):
+                b = yv[l]
+                s0 = s1 = s2 = s3 = 0.0  # four interleaved partial sums, fixed order
+                for i in range(0, n4, 4):
+                    s0 += a[i] * b[i]
+                    s1 += a[i + 1] * b[i + 1]
+                    s2 += a[i + 2] * b[i + 2]
+                    s3 += a[i + 3] * b[i + 3]
+                for i in range(n4, npix):
+                    s0 += a[i] * b[i]
+                s = (s0 + s1) + (s2 + s3)
+                gram[k, l] = s
+                gram[l, k] = s
     return out
 
 
@@ -695,6 +703,7 @@ def measure_block(t0, t1, args, fp, out):
     nw = 2 * rwb + 1
     nsb = 2 * (rwb + hkb) + 1
     g = np.empty((DEGREE + 1, 2 * hkb + 1))
+    ge = np.empty((DEGREE + 1, 2 * hkb + 1))
     tv = np.empty(kp)
     tau = np.empty((DEGREE + 1, kp))
     ptau = np.empty((DEGREE + 1, kp))
@@ -745,6 +754,17 @@ def measure_block(t0, t1, args, fp, out):
         # the PSF at the source's sub-pixel position (the normalisation's)
         shifted_psf(pc, x[s] - math.floor(x[s] + 0.5), y[s] - math.floor(y[s] + 0.5), table, dk, sx, sy, q, ps)
         reach = clean_reach(valid, cy[s], cx[s], hmax)
+        he = h  # the fast path's taps: |g_a(t)| <= TAP_EPS (rows of unit norm) beyond he are left out
+        while he > 0:
+            top = 0.0
+            for a in range(DEGREE + 1):
+                top = max(top, abs(g[a, h - he]), abs(g[a, h + he]))
+            if top > TAP_EPS:
+                break
+            he -= 1
+        for a in range(DEGREE + 1):
+            for i in range(2 * he + 1):
+                ge[a, i] = g[a, h - he + i]
         stamp = False
         for k in range(na):
             r = rw[s, k]
@@ -754,12 +774,12 @@ def measure_block(t0, t1, args, fp, out):
             sep = ib[s, k] == 0.0  # axis-aligned Q: w = wx(x) wy(y) on its box, W' a sum of 5 outer products
             if hs <= reach:  # inside the coadd, every pixel valid: sums straight from the planes
                 if sep:
-                    separable_pieces(ia[s, k], ic[s, k], fx[s], fy[s], r, h, small[s, k] != 0, sub, g, d, vec)
-                    sf, sv, swt = separable_sums(image, variance, fp, s, cy[s], cx[s], hs, vec, ps)
+                    separable_pieces(ia[s, k], ic[s, k], fx[s], fy[s], r, he, small[s, k] != 0, sub, ge, d, vec)
+                    sf, sv, swt = separable_sums(image, variance, fp, s, cy[s], cx[s], r + he, vec, ps)
                 else:
                     aperture_weight(ia[s, k], ib[s, k], ic[s, k], fx[s], fy[s], r, small[s, k] != 0, sub, w)
-                    effective_weight(w, r, h, g, d, ta, u, wp)
-                    sf, sv, swt = weight_sums(image, variance, fp, s, cy[s], cx[s], hs, wp, ps)
+                    effective_weight(w, r, he, ge, d, ta, u, wp)
+                    sf, sv, swt = weight_sums(image, variance, fp, s, cy[s], cx[s], r + he, wp, ps)
                 flux[s, k] = sf / swt
                 err[s, k] = math.sqrt(sv) / swt
                 continue
