@@ -1,19 +1,26 @@
 """GAaP kernels: per source, a PSF-Gaussianization kernel K and the flux in pre-seeing Gaussian apertures.
 
 Gaussianization (Rubin's meas_extensions_gaap with ip_diffim's Alard-Lupton basis): the target is
-a circular Gaussian T of sigma p (= 1.15 x the PSF's trace radius p0); K is one Gaussian of sigma
-sigma_K = max(p0 sqrt(f^2 - 1), 0.7) times the 15 monomials (u/h)^a (v/h)^b, a + b <= 4, on a
-(2h+1)^2 box (h = kernel half-size). Each 1-D factor g_a(u) = exp(-u^2 / 2 sigma_K^2) (u/h)^a
-is scaled to unit norm, so every basis image is separable: B_ab(u, v) = g_a(u) g_b(v). The
-coefficients d minimise sum (T - K (x) P)^2 over the PSF image's K_psf x K_psf box (as Rubin's
-fit over the PSF stamps) with sum K = 1 exactly (a Lagrange multiplier; the normal equations solved
-by Gaussian elimination with partial pivoting): :func:`fit_kernel`.
+a circular Gaussian T of sigma p (= 1.15 x the PSF's trace radius p0 at the source); K is one
+Gaussian of sigma sigma_K = max(p0c sqrt(f^2 - 1), 0.7) times the 15 monomials (u/h)^a (v/h)^b,
+a + b <= 4, on a (2h+1)^2 box (h = kernel half-size), p0c the trace radius at the centre of the
+source's PSF grid cell (one basis per cell: Rubin takes the source's own p0). Each 1-D factor
+g_a(u) = exp(-u^2 / 2 sigma_K^2) (u/h)^a is scaled to unit norm, so every basis image is
+separable: B_ab(u, v) = g_a(u) g_b(v). The coefficients d minimise sum (T - K (x) P)^2 over the
+PSF image's K_psf x K_psf box (as Rubin's fit over the PSF stamps) with sum K = 1 exactly (a
+Lagrange multiplier; the normal equations solved by Gaussian elimination with partial pivoting),
+P the source's own PSF image (bilinear between the cell's four corner nodes, P = sum c_n P_n).
+As the basis is the cell's, the normal matrix is exactly sum_nn' c_n c_n' G_nn', G the Gram of the
+corner nodes' convolved basis images made once per cell (:func:`cell_grams`), and the right-hand
+side tau_b^T P tau_a (T is separable): the per-source fit costs ~10^4 operations, not ~10^6
+(:func:`fit_from_gram`).
 
 Flux: no image is convolved. With w the aperture weight exp(-x^T Q^-1 x / 2) (kept where
 x^T Q^-1 x <= MAX_Q) centred on the source, sum_x w (K (x) I) = sum_x W' I with the effective
 weight W' = K~ (x) w (K~ the flipped kernel), built per aperture on a stamp: for an axis-aligned Q
 (the PSF and circular apertures) w = wx(x) wy(y) on its box and W' = sum_b (g_b~ (x) wy)(y)
-sum_a d_ab (g_a~ (x) wx)(x), 1-D convolutions and 5 outer products (:func:`separable_weight`);
+sum_a d_ab (g_a~ (x) wx)(x), 1-D convolutions and 5 outer products (:func:`separable_weight`,
+:func:`separable_pieces`);
 for any Q (Optimal), the rows of w convolved with the 5 g_a, then for each b the combination
 sum_a d_ab convolved with g_b along columns (:func:`effective_weight`). The flux is sum(W' I) / sum(W' P), P the PSF image at the
 source's sub-pixel position: a point source's flux is its flux within the PSF model's box whatever
@@ -23,8 +30,14 @@ for the real per-pixel variance. Shapes the pixel grid under-samples (Q_xx or Q_
 det Q < 0.0625) take w as the mean of 4x4 sub-pixel samples.
 
 Each source is measured on its own image (noise replacement: its own heavy footprint over the
-noise; :func:`forcedphot.kernels.moments.own_stamp_variance`), alone in per-block scratch with
-sums in a fixed order, so results do not depend on the thread count or the chunking.
+noise). Where an aperture's W' box lies inside the coadd on valid, non-EXCLUDED pixels only
+(:func:`clean_reach`, the common case) the sums are read straight from the planes, the source's
+heavy footprint added as (heavy - plane) on its pixels, kernel taps whose every |g_a| is below
+TAP_EPS (1e-16, rows of unit norm) left out, per-column partial sums vectorised
+(:func:`separable_sums`, :func:`weight_sums`); elsewhere on the source's own stamp with every tap
+and the flag sums (:func:`forcedphot.kernels.moments.own_stamp_variance`, :func:`masked_sums`).
+Every source alone in per-block scratch, its PSF images made there, sums in a fixed order: results
+do not depend on the thread count or the chunking.
 """
 
 from __future__ import annotations
