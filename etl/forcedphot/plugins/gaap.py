@@ -9,7 +9,8 @@ source's PSF grid cell (Rubin: the source's own p0; one basis per cell makes eac
 least-squares fit cheap, see :func:`kernel_cells`; on the bench quantum the two sigma_K differ by
 <= 0.25% and the fluxes by <= 0.02 of their errors, 1e-4 relative for S/N > 50). The flux in a
 pre-seeing Gaussian aperture W (covariance, pixels) is the Gaussianized image weighted by
-exp(-x^T Q^-1 x / 2), Q = W - p^2 1, scaled so that a point source gives its flux (within the PSF model's box, as psfFlux):
+exp(-x^T Q^-1 x / 2), Q = W - p^2 1, scaled so that a point source gives its flux (within the PSF
+model's box, as psfFlux):
 
     F_W = sum_x W'(x) I(x) / sum_x W'(x) P(x),   W' = K~ (x) w,   err = sqrt(sum W'^2 V) / sum W' P
 
