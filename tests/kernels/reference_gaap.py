@@ -15,6 +15,7 @@ import numpy as np
 from scipy.signal import convolve2d, correlate2d, fftconvolve
 
 from forcedphot.kernels.gaap import MAX_Q
+from forcedphot.kernels.psf import NO_PLANES, psf_images
 from forcedphot.plugins.gaap import APERTURES, GaapFlux, base_name
 
 SUB = (np.arange(4) - 1.5) / 4
@@ -81,7 +82,7 @@ class ReferenceGaapFlux(GaapFlux):
 
         def spy(*args):
             calls["args"] = args
-            n, na = args[16].shape
+            n, na = args[21].shape
             return (np.full((n, na), np.nan), np.full((n, na), np.nan), np.zeros((n, na), np.uint8),
                     np.zeros((n, na), np.uint8), np.zeros(n, np.uint8), np.full(n, np.nan))
 
@@ -91,7 +92,13 @@ class ReferenceGaapFlux(GaapFlux):
             GaapFlux.measure(self, ctx)
         finally:
             kernel.gaap_flux = real
-        (_, _, _, _, psf, shifted, _, _, fx, fy, p, sigk, hk, ia, ib, ic, rw, small, _, _) = calls["args"]
+        (_, _, _, _, nodes, node_x, node_y, x, y, _, _, _, _, fx, fy, p, sigk, hk, ia, ib, ic, rw, small, _,
+         _) = calls["args"]
+        # each source's PSF image from the grid (bilinear between nodes), centred (the kernel fit's) and at
+        # its sub-pixel position (the normalisation's)
+        zero = np.zeros_like(x)
+        psf = psf_images(nodes, node_x, node_y, x, y, zero, zero, NO_PLANES)
+        shifted = psf_images(nodes, node_x, node_y, x, y, x - np.floor(x + 0.5), y - np.floor(y + 0.5), NO_PLANES)
         n, na = rw.shape
         flux = np.full((n, na), np.nan)
         err = np.full((n, na), np.nan)

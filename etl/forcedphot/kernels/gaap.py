@@ -1,19 +1,26 @@
 """GAaP kernels: per source, a PSF-Gaussianization kernel K and the flux in pre-seeing Gaussian apertures.
 
 Gaussianization (Rubin's meas_extensions_gaap with ip_diffim's Alard-Lupton basis): the target is
-a circular Gaussian T of sigma p (= 1.15 x the PSF's trace radius p0); K is one Gaussian of sigma
-sigma_K = max(p0 sqrt(f^2 - 1), 0.7) times the 15 monomials (u/h)^a (v/h)^b, a + b <= 4, on a
-(2h+1)^2 box (h = kernel half-size). Each 1-D factor g_a(u) = exp(-u^2 / 2 sigma_K^2) (u/h)^a
-is scaled to unit norm, so every basis image is separable: B_ab(u, v) = g_a(u) g_b(v). The
-coefficients d minimise sum (T - K (x) P)^2 over the PSF image's K_psf x K_psf box (as Rubin's
-fit over the PSF stamps) with sum K = 1 exactly (a Lagrange multiplier; the normal equations solved
-by Gaussian elimination with partial pivoting): :func:`fit_kernel`.
+a circular Gaussian T of sigma p (= 1.15 x the PSF's trace radius p0 at the source); K is one
+Gaussian of sigma sigma_K = max(p0c sqrt(f^2 - 1), 0.7) times the 15 monomials (u/h)^a (v/h)^b,
+a + b <= 4, on a (2h+1)^2 box (h = kernel half-size), p0c the trace radius at the centre of the
+source's PSF grid cell (one basis per cell: Rubin takes the source's own p0). Each 1-D factor
+g_a(u) = exp(-u^2 / 2 sigma_K^2) (u/h)^a is scaled to unit norm, so every basis image is
+separable: B_ab(u, v) = g_a(u) g_b(v). The coefficients d minimise sum (T - K (x) P)^2 over the
+PSF image's K_psf x K_psf box (as Rubin's fit over the PSF stamps) with sum K = 1 exactly (a
+Lagrange multiplier; the normal equations solved by Gaussian elimination with partial pivoting),
+P the source's own PSF image (bilinear between the cell's four corner nodes, P = sum c_n P_n).
+As the basis is the cell's, the normal matrix is exactly sum_nn' c_n c_n' G_nn', G the Gram of the
+corner nodes' convolved basis images made once per cell (:func:`cell_grams`), and the right-hand
+side tau_b^T P tau_a (T is separable): the per-source fit costs ~10^4 operations, not ~10^6
+(:func:`fit_from_gram`).
 
 Flux: no image is convolved. With w the aperture weight exp(-x^T Q^-1 x / 2) (kept where
 x^T Q^-1 x <= MAX_Q) centred on the source, sum_x w (K (x) I) = sum_x W' I with the effective
 weight W' = K~ (x) w (K~ the flipped kernel), built per aperture on a stamp: for an axis-aligned Q
 (the PSF and circular apertures) w = wx(x) wy(y) on its box and W' = sum_b (g_b~ (x) wy)(y)
-sum_a d_ab (g_a~ (x) wx)(x), 1-D convolutions and 5 outer products (:func:`separable_weight`);
+sum_a d_ab (g_a~ (x) wx)(x), 1-D convolutions and 5 outer products (:func:`separable_weight`,
+:func:`separable_pieces`);
 for any Q (Optimal), the rows of w convolved with the 5 g_a, then for each b the combination
 sum_a d_ab convolved with g_b along columns (:func:`effective_weight`). The flux is sum(W' I) / sum(W' P), P the PSF image at the
 source's sub-pixel position: a point source's flux is its flux within the PSF model's box whatever
@@ -23,8 +30,14 @@ for the real per-pixel variance. Shapes the pixel grid under-samples (Q_xx or Q_
 det Q < 0.0625) take w as the mean of 4x4 sub-pixel samples.
 
 Each source is measured on its own image (noise replacement: its own heavy footprint over the
-noise; :func:`forcedphot.kernels.moments.own_stamp_variance`), alone in per-block scratch with
-sums in a fixed order, so results do not depend on the thread count or the chunking.
+noise). Where an aperture's W' box lies inside the coadd on valid, non-EXCLUDED pixels only
+(:func:`clean_reach`, the common case) the sums are read straight from the planes, the source's
+heavy footprint added as (heavy - plane) on its pixels, kernel taps whose every |g_a| is below
+TAP_EPS (1e-16, rows of unit norm) left out, per-column partial sums vectorised
+(:func:`separable_sums`, :func:`weight_sums`); elsewhere on the source's own stamp with every tap
+and the flag sums (:func:`forcedphot.kernels.moments.own_stamp_variance`, :func:`masked_sums`).
+Every source alone in per-block scratch, its PSF images made there, sums in a fixed order: results
+do not depend on the thread count or the chunking.
 """
 
 from __future__ import annotations
@@ -36,11 +49,13 @@ from numba import njit, prange
 
 from forcedphot.kernels.footprints import EXCLUDED
 from forcedphot.kernels.moments import own_stamp_variance
+from forcedphot.kernels.psf import copy_into, interpolate, matmul_rows, node_weights, shift_x, shift_y, trig_table
 
 DEGREE = 4  # monomials of total degree <= 4
 N_BASIS = 15
 MAX_Q = 20.0  # aperture weight kept where x^T Q^-1 x <= MAX_Q (weight beyond: exp(-10) = 4.5e-5 of it)
 BLOCK = 8  # sources per scratch allocation (the unit of the parallel loop)
+TAP_EPS = 1e-16  # kernel taps with every |g_a(t)| below this (rows of unit norm) are left out where the box is clean
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -97,20 +112,16 @@ def solve(a, b, n):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def fit_kernel(psf, p, sigk, hk, g, xa, yk, tgt, kkt, rhs, d):
-    """Fit K to the PSF image ``psf`` (centred, odd size K): d[a, b] the coefficients of g_a(u) g_b(v).
+def convolved_basis(psf, hk, g, xa, yk):
+    """yk[k] = B_k (x) P over the PSF image's own K x K box (k = 0..14, B_k = g_a(u) g_b(v), g from basis_1d).
 
-    The fit runs over the PSF image's own K x K box (as Rubin's, over the PSF stamps): K (x) P there.
-    Scratch: g (5, >= 2hk+1), xa (5, >= K, >= K), yk (15, >= K, >= K), tgt (>= K, >= K), kkt (16, 16),
-    rhs (16,). Returns the relative residual ||T - K (x) P|| / ||T|| over the box (inf if the solve
-    failed).
+    Rows first: xa[a, i, x] = sum_j P[i, j] g_a[x - j + hk]; then columns: yk[k, y] = sum_i g_b[y - i + hk] xa[a, i].
+    Scratch xa (5, >= K, >= K); yk (>= 15, >= K, >= K).
     """
     kp = psf.shape[0]
     nt = 2 * hk + 1
     m = kp
-    c = (m - 1) // 2
-    basis_1d(sigk, hk, g)
-    for a in range(DEGREE + 1):  # rows: xa[a, i, j + t - hk] = sum P[i, j] g_a[t], within the box
+    for a in range(DEGREE + 1):
         for i in range(kp):
             row = xa[a, i]
             for x in range(m):
@@ -119,7 +130,7 @@ def fit_kernel(psf, p, sigk, hk, g, xa, yk, tgt, kkt, rhs, d):
                 v = psf[i, j]
                 for t in range(max(0, hk - j), min(nt, kp + hk - j)):
                     row[j + t - hk] += v * g[a, t]
-    for k in range(N_BASIS):  # columns: yk[k, i + t - hk] += xa[a, i] g_b[t]
+    for k in range(N_BASIS):
         a, b = basis_index(k)
         img = yk[k]
         for y in range(m):
@@ -132,39 +143,122 @@ def fit_kernel(psf, p, sigk, hk, g, xa, yk, tgt, kkt, rhs, d):
                 dst = img[i + t - hk]
                 for x in range(m):
                     dst[x] += gb * src[x]
-    tt = 0.0
-    for y in range(m):
-        for x in range(m):
-            r2 = (y - c) ** 2 + (x - c) ** 2
-            v = math.exp(-0.5 * r2 / (p * p)) / (2 * math.pi * p * p)
-            tgt[y, x] = v
-            tt += v * v
-    for k in range(N_BASIS):
-        s = 0.0
-        for y in range(m):
-            for x in range(m):
-                s += yk[k, y, x] * tgt[y, x]
-        rhs[k] = s
-        for l in range(k + 1):
+
+
+@njit(cache=True, nogil=True)
+def corner_nodes(iy0, ix0, ny, nx):
+    """The (row, column) node indices of a cell's four corners, in interpolate()'s order (00, 01, 10, 11)."""
+    iy1 = iy0 + 1 if ny > 1 else iy0
+    ix1 = ix0 + 1 if nx > 1 else ix0
+    return (iy0, ix0), (iy0, ix1), (iy1, ix0), (iy1, ix1)
+
+
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
+def cell_grams(nodes, iy0, ix0, sigk, hk):
+    """(C, 60, 60): for each PSF grid cell c (lower nodes iy0[c], ix0[c]), the Gram matrix of its four
+    corner nodes' convolved basis images B_k (x) P_n (basis of sigma sigk[c], half-size hk[c]), over the
+    PSF box: G[15 n + k, 15 n' + l] = sum_box (B_k (x) P_n)(B_l (x) P_n'). The PSF at a source in the
+    cell is sum_n c_n P_n (bilinear weights c_n), so its own Gram is sum_nn' c_n c_n' G[n., n'.] exactly.
+    """
+    ny, nx, kp, _ = nodes.shape
+    nc = iy0.size
+    nb = 4 * N_BASIS
+    out = np.empty((nc, nb, nb))
+    for c in prange(nc):
+        h = hk[c]
+        g = np.empty((DEGREE + 1, 2 * h + 1))
+        xa = np.empty((DEGREE + 1, kp, kp))
+        yk = np.empty((N_BASIS, kp, kp))
+        yv = np.empty((nb, kp * kp))  # each convolved basis image as one row
+        basis_1d(sigk[c], h, g)
+        corners = corner_nodes(iy0[c], ix0[c], ny, nx)
+        for q in range(4):
+            jy, jx = corners[q]
+            convolved_basis(nodes[jy, jx], h, g, xa, yk)
+            for k in range(N_BASIS):
+                for y in range(kp):
+                    for x in range(kp):
+                        yv[q * N_BASIS + k, y * kp + x] = yk[k, y, x]
+        gram = out[c]
+        npix = kp * kp
+        n4 = npix - npix % 4
+        for k in range(nb):
+            a = yv[k]
+            for l in range(k + 1):
+                b = yv[l]
+                s0 = s1 = s2 = s3 = 0.0  # four interleaved partial sums, fixed order
+                for i in range(0, n4, 4):
+                    s0 += a[i] * b[i]
+                    s1 += a[i + 1] * b[i + 1]
+                    s2 += a[i + 2] * b[i + 2]
+                    s3 += a[i + 3] * b[i + 3]
+                for i in range(n4, npix):
+                    s0 += a[i] * b[i]
+                s = (s0 + s1) + (s2 + s3)
+                gram[k, l] = s
+                gram[l, k] = s
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def fit_from_gram(gram, wn, psf, p, sigk, hk, g, t, tau, ptau, kkt, rhs, d, gs, b0):
+    """Fit K to the PSF image ``psf`` = sum_n wn[n] P_n (centred, K x K) of a cell whose corner Gram is ``gram``.
+
+    The normal equations of min sum_box (T - K (x) P)^2 with sum K = 1 (a Lagrange multiplier), as a
+    fit on the image itself: Gram sum_nn' wn wn' G[n., n'.]; right-hand side <B_ab (x) P, T> =
+    tau_b^T P tau_a with T(y, x) = t(y) t(x) separable (tau_a[j] = sum_x g_a[x - j + hk] t(x) over the
+    box). d[a, b] the coefficients of g_a(u) g_b(v) (g filled here by basis_1d). Scratch t (>= K),
+    tau, ptau (5, >= K), kkt (16, 16), rhs (16,), gs (15, 15), b0 (15,). Returns ||T - K (x) P|| / ||T||
+    over the box (inf if the solve failed).
+    """
+    kp = psf.shape[0]
+    nt = 2 * hk + 1
+    c = (kp - 1) // 2
+    basis_1d(sigk, hk, g)
+    s2 = 0.0
+    for u in range(kp):
+        v = math.exp(-0.5 * (u - c) ** 2 / (p * p)) / (math.sqrt(2 * math.pi) * p)
+        t[u] = v
+        s2 += v * v
+    tt = s2 * s2
+    for a in range(DEGREE + 1):
+        for j in range(kp):
             s = 0.0
-            for y in range(m):
-                for x in range(m):
-                    s += yk[k, y, x] * yk[l, y, x]
-            kkt[k, l] = s
-            kkt[l, k] = s
-    gram = np.empty((N_BASIS, N_BASIS))  # kept for the residual (the solve overwrites kkt)
-    b0 = np.empty(N_BASIS)
+            for x in range(max(0, j - hk), min(kp, j - hk + nt)):
+                s += g[a, x - j + hk] * t[x]
+            tau[a, j] = s
+        for i in range(kp):
+            s = 0.0
+            for j in range(kp):
+                s += psf[i, j] * tau[a, j]
+            ptau[a, i] = s
     for k in range(N_BASIS):
-        b0[k] = rhs[k]
+        a, b = basis_index(k)
+        s = 0.0
+        for i in range(kp):
+            s += tau[b, i] * ptau[a, i]
+        b0[k] = s
+        rhs[k] = s
         for l in range(N_BASIS):
-            gram[k, l] = kkt[k, l]
+            gs[k, l] = 0.0
+    for q in range(4):
+        for r in range(4):
+            wqr = wn[q] * wn[r]
+            if wqr != 0.0:
+                for k in range(N_BASIS):
+                    grow = gram[q * N_BASIS + k]
+                    for l in range(N_BASIS):
+                        gs[k, l] += wqr * grow[r * N_BASIS + l]
+    for k in range(N_BASIS):
+        for l in range(N_BASIS):
+            kkt[k, l] = gs[k, l]
     for k in range(N_BASIS):  # constraint sum K = sum_ab d_ab (sum g_a)(sum g_b) = 1
         a, b = basis_index(k)
         sa = 0.0
         sb = 0.0
-        for t in range(nt):
-            sa += g[a, t]
-            sb += g[b, t]
+        for u in range(nt):
+            sa += g[a, u]
+            sb += g[b, u]
         kkt[k, N_BASIS] = sa * sb
         kkt[N_BASIS, k] = sa * sb
     kkt[N_BASIS, N_BASIS] = 0.0
@@ -177,7 +271,7 @@ def fit_kernel(psf, p, sigk, hk, g, xa, yk, tgt, kkt, rhs, d):
         d[a, b] = rhs[k]
         r2 -= 2 * rhs[k] * b0[k]
         for l in range(N_BASIS):
-            r2 += rhs[k] * gram[k, l] * rhs[l]
+            r2 += rhs[k] * gs[k, l] * rhs[l]
     for a in range(DEGREE + 1):
         for b in range(DEGREE + 1 - a, DEGREE + 1):
             d[a, b] = 0.0
@@ -214,41 +308,59 @@ def aperture_weight(ia, ib, ic, fx, fy, rw, small, sub, w):
 def effective_weight(w, rw, hk, g, d, ta, u, out):
     """out[:2hs+1, :2hs+1] = K~ (x) w (hs = rw + hk): W'(x) = sum_u K(u) w(x + u), K = sum d_ab g_a g_b.
 
-    Scratch ta (5, >= 2rw+1, >= 2hs+1), u (>= 2rw+1, >= 2hs+1).
+    Each row of w only over its nonzero span (the elliptical cut), taps outer and pixels inner
+    (vectorised; every output's sum in the same order as tap by tap per pixel). Scratch
+    ta (5, >= 2rw+1, >= 2hs+1), u (>= 2rw+1, >= 2hs+1).
     """
     n = 2 * rw + 1
     hs = rw + hk
     ns = 2 * hs + 1
     nt = 2 * hk + 1
-    for a in range(DEGREE + 1):  # rows: ta[a, j, i + nt - 1 - t] += w[j, i] g_a[t]
-        for j in range(n):
-            row = ta[a, j]
-            for x in range(ns):
-                row[x] = 0.0
-            for i in range(n):
-                v = w[j, i]
-                if v != 0.0:
-                    for t in range(nt):
-                        row[i + nt - 1 - t] += v * g[a, t]
     for y in range(ns):
         for x in range(ns):
             out[y, x] = 0.0
+    for j in range(n):
+        lo = 0
+        while lo < n and w[j, lo] == 0.0:
+            lo += 1
+        hi = n - 1
+        while hi >= lo and w[j, hi] == 0.0:
+            hi -= 1
+        if hi < lo:
+            continue
+        wrow = w[j, lo:hi + 1]
+        m = hi - lo + 1
+        for a in range(DEGREE + 1):  # rows: ta[a, j, i + nt - 1 - t] += w[j, i] g_a[t]
+            row = ta[a, j]
+            for x in range(lo, hi + nt):
+                row[x] = 0.0
+            for t in range(nt):
+                gt = g[a, t]
+                dst = row[lo + nt - 1 - t:lo + nt - 1 - t + m]
+                for i in range(m):
+                    dst[i] += wrow[i] * gt
     for b in range(DEGREE + 1):
         for j in range(n):
-            urow = u[j]
-            for x in range(ns):
+            lo = 0
+            while lo < n and w[j, lo] == 0.0:
+                lo += 1
+            hi = n - 1
+            while hi >= lo and w[j, hi] == 0.0:
+                hi -= 1
+            if hi < lo:
+                continue
+            urow = u[j, lo:hi + nt]
+            for x in range(urow.size):
                 urow[x] = 0.0
             for a in range(DEGREE + 1 - b):
                 c = d[a, b]
-                trow = ta[a, j]
-                for x in range(ns):
+                trow = ta[a, j, lo:hi + nt]
+                for x in range(urow.size):
                     urow[x] += c * trow[x]
-        for j in range(n):  # columns: out[j + nt - 1 - t] += u[j] g_b[t]
-            urow = u[j]
-            for t in range(nt):
+            for t in range(nt):  # columns: out[j + nt - 1 - t] += u[j] g_b[t]
                 gb = g[b, t]
-                dst = out[j + nt - 1 - t]
-                for x in range(ns):
+                dst = out[j + nt - 1 - t, lo:hi + nt]
+                for x in range(urow.size):
                     dst[x] += gb * urow[x]
 
 
@@ -318,14 +430,281 @@ def new_outputs(n, na):
             np.zeros((n, na), np.uint8), np.zeros(n, np.uint8), np.full(n, np.nan))
 
 
+@njit(cache=True, nogil=True)
+def clean_reach(valid, cy, cx, half):
+    """Largest h <= half with the box |dx|, |dy| <= h around (cx, cy) inside the plane and only valid == 1
+    (valid, not EXCLUDED) pixels in it; -1 if none. Rows are visited outwards from the centre and each
+    row's bad pixels only looked for when an OR over the row (vectorised, uint8) finds one."""
+    height, width = valid.shape
+    best = min(half, cx, cy, width - 1 - cx, height - 1 - cy)
+    if best < 0:
+        return -1
+    one = np.uint8(1)
+    for dist in range(0, half + 1):
+        if dist > best:
+            break
+        for sgn in range(2):
+            if dist == 0 and sgn == 1:
+                continue
+            y = cy + dist if sgn == 0 else cy - dist
+            row = valid[y, cx - best:cx + best + 1]
+            mid = row.size // 2
+            acc = np.uint8(0)
+            for x in range(row.size):
+                acc |= row[x] ^ one
+            if acc != 0:
+                for x in range(row.size):
+                    if row[x] != 1:
+                        best = min(best, max(dist, abs(x - mid)) - 1)
+                if best < 0:
+                    return -1
+    return best
+
+
+@njit(cache=True, nogil=True)
+def shifted_psf(pc, dx, dy, table, c, sx, sy, q, out):
+    """out = Sy pc Sx^T, the centred PSF image shifted by (dx, dy) as kernels.psf.psf_image does (same sums)."""
+    k = pc.shape[0]
+    if dx != 0.0:
+        shift_x(dx, k, table, c, sx)
+        for i in range(0, k, 2):
+            matmul_rows(pc, sx, q, i, min(i + 2, k))
+    else:
+        copy_into(pc, q)
+    if dy != 0.0:
+        shift_y(dy, k, table, c, sy)
+        for i in range(0, k, 2):
+            matmul_rows(sy, q, out, i, min(i + 2, k))
+    else:
+        copy_into(q, out)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def separable_pieces(ia, ic, fx, fy, rw, hk, small, sub, g, d, vec):
+    """The 1-D pieces of W' = sum_b by_b(y) cb_b(x) for w = wx(x) wy(y) (see separable_weight, same sums):
+    vec[2 + b] = g_b~ (x) wy, vec[7 + b] = sum_a d_ab (g_a~ (x) wx), over the 2 (rw + hk) + 1 box."""
+    n = 2 * rw + 1
+    ns = 2 * (rw + hk) + 1
+    nt = 2 * hk + 1
+    weight_1d(ia, fx, rw, small, sub, vec[0])
+    weight_1d(ic, fy, rw, small, sub, vec[1])
+    for b in range(DEGREE + 1):  # taps outer, pixels inner: vectorised, each output's sum in the same order
+        by = vec[2 + b]
+        cb = vec[7 + b]
+        for x in range(ns):
+            by[x] = 0.0
+            cb[x] = 0.0
+        wy = vec[1, :n]
+        for t in range(nt):
+            gt = g[b, t]
+            dst = by[nt - 1 - t:nt - 1 - t + n]
+            for i in range(n):
+                dst[i] += wy[i] * gt
+    cx = vec[12]
+    wx = vec[0, :n]
+    for a in range(DEGREE + 1):
+        for x in range(ns):
+            cx[x] = 0.0
+        for t in range(nt):
+            gt = g[a, t]
+            dst = cx[nt - 1 - t:nt - 1 - t + n]
+            for i in range(n):
+                dst[i] += wx[i] * gt
+        for b in range(DEGREE + 1 - a):
+            c = d[a, b]
+            cb = vec[7 + b]
+            for x in range(ns):
+                cb[x] += c * cx[x]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def separable_sums(image, variance, fp, src, cy, cx, hs, vec, psfs):
+    """(sum W' I, sum W'^2 V, sum W' P) for the separable W' of ``vec`` (separable_pieces) on the box of
+    half-size hs around (cx, cy), read straight from the planes (the box is inside and all valid: see
+    clean_reach), the source's own heavy footprint added as (heavy - plane) on its pixels. W' is made
+    row by row (the same sums as separable_weight); per-column partial sums, two rows per pass, then
+    summed in order: vectorised, and the same for any thread."""
+    ns = 2 * hs + 1
+    kp = psfs.shape[0]
+    hp = kp // 2
+    by0, by1, by2, by3, by4 = vec[2], vec[3], vec[4], vec[5], vec[6]
+    cb0, cb1, cb2, cb3, cb4 = vec[7], vec[8], vec[9], vec[10], vec[11]
+    af = np.zeros(ns)
+    av = np.zeros(ns)
+    ap = np.zeros(ns)
+    x0 = cx - hs
+    j0 = max(0, hs - hp)
+    j1 = min(ns, hs + hp + 1)
+    for j in range(j0, j1):  # a point source's response sum W' P, P the PSF image at the source
+        b0, b1, b2, b3, b4 = by0[j], by1[j], by2[j], by3[j], by4[j]
+        prow = psfs[j - hs + hp]
+        for i in range(j0, j1):
+            v = 0.0 + b0 * cb0[i]
+            v += b1 * cb1[i]
+            v += b2 * cb2[i]
+            v += b3 * cb3[i]
+            v += b4 * cb4[i]
+            ap[i] += v * prow[i - hs + hp]
+    j = 0
+    while j + 1 < ns:
+        irow = image[cy - hs + j, x0:x0 + ns]
+        vrow = variance[cy - hs + j, x0:x0 + ns]
+        irow2 = image[cy - hs + j + 1, x0:x0 + ns]
+        vrow2 = variance[cy - hs + j + 1, x0:x0 + ns]
+        b0, b1, b2, b3, b4 = by0[j], by1[j], by2[j], by3[j], by4[j]
+        e0, e1, e2, e3, e4 = by0[j + 1], by1[j + 1], by2[j + 1], by3[j + 1], by4[j + 1]
+        for i in range(ns):
+            c0 = cb0[i]
+            c1 = cb1[i]
+            c2 = cb2[i]
+            c3 = cb3[i]
+            c4 = cb4[i]
+            v = 0.0 + b0 * c0
+            v += b1 * c1
+            v += b2 * c2
+            v += b3 * c3
+            v += b4 * c4
+            u = 0.0 + e0 * c0
+            u += e1 * c1
+            u += e2 * c2
+            u += e3 * c3
+            u += e4 * c4
+            f = af[i]
+            f += v * irow[i]
+            f += u * irow2[i]
+            af[i] = f
+            s = av[i]
+            s += v * v * vrow[i]
+            s += u * u * vrow2[i]
+            av[i] = s
+        j += 2
+    if j < ns:
+        irow = image[cy - hs + j, x0:x0 + ns]
+        vrow = variance[cy - hs + j, x0:x0 + ns]
+        b0, b1, b2, b3, b4 = by0[j], by1[j], by2[j], by3[j], by4[j]
+        for i in range(ns):
+            v = 0.0 + b0 * cb0[i]
+            v += b1 * cb1[i]
+            v += b2 * cb2[i]
+            v += b3 * cb3[i]
+            v += b4 * cb4[i]
+            af[i] += v * irow[i]
+            av[i] += v * v * vrow[i]
+    sf = 0.0
+    sv = 0.0
+    swt = 0.0
+    for i in range(ns):
+        sf += af[i]
+        sv += av[i]
+        swt += ap[i]
+    used, span_off, span_y, span_x0, span_x1, val_off, values = fp
+    f = used[src]
+    if f >= 0:
+        k = val_off[f]
+        for sp in range(span_off[f], span_off[f + 1]):
+            y, xa, xb = span_y[sp], span_x0[sp], span_x1[sp]
+            j = y - cy + hs
+            if 0 <= j < ns:
+                b0, b1, b2, b3, b4 = by0[j], by1[j], by2[j], by3[j], by4[j]
+                for x in range(max(xa, cx - hs), min(xb, cx + hs) + 1):
+                    i = x - x0
+                    v = 0.0 + b0 * cb0[i]
+                    v += b1 * cb1[i]
+                    v += b2 * cb2[i]
+                    v += b3 * cb3[i]
+                    v += b4 * cb4[i]
+                    sf += v * (np.float64(values[k + x - xa]) - np.float64(image[y, x]))
+            k += xb - xa + 1
+    return sf, sv, swt
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def weight_sums(image, variance, fp, src, cy, cx, hs, wp, psfs):
+    """separable_sums for any W' given as the array wp[:2hs+1, :2hs+1] (the box inside and all valid)."""
+    ns = 2 * hs + 1
+    kp = psfs.shape[0]
+    hp = kp // 2
+    af = np.zeros(ns)
+    av = np.zeros(ns)
+    ap = np.zeros(ns)
+    x0 = cx - hs
+    j0 = max(0, hs - hp)
+    j1 = min(ns, hs + hp + 1)
+    for j in range(j0, j1):
+        wrow = wp[j]
+        prow = psfs[j - hs + hp]
+        for i in range(j0, j1):
+            ap[i] += wrow[i] * prow[i - hs + hp]
+    for j in range(ns):
+        irow = image[cy - hs + j, x0:x0 + ns]
+        vrow = variance[cy - hs + j, x0:x0 + ns]
+        wrow = wp[j, :ns]
+        for i in range(ns):
+            v = wrow[i]
+            af[i] += v * irow[i]
+            av[i] += v * v * vrow[i]
+    sf = 0.0
+    sv = 0.0
+    swt = 0.0
+    for i in range(ns):
+        sf += af[i]
+        sv += av[i]
+        swt += ap[i]
+    used, span_off, span_y, span_x0, span_x1, val_off, values = fp
+    f = used[src]
+    if f >= 0:
+        k = val_off[f]
+        for sp in range(span_off[f], span_off[f + 1]):
+            y, xa, xb = span_y[sp], span_x0[sp], span_x1[sp]
+            j = y - cy + hs
+            if 0 <= j < ns:
+                for x in range(max(xa, cx - hs), min(xb, cx + hs) + 1):
+                    sf += wp[j, x - x0] * (np.float64(values[k + x - xa]) - np.float64(image[y, x]))
+            k += xb - xa + 1
+    return sf, sv, swt
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def masked_sums(image, valid, cy, cx, hs, hmax, wp, img, var, ok, psfs):
+    """(sum W' I, sum W'^2 V, sum W' P, sum |W'|, on invalid or off-coadd pixels, on EXCLUDED pixels, off
+    the coadd) for W' = wp on a box that may reach invalid, EXCLUDED or off-coadd pixels: read from the
+    source's own stamp img, var, ok (own_stamp_variance, half-size hmax)."""
+    height, width = image.shape
+    kp = psfs.shape[0]
+    hp = kp // 2
+    swt = 0.0
+    for j in range(max(0, hs - hp), min(2 * hs + 1, hs + hp + 1)):
+        for i in range(max(0, hs - hp), min(2 * hs + 1, hs + hp + 1)):
+            swt += wp[j, i] * psfs[j - hs + hp, i - hs + hp]
+    off = hmax - hs
+    sf = sv = sa = sbad = sexc = soff = 0.0
+    for j in range(2 * hs + 1):
+        y = cy - hs + j
+        for i in range(2 * hs + 1):
+            v = wp[j, i]
+            av = abs(v)
+            sf += v * img[j + off, i + off]
+            sv += v * v * var[j + off, i + off]
+            sa += av
+            x = cx - hs + i
+            if not (0 <= x < width and 0 <= y < height):
+                soff += av
+                sbad += av
+            elif not ok[j + off, i + off]:
+                sbad += av
+            elif valid[y, x] == EXCLUDED:
+                sexc += av
+    return sf, sv, swt, sa, sbad, sexc, soff
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def measure_block(t0, t1, args, fp, out):
     """Sources order[t0:t1] of :func:`gaap_flux` (its other arguments ``args``) into ``out``, in this block's own scratch."""
-    image, variance, valid, psf, psfs, cx, cy, fx, fy, p, sigk, hk, ia, ib, ic, rw, small, sub, order = args
+    (image, variance, valid, nodes, node_x, node_y, x, y, cell, grams, cx, cy, fx, fy, p, sigk, hk,
+     ia, ib, ic, rw, small, sub, order) = args
     flux, err, invalid, excluded, edge, residual = out
     na = rw.shape[1]
-    kp = psf.shape[1]
-    height, width = image.shape
+    kp = nodes.shape[-1]
     hkb = 0
     rwb = 0
     for t in range(t0, t1):
@@ -334,16 +713,28 @@ def measure_block(t0, t1, args, fp, out):
             hkb = max(hkb, hk[s])
             for k in range(na):
                 rwb = max(rwb, rw[s, k])
-    m = kp
     nw = 2 * rwb + 1
     nsb = 2 * (rwb + hkb) + 1
     g = np.empty((DEGREE + 1, 2 * hkb + 1))
-    xa = np.empty((DEGREE + 1, kp, m))
-    yk = np.empty((N_BASIS, m, m))
-    tgt = np.empty((m, m))
+    ge = np.empty((DEGREE + 1, 2 * hkb + 1))
+    tv = np.empty(kp)
+    tau = np.empty((DEGREE + 1, kp))
+    ptau = np.empty((DEGREE + 1, kp))
     kkt = np.empty((N_BASIS + 1, N_BASIS + 1))
     rhs = np.empty(N_BASIS + 1)
+    gs = np.empty((N_BASIS, N_BASIS))
+    b0 = np.empty(N_BASIS)
     d = np.zeros((DEGREE + 1, DEGREE + 1))
+    wn = np.empty(4)
+    table = np.empty((2, kp))
+    trig_table(kp, table)
+    dk = np.empty(2 * kp)
+    pc = np.empty((kp, kp))
+    ps = np.empty((kp, kp))
+    sx = np.empty((kp, kp))
+    sy = np.empty((kp, kp))
+    q = np.empty((kp, kp))
+    vec = np.empty((13, max(nsb, nw)))
     w = np.empty((nw, nw))
     ta = np.empty((DEGREE + 1, nw, nsb))
     u = np.empty((max(nw, 4), nsb))
@@ -356,7 +747,14 @@ def measure_block(t0, t1, args, fp, out):
         h = hk[s]
         if h < 0:
             continue
-        res = fit_kernel(psf[s], p[s], sigk[s], h, g, xa, yk, tgt, kkt, rhs, d)
+        _, _, tx = node_weights(x[s], node_x)
+        _, _, ty = node_weights(y[s], node_y)
+        wn[0] = (1 - tx) * (1 - ty)
+        wn[1] = tx * (1 - ty)
+        wn[2] = (1 - tx) * ty
+        wn[3] = tx * ty
+        interpolate(nodes, node_x, node_y, x[s], y[s], pc)  # the centred PSF (the fit's)
+        res = fit_from_gram(grams[cell[s]], wn, pc, p[s], sigk[s], h, g, tv, tau, ptau, kkt, rhs, d, gs, b0)
         residual[s] = res
         if not res < np.inf:
             continue
@@ -366,40 +764,47 @@ def measure_block(t0, t1, args, fp, out):
                 hmax = max(hmax, rw[s, k] + h)
         if hmax < 0:
             continue
-        own_stamp_variance(image, variance, valid, fp, s, cy[s], cx[s], hmax, img, var, ok)
+        # the PSF at the source's sub-pixel position (the normalisation's)
+        shifted_psf(pc, x[s] - math.floor(x[s] + 0.5), y[s] - math.floor(y[s] + 0.5), table, dk, sx, sy, q, ps)
+        reach = clean_reach(valid, cy[s], cx[s], hmax)
+        he = h  # the fast path's taps: |g_a(t)| <= TAP_EPS (rows of unit norm) beyond he are left out
+        while he > 0:
+            top = 0.0
+            for a in range(DEGREE + 1):
+                top = max(top, abs(g[a, h - he]), abs(g[a, h + he]))
+            if top > TAP_EPS:
+                break
+            he -= 1
+        for a in range(DEGREE + 1):
+            for i in range(2 * he + 1):
+                ge[a, i] = g[a, h - he + i]
+        stamp = False
         for k in range(na):
             r = rw[s, k]
             if r < 0:
                 continue
             hs = r + h
-            if ib[s, k] == 0.0:  # axis-aligned Q: w = wx(x) wy(y) on its box, W' a sum of 5 outer products
+            sep = ib[s, k] == 0.0  # axis-aligned Q: w = wx(x) wy(y) on its box, W' a sum of 5 outer products
+            if hs <= reach:  # inside the coadd, every pixel valid: sums straight from the planes
+                if sep:
+                    separable_pieces(ia[s, k], ic[s, k], fx[s], fy[s], r, he, small[s, k] != 0, sub, ge, d, vec)
+                    sf, sv, swt = separable_sums(image, variance, fp, s, cy[s], cx[s], r + he, vec, ps)
+                else:
+                    aperture_weight(ia[s, k], ib[s, k], ic[s, k], fx[s], fy[s], r, small[s, k] != 0, sub, w)
+                    effective_weight(w, r, he, ge, d, ta, u, wp)
+                    sf, sv, swt = weight_sums(image, variance, fp, s, cy[s], cx[s], r + he, wp, ps)
+                flux[s, k] = sf / swt
+                err[s, k] = math.sqrt(sv) / swt
+                continue
+            if not stamp:
+                own_stamp_variance(image, variance, valid, fp, s, cy[s], cx[s], hmax, img, var, ok)
+                stamp = True
+            if sep:
                 separable_weight(ia[s, k], ic[s, k], fx[s], fy[s], r, h, small[s, k] != 0, sub, g, d, ta, u, wp)
             else:
                 aperture_weight(ia[s, k], ib[s, k], ic[s, k], fx[s], fy[s], r, small[s, k] != 0, sub, w)
                 effective_weight(w, r, h, g, d, ta, u, wp)
-            swt = 0.0  # a point source's response: sum W' P, P the PSF image at the source's position
-            hp = kp // 2
-            for j in range(max(0, hs - hp), min(2 * hs + 1, hs + hp + 1)):
-                for i in range(max(0, hs - hp), min(2 * hs + 1, hs + hp + 1)):
-                    swt += wp[j, i] * psfs[s, j - hs + hp, i - hs + hp]
-            off = hmax - hs
-            sf = sv = sa = sbad = sexc = soff = 0.0
-            for j in range(2 * hs + 1):
-                y = cy[s] - hs + j
-                for i in range(2 * hs + 1):
-                    v = wp[j, i]
-                    av = abs(v)
-                    sf += v * img[j + off, i + off]
-                    sv += v * v * var[j + off, i + off]
-                    sa += av
-                    x = cx[s] - hs + i
-                    if not (0 <= x < width and 0 <= y < height):
-                        soff += av
-                        sbad += av
-                    elif not ok[j + off, i + off]:
-                        sbad += av
-                    elif valid[y, x] == EXCLUDED:
-                        sexc += av
+            sf, sv, swt, sa, sbad, sexc, soff = masked_sums(image, valid, cy[s], cx[s], hs, hmax, wp, img, var, ok, ps)
             flux[s, k] = sf / swt
             err[s, k] = math.sqrt(sv) / swt
             invalid[s, k] = sbad > 1e-3 * sa
@@ -409,11 +814,14 @@ def measure_block(t0, t1, args, fp, out):
 
 
 @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
-def gaap_flux(image, variance, valid, fp, psf, psfs, cx, cy, fx, fy, p, sigk, hk, ia, ib, ic, rw, small, sub, order):
+def gaap_flux(image, variance, valid, fp, nodes, node_x, node_y, x, y, cell, grams, cx, cy, fx, fy, p, sigk, hk,
+              ia, ib, ic, rw, small, sub, order):
     """GAaP fluxes of every source (rows) in every aperture (columns); see the module docstring.
 
-    psf (N, K, K): each source's PSF image, centred (the fit's); psfs: the same shifted to the source's
-    sub-pixel position (the normalisation's); p, sigk (N,): target and kernel-Gaussian sigmas;
+    nodes (ny, nx, K, K) float64, node_x, node_y: the PSF grid; x, y (N,): tract positions (the PSF
+    at a source: bilinear between its cell's corner nodes, centred for the fit, shifted to the
+    sub-pixel position for the normalisation); cell (N,): index into grams (C, 60, 60) of the source's
+    cell (:func:`cell_grams`); p, sigk (N,): target and kernel-Gaussian sigmas (sigk that of the cell);
     hk (N,): kernel half-size (< 0: not measured); (ia, ib, ic) (N, A): Q^-1 of each aperture;
     rw (N, A): its weight's half-size (< 0: not measured); small (N, A): sub-pixel samples ``sub``.
     Returns flux, err (N, A), invalid and excluded (N, A, uint8: |W'| on invalid or off-coadd pixels,
@@ -423,11 +831,24 @@ def gaap_flux(image, variance, valid, fp, psf, psfs, cx, cy, fx, fy, p, sigk, hk
     """
     n, na = rw.shape
     out = new_outputs(n, na)
-    args = (image, variance, valid, psf, psfs, cx, cy, fx, fy, p, sigk, hk, ia, ib, ic, rw, small, sub, order)
+    args = (image, variance, valid, nodes, node_x, node_y, x, y, cell, grams, cx, cy, fx, fy, p, sigk, hk,
+            ia, ib, ic, rw, small, sub, order)
     n_blocks = (n + BLOCK - 1) // BLOCK
     for blk in prange(n_blocks):
         measure_block(blk * BLOCK, min(n, (blk + 1) * BLOCK), args, fp, out)
     return out
+
+
+@njit(cache=True, nogil=True)
+def source_cells(node_x, node_y, x, y):
+    """(iy0, ix0) (N,): the lower corner node of each source's PSF grid cell (as interpolate() takes it)."""
+    n = x.size
+    iy0 = np.empty(n, np.int64)
+    ix0 = np.empty(n, np.int64)
+    for s in range(n):
+        ix0[s] = node_weights(x[s], node_x)[0]
+        iy0[s] = node_weights(y[s], node_y)[0]
+    return iy0, ix0
 
 
 def _warm_gaap():
@@ -435,12 +856,15 @@ def _warm_gaap():
 
     image, variance, valid, fp = _warm_planes()
     one_i, one_f = np.full(1, 4, np.int64), np.zeros(1)
-    psf = np.zeros((1, 5, 5))
-    psf[0, 2, 2] = 1.0
+    nodes = np.zeros((1, 1, 5, 5))
+    nodes[0, 0, 2, 2] = 1.0
+    hk = np.full(1, 2, np.int64)
+    iy0, ix0 = source_cells(one_f, one_f, one_f + 0.25, one_f)
+    grams = cell_grams(nodes, iy0, ix0, np.ones(1), hk)
     a = np.ones((1, 1))
-    gaap_flux(image, variance, valid, fp, psf, psf, one_i, one_i, one_f, one_f, np.ones(1), np.ones(1), np.full(1, 2, np.int64),
-              a, a * 0, a, np.full((1, 1), 2, np.int64), np.zeros((1, 1), np.uint8), (np.arange(4) - 1.5) / 4,
-              np.zeros(1, np.int64))
+    gaap_flux(image, variance, valid, fp, nodes, one_f, one_f, one_f + 0.25, one_f + 0.1, np.zeros(1, np.int64), grams,
+              one_i, one_i, one_f, one_f, np.ones(1), np.ones(1), hk, a, a * 0, a, np.full((1, 1), 2, np.int64),
+              np.zeros((1, 1), np.uint8), (np.arange(4) - 1.5) / 4, np.zeros(1, np.int64))
 
 
 # the signatures the pipeline compiles (see forcedphot.compile)
