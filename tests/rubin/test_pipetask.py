@@ -154,7 +154,7 @@ def test_config_is_generated_from_forcedphot_config():
         config.validate()  # pydantic's range, through forcedphot's one-line error
 
 
-def test_export_butler_refuses_a_foreign_folder(measured_tiny_repo, tmp_path, capsys):
+def test_export_butler_refuses_a_foreign_folder(measured_tiny_repo, butler_repo, tmp_path, capsys):
     mine = tmp_path / "thesis"
     mine.mkdir()
     (mine / "thesis.tex").write_text("tex")
@@ -162,3 +162,7 @@ def test_export_butler_refuses_a_foreign_folder(measured_tiny_repo, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert err == f"forcedphot: error: {mine}: not a butler repository (no butler.yaml); refusing to overwrite it"
     assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    # an existing butler is added to, but not into an existing input collection
+    assert main(["export", "butler", "--repo", str(measured_tiny_repo), "--butler", str(butler_repo)]) == 2
+    assert capsys.readouterr().err.strip() == (f"forcedphot: error: {butler_repo}: collection {INPUT_RUN!r} exists "
+                                               "already; pass another --run")
