@@ -379,7 +379,13 @@ def cmd_export_hats(args) -> int:
 
 
 def cmd_export_butler(args) -> int:
-    from forcedphot.rubin.export import export_butler
+    from forcedphot.errors import InputError
+
+    try:
+        from forcedphot.rubin.export import export_butler
+    except ImportError as exc:
+        raise InputError(f"exporting to a butler needs Rubin's middleware ({exc}); pip install 'forcedphot[rubin]'") \
+            from None
 
     out = export_butler(args.repo, args.butler, run=args.run)
     print(f"put {out['datasets']} datasets of {out['quanta']} quanta ({out['patches']} patches, bands "

@@ -75,7 +75,6 @@ def export_butler(repo_root: str | Path, butler_root: str | Path, *, run: str = 
     """Create (or add to) the butler at ``butler_root`` and put ``repo_root``'s inputs into ``run``.
 
     Returns counts: {"quanta": n, "patches": n, "datasets": n, "run": run}."""
-    import pyarrow.parquet as pq
     from lsst.daf.butler import Butler, MissingCollectionError
 
     from forcedphot.io.coadd import read_coadd
@@ -120,7 +119,7 @@ def export_butler(repo_root: str | Path, butler_root: str | Path, *, run: str = 
         butler.put(ds.coadd_to_masked_image(coadd), ds.COADD, data_id, run=run)
         butler.put(ds.psf_table(coadd), ds.COADD_PSF, data_id, run=run)
         butler.put(ds.calib_table(coadd), ds.COADD_CALIB, data_id, run=run)
-        butler.put(pq.read_table(q.footprints_file), ds.FOOTPRINTS, data_id, run=run)
+        butler.put(read_parquet(q.footprints_file, load_schema("footprints")), ds.FOOTPRINTS, data_id, run=run)
         n += 4
     return {"quanta": len(quanta), "patches": len(patches), "datasets": n, "run": run, "skymap": skymap.name,
             "instrument": INSTRUMENT, "bands": bands}
