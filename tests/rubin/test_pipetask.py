@@ -24,7 +24,7 @@ from forcedphot.config import ForcedPhotConfig
 from forcedphot.io.coadd import read_coadd
 from forcedphot.query import load_object
 from forcedphot.repository import DataId, Repository
-from forcedphot.rubin import PIPELINE, ForcedPhotCoaddConfig
+from forcedphot.rubin import PIPELINE, ForcedPhotCoaddConfig, ForcedPhotCoaddTask
 from forcedphot.rubin import datasets as ds
 from forcedphot.rubin.config import OPTION_NAMES, to_forcedphot
 from forcedphot.rubin.export import INPUT_RUN, INSTRUMENT
@@ -134,6 +134,33 @@ def test_simple_pipeline_executor_equals_forcedphot_run(measured_tiny_repo, butl
     got = out.get(ds.OBJECT, skymap=skymap, tract=0, patch=3)
     assert "g_psfFlux" in got.column_names and "i_psfFlux" not in got.column_names  # the bands it was given
     assert_same_table(got, _expected_object(measured_tiny_repo, 0, 3).select(got.column_names))
+
+
+def test_config_override_reaches_the_engine(measured_tiny_repo, butler_repo, tmp_path):
+    """Options set through pex_config give what `forcedphot run` gives with the same options."""
+    import shutil
+
+    from forcedphot.runner import run_all
+
+    config = ForcedPhotCoaddConfig()
+    config.aperture_radii = [3.0, 6.0]
+    config.noise_seed_multiplier = 3
+    butler = SimplePipelineExecutor.prep_butler(str(butler_repo), inputs=[INPUT_RUN], output="forcedphot/config")
+    executor = SimplePipelineExecutor.from_task_class(ForcedPhotCoaddTask, config=config, butler=butler,
+                                                      where="tract = 0 AND patch = 2 AND band = 'i'")
+    assert len(executor.run(register_dataset_types=True)) == 1
+    skymap = next(iter(butler.registry.queryDimensionRecords("skymap"))).name
+    got = Butler.from_config(str(butler_repo), collections=["forcedphot/config"]).get(
+        ds.FORCED_SOURCE, skymap=skymap, tract=0, patch=2, band="i")
+    repo = tmp_path / "repo"
+    shutil.copytree(measured_tiny_repo, repo)
+    options = ForcedPhotConfig(aperture_radii=(3.0, 6.0), noise_seed_multiplier=3)
+    assert run_all(Repository(repo), options, tracts=[0], patches=[2], bands=["i"], progress=False).ok
+    assert_same_table(got, _expected_forced_source(repo, 0, 2, "i"))
+    assert got.column("ap09Flux").null_count == got.num_rows  # the radius left out
+    default = _expected_forced_source(measured_tiny_repo, 0, 2, "i")
+    assert not np.array_equal(got.column("psfFlux").to_numpy(), default.column("psfFlux").to_numpy(),
+                              equal_nan=True)  # another noise seed: other numbers
 
 
 def test_config_is_generated_from_forcedphot_config():
