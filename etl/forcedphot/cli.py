@@ -488,6 +488,23 @@ def cmd_compact(args) -> int:
     return 0
 
 
+def cmd_export_butler(args) -> int:
+    from forcedphot.errors import InputError
+
+    try:
+        from forcedphot.rubin.export import export_butler
+    except ImportError as exc:
+        raise InputError(f"exporting to a butler needs Rubin's middleware ({exc}); pip install 'forcedphot[rubin]'") \
+            from None
+
+    out = export_butler(args.repo, args.butler, run=args.run)
+    print(f"put {out['datasets']} datasets of {out['quanta']} quanta ({out['patches']} patches, bands "
+          f"{','.join(out['bands'])}) into collection {out['run']} of butler {args.butler}; next: pipetask run -b "
+          f"{args.butler} -i {out['run']} -o forcedphot/run -p $(python -c 'import forcedphot.rubin as r; "
+          "print(r.PIPELINE)')")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from forcedphot.bench import main_bench
 
@@ -692,6 +709,16 @@ def build_parser() -> argparse.ArgumentParser:
     eh.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _add_verbose(eh)
     eh.set_defaults(func=cmd_export_hats)
+    eb = ex_sub.add_parser("butler", help="the inputs as datasets of a Rubin butler repository (pipetask run)",
+                           description="Create (or add to) a butler repository (SQLite registry): register the skymap, "
+                                       "tracts, patches and bands (instrument ForcedPhot, one physical filter per "
+                                       "band) and put every complete quantum's inputs into one RUN collection. "
+                                       "Needs forcedphot[rubin].")
+    eb.add_argument("--repo", required=True, help="forcedphot repository folder")
+    eb.add_argument("--butler", required=True, help="butler repository folder (created when absent or empty)")
+    eb.add_argument("--run", default="forcedphot/inputs", help="input RUN collection (default: forcedphot/inputs)")
+    _add_verbose(eb)
+    eb.set_defaults(func=cmd_export_butler)
     return p
 
 
