@@ -1030,12 +1030,14 @@ def cluster_repo(root: str | Path, *, progress: bool = True):
     return repo
 
 
-def run_cluster_scaling(root: str | Path, *, workers=(1, 2), repeat: int = 1, progress: bool = True) -> dict:
+def run_cluster_scaling(root: str | Path, *, workers=(1, 2), repeat: int = 1, progress: bool = True,
+                        warm: bool = True) -> dict:
     """The 64 quanta of :data:`CLUSTER_RECIPE` with ``run_all(dask=ADDRESS, n_threads=1, force=True)`` from a
     fresh interpreter, on a cluster of ``n`` separate worker processes for each ``n`` in ``workers``: the
     wall of the run and the CPU seconds of the workers and of the client. Each cluster is started, its
     workers warmed (package imported, kernels loaded: a cluster that has served a run before), and
-    stopped after its run; the modes take turns for ``repeat`` rounds and each keeps its best wall."""
+    stopped after its run; the modes take turns for ``repeat`` rounds and each keeps its best wall.
+    ``warm=False`` (tests): the workers load the kernels inside the timed run."""
     from forcedphot.compile import is_warm
     from forcedphot.plan import plan_quanta
 
@@ -1047,7 +1049,8 @@ def run_cluster_scaling(root: str | Path, *, workers=(1, 2), repeat: int = 1, pr
         read_inputs(repo.root)
         for n in workers:
             with ProcessCluster(n) as cluster:
-                warm_s = cluster.warm()
+                warm_s = cluster.warm() if warm else None
+                pids = [p.pid for p in cluster.procs]
                 cpu0 = cluster.cpu_seconds()
                 res = _run_module(["run_all", repo.root, json.dumps({"dask": cluster.address, "n_threads": 1})])
                 worker_cpu = cluster.cpu_seconds() - cpu0
@@ -1059,6 +1062,7 @@ def run_cluster_scaling(root: str | Path, *, workers=(1, 2), repeat: int = 1, pr
             r["worker_cpu_s"].append(worker_cpu)
             r["client_cpu_s"].append(res.get("cpu_s"))
             r["warm_up_s"] = warm_s
+            r["pids"] = pids  # scheduler first
             if res["wall_s"] <= min(r["walls_s"]):
                 r.update(wall_s=res["wall_s"], quanta=len(res["done"]), rows=sum(n_ for _, n_, _ in res["done"]),
                          quantum_s=[s for _, _, s in res["done"]])
