@@ -520,7 +520,7 @@ def format_psf_agreement(a: dict) -> str:
 
 def main_bench(repo_root, *, band="i", psf_subset=PSF_SUBSET, repeat=3, progress=True, json_out=None,
                threads=(1, 2), table=None, growth=False, growth_sizes=GROWTH_SIZES, growth_rss_limit_gb=None,
-               scaling=False, cluster=False) -> str:
+               scaling=False, cluster=None) -> str:
     """Run the selected modes (the table when neither growth nor scaling is asked for); returns the text."""
     table = (not growth and not scaling) if table is None else table
     parts, figures = [], {}
@@ -558,7 +558,8 @@ def main_bench(repo_root, *, band="i", psf_subset=PSF_SUBSET, repeat=3, progress
         parts.append(format_scaling(s))
         figures["scaling"] = s
     if scaling and cluster:
-        c = run_cluster_scaling(Path(repo_root) / "scaling-cluster", repeat=repeat, progress=progress)
+        c = run_cluster_scaling(Path(repo_root) / f"scaling-cluster-{cluster}", repeat=repeat, progress=progress,
+                                recipe=cluster)
         parts.append(format_cluster_scaling(c))
         figures["scaling_cluster"] = c
     if json_out:
@@ -908,10 +909,15 @@ def run_scaling(root: str | Path, *, repeat: int = 3, progress: bool = True) -> 
 
 # -- scaling on a cluster of separate processes: 64 quanta, 1 worker vs 2 -------------------------
 
-# the scaling sky cut into 4 x 4 patches of 1024 x 1024 (inner): 16 patches x 4 bands = 64 quanta of
-# ~1,300 rows each, simulated in about a minute (64 bench-size quanta would take ~10 minutes per mode)
-CLUSTER_RECIPE = dict(n_patch_x=4, n_patch_y=4, patch_inner=1024, patch_border=64, n_stars=9000, n_galaxies=10200,
-                      n_close_pairs=800, n_bright_stars=10)
+# 16 patches x 4 bands = 64 quanta. "scaling": the scaling sky cut into 4 x 4 patches of 1024 x 1024 (inner),
+# ~1,300 rows each (64 bench-size quanta would take ~10 minutes per mode on 2 quiet cores); "tiny": the
+# tiny survey's patches (200 x 200, ~60 rows) 4 x 4: start-up and per-quantum overheads, simulated in
+# a minute on a loaded machine
+CLUSTER_RECIPES = {
+    "scaling": ("scaling", dict(n_patch_x=4, n_patch_y=4, patch_inner=1024, patch_border=64, n_stars=9000,
+                                n_galaxies=10200, n_close_pairs=800, n_bright_stars=10)),
+    "tiny": ("tiny", dict(n_patch_x=4, n_patch_y=4, n_stars=560, n_galaxies=360, n_close_pairs=32, n_bright_stars=4)),
+}
 CLUSTER_FLOOR = 1.9  # speed-up of 2 workers over 1 (issue 22)
 CLUSTER_START_S = 120.0  # bound on a scheduler answering and its workers registering
 
@@ -1019,20 +1025,21 @@ def _warm_worker() -> float:
                     for m in kernel_modules(ForcedPhotConfig())])
 
 
-def cluster_repo(root: str | Path, *, progress: bool = True):
-    """The 64-quantum sky of the cluster mode (:data:`CLUSTER_RECIPE`), simulated into ``root`` when missing."""
+def cluster_repo(root: str | Path, *, recipe: str = "scaling", progress: bool = True):
+    """The 64-quantum sky of the cluster mode (:data:`CLUSTER_RECIPES`), simulated into ``root`` when missing."""
     from forcedphot.repository import Repository
     from forcedphot.sim import load_recipe, simulate
 
     repo = Repository(root)
     if not repo.exists():
-        simulate(load_recipe("scaling", **CLUSTER_RECIPE), repo.root, progress=progress)
+        name, overrides = CLUSTER_RECIPES[recipe]
+        simulate(load_recipe(name, **overrides), repo.root, progress=progress)
     return repo
 
 
 def run_cluster_scaling(root: str | Path, *, workers=(1, 2), repeat: int = 1, progress: bool = True,
-                        warm: bool = True) -> dict:
-    """The 64 quanta of :data:`CLUSTER_RECIPE` with ``run_all(dask=ADDRESS, n_threads=1, force=True)`` from a
+                        warm: bool = True, recipe: str = "scaling") -> dict:
+    """The 64 quanta of ``CLUSTER_RECIPES[recipe]`` (simulated into ``root`` when missing) with ``run_all(dask=ADDRESS, n_threads=1, force=True)`` from a
     fresh interpreter, on a cluster of ``n`` separate worker processes for each ``n`` in ``workers``: the
     wall of the run and the CPU seconds of the workers and of the client. Each cluster is started, its
     workers warmed (package imported, kernels loaded: a cluster that has served a run before), and
@@ -1041,7 +1048,7 @@ def run_cluster_scaling(root: str | Path, *, workers=(1, 2), repeat: int = 1, pr
     from forcedphot.compile import is_warm
     from forcedphot.plan import plan_quanta
 
-    repo = cluster_repo(root, progress=progress)
+    repo = cluster_repo(root, recipe=recipe, progress=progress)
     n_quanta = sum(q.ready for q in plan_quanta(repo))
     compiled = None if is_warm() else compile_report()  # once, in this process, before any worker loads
     runs: dict[int, dict] = {}
@@ -1070,7 +1077,7 @@ def run_cluster_scaling(root: str | Path, *, workers=(1, 2), repeat: int = 1, pr
     for r in out:
         r["speedup"] = out[0]["wall_s"] / r["wall_s"]
         r["speedups_per_round"] = [w0 / w for w0, w in zip(out[0]["walls_s"], r["walls_s"])]
-    return {"root": str(repo.root), "quanta": n_quanta, "recipe": CLUSTER_RECIPE, "compile": compiled,
+    return {"root": str(repo.root), "quanta": n_quanta, "recipe": recipe, "recipe_overrides": CLUSTER_RECIPES[recipe][1], "compile": compiled,
             "runs": out, "floor": CLUSTER_FLOOR, "rounds": max(1, int(repeat)), "cores": os.cpu_count()}
 
 
