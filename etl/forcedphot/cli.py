@@ -517,7 +517,8 @@ def cmd_bench(args) -> int:
     print(main_bench(args.repo, band=args.band, psf_subset=args.psf_subset, repeat=args.repeat,
                      progress=_progress(args), json_out=args.json, threads=args.threads,
                      table=True if args.table else None, growth=args.growth, growth_sizes=args.growth_sizes,
-                     growth_rss_limit_gb=args.growth_rss_limit, scaling=args.scaling))
+                     growth_rss_limit_gb=args.growth_rss_limit, scaling=args.scaling,
+                     cluster=args.cluster))
     return 0
 
 
@@ -629,6 +630,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kill a --growth child above this RSS (default 80%% of the memory available at start)")
     b.add_argument("--scaling", action="store_true", help="8 quanta (recipe scaling, in REPO/scaling) with "
                    "run_all serially, in 2 processes and on a local Dask cluster of 2 workers")
+    b.add_argument("--cluster", nargs="?", const="scaling", choices=("scaling", "tiny"),
+                   help="with --scaling: 64 quanta (16 patches x 4 bands of the scaling recipe at 1024 px, or of "
+                   "the tiny one; REPO/scaling-cluster-NAME) on a scheduler and 1, then 2 workers started as separate "
+                   "processes (dask scheduler / dask worker)")
     b.add_argument("--json", help="also write every figure to this JSON file")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar (there is none off a terminal)")
     b.add_argument("--sql-scale", type=lambda v: [int(x) for x in v.split(",")], metavar="N,N,...",
