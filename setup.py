@@ -10,5 +10,6 @@ PACKAGE_DATA = {"sql": ["*.sql"], "sql.examples": ["*.sql"], "schemas": ["*.yaml
 setup(
     packages=find_packages("etl") + [f"forcedphot.{name}" for name in PACKAGE_DATA],
     package_dir={"": "etl", **{f"forcedphot.{name}": name.replace(".", "/") for name in PACKAGE_DATA}},
-    package_data={f"forcedphot.{name}": globs for name, globs in PACKAGE_DATA.items()},
+    package_data={**{f"forcedphot.{name}": globs for name, globs in PACKAGE_DATA.items()},
+                  "forcedphot.rubin": ["pipeline.yaml"]},  # the PipelineTask's pipeline (pipetask run -p)
 )

@@ -107,6 +107,43 @@ def test_format_growth_and_scaling():
     assert "speed-up over jobs=1, 1 thread" in s[6]
 
 
+def _cluster_scaling():
+    def run(n, wall, cpu):
+        return {"workers": n, "wall_s": wall, "walls_s": [wall + 1, wall], "worker_cpu_s": [cpu + 1, cpu],
+                "client_cpu_s": [2.0, 2.5], "quanta": 64, "rows": 90000, "quantum_s": [0.5] * 64,
+                "speedup": 60.0 / wall}
+
+    return {"root": "r/scaling-cluster", "quanta": 64, "runs": [run(1, 60.0, 58.0), run(2, 33.0, 61.0)],
+            "floor": 1.9, "rounds": 2, "cores": 2}
+
+
+def test_format_cluster_scaling():
+    s = bench.format_cluster_scaling(_cluster_scaling()).splitlines()
+    assert s[0].split()[:3] == ["cluster", "quanta", "rows"]
+    assert s[2].split()[:8] == ["scheduler", "+", "1", "worker(s)", "64", "90000", "60.00", "58.00"]
+    assert s[2].rstrip().endswith("1.00")  # the reference: no target
+    assert s[3].split()[7:10] == ["61.00", "2.50", "1.82"] and s[3].rstrip().endswith(">= 1.9x NO")
+    assert "best wall of 2 round(s)" in s[4]
+
+
+@pytest.mark.slow
+def test_cluster_scaling_runs_on_separate_processes_and_stops_them(tiny_repo):
+    """Both cluster sizes measure every quantum (16 of the tiny survey), their workers count CPU, and
+    every process of each cluster is gone afterwards."""
+    import psutil
+
+    s = bench.run_cluster_scaling(tiny_repo, workers=(1, 2), progress=False, warm=False)
+    assert [r["workers"] for r in s["runs"]] == [1, 2] and s["quanta"] == 16
+    assert all(r["quanta"] == 16 and r["rows"] == s["runs"][0]["rows"] > 0 for r in s["runs"])
+    assert all(r["worker_cpu_s"][0] > 0 and r["client_cpu_s"][0] > 0 for r in s["runs"])
+    assert s["runs"][0]["speedup"] == 1.0 and s["runs"][1]["speedup"] > 0
+    assert [len(r["pids"]) for r in s["runs"]] == [2, 3]
+    assert not [pid for r in s["runs"] for pid in r["pids"] if psutil.pid_exists(pid)
+                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    json.dumps(s, default=bench._json_default)
+    assert "scheduler + 2 worker(s)" in bench.format_cluster_scaling(s)
+
+
 def _plugins():
     return {1: {"load": 0.3, "PsfFlux": 0.25, "stage_psf_mixtures": 0.1, "undeblended_PsfFlux": 0.05,
                 "write": 0.1, "total": 0.8},

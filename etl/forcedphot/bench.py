@@ -520,7 +520,7 @@ def format_psf_agreement(a: dict) -> str:
 
 def main_bench(repo_root, *, band="i", psf_subset=PSF_SUBSET, repeat=3, progress=True, json_out=None,
                threads=(1, 2), table=None, growth=False, growth_sizes=GROWTH_SIZES, growth_rss_limit_gb=None,
-               scaling=False) -> str:
+               scaling=False, cluster=None) -> str:
     """Run the selected modes (the table when neither growth nor scaling is asked for); returns the text."""
     table = (not growth and not scaling) if table is None else table
     parts, figures = [], {}
@@ -553,10 +553,15 @@ def main_bench(repo_root, *, band="i", psf_subset=PSF_SUBSET, repeat=3, progress
                        progress=progress, rss_limit_gb=growth_rss_limit_gb)
         parts.append(format_growth(g))
         figures["growth"] = g
-    if scaling:
+    if scaling and not cluster:
         s = run_scaling(Path(repo_root) / "scaling", repeat=repeat, progress=progress)
         parts.append(format_scaling(s))
         figures["scaling"] = s
+    if scaling and cluster:
+        c = run_cluster_scaling(Path(repo_root) / f"scaling-cluster-{cluster}", repeat=repeat, progress=progress,
+                                recipe=cluster)
+        parts.append(format_cluster_scaling(c))
+        figures["scaling_cluster"] = c
     if json_out:
         Path(json_out).write_text(json.dumps(figures, indent=1, default=_json_default))
     return "\n\n".join(parts)
@@ -771,8 +776,9 @@ def _run_all_main(root: str, options: str) -> dict:
 
 
 def _run_all_figures(summary) -> dict:
+    usage = os.times()
     return {"wall_s": summary.seconds, "done": summary.done, "failed": summary.failed, "run_id": summary.run_id,
-            "pid": os.getpid()}
+            "pid": os.getpid(), "cpu_s": usage.user + usage.system}
 
 
 def run_growth(repo_root: str | Path, *, sizes=GROWTH_SIZES, band: str = "i", threads: int = 2,
@@ -899,6 +905,196 @@ def run_scaling(root: str | Path, *, repeat: int = 3, progress: bool = True) -> 
         r["speedups_per_round"] = [w0 / w for w0, w in zip(runs[0]["walls_s"], r["walls_s"])]
     return {"root": str(repo.root), "compile": compiled, "primed_s": primed, "runs": runs, "floor": SCALING_FLOOR,
             "reference": runs[0]["mode"], "rounds": max(1, int(repeat))}
+
+
+# -- scaling on a cluster of separate processes: 64 quanta, 1 worker vs 2 -------------------------
+
+# 16 patches x 4 bands = 64 quanta. "scaling": the scaling sky cut into 4 x 4 patches of 1024 x 1024 (inner),
+# ~1,300 rows each (64 bench-size quanta would take ~10 minutes per mode on 2 quiet cores); "tiny": the
+# tiny survey's patches (200 x 200, ~60 rows) 4 x 4: start-up and per-quantum overheads, simulated in
+# a minute on a loaded machine
+CLUSTER_RECIPES = {
+    "scaling": ("scaling", dict(n_patch_x=4, n_patch_y=4, patch_inner=1024, patch_border=64, n_stars=9000,
+                                n_galaxies=10200, n_close_pairs=800, n_bright_stars=10)),
+    "tiny": ("tiny", dict(n_patch_x=4, n_patch_y=4, n_stars=560, n_galaxies=360, n_close_pairs=32, n_bright_stars=4)),
+}
+CLUSTER_FLOOR = 1.9  # speed-up of 2 workers over 1 (issue 22)
+CLUSTER_START_S = 120.0  # bound on a scheduler answering and its workers registering
+
+
+class ProcessCluster:
+    """``dask scheduler`` and ``n_workers`` ``dask worker --nthreads 1 --no-nanny`` on 127.0.0.1, each a
+    process of its own (its own interpreter and environment, as on a cluster), stopped by PID.
+
+    No nanny: a nanny sets ``MALLOC_TRIM_THRESHOLD_`` for its worker (each quantum ~25% slower, see
+    ``runner.LOCAL_CLUSTER_CONFIG``), and each worker's PID is then the process whose CPU is counted.
+    """
+
+    def __init__(self, n_workers: int, *, threads: int = 1):
+        import socket
+
+        from forcedphot.threads import worker_environment
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.n_workers = n_workers
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | worker_environment(threads) | {
+            "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+            "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "500ms",
+            "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "2s"}
+        self.procs: list[subprocess.Popen] = []
+        self._logs: list = []
+
+    def _spawn(self, *args: str) -> subprocess.Popen:
+        log = tempfile.TemporaryFile("w+")
+        self._logs.append(log)
+        proc = subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=log, stderr=subprocess.STDOUT,
+                                env=self.env, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def __enter__(self) -> "ProcessCluster":
+        from distributed import Client
+
+        self._spawn("scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard")
+        for _ in range(self.n_workers):
+            self._spawn("worker", self.address, "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1",
+                        "--no-dashboard")
+        try:
+            with Client(self.address, timeout=CLUSTER_START_S) as c:
+                c.wait_for_workers(self.n_workers, timeout=CLUSTER_START_S)
+        except Exception as exc:
+            self.stop()
+            raise ForcedPhotError(f"bench cluster did not start: {type(exc).__name__}: {exc}") from exc
+        return self
+
+    def warm(self) -> float:
+        """Import the package and load every kernel on every worker (a cluster that has run before); seconds."""
+        from distributed import Client
+
+        from forcedphot.worker_start import import_package
+
+        t0 = time.perf_counter()
+        with Client(self.address, timeout=CLUSTER_START_S) as c:
+            c.run(import_package)
+            c.run(_warm_worker)
+        return time.perf_counter() - t0
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the workers so far."""
+        import psutil
+
+        total = 0.0
+        for proc in self.procs[1:]:
+            try:
+                t = psutil.Process(proc.pid).cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def stop(self) -> None:
+        import signal as signals
+
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signals.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+        for log in self._logs:
+            log.close()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _warm_worker() -> float:
+    from forcedphot.compile import warm_up
+    from forcedphot.config import ForcedPhotConfig
+    from forcedphot.task import kernel_modules
+
+    import importlib
+
+    return warm_up([importlib.import_module(m) if isinstance(m, str) else m
+                    for m in kernel_modules(ForcedPhotConfig())])
+
+
+def cluster_repo(root: str | Path, *, recipe: str = "scaling", progress: bool = True):
+    """The 64-quantum sky of the cluster mode (:data:`CLUSTER_RECIPES`), simulated into ``root`` when missing."""
+    from forcedphot.repository import Repository
+    from forcedphot.sim import load_recipe, simulate
+
+    repo = Repository(root)
+    if not repo.exists():
+        name, overrides = CLUSTER_RECIPES[recipe]
+        simulate(load_recipe(name, **overrides), repo.root, progress=progress)
+    return repo
+
+
+def run_cluster_scaling(root: str | Path, *, workers=(1, 2), repeat: int = 1, progress: bool = True,
+                        warm: bool = True, recipe: str = "scaling") -> dict:
+    """The 64 quanta of ``CLUSTER_RECIPES[recipe]`` (simulated into ``root`` when missing) with ``run_all(dask=ADDRESS, n_threads=1, force=True)`` from a
+    fresh interpreter, on a cluster of ``n`` separate worker processes for each ``n`` in ``workers``: the
+    wall of the run and the CPU seconds of the workers and of the client. Each cluster is started, its
+    workers warmed (package imported, kernels loaded: a cluster that has served a run before), and
+    stopped after its run; the modes take turns for ``repeat`` rounds and each keeps its best wall.
+    ``warm=False`` (tests): the workers load the kernels inside the timed run."""
+    from forcedphot.compile import is_warm
+    from forcedphot.plan import plan_quanta
+
+    repo = cluster_repo(root, recipe=recipe, progress=progress)
+    n_quanta = sum(q.ready for q in plan_quanta(repo))
+    compiled = None if is_warm() else compile_report()  # once, in this process, before any worker loads
+    runs: dict[int, dict] = {}
+    for _ in range(max(1, int(repeat))):
+        read_inputs(repo.root)
+        for n in workers:
+            with ProcessCluster(n) as cluster:
+                warm_s = cluster.warm() if warm else None
+                pids = [p.pid for p in cluster.procs]
+                cpu0 = cluster.cpu_seconds()
+                res = _run_module(["run_all", repo.root, json.dumps({"dask": cluster.address, "n_threads": 1})])
+                worker_cpu = cluster.cpu_seconds() - cpu0
+            if res["failed"]:
+                raise ForcedPhotError(f"cluster run with {n} workers: {len(res['failed'])} quanta failed: "
+                                      f"{res['failed'][0][1]}")
+            r = runs.setdefault(n, {"workers": n, "walls_s": [], "worker_cpu_s": [], "client_cpu_s": []})
+            r["walls_s"].append(res["wall_s"])
+            r["worker_cpu_s"].append(worker_cpu)
+            r["client_cpu_s"].append(res.get("cpu_s"))
+            r["warm_up_s"] = warm_s
+            r["pids"] = pids  # scheduler first
+            if res["wall_s"] <= min(r["walls_s"]):
+                r.update(wall_s=res["wall_s"], quanta=len(res["done"]), rows=sum(n_ for _, n_, _ in res["done"]),
+                         quantum_s=[s for _, _, s in res["done"]])
+    out = [runs[n] for n in workers]
+    for r in out:
+        r["speedup"] = out[0]["wall_s"] / r["wall_s"]
+        r["speedups_per_round"] = [w0 / w for w0, w in zip(out[0]["walls_s"], r["walls_s"])]
+    return {"root": str(repo.root), "quanta": n_quanta, "recipe": recipe, "recipe_overrides": CLUSTER_RECIPES[recipe][1], "compile": compiled,
+            "runs": out, "floor": CLUSTER_FLOOR, "rounds": max(1, int(repeat)), "cores": os.cpu_count()}
+
+
+def format_cluster_scaling(s: dict) -> str:
+    lines = [f"{'cluster':26s} {'quanta':>6s} {'rows':>7s} {'wall (s)':>9s} {'worker CPU (s)':>15s} "
+             f"{'client CPU (s)':>15s} {'speed-up':>9s}  target", "-" * 104]
+    for r in s["runs"]:
+        k = r["walls_s"].index(r["wall_s"])
+        target = f">= {s['floor']}x {'yes' if r['speedup'] >= s['floor'] else 'NO'}" if r["workers"] > 1 else ""
+        client = r["client_cpu_s"][k]
+        lines.append(f"{'scheduler + ' + str(r['workers']) + ' worker(s)':26s} {r['quanta']:6d} {r['rows']:7d} "
+                     f"{r['wall_s']:9.2f} {r['worker_cpu_s'][k]:15.2f} "
+                     f"{client if client is not None else float('nan'):15.2f} {r['speedup']:9.2f}  {target}")
+    lines.append(f"(run_all(dask=tcp://127.0.0.1:PORT, n_threads=1, force=True) from a fresh interpreter on {s['root']}; "
+                 "scheduler and workers (--nthreads 1, no nanny) each a process of its own, started and warmed "
+                 f"before the run; {s['cores']} cores; best wall of {s['rounds']} round(s))")
+    return "\n".join(lines)
 
 
 def format_scaling(s: dict) -> str:

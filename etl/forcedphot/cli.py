@@ -488,6 +488,23 @@ def cmd_compact(args) -> int:
     return 0
 
 
+def cmd_export_butler(args) -> int:
+    from forcedphot.errors import InputError
+
+    try:
+        from forcedphot.rubin.export import export_butler
+    except ImportError as exc:
+        raise InputError(f"exporting to a butler needs Rubin's middleware ({exc}); pip install 'forcedphot[rubin]'") \
+            from None
+
+    out = export_butler(args.repo, args.butler, run=args.run)
+    print(f"put {out['datasets']} datasets of {out['quanta']} quanta ({out['patches']} patches, bands "
+          f"{','.join(out['bands'])}) into collection {out['run']} of butler {args.butler}; next: pipetask run -b "
+          f"{args.butler} -i {out['run']} -o forcedphot/run -p $(python -c 'import forcedphot.rubin as r; "
+          "print(r.PIPELINE)')")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from forcedphot.bench import main_bench
 
@@ -500,7 +517,8 @@ def cmd_bench(args) -> int:
     print(main_bench(args.repo, band=args.band, psf_subset=args.psf_subset, repeat=args.repeat,
                      progress=_progress(args), json_out=args.json, threads=args.threads,
                      table=True if args.table else None, growth=args.growth, growth_sizes=args.growth_sizes,
-                     growth_rss_limit_gb=args.growth_rss_limit, scaling=args.scaling))
+                     growth_rss_limit_gb=args.growth_rss_limit, scaling=args.scaling,
+                     cluster=args.cluster))
     return 0
 
 
@@ -612,6 +630,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kill a --growth child above this RSS (default 80%% of the memory available at start)")
     b.add_argument("--scaling", action="store_true", help="8 quanta (recipe scaling, in REPO/scaling) with "
                    "run_all serially, in 2 processes and on a local Dask cluster of 2 workers")
+    b.add_argument("--cluster", nargs="?", const="scaling", choices=("scaling", "tiny"),
+                   help="with --scaling: 64 quanta (16 patches x 4 bands of the scaling recipe at 1024 px, or of "
+                   "the tiny one; REPO/scaling-cluster-NAME) on a scheduler and 1, then 2 workers started as separate "
+                   "processes (dask scheduler / dask worker)")
     b.add_argument("--json", help="also write every figure to this JSON file")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar (there is none off a terminal)")
     b.add_argument("--sql-scale", type=lambda v: [int(x) for x in v.split(",")], metavar="N,N,...",
@@ -692,6 +714,16 @@ def build_parser() -> argparse.ArgumentParser:
     eh.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _add_verbose(eh)
     eh.set_defaults(func=cmd_export_hats)
+    eb = ex_sub.add_parser("butler", help="the inputs as datasets of a Rubin butler repository (pipetask run)",
+                           description="Create (or add to) a butler repository (SQLite registry): register the skymap, "
+                                       "tracts, patches and bands (instrument ForcedPhot, one physical filter per "
+                                       "band) and put every complete quantum's inputs into one RUN collection. "
+                                       "Needs forcedphot[rubin].")
+    eb.add_argument("--repo", required=True, help="forcedphot repository folder")
+    eb.add_argument("--butler", required=True, help="butler repository folder (created when absent or empty)")
+    eb.add_argument("--run", default="forcedphot/inputs", help="input RUN collection (default: forcedphot/inputs)")
+    _add_verbose(eb)
+    eb.set_defaults(func=cmd_export_butler)
     return p
 
 

@@ -483,6 +483,20 @@ class _Dask:
             raise ForcedPhotError(f"could not {what}: {type(self._error).__name__}: {self._error}") from self._error
         return self.client
 
+    def threads_per_quantum(self) -> int:
+        """Threads per quantum on a running scheduler's workers (the client's cores say nothing of
+        theirs): the fewest cores per worker thread over the workers' machines, asked of them now."""
+        from forcedphot.threads import available_cores
+
+        client = self.ready()
+        cores = client.run(available_cores)  # {worker address: cores of its machine}
+        slots, machine = collections.Counter(), {}
+        for address, info in client.scheduler_info(n_workers=-1)["workers"].items():
+            host = info.get("host") or address
+            slots[host] += int(info.get("nthreads") or 1)
+            machine[host] = max(machine.get(host, 1), int(cores.get(address, 1)))
+        return max(1, min((machine[h] // slots[h] for h in slots), default=1))
+
     def submit(self, fn, job: Job):
         client = self.ready()
         if self.local:  # LocalCluster workers are our children: they watch us
@@ -677,6 +691,8 @@ def _run(repo: Repository, config: ForcedPhotConfig, summary: RunSummary, end: "
         concurrent = max(1, min(jobs, len(ready))) if (dask or jobs > 1) else 1
         if n_threads is None and concurrent > 1 and dask in (None, "local"):  # processes of this machine
             share = threads.CoreShare.create(repo.core_share_path(summary.run_id))
+        if n_threads is None and ready and dask not in (None, "local"):  # a running cluster's own machines
+            n_threads = workers.threads_per_quantum()
         n_threads = n_threads or threads.default_threads(concurrent)
         bar = tqdm(total=len(ready), desc="forced photometry", unit="quantum", disable=not progress)
         futures = [workers.submit(_run_one, Job(str(repo.root.resolve()), summary.run_id, config, q, force, wait,
