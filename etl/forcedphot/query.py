@@ -91,8 +91,9 @@ def _partition_values(path: Path | tuple[str, ...]) -> dict[str, str]:
     return dict(part.split("=", 1) for part in (path.parts if isinstance(path, Path) else path) if "=" in part)
 
 
-def _stamp_check(path: Path, schema: TableSchema):
-    """The schema checks of a file's key-value metadata: stamped for ``schema``'s table, a major version we read."""
+def _stamp_check(path: Path, schema: TableSchema, versions: dict | None = None):
+    """The schema checks of a file's key-value metadata: stamped for ``schema``'s table, a major version we read
+    (``versions``: where to record {path: the file's schema version})."""
     from forcedphot.schema import META_SCHEMA
 
     def check(metadata: dict) -> None:
@@ -100,12 +101,14 @@ def _stamp_check(path: Path, schema: TableSchema):
         if stamped is not None and stamped != f"{schema.dataset}.{schema.table}":
             raise InputError(f"{path}: a {stamped} file in the {schema.dataset} dataset; "
                              "move it out of the repository")
-        schema.check_metadata(metadata, where=str(path))
+        version = schema.check_metadata(metadata, where=str(path))
+        if versions is not None:
+            versions[path] = version
     return check
 
 
 def check_file(path: Path, dataset: str | TableSchema, *, verified: VerifiedFiles | None = None,
-               force: bool = False) -> None:
+               force: bool = False, versions: dict | None = None) -> None:
     """Raise ``InputError`` (one line naming ``path``) unless it is an intact forcedphot ``dataset`` file this
     code reads: readable Parquet, stamped for that dataset, a schema major version this code reads, and bytes
     that match the sha256 its writer recorded (``ChecksumError``). With ``verified`` (the repository's
@@ -115,14 +118,15 @@ def check_file(path: Path, dataset: str | TableSchema, *, verified: VerifiedFile
     from forcedphot.schema import load_schema
 
     schema = load_schema(dataset) if isinstance(dataset, str) else dataset
-    check = _stamp_check(path, schema)
+    check = _stamp_check(path, schema, versions)
     if verified is None:
         verify_file(path, check=check)
     else:
         verified.entry(path, check=check, force=force)
 
 
-def checked_files(repo: Repository, paths, schema: TableSchema | str, *, force: bool = False) -> list[Path]:
+def checked_files(repo: Repository, paths, schema: TableSchema | str, *, force: bool = False,
+                  versions: dict | None = None) -> list[Path]:
     """``paths`` (files of ``repo``), each checked by :func:`check_file` against the repository's verified state,
     which is saved at the end (also when a file is refused: what was verified stays verified)."""
     from forcedphot.io.verified import verified_files
@@ -134,7 +138,7 @@ def checked_files(repo: Repository, paths, schema: TableSchema | str, *, force: 
     checked = []
     try:
         for path in map(Path, paths):
-            check_file(path, schema, verified=verified, force=force)
+            check_file(path, schema, verified=verified, force=force, versions=versions)
             checked.append(path)
     finally:
         verified.save()
@@ -142,10 +146,11 @@ def checked_files(repo: Repository, paths, schema: TableSchema | str, *, force: 
 
 
 def dataset_files(repo, dataset: str, *, sky_patches: set[tuple[int, int]] | None = None, force: bool = False,
-                  **partitions) -> list[Path]:
+                  versions: dict | None = None, **partitions) -> list[Path]:
     """The checked Parquet files of ``dataset``, optionally only those of some partitions (tract/patch/band)
     and of the (tract, patch) pairs in ``sky_patches`` (a cone's patches); other files are not opened.
-    ``force``: hash every file again, whatever the repository remembers of it."""
+    ``force``: hash every file again, whatever the repository remembers of it. ``versions``: filled with
+    {path: the file's schema version}."""
     repo = _as_repository(repo)
     wanted = _partition_filter(repo, dataset, partitions)
     keep = None if sky_patches is None else {(str(t), str(p)) for t, p in sky_patches}
@@ -156,7 +161,7 @@ def dataset_files(repo, dataset: str, *, sky_patches: set[tuple[int, int]] | Non
             continue
         if all(keys.get(k) in values for k, values in wanted.items()):
             files.append(path)
-    return checked_files(repo, files, dataset, force=force)
+    return checked_files(repo, files, dataset, force=force, versions=versions)
 
 
 def _partition_filter(repo: Repository, dataset: str, partitions: dict) -> dict[str, set[str]]:
@@ -182,13 +187,60 @@ def _partition_filter(repo: Repository, dataset: str, partitions: dict) -> dict[
 
 
 def arrow_dataset(repo, dataset: str, *, sky_patches=None, **partitions) -> pads.Dataset:
-    """The checked files of ``dataset`` as a pyarrow dataset with the columns of its schema (empty if none)."""
+    """The checked files of ``dataset`` as a pyarrow dataset with the columns of its schema (empty if none).
+
+    Files of an older major version (``schemas/migrations``) are read whole and migrated in memory
+    (:func:`forcedphot.schema.migrate`); the views and loaders read them lazily (:func:`register_dataset`)."""
     import pyarrow.dataset as pads
 
-    from forcedphot.schema import load_schema
+    from forcedphot.schema import load_schema, migrate, version_schema
 
-    files = [str(p) for p in dataset_files(repo, dataset, sky_patches=sky_patches, **partitions)]
-    return pads.dataset(files, schema=load_schema(dataset).arrow_schema(), format=parquet_format())
+    schema = load_schema(dataset)
+    groups = files_by_major(repo, dataset, sky_patches=sky_patches, **partitions)
+    current = pads.dataset([str(p) for p in groups.pop(schema.major, [])], schema=schema.arrow_schema(),
+                           format=parquet_format())
+    if not groups:
+        return current
+    old = [pads.InMemoryDataset(migrate(pads.dataset([str(p) for p in paths], schema=version_schema(
+        dataset, str(major)).arrow_schema(), format=parquet_format()).to_table(), str(major), dataset))
+        for major, paths in sorted(groups.items())]
+    return pads.dataset([current, *old])
+
+
+def files_by_major(repo, dataset: str, **selection) -> dict[int, list[Path]]:
+    """The checked files of ``dataset`` (:func:`dataset_files`) by the major version of the schema they were
+    written with: the current one, or an older one read through ``schemas/migrations/<dataset>.yaml``."""
+    versions: dict[Path, str] = {}
+    groups: dict[int, list[Path]] = {}
+    for path in dataset_files(repo, dataset, versions=versions, **selection):
+        groups.setdefault(int(versions[path].split(".")[0]), []).append(path)
+    return groups
+
+
+def register_dataset(con, name: str, repo, dataset: str, **selection) -> None:
+    """Register the checked files of ``dataset`` as the relation ``name`` of ``con``, with the columns of the
+    current schema: files of an older major version are read lazily through the migration's select list
+    (:func:`forcedphot.schema.migration_select`: renamed columns under their new names, removed ones absent),
+    in a ``UNION ALL`` with the current files. ``selection``: partitions and ``sky_patches``."""
+    import pyarrow.dataset as pads
+
+    from forcedphot.schema import load_schema, migration_select, version_schema
+
+    schema = load_schema(dataset)
+    groups = files_by_major(repo, dataset, **selection)
+    current = pads.dataset([str(p) for p in groups.pop(schema.major, [])], schema=schema.arrow_schema(),
+                           format=parquet_format())
+    if not groups:
+        con.register(name, current)
+        return
+    con.register(f"{name}__v{schema.major}", current)
+    parts = [f'SELECT * FROM "{name}__v{schema.major}"']
+    for major, paths in sorted(groups.items()):
+        old = version_schema(dataset, str(major))
+        con.register(f"{name}__v{major}", pads.dataset([str(p) for p in paths], schema=old.arrow_schema(),
+                                                       format=parquet_format()))
+        parts.append(f'SELECT {migration_select(dataset, old.version)} FROM "{name}__v{major}"')
+    con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS ' + "\nUNION ALL ".join(parts))
 
 
 def _query(repo, con, query: str, params: dict | None = None) -> pa.Table:
@@ -197,7 +249,20 @@ def _query(repo, con, query: str, params: dict | None = None) -> pa.Table:
         return query_arrow(con, query, params)
     except duckdb.Error as exc:
         _recheck_on_crc_error(repo, exc)
-        raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+        raise QueryError(_sql_error_message(exc)) from exc
+
+
+def _sql_error_message(exc: Exception) -> str:
+    """DuckDB's error in one line; a column the query names that a major version renamed or removed says so."""
+    text = " ".join(str(exc).split())
+    match = re.search(r'[Rr]eferenced column "?(\w+)"? not found', text)
+    if match:
+        from forcedphot.schema import column_history
+
+        why = column_history("forced_source", match.group(1))
+        if why:
+            text += f" ({why})"
+    return f"SQL error: {text}"
 
 
 def _recheck_on_crc_error(repo, exc: Exception) -> None:
@@ -239,7 +304,7 @@ def connect(repo: Repository | str | Path, query: str | None = None) -> duckdb.D
             if wanted is not None and name not in wanted:
                 continue
             for dataset in dict.fromkeys(_FILES.findall(stmt)):
-                con.register(f"_files_{dataset}", arrow_dataset(repo, dataset))
+                register_dataset(con, f"_files_{dataset}", repo, dataset)
             stmt = _FILES.sub(lambda m: f"_files_{m.group(1)}", stmt)
             for token, render in replacements.items():
                 if token in stmt:
@@ -369,7 +434,7 @@ class OpenQuery(NamedTuple):
             raise KeyboardInterrupt from None
         except duckdb.Error as exc:
             _recheck_on_crc_error(self.repo, exc)
-            raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+            raise QueryError(_sql_error_message(exc)) from exc
 
 
 @contextmanager
@@ -383,7 +448,7 @@ def query_relation(repo, query: str, params: dict | None = None) -> Iterator[Ope
     except ValueError as exc:
         raise QueryError(f"SQL refused: {exc}") from exc
     except duckdb.Error as exc:
-        raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+        raise QueryError(_sql_error_message(exc)) from exc
     if is_empty_query(query):
         raise QueryError("empty SQL query (no statement: only comments or semicolons)")
     repo = _as_repository(repo)
@@ -393,7 +458,7 @@ def query_relation(repo, query: str, params: dict | None = None) -> Iterator[Ope
             rel = con.sql(query, params=params) if params else con.sql(query)
         except duckdb.Error as exc:
             _recheck_on_crc_error(repo, exc)
-            raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+            raise QueryError(_sql_error_message(exc)) from exc
         if rel is None:
             raise QueryError("SQL query without a result")
         yield OpenQuery(repo, con, rel, params)
@@ -417,7 +482,7 @@ def relation_reader(opened: OpenQuery, *, max_rows: int | None = None,
         reader = relation_batches(opened.rel, batch_rows=batch_rows)
     except duckdb.Error as exc:
         _recheck_on_crc_error(repo, exc)
-        raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+        raise QueryError(_sql_error_message(exc)) from exc
     try:
         yield bounded_reader(reader, max_rows=max_rows, max_bytes=max_bytes)
     except (duckdb.Error, pa.ArrowException) as exc:  # raised while the batches are read
@@ -469,17 +534,39 @@ def scan_forced_source(repo, *, tract=None, patch=None, band=None, sky_patches=N
     ``sky_patches``) select the partitions' files."""
     import polars as pl
 
+    from forcedphot.schema import load_schema
+
     repo = _as_repository(repo)
-    files = dataset_files(repo, "forced_source", tract=tract, patch=patch, band=band, sky_patches=sky_patches)
+    groups = files_by_major(repo, "forced_source", tract=tract, patch=patch, band=band, sky_patches=sky_patches)
     schema = forced_source_schema()
-    if not files:
+    if not groups:
         return pl.LazyFrame(schema=schema)
-    lf = pl.scan_parquet(files, hive_partitioning=False, schema=schema, missing_columns="insert",
-                         extra_columns="ignore")
+    current = groups.pop(load_schema("forced_source").major, [])
+    frames = [pl.scan_parquet(current, hive_partitioning=False, schema=schema, missing_columns="insert",
+                              extra_columns="ignore")] if current else []
+    frames += [_migrated_frame(paths, major, schema) for major, paths in sorted(groups.items())]
+    lf = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
     for col, val in (("tract", tract), ("patch", patch), ("band", band)):
         if val is not None:
             lf = lf.filter(pl.col(col).is_in([val] if isinstance(val, (int, str)) else list(val)))
     return lf
+
+
+def _migrated_frame(paths: list[Path], major: int, schema: pl.Schema) -> pl.LazyFrame:
+    """forced_source files of an older major version as a LazyFrame of the current ``schema`` (the columns of
+    :func:`forcedphot.schema.column_sources`: renamed ones under their new names, removed ones absent)."""
+    import polars as pl
+
+    from forcedphot.schema import column_defaults, column_sources, version_schema
+
+    old = version_schema("forced_source", str(major))
+    old_schema = pl.Schema(pl.from_arrow(old.arrow_schema().empty_table()).schema)
+    sources = column_sources("forced_source", old.version)
+    defaults = column_defaults("forced_source", old.version)
+    lf = pl.scan_parquet(paths, hive_partitioning=False, schema=old_schema, missing_columns="insert",
+                         extra_columns="ignore")
+    return lf.select([pl.col(sources[n]).cast(t).alias(n) if sources[n] is not None
+                      else pl.lit(defaults.get(n), dtype=t).alias(n) for n, t in schema.items()])
 
 
 def load_forced_source(repo, *, tract=None, patch=None, band=None, columns=None, ra=None, dec=None, radius=None,
@@ -499,7 +586,11 @@ def load_forced_source(repo, *, tract=None, patch=None, band=None, columns=None,
     if columns:
         unknown = [c for c in columns if c not in units]
         if unknown:
-            raise InputError(f"forced_source has no column(s) {unknown}; see schemas/forced_source.yaml")
+            from forcedphot.schema import column_history
+
+            why = "; ".join(filter(None, map(lambda c: column_history("forced_source", c), unknown)))
+            raise InputError(f"forced_source has no column(s) {unknown}" + (f": {why}" if why else "")
+                             + "; see schemas/forced_source.yaml")
     if cone is None:
         return convert(lf.select(columns).collect() if columns else lf.collect(), backend, units)
     df = _cut_to_cone(lf.collect(), cone)
@@ -525,8 +616,8 @@ def load_object(repo, *, tract=None, patch=None, primary_only: bool = True, ra=N
     sky_patches = cone_patches(repo, cone)
     con = sandboxed_connection()
     try:
-        con.register("forced_source", arrow_dataset(repo, "forced_source", tract=tract, patch=patch,
-                                                    sky_patches=sky_patches))
+        register_dataset(con, "forced_source", repo, "forced_source", tract=tract, patch=patch,
+                         sky_patches=sky_patches)
         table = _query(repo, con, object_select(repository_bands(repo), primary_only=primary_only)
                        + "\nORDER BY objectId, tract, patch")
     finally:
