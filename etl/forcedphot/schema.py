@@ -350,11 +350,14 @@ def migration_select(dataset: str, from_version: str) -> str:
     """The SQL select list reading a ``from_version`` relation as the current schema (DuckDB), in column order."""
     sources = column_sources(dataset, from_version)
     defaults = column_defaults(dataset, from_version)
+    old = {c.name: c for c in version_schema(dataset, from_version.split(".")[0]).columns}
     items = []
     for c in load_schema(dataset).columns:
         sql_type = _DUCKDB_TYPES[c.datatype] + ("[]" if c.is_array else "")
         src = sources[c.name]
-        if src is not None:
+        if src is not None and (old[src].datatype, old[src].is_array) == (c.datatype, c.is_array):
+            items.append(f'"{src}"' + ("" if src == c.name else f' AS "{c.name}"'))  # no cast: filters push down
+        elif src is not None:
             items.append(f'CAST("{src}" AS {sql_type}) AS "{c.name}"')
         elif c.name in defaults:
             value = defaults[c.name]
