@@ -4,8 +4,8 @@ inside the package as ``forcedphot.sql``, ``forcedphot.schemas`` and ``forcedpho
 
 from setuptools import find_packages, setup
 
-PACKAGE_DATA = {"sql": ["*.sql"], "sql.examples": ["*.sql"], "schemas": ["*.yaml"], "datasets": ["*.toml"],
-                "datasets.real": ["*.py", "*.sql"]}
+PACKAGE_DATA = {"sql": ["*.sql"], "sql.examples": ["*.sql"], "datasets": ["*.toml"], "datasets.real": ["*.py", "*.sql"],
+                "schemas": ["*.yaml", "migrations/*.yaml", "history/*/*.yaml"]}  # older majors: schema.migrate
 
 setup(
     packages=find_packages("etl") + [f"forcedphot.{name}" for name in PACKAGE_DATA],

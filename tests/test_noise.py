@@ -29,7 +29,7 @@ COMPARED = {  # plugin -> output columns compared
     "GaussianFlux": ["gaussianFlux"],
     "CircularApertureFlux": ["ap03Flux", "ap06Flux", "ap12Flux", "ap17Flux", "ap25Flux"],
     "KronFlux": ["kronFlux"],
-    "LocalBackground": ["localBackground", "localBackgroundErr"],
+    "LocalBackground": ["localBackground", "localBackground_stdev"],
     "SdssShape": ["sdssShape_xx", "sdssShape_yy", "sdssShape_flux"],
     "SdssCentroid": ["sdssCentroid_x", "sdssCentroid_y"],
 }

@@ -48,6 +48,8 @@ def wheel_venv(tmp_path_factory):
     names = zipfile.ZipFile(wheel).namelist()
     for shipped in ("forcedphot/sql/views.sql", "forcedphot/sql/examples/star_pulls.sql",
                     "forcedphot/schemas/forced_source.yaml", "forcedphot/datasets/tiny.toml",
+                    "forcedphot/schemas/migrations/forced_source.yaml",
+                    "forcedphot/schemas/history/1.4.0/forced_source.yaml",
                     "forcedphot/datasets/real/hsc_npz_to_fits.py", "forcedphot/datasets/real/eso_vs_sextractor.sql",
                     "forcedphot/rubin/pipeline.yaml"):
         assert shipped in names, f"{wheel.name} lacks {shipped}"

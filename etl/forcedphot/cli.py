@@ -308,6 +308,7 @@ def cmd_status(args) -> int:
     from forcedphot.provenance import StatusMemo
     from forcedphot.repository import Repository
     from forcedphot.runner import quantum_state, read_last_run
+    from forcedphot.schema import schema_version
 
     from forcedphot.io.store import is_uri
 
@@ -319,16 +320,26 @@ def cmd_status(args) -> int:
     rows = []
     quanta = plan_quanta(repo, footprint_dataset=config.footprint_dataset, memo=True)
     memo = StatusMemo(repo.root)  # what it read of files whose stat is unchanged since is not read again
+    current = schema_version("forced_source")
+    older: dict[str, int] = {}  # up-to-date outputs of an older major version (read through schemas/migrations)
     try:
         for q in quanta:
             state, _ = quantum_state(repo, q, config, memo=memo)
             states[state] = states.get(state, 0) + 1
+            if state == "up-to-date":
+                stored = str((memo.provenance(repo.forced_source_path(q.data_id)) or {}).get("schema_version", ""))
+                if stored.split(".")[0] != current.split(".")[0]:
+                    older[stored] = older.get(stored, 0) + 1
             rows.append({"tract": q.data_id.tract, "patch": q.data_id.patch, "band": q.data_id.band, "state": state,
                          "missing": ",".join(q.missing)})
     finally:
         memo.save()
     print(f"repository {repo.root}: {len(rows)} quanta: "
           + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    if older:
+        print(f"{sum(older.values())} up-to-date outputs are forced_source "
+              + ", ".join(f"{v} ({n})" for v, n in sorted(older.items()))
+              + f", read as {current} (schemas/migrations/forced_source.yaml); `run --force` rewrites them as {current}")
     if args.verbose and rows:
         with pl.Config(tbl_rows=-1):
             print(pl.DataFrame(rows))
@@ -502,6 +513,13 @@ def cmd_export_butler(args) -> int:
           f"{','.join(out['bands'])}) into collection {out['run']} of butler {args.butler}; next: pipetask run -b "
           f"{args.butler} -i {out['run']} -o forcedphot/run -p $(python -c 'import forcedphot.rubin as r; "
           "print(r.PIPELINE)')")
+    return 0
+
+
+def cmd_schema_diff(args) -> int:
+    from forcedphot.schema_diff import schema_diff
+
+    print("\n".join(schema_diff(args.old, args.new, dataset=args.dataset, table=args.table).lines()))
     return 0
 
 
@@ -724,6 +742,21 @@ def build_parser() -> argparse.ArgumentParser:
     eb.add_argument("--run", default="forcedphot/inputs", help="input RUN collection (default: forcedphot/inputs)")
     _add_verbose(eb)
     eb.set_defaults(func=cmd_export_butler)
+
+
+    sc = sub.add_parser("schema", help="compare schema versions (what a major version renamed or removed)",
+                        description="Schemas of the datasets (schemas/, Felis YAML).")
+    sc_sub = sc.add_subparsers(dest="schema_command", required=True, metavar="ACTION")
+    sd = sc_sub.add_parser("diff", help="columns added, removed, renamed and retyped between two schemas",
+                           description="OLD and NEW: versions of --dataset (1.4.0, 2.0.0, a major alone, or "
+                                       "DATASET:VERSION; the current schema or one kept in schemas/history/) or two "
+                                       "Felis YAML files. Renames come from schemas/migrations/<dataset>.yaml.")
+    sd.add_argument("old", metavar="OLD")
+    sd.add_argument("new", metavar="NEW")
+    sd.add_argument("--dataset", default="forced_source", help="dataset of OLD/NEW versions (default: forced_source)")
+    sd.add_argument("--table", help="table to compare (default: the first of the schema)")
+    _add_verbose(sd)
+    sd.set_defaults(func=cmd_schema_diff)
     return p
 
 

@@ -69,7 +69,7 @@ def _stage_input(repo, table: str, staging: Path) -> list[Path]:
         if files:
             pq.write_table(data, files[0])
     elif table == "forced_source":
-        files = query.dataset_files(repo, "forced_source")
+        files = _current_files(repo, staging)
     else:
         objects = query.load_object(repo, backend="pandas")
         files = [staging / "object.parquet"] if len(objects) else []
@@ -78,6 +78,25 @@ def _stage_input(repo, table: str, staging: Path) -> list[Path]:
     if not files:
         raise InputError(f"{repo.root}: no {table} rows to export (run `forcedphot run` first)")
     return files
+
+
+def _current_files(repo, staging: Path) -> list[Path]:
+    """The checked forced_source files, those of an older major version rewritten in ``staging`` as the current
+    schema (:func:`forcedphot.schema.migrate`, one file at a time): hats-import reads Parquet files as they are."""
+    import pyarrow.parquet as pq
+
+    from forcedphot import query
+    from forcedphot.schema import load_schema, migrate, version_schema
+
+    groups = query.files_by_major(repo, "forced_source")
+    files = groups.pop(load_schema("forced_source").major, [])
+    for major, paths in sorted(groups.items()):
+        old = version_schema("forced_source", str(major))
+        for i, path in enumerate(paths):
+            table = pq.read_table(path, schema=old.arrow_schema())
+            files.append(staging / f"forced_source_v{major}_{i:06d}.parquet")
+            pq.write_table(migrate(table, old.version), files[-1])
+    return sorted(files)
 
 
 def export_hats(repo, out, *, table: str = "object", overwrite: bool = False, highest_order: int = 7,

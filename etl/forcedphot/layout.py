@@ -13,6 +13,8 @@ from __future__ import annotations
 STANDARD_APERTURE_RADII = (3.0, 4.5, 6.0, 9.0, 12.0, 17.0, 25.0, 35.0, 50.0, 70.0)
 UNDEBLENDED_PLUGINS = ("PsfFlux", "CircularApertureFlux", "KronFlux")  # undeblended copies in the schema
 UNDEBLENDED = "undeblended_"  # prefix of the undeblended copies' columns
+# columns of those plugins with no undeblended copy: the same value in every row (forced_source 2.0 removed it)
+UNDEBLENDED_SKIP = frozenset({"kronRad"})
 PIXEL_FLAG_PLANES = ("BAD", "CR", "EDGE", "INTRP", "NO_DATA", "SAT", "SUSPECT",
                      "CLIPPED", "SENSOR_EDGE", "REJECTED", "INEXACT_PSF")  # planes with pixelFlags columns
 

@@ -13,12 +13,12 @@ import yaml
 
 from forcedphot import calibrate
 from forcedphot.config import ForcedPhotConfig
-from forcedphot.layout import UNDEBLENDED, UNDEBLENDED_PLUGINS
+from forcedphot.layout import UNDEBLENDED, UNDEBLENDED_PLUGINS, UNDEBLENDED_SKIP
 from forcedphot.plugins import PLUGINS, ordered
 from forcedphot.plugins.base import Column
 from forcedphot.ucds import column_ucd, is_principal
 
-SCHEMA_VERSION = "1.4.0"
+SCHEMA_VERSION = "2.0.0"  # 2.0: a renamed and a removed column, see schemas/migrations/forced_source.yaml
 TAP_TABLE_INDEX = 70  # unique over schemas/*.yaml (see forcedphot.catalog_schema)
 INDEXES = (("objectId", "Rows of one object (all bands); the foreign key to ref.id."),
            ("coord_ra", "Sky range queries on right ascension."),
@@ -58,7 +58,7 @@ def forced_source_columns() -> tuple[Column, ...]:
         cols += cls.columns(config)
     for name in UNDEBLENDED_PLUGINS:
         cols += [dataclasses.replace(c, name=UNDEBLENDED + c.name, description=f"Undeblended (original image): {c.description}")
-                 for c in PLUGINS[name].columns(config)]
+                 for c in PLUGINS[name].columns(config) if c.name not in UNDEBLENDED_SKIP]
     cols += calibrate.columns()
     return tuple(cols)
 

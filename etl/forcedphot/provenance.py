@@ -114,9 +114,21 @@ def make_provenance(*, data_id, config: ForcedPhotConfig, inputs: dict[str, str]
 
 
 def is_up_to_date(stored: dict | None, *, config: ForcedPhotConfig, inputs: dict[str, str], schema_version: str) -> bool:
-    """Same config, same input contents and same schema major version as the stored output."""
+    """Same config, same input contents and a schema major version the readers read as the current one: the
+    same, or an older one declared in ``schemas/migrations/forced_source.yaml`` (an output of 1.x is read as 2.0
+    by every reader, so an upgrade of forcedphot re-measures nothing; ``run --force`` rewrites it)."""
     if not stored:
         return False
     return (stored.get("config_fingerprint") == config.fingerprint()
             and stored.get("inputs") == inputs
-            and str(stored.get("schema_version", "")).split(".")[0] == schema_version.split(".")[0])
+            and readable_major(str(stored.get("schema_version", "")), schema_version))
+
+
+def readable_major(stored_version: str, schema_version: str) -> bool:
+    """Is an output of forced_source ``stored_version`` read as ``schema_version`` (same major, or migrated)?"""
+    stored, current = stored_version.split(".")[0], schema_version.split(".")[0]
+    if stored == current:
+        return True
+    from forcedphot.schema import migrated_majors  # only when they differ: status loads no YAML otherwise
+
+    return stored.isdigit() and int(stored) in migrated_majors("forced_source")

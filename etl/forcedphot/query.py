@@ -100,8 +100,9 @@ def _partition_values(path: Path | tuple[str, ...]) -> dict[str, str]:
     return dict(part.split("=", 1) for part in (path.parts if isinstance(path, Path) else path) if "=" in part)
 
 
-def _stamp_check(path: Path, schema: TableSchema):
-    """The schema checks of a file's key-value metadata: stamped for ``schema``'s table, a major version we read."""
+def _stamp_check(path: Path, schema: TableSchema, versions: dict | None = None):
+    """The schema checks of a file's key-value metadata: stamped for ``schema``'s table, a major version we read
+    (``versions``: where to record {path: the file's schema version})."""
     from forcedphot.schema import META_SCHEMA
 
     def check(metadata: dict) -> None:
@@ -109,12 +110,14 @@ def _stamp_check(path: Path, schema: TableSchema):
         if stamped is not None and stamped != f"{schema.dataset}.{schema.table}":
             raise InputError(f"{path}: a {stamped} file in the {schema.dataset} dataset; "
                              "move it out of the repository")
-        schema.check_metadata(metadata, where=str(path))
+        version = schema.check_metadata(metadata, where=str(path))
+        if versions is not None:
+            versions[path] = version
     return check
 
 
 def check_file(path: Path, dataset: str | TableSchema, *, verified: VerifiedFiles | None = None,
-               force: bool = False) -> Entry:
+               force: bool = False, versions: dict | None = None) -> Entry:
     """Raise ``InputError`` (one line naming ``path``) unless it is an intact forcedphot ``dataset`` file this
     code reads: readable Parquet, stamped for that dataset, a schema major version this code reads, and bytes
     that match the sha256 its writer recorded (``ChecksumError``). With ``verified`` (the repository's
@@ -124,14 +127,14 @@ def check_file(path: Path, dataset: str | TableSchema, *, verified: VerifiedFile
     from forcedphot.schema import load_schema
 
     schema = load_schema(dataset) if isinstance(dataset, str) else dataset
-    check = _stamp_check(path, schema)
+    check = _stamp_check(path, schema, versions)
     if verified is None:
         return verify_file(path, check=check)
     return verified.entry(path, check=check, force=force)
 
 
 def checked_files(repo: Repository, paths, schema: TableSchema | str, *, force: bool = False,
-                  missing_ok: frozenset = frozenset()) -> list[Path]:
+                  missing_ok: frozenset = frozenset(), versions: dict | None = None) -> list[Path]:
     """``paths`` (files of ``repo``), each checked by :func:`check_file` against the repository's verified state,
     which is saved at the end (also when a file is refused: what was verified stays verified). A path of
     ``missing_ok`` (listed by a manifest) that is gone is left out, as a listing would (a warning says so)."""
@@ -154,16 +157,20 @@ def _checked(repo: Repository, paths, schema: TableSchema | str, *, force: bool 
     try:
         for path, known in zip(paths, remembered):
             if known is not None and (known.schema, known.version) in stamps_ok:
+                if versions is not None:
+                    versions[Path(path)] = known.version
                 checked.append(path)
                 continue
             try:
-                entry = check_file(Path(path), schema, verified=verified, force=force)
+                entry = check_file(Path(path), schema, verified=verified, force=force, versions=versions)
             except InputError:
                 if path in missing_ok and not os.path.lexists(path):
                     log.warning("%s: listed by its tract's manifest but gone; left out", path)
                     continue
                 raise
             stamps_ok.add((entry.schema, entry.version))
+            if versions is not None:
+                versions.setdefault(Path(path), entry.version)
             checked.append(path)
     finally:
         verified.save()
@@ -171,17 +178,20 @@ def _checked(repo: Repository, paths, schema: TableSchema | str, *, force: bool 
 
 
 def dataset_files(repo, dataset: str, *, sky_patches: set[tuple[int, int]] | None = None, force: bool = False,
-                  **partitions) -> list[Path]:
+                  versions: dict | None = None, **partitions) -> list[Path]:
     """The checked Parquet files of ``dataset``, optionally only those of some partitions (tract/patch/band)
     and of the (tract, patch) pairs in ``sky_patches`` (a cone's patches); other files are not opened.
-    ``force``: hash every file again, whatever the repository remembers of it.
+    ``force``: hash every file again, whatever the repository remembers of it. ``versions``: filled with
+    {path: the file's schema version}.
 
     forced_source files come from each tract's manifest (:mod:`forcedphot.io.manifest`), not a listing; a
     compacted part holds several quanta and is kept when one of them is selected (the caller filters rows)."""
-    return [Path(p) for p in _dataset_listing(repo, dataset, sky_patches=sky_patches, force=force, **partitions)]
+    return [Path(p) for p in _dataset_listing(repo, dataset, sky_patches=sky_patches, force=force,
+                                                          versions=versions, **partitions)]
 
 
-def _dataset_listing(repo, dataset: str, *, sky_patches=None, force: bool = False, **partitions) -> dict[str, dict | None]:
+def _dataset_listing(repo, dataset: str, *, sky_patches=None, force: bool = False, versions: dict | None = None,
+                     **partitions) -> dict[str, dict | None]:
     """{checked file: its manifest entry (None: listed from the folder)} of :func:`dataset_files`."""
     repo = _as_repository(repo)
     wanted = _partition_filter(repo, dataset, partitions)
@@ -219,7 +229,8 @@ def _dataset_listing(repo, dataset: str, *, sky_patches=None, force: bool = Fals
                 continue
             if all(keys.get(k) in values for k, values in wanted.items()):
                 listed[str(path)] = None
-    checked = _checked(repo, listed, dataset, force=force, missing_ok=frozenset(from_manifest))
+    checked = _checked(repo, listed, dataset, force=force, missing_ok=frozenset(from_manifest),
+                       versions=versions)
     return {path: listed[path] for path in checked}
 
 
@@ -258,16 +269,44 @@ def arrow_dataset(repo, dataset: str, *, sky_patches=None, **partitions) -> pads
 
     A file its manifest gives an objectId range is a fragment whose partition expression is that range, so a
     query on objectId (DuckDB pushes its filters into the scan) skips the other files without opening them.
-    Where a selected compacted part also holds other quanta, the dataset filters their rows out."""
+    Where a selected compacted part also holds other quanta, the dataset filters their rows out.
+    Files of an older major version (``schemas/migrations``) are read whole and migrated in memory
+    (:func:`forcedphot.schema.migrate`); the views and loaders read them lazily (:func:`register_dataset`)."""
     import pyarrow.dataset as pads
 
-    from forcedphot.schema import load_schema
+    from forcedphot.schema import load_schema, migrate, version_schema
 
     repo = _as_repository(repo)
     if getattr(repo, "is_s3", False):  # committed files only, read through pyarrow's S3FileSystem
         return repo.arrow_dataset(dataset, sky_patches=sky_patches, **partitions)
-    listing = _dataset_listing(repo, dataset, sky_patches=sky_patches, **partitions)
-    schema = load_schema(dataset).arrow_schema()
+    schema = load_schema(dataset)
+    groups = _listings_by_major(repo, dataset, sky_patches=sky_patches, **partitions)
+    current = groups.pop(schema.major, {})
+    ds = _fragment_dataset(current, schema.arrow_schema())
+    if groups:
+        old = [pads.InMemoryDataset(migrate(pads.dataset(list(listing), schema=version_schema(
+            dataset, str(major)).arrow_schema(), format=parquet_format()).to_table(), str(major), dataset))
+            for major, listing in sorted(groups.items())]
+        ds = pads.dataset([ds, *old])
+    return _filter_parts(ds, current, sky_patches, partitions)
+
+
+def _listings_by_major(repo, dataset: str, **selection) -> dict[int, dict[str, dict | None]]:
+    """:func:`_dataset_listing` ({checked file: manifest entry}) by the major version of the schema each file was
+    written with: the current one, or an older one read through ``schemas/migrations/<dataset>.yaml``."""
+    versions: dict[Path, str] = {}
+    groups: dict[int, dict[str, dict | None]] = {}
+    for path, entry in _dataset_listing(repo, dataset, versions=versions, **selection).items():
+        groups.setdefault(int(versions[Path(path)].split(".")[0]), {})[path] = entry
+    return groups
+
+
+def _fragment_dataset(listing: dict, arrow_schema):
+    """The files of ``listing`` as one dataset. A file its manifest gives an objectId range is a fragment whose
+    partition expression is that range, so a query on objectId (DuckDB pushes its filters into the scan) skips
+    the other files without opening them."""
+    import pyarrow.dataset as pads
+
     fmt, fs = parquet_format(), query_filesystem()
     fragments = []
     for path, entry in listing.items():
@@ -277,11 +316,15 @@ def arrow_dataset(repo, dataset: str, *, sky_patches=None, **partitions) -> pads
         elif entry is not None and entry.get("rows") == 0:
             expr = pads.scalar(False)
         fragments.append(fmt.make_fragment(path, filesystem=fs, partition_expression=expr))
-    ds = pads.FileSystemDataset(fragments, schema, fmt, fs)
+    return pads.FileSystemDataset(fragments, arrow_schema, fmt, fs)
+
+
+def _filter_parts(ds, listing: dict, sky_patches, partitions: dict):
+    """``ds`` without the rows of unselected quanta, where a selected compacted part of ``listing`` also holds them."""
     if any(entry is not None and len(entry.get("quanta", ())) > 1 for entry in listing.values()):
         row_filter = _row_filter(sky_patches, partitions)
         if row_filter is not None:
-            ds = ds.filter(row_filter)
+            return ds.filter(row_filter)
     return ds
 
 
@@ -329,13 +372,64 @@ def query_filesystem():
     return pafs.LocalFileSystem()
 
 
+def files_by_major(repo, dataset: str, **selection) -> dict[int, list[Path]]:
+    """The checked files of ``dataset`` (:func:`dataset_files`) by the major version of the schema they were
+    written with: the current one, or an older one read through ``schemas/migrations/<dataset>.yaml``."""
+    return {major: [Path(p) for p in listing] for major, listing in _listings_by_major(repo, dataset, **selection).items()}
+
+
+def register_dataset(con, name: str, repo, dataset: str, **selection) -> None:
+    """Register the checked files of ``dataset`` as the relation ``name`` of ``con``, with the columns of the
+    current schema: files of an older major version are read lazily through the migration's select list
+    (:func:`forcedphot.schema.migration_select`: renamed columns under their new names, removed ones absent),
+    in a ``UNION ALL`` with the current files (fragments pruned by objectId range, :func:`_fragment_dataset`).
+    ``selection``: partitions and ``sky_patches``."""
+    import pyarrow.dataset as pads
+
+    from forcedphot.schema import load_schema, migration_select, version_schema
+
+    repo = _as_repository(repo)
+    if getattr(repo, "is_s3", False):  # committed files only (written by this version), through S3FileSystem
+        con.register(name, repo.arrow_dataset(dataset, **selection))
+        return
+    sky_patches = selection.pop("sky_patches", None)
+    schema = load_schema(dataset)
+    groups = _listings_by_major(repo, dataset, sky_patches=sky_patches, **selection)
+    current = groups.pop(schema.major, {})
+    ds = _filter_parts(_fragment_dataset(current, schema.arrow_schema()), current, sky_patches, selection)
+    if not groups:
+        con.register(name, ds)
+        return
+    con.register(f"{name}__v{schema.major}", ds)
+    parts = [f'SELECT * FROM "{name}__v{schema.major}"']
+    for major, listing in sorted(groups.items()):
+        old = version_schema(dataset, str(major))
+        con.register(f"{name}__v{major}", pads.dataset(list(listing), schema=old.arrow_schema(),
+                                                       format=parquet_format()))
+        parts.append(f'SELECT {migration_select(dataset, old.version)} FROM "{name}__v{major}"')
+    con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS ' + "\nUNION ALL ".join(parts))
+
+
 def _query(repo, con, query: str, params: dict | None = None) -> pa.Table:
     """``query_arrow``, naming the corrupted file when a page fails its CRC (:func:`_recheck_on_crc_error`)."""
     try:
         return query_arrow(con, query, params)
     except duckdb.Error as exc:
         _recheck_on_crc_error(repo, exc)
-        raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+        raise QueryError(_sql_error_message(exc)) from exc
+
+
+def _sql_error_message(exc: Exception) -> str:
+    """DuckDB's error in one line; a column the query names that a major version renamed or removed says so."""
+    text = " ".join(str(exc).split())
+    match = re.search(r'[Rr]eferenced column "?(\w+)"? not found', text)
+    if match:
+        from forcedphot.schema import column_history
+
+        why = column_history("forced_source", match.group(1))
+        if why:
+            text += f" ({why})"
+    return f"SQL error: {text}"
 
 
 def _recheck_on_crc_error(repo, exc: Exception) -> None:
@@ -377,7 +471,7 @@ def connect(repo: Repository | str | Path, query: str | None = None) -> duckdb.D
             if wanted is not None and name not in wanted:
                 continue
             for dataset in dict.fromkeys(_FILES.findall(stmt)):
-                con.register(f"_files_{dataset}", arrow_dataset(repo, dataset))
+                register_dataset(con, f"_files_{dataset}", repo, dataset)
             stmt = _FILES.sub(lambda m: f"_files_{m.group(1)}", stmt)
             for token, render in replacements.items():
                 if token in stmt:
@@ -507,7 +601,7 @@ class OpenQuery(NamedTuple):
             raise KeyboardInterrupt from None
         except duckdb.Error as exc:
             _recheck_on_crc_error(self.repo, exc)
-            raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+            raise QueryError(_sql_error_message(exc)) from exc
 
 
 @contextmanager
@@ -521,7 +615,7 @@ def query_relation(repo, query: str, params: dict | None = None) -> Iterator[Ope
     except ValueError as exc:
         raise QueryError(f"SQL refused: {exc}") from exc
     except duckdb.Error as exc:
-        raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+        raise QueryError(_sql_error_message(exc)) from exc
     if is_empty_query(query):
         raise QueryError("empty SQL query (no statement: only comments or semicolons)")
     repo = _as_repository(repo)
@@ -531,7 +625,7 @@ def query_relation(repo, query: str, params: dict | None = None) -> Iterator[Ope
             rel = con.sql(query, params=params) if params else con.sql(query)
         except duckdb.Error as exc:
             _recheck_on_crc_error(repo, exc)
-            raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+            raise QueryError(_sql_error_message(exc)) from exc
         if rel is None:
             raise QueryError("SQL query without a result")
         yield OpenQuery(repo, con, rel, params)
@@ -555,7 +649,7 @@ def relation_reader(opened: OpenQuery, *, max_rows: int | None = None,
         reader = relation_batches(opened.rel, batch_rows=batch_rows)
     except duckdb.Error as exc:
         _recheck_on_crc_error(repo, exc)
-        raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from exc
+        raise QueryError(_sql_error_message(exc)) from exc
     try:
         yield bounded_reader(reader, max_rows=max_rows, max_bytes=max_bytes)
     except (duckdb.Error, pa.ArrowException) as exc:  # raised while the batches are read
@@ -607,20 +701,45 @@ def scan_forced_source(repo, *, tract=None, patch=None, band=None, sky_patches=N
     ``sky_patches``) select the partitions' files."""
     import polars as pl
 
+    from forcedphot.schema import load_schema
+
     repo = _as_repository(repo)
     schema = forced_source_schema()
     if getattr(repo, "is_s3", False):  # the committed files, through pyarrow's S3FileSystem
         ds = repo.arrow_dataset("forced_source", tract=tract, patch=patch, band=band, sky_patches=sky_patches)
         return pl.scan_pyarrow_dataset(ds) if ds.files else pl.LazyFrame(schema=schema)
-    files = dataset_files(repo, "forced_source", tract=tract, patch=patch, band=band, sky_patches=sky_patches)
-    if not files:
+    groups = files_by_major(repo, "forced_source", tract=tract, patch=patch, band=band, sky_patches=sky_patches)
+    if not groups:
         return pl.LazyFrame(schema=schema)
-    lf = pl.scan_parquet(files, hive_partitioning=False, schema=schema, missing_columns="insert",
-                         extra_columns="ignore")
+    current = groups.pop(load_schema("forced_source").major, [])
+    frames = [pl.scan_parquet(current, hive_partitioning=False, schema=schema, missing_columns="insert",
+                              extra_columns="ignore")] if current else []
+    frames += [_migrated_frame(paths, major, schema) for major, paths in sorted(groups.items())]
+    lf = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
     for col, val in (("tract", tract), ("patch", patch), ("band", band)):
         if val is not None:
             lf = lf.filter(pl.col(col).is_in([val] if isinstance(val, (int, str)) else list(val)))
+    if sky_patches is not None:  # a compacted part holds other patches' rows too
+        pairs = [(pl.col("tract") == t) & (pl.col("patch") == p) for t, p in sky_patches]
+        lf = lf.filter(pl.any_horizontal(pairs) if pairs else pl.lit(False))
     return lf
+
+
+def _migrated_frame(paths: list[Path], major: int, schema: pl.Schema) -> pl.LazyFrame:
+    """forced_source files of an older major version as a LazyFrame of the current ``schema`` (the columns of
+    :func:`forcedphot.schema.column_sources`: renamed ones under their new names, removed ones absent)."""
+    import polars as pl
+
+    from forcedphot.schema import column_defaults, column_sources, version_schema
+
+    old = version_schema("forced_source", str(major))
+    old_schema = pl.Schema(pl.from_arrow(old.arrow_schema().empty_table()).schema)
+    sources = column_sources("forced_source", old.version)
+    defaults = column_defaults("forced_source", old.version)
+    lf = pl.scan_parquet(paths, hive_partitioning=False, schema=old_schema, missing_columns="insert",
+                         extra_columns="ignore")
+    return lf.select([pl.col(sources[n]).cast(t).alias(n) if sources[n] is not None
+                      else pl.lit(defaults.get(n), dtype=t).alias(n) for n, t in schema.items()])
 
 
 def load_forced_source(repo, *, tract=None, patch=None, band=None, columns=None, ra=None, dec=None, radius=None,
@@ -640,7 +759,11 @@ def load_forced_source(repo, *, tract=None, patch=None, band=None, columns=None,
     if columns:
         unknown = [c for c in columns if c not in units]
         if unknown:
-            raise InputError(f"forced_source has no column(s) {unknown}; see schemas/forced_source.yaml")
+            from forcedphot.schema import column_history
+
+            why = "; ".join(filter(None, map(lambda c: column_history("forced_source", c), unknown)))
+            raise InputError(f"forced_source has no column(s) {unknown}" + (f": {why}" if why else "")
+                             + "; see schemas/forced_source.yaml")
     if cone is None:
         return convert(lf.select(columns).collect() if columns else lf.collect(), backend, units)
     df = _cut_to_cone(lf.collect(), cone)
@@ -666,8 +789,8 @@ def load_object(repo, *, tract=None, patch=None, primary_only: bool = True, ra=N
     sky_patches = cone_patches(repo, cone)
     con = sandboxed_connection()
     try:
-        con.register("forced_source", arrow_dataset(repo, "forced_source", tract=tract, patch=patch,
-                                                    sky_patches=sky_patches))
+        register_dataset(con, "forced_source", repo, "forced_source", tract=tract, patch=patch,
+                         sky_patches=sky_patches)
         table = _query(repo, con, object_select(repository_bands(repo), primary_only=primary_only)
                        + "\nORDER BY objectId, tract, patch")
     finally:

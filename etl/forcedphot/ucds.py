@@ -26,7 +26,7 @@ EXACT = {
     "extendedness": "src.class.starGalaxy",
     "localVariance": "stat.variance",
     "localBackground": "instr.skyLevel",
-    "localBackgroundErr": "stat.error;instr.skyLevel",
+    "localBackground_stdev": "stat.stdev;instr.skyLevel",
     "cModel_fracDev": "src.morph.param",
     "cModel_objective": "stat.fit.residual",
 }

@@ -54,6 +54,6 @@ class ReferenceLocalBackground(LocalBackground):
             vals = np.where(use, vals, np.float32(np.nan))
             mean[idx], std[idx], _ = clipped_mean_std(vals)
         no_good = ok & ~np.isfinite(mean)
-        return {"localBackground": mean, "localBackgroundErr": std,
+        return {"localBackground": mean, "localBackground_stdev": std,
                 "localBackground_flag": ~ctx.usable | no_psf | no_good,
                 "localBackground_flag_noGoodPixels": no_good, "localBackground_flag_noPsf": no_psf}

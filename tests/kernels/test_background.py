@@ -14,7 +14,7 @@ from tests.kernels.reference_local_background import ReferenceLocalBackground
 from tests.kernels.reference_variance import ReferenceVariance
 
 REFERENCES = {"LocalBackground": ReferenceLocalBackground, "Variance": ReferenceVariance}
-ERRORS = {"localBackground": "localBackgroundErr", "localBackgroundErr": "localBackgroundErr"}
+ERRORS = {"localBackground": "localBackground_stdev", "localBackground_stdev": "localBackground_stdev"}
 
 
 @pytest.fixture(scope="module")

@@ -44,14 +44,14 @@ def test_sdss_centroid_recovers_true_positions(star_field_repo):
 
 def test_local_background_and_variance_match_the_simulated_sky(star_field_repo):
     recipe = load_recipe("tiny")
-    t = _stars(star_field_repo, ["f.localBackground", "f.localBackgroundErr", "f.localVariance",
+    t = _stars(star_field_repo, ["f.localBackground", "f.localBackground_stdev", "f.localVariance",
                                  "f.localBackground_flag", "f.localVariance_flag"])
     for band, g in t.groupby("band"):
         sky = recipe.sky_sigma_njy[band]
         g = g[~g.localBackground_flag & ~g.localVariance_flag]
         # the simulated sky is zero; faint wings of stars and galaxies in the annulus add a little
         assert abs(np.median(g.localBackground)) < 0.15 * sky
-        assert 0.95 * sky < np.median(g.localBackgroundErr) < 1.15 * sky
+        assert 0.95 * sky < np.median(g.localBackground_stdev) < 1.15 * sky
         # the variance plane is sky^2 plus the Poisson variance of faint undetected wings
         assert 0.999 * sky**2 < np.median(g.localVariance) < 1.06 * sky**2
 

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from forcedphot.layout import UNDEBLENDED
+from forcedphot.layout import UNDEBLENDED, UNDEBLENDED_SKIP
 from forcedphot.moments import inverse_2x2
 from forcedphot.plugins.aperture import source_pixels
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, excluded_bits, flag, register
@@ -123,7 +123,7 @@ class KronFlux(Plugin):
         failed = ~ok | edge | (invalid > 0) | (excluded > 0) | ref_flag(ctx, "kron_radius_flag")
         out.update({"kronFlux": flux, "kronFluxErr": np.sqrt(var), "kronFlux_flag": failed | ~np.isfinite(flux)})
         if both:
-            out = out | {UNDEBLENDED + k: v.copy() for k, v in out.items()}
+            out = out | {UNDEBLENDED + k: v.copy() for k, v in out.items() if k not in UNDEBLENDED_SKIP}
             out[UNDEBLENDED + "kronFlux"] = flux_u
             out[UNDEBLENDED + "kronFlux_flag"] = failed | ~np.isfinite(flux_u)
         return out

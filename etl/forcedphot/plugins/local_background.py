@@ -10,7 +10,7 @@ determinant radius at the centre), pixel centres, ignoring BAD, SAT and NO_DATA 
 
 The general flag is also set centrally (:mod:`forcedphot.validity`, applied by
 ``ForcedPhotCoaddTask.run`` after all measurement plugins and again after calibration) wherever
-localBackground or localBackgroundErr is not finite or localBackgroundErr <= 0; this plugin sets
+localBackground or localBackground_stdev is not finite; this plugin sets
 its specific flags.
 """
 
@@ -33,7 +33,8 @@ class LocalBackground(Plugin):
     def columns(cls, config):
         return (
             Column("localBackground", "double", "Clipped mean of the pixels in the 7-15 sigma_PSF annulus (per-pixel background level).", "nJy/pix", "flux"),
-            Column("localBackgroundErr", "double", "Clipped standard deviation of the annulus pixels (per-pixel scatter).", "nJy/pix", "flux"),
+            Column("localBackground_stdev", "double", "Clipped standard deviation of the annulus pixels (per-pixel scatter, "
+                   "not the uncertainty of localBackground; localBackgroundErr before forced_source 2.0).", "nJy/pix", "flux"),
             flag("localBackground_flag", "General failure: no usable centroid, no PSF, or no good pixels in the annulus."),
             flag("localBackground_flag_noGoodPixels", "No good pixels in the annulus."),
             flag("localBackground_flag_noPsf", "No PSF model at the centroid."),
@@ -57,6 +58,6 @@ class LocalBackground(Plugin):
                                           INNER * s, OUTER * s,
                                           ok.astype(np.uint8), 3.0, 3)
         no_good = ok & ~np.isfinite(mean)
-        return {"localBackground": mean, "localBackgroundErr": std,
+        return {"localBackground": mean, "localBackground_stdev": std,
                 "localBackground_flag": ~ctx.usable | no_psf | no_good,
                 "localBackground_flag_noGoodPixels": no_good, "localBackground_flag_noPsf": no_psf}
