@@ -190,3 +190,29 @@ def test_a_worker_killed_mid_quantum_commits_once(moto_endpoint, s3_tiny, measur
     assert len(records) == 4 and all(r.endswith("/g00000001.json") for r in records), records
     assert repo.list("runs/claims/") == []
     _assert_equals_serial(s3_tiny, measured_tiny_repo)
+
+
+def test_the_claim_of_an_unreaped_dead_worker_is_dead():
+    """A SIGKILLed worker stays a zombie until its nanny reaps it: /proc still has its pid and start time;
+    its claim must count as dead (the retry may come first). A live process's claim stays alive."""
+    import socket
+    import time
+
+    from forcedphot.io.atomic import process_start
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        body = {"host": socket.gethostname(), "pid": child.pid, "process_start": process_start(child.pid),
+                "time": time.time()}
+        assert s3repo._claimer_alive(body)
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not s3repo._zombie(child.pid):  # not reaped: a zombie
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert process_start(child.pid) == body["process_start"]  # what the pid check alone would see: alive
+        assert not s3repo._claimer_alive(body)
+    finally:
+        child.kill()
+        child.wait()
+    assert not s3repo._claimer_alive(body)  # reaped: gone
