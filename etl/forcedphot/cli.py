@@ -135,12 +135,10 @@ def cmd_run(args) -> int:
     if s3:
         from forcedphot import s3repo
 
-        if args.dask:
-            raise ForcedPhotError("--dask is not supported on s3 repositories yet; use --jobs")
         summary = s3repo.run_all(args.repo, config, tracts=args.tract, patches=args.patch, bands=args.band,
                                  force=args.force, jobs=args.jobs, progress=_progress(args), n_threads=args.threads,
                                  before_measuring=compile_kernels, wait=args.wait,
-                                 command=["forcedphot", *sys.argv[1:]])
+                                 command=["forcedphot", *sys.argv[1:]], dask=args.dask)
         repo = s3repo.S3Repository(args.repo)
     else:
         summary = run_all(repo, config, tracts=args.tract, patches=args.patch, bands=args.band, force=args.force,

@@ -138,11 +138,11 @@ def checked_files(repo: Repository, paths, schema: TableSchema | str, *, force: 
     """``paths`` (files of ``repo``), each checked by :func:`check_file` against the repository's verified state,
     which is saved at the end (also when a file is refused: what was verified stays verified). A path of
     ``missing_ok`` (listed by a manifest) that is gone is left out, as a listing would (a warning says so)."""
-    return [Path(p) for p in _checked(repo, paths, schema, force=force, missing_ok=missing_ok)]
+    return [Path(p) for p in _checked(repo, paths, schema, force=force, missing_ok=missing_ok, versions=versions)]
 
 
 def _checked(repo: Repository, paths, schema: TableSchema | str, *, force: bool = False,
-             missing_ok: frozenset = frozenset()) -> list[str]:
+             missing_ok: frozenset = frozenset(), versions: dict | None = None) -> list[str]:
     """:func:`checked_files` as strings. Per file a ``stat`` and a lookup (a file whose stat matches its
     remembered entry, whose stamp was checked once for this call); the others through :func:`check_file`."""
     from forcedphot.io.verified import verified_files

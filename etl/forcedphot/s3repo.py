@@ -382,9 +382,20 @@ def _claimer_alive(claim: dict) -> bool:
 
     if claim.get("host") != socket.gethostname():
         return time.time() - float(claim.get("time", 0)) < CLAIM_LEASE
-    now = process_start(int(claim.get("pid", -1)))
+    pid = int(claim.get("pid", -1))
+    now = process_start(pid)
     start = int(claim.get("process_start", 0))
-    return now != -1 and (start == 0 or now in (0, start))
+    return now != -1 and (start == 0 or now in (0, start)) and not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A process that has exited but is not yet reaped (a Dask worker SIGKILLed, its nanny not yet waited for
+    it): /proc still shows it, with its start time, in state Z (or X); it holds nothing any more."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2:].split()[0] in ("Z", "X")
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def claim(repo: S3Repository, did, gen: int, run_id: str) -> bool:
@@ -602,9 +613,12 @@ def _spawned_worker_init(parent_pid: int) -> None:
 
 def run_all(uri: str, config=None, *, tracts=None, patches=None, bands=None, force: bool = False, jobs: int = 1,
             progress: bool = False, n_threads: int | None = None, before_measuring=None, wait: bool = False,
-            command: list[str] | None = None):
+            command: list[str] | None = None, dask: str | None = None):
     """:func:`forcedphot.runner.run_all` for an s3 repository: the same decisions, by commit records and claims
-    instead of renames and locks. ``jobs > 1``: spawned worker processes, each handed the URI and a data ID."""
+    instead of renames and locks. ``jobs > 1``: spawned worker processes, each handed the URI and a data ID.
+    ``dask``: the address of a Dask scheduler (or ``"local"``); each quantum is a task of plain values (the URI
+    string, the run ID, the config, the data ID, options): every worker builds its S3 clients from its own
+    environment and runs the claim/commit protocol itself (:func:`measure_quantum`)."""
     import sys
 
     from forcedphot import ledger
@@ -636,7 +650,9 @@ def run_all(uri: str, config=None, *, tracts=None, patches=None, bands=None, for
         if ready and before_measuring is not None:
             before_measuring()
         kw = dict(force=force, run_started=started, n_threads=n_threads, footprint_dataset=config.footprint_dataset)
-        if jobs > 1 and len(ready) > 1:
+        if dask and ready:
+            _run_on_dask(dask, jobs, repo.uri, summary, config, ready, wait, kw)
+        elif jobs > 1 and len(ready) > 1:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -679,6 +695,40 @@ def run_all(uri: str, config=None, *, tracts=None, patches=None, bands=None, for
             "config_fingerprint": config.fingerprint(), "outcome": outcome, "exit_code": code,
             **asdict(summary)}, indent=1).encode())
     return summary
+
+
+def _run_on_dask(address: str, jobs: int, uri: str, summary, config, ready: list, wait: bool, kw: dict) -> None:
+    """The ready quanta as tasks on a Dask cluster; a task whose worker died (the scheduler gave up retrying it)
+    fails its quantum, by name, recorded by this process (the worker could not)."""
+    from distributed import as_completed as dask_completed
+
+    from forcedphot import ledger
+    from forcedphot.runner import _Dask, _record, _worker_died
+
+    workers = _Dask(address, jobs)
+    interrupted = True
+    try:
+        client = workers.ready()
+        if kw["n_threads"] is None and address != "local":  # the workers' machines, not this one
+            kw = kw | {"n_threads": workers.threads_per_quantum()}
+        by_key = {}
+        for q in ready:
+            fut = client.submit(_measure_waiting, uri, summary.run_id, config, q.data_id, wait, pure=False, **kw)
+            workers.futures.append(fut)
+            by_key[fut.key] = q.data_id
+        for fut in dask_completed(list(workers.futures)):
+            try:
+                result = fut.result()
+            except Exception as exc:  # KilledWorker: the worker died (each time it was tried)
+                did = by_key[fut.key]
+                result = _worker_died(str(did), exc)
+                ledger.record_quantum(uri, summary.run_id, did, status="failed", started=ledger.utc_now(),
+                                      seconds=0.0, error=result[2])
+                result = (result[0], "failed", result[2])
+            _record(summary, result)
+        interrupted = False
+    finally:
+        workers.stop(interrupted=interrupted)
 
 
 def read_last_run(repo: S3Repository) -> dict | None:
