@@ -377,7 +377,8 @@ def connect(repo: Repository | str | Path, query: str | None = None) -> duckdb.D
             if wanted is not None and name not in wanted:
                 continue
             for dataset in dict.fromkeys(_FILES.findall(stmt)):
-                con.register(f"_files_{dataset}", arrow_dataset(repo, dataset))
+                rows = rows_only_count(repo, dataset, query, con) if wanted == {name} else None
+                con.register(f"_files_{dataset}", arrow_dataset(repo, dataset) if rows is None else _rows_stand_in(rows))
             stmt = _FILES.sub(lambda m: f"_files_{m.group(1)}", stmt)
             for token, render in replacements.items():
                 if token in stmt:
@@ -391,6 +392,74 @@ def connect(repo: Repository | str | Path, query: str | None = None) -> duckdb.D
         con.close()
         raise
     return con
+
+
+# Expressions that read a table's columns (``COLUMNS(...)`` and ``*`` are STAR; ``#1`` a positional reference).
+_COLUMN_READS = {"COLUMN_REF", "STAR", "POSITIONAL_REFERENCE"}
+
+
+def reads_only_row_counts(query: str, con: duckdb.DuckDBPyConnection | None = None) -> bool:
+    """True when ``query``'s answer depends only on how many rows its tables have, not on their values:
+    DuckDB's parse tree of it (nothing bound or read) has no column reference (``x``, ``t.x``, ``*``,
+    ``COLUMNS(...)``, ``#1``, a table name used as a value), no join (``USING``/``NATURAL`` read columns
+    without naming them) and no column aliases or time travel on a table. ``SELECT count(*) FROM
+    forced_source``, ``SELECT count(*) AS n, 1 FROM forced_source LIMIT 1``; not ``count(objectId)``."""
+    own = con is None
+    con = sandboxed_connection() if own else con
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
+    except (duckdb.Error, TypeError, ValueError):
+        return False
+    finally:
+        if own:
+            con.close()
+    if not isinstance(tree, dict) or tree.get("error", True) or len(tree.get("statements", [])) != 1:
+        return False
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        if node.get("class") in _COLUMN_READS or node.get("type") in _COLUMN_READS | {"JOIN", "TABLE_FUNCTION"}:
+            return False
+        if node.get("type") == "BASE_TABLE" and (node.get("column_name_alias") or node.get("at_clause")):
+            return False
+        stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+    return True
+
+
+def rows_only_count(repo, dataset: str, query: str | None, con=None) -> int | None:
+    """The number of rows of ``dataset`` from its tracts' manifests, when ``query`` reads only row counts
+    (:func:`reads_only_row_counts`) and every file has a manifest entry; else None (the files are scanned).
+
+    The files are checked as for any query (:func:`_dataset_listing`: a ``stat`` each against the verified
+    state); a manifest entry counts only when the writer's checksum record it names is the one the verified
+    state holds for the file (so its row count is that of the verified bytes). No file is opened."""
+    if dataset != "forced_source" or query is None or getattr(repo, "is_s3", False):
+        return None
+    if not reads_only_row_counts(query, con):
+        return None
+    from forcedphot.io.verified import verified_files
+
+    listing = _dataset_listing(repo, dataset)
+    if any(entry is None or not isinstance(entry.get("rows"), int) or not entry.get("checksum")
+           for entry in listing.values()):
+        return None
+    remembered = verified_files(repo.root).unchanged([os.path.abspath(p) for p in listing])
+    if any(known is None or known.recorded != entry["checksum"] for known, entry in zip(remembered, listing.values())):
+        return None
+    return sum(entry["rows"] for entry in listing.values())
+
+
+def _rows_stand_in(rows: int) -> pa.Table:
+    """A table of ``rows`` rows and one all-null column: what a query reading only row counts needs of a dataset
+    (a null column has no buffers, whatever its length). A column it reads would fail to bind, not read nulls."""
+    import pyarrow as pa
+
+    return pa.table({"_rows_only": pa.nulls(rows)})
 
 
 def _object_select(repo: Repository) -> str:
