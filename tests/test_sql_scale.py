@@ -193,7 +193,7 @@ def test_the_sql_scale_bench(tmp_path):
     (row,) = rows
     assert row["files"] == 12 and row["parts"] == 1
     for state in ("listing", "manifest", "compacted"):  # the same answers in every state
-        assert row[state]["answers"] == {"count": 12 * 4, "point": sorted("ugrizy")}
+        assert row[state]["answers"] == {"count": 12 * 4, "point": sorted("ugrizy"), "scan": 12 * 4}
         assert row[state]["count_s"] > 0 and row[state]["point_s"] > 0
     out = tmp_path / "b.json"
     assert main(["bench", "--repo", str(tmp_path), "--sql-scale", "12", "--json", str(out)]) == 0
