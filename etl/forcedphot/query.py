@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("forcedphot")
 _FILES = re.compile(r"@files\((\w+)\)@")
+_PASS_THROUGH = re.compile(r"CREATE OR REPLACE VIEW \w+ AS SELECT \* FROM @files\(\w+\)@\s*;?", re.I)
 PARTITION_KEYS = {"tract": int, "patch": int, "band": str}
 PAGE_CRC = "CRC checksum verification failed"  # pyarrow's message for a page that fails its CRC
 
@@ -377,7 +378,9 @@ def connect(repo: Repository | str | Path, query: str | None = None) -> duckdb.D
             if wanted is not None and name not in wanted:
                 continue
             for dataset in dict.fromkeys(_FILES.findall(stmt)):
-                rows = rows_only_count(repo, dataset, query, con) if wanted == {name} else None
+                # a count-only query of a view that passes the files' rows through: the manifests' row counts
+                rows = rows_only_count(repo, dataset, query, con) if wanted == {name} and _PASS_THROUGH.fullmatch(
+                    stmt.strip()) else None
                 con.register(f"_files_{dataset}", arrow_dataset(repo, dataset) if rows is None else _rows_stand_in(rows))
             stmt = _FILES.sub(lambda m: f"_files_{m.group(1)}", stmt)
             for token, render in replacements.items():
