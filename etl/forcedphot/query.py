@@ -254,7 +254,7 @@ def _partition_filter(repo: Repository, dataset: str, partitions: dict) -> dict[
     return wanted
 
 
-def arrow_dataset(repo, dataset: str, *, sky_patches=None, **partitions) -> pads.Dataset:
+def arrow_dataset(repo, dataset: str, *, sky_patches=None, listing: dict | None = None, **partitions) -> pads.Dataset:
     """The checked files of ``dataset`` as a pyarrow dataset with the columns of its schema (empty if none).
 
     A file its manifest gives an objectId range is a fragment whose partition expression is that range, so a
@@ -267,7 +267,8 @@ def arrow_dataset(repo, dataset: str, *, sky_patches=None, **partitions) -> pads
     repo = _as_repository(repo)
     if getattr(repo, "is_s3", False):  # committed files only, read through pyarrow's S3FileSystem
         return repo.arrow_dataset(dataset, sky_patches=sky_patches, **partitions)
-    listing = _dataset_listing(repo, dataset, sky_patches=sky_patches, **partitions)
+    if listing is None:  # else: :func:`_dataset_listing` of the same arguments, already checked
+        listing = _dataset_listing(repo, dataset, sky_patches=sky_patches, **partitions)
     schema = load_schema(dataset).arrow_schema()
     fmt, fs = parquet_format(), query_filesystem()
     fragments = []
@@ -379,9 +380,12 @@ def connect(repo: Repository | str | Path, query: str | None = None) -> duckdb.D
                 continue
             for dataset in dict.fromkeys(_FILES.findall(stmt)):
                 # a count-only query of a view that passes the files' rows through: the manifests' row counts
-                rows = rows_only_count(repo, dataset, query, con) if wanted == {name} and _PASS_THROUGH.fullmatch(
-                    stmt.strip()) else None
-                con.register(f"_files_{dataset}", arrow_dataset(repo, dataset) if rows is None else _rows_stand_in(rows))
+                rows = listing = None
+                if wanted == {name} and _PASS_THROUGH.fullmatch(stmt.strip()) and _counts_suffice(repo, dataset, query, con):
+                    listing = _dataset_listing(repo, dataset)  # checked once, also when the files are scanned
+                    rows = rows_only_count(repo, dataset, query, con, listing=listing)
+                con.register(f"_files_{dataset}", arrow_dataset(repo, dataset, listing=listing) if rows is None
+                             else _rows_stand_in(rows))
             stmt = _FILES.sub(lambda m: f"_files_{m.group(1)}", stmt)
             for token, render in replacements.items():
                 if token in stmt:
@@ -434,20 +438,24 @@ def reads_only_row_counts(query: str, con: duckdb.DuckDBPyConnection | None = No
     return True
 
 
-def rows_only_count(repo, dataset: str, query: str | None, con=None) -> int | None:
+def _counts_suffice(repo, dataset: str, query: str | None, con=None) -> bool:
+    return (dataset == "forced_source" and query is not None and not getattr(repo, "is_s3", False)
+            and reads_only_row_counts(query, con))
+
+
+def rows_only_count(repo, dataset: str, query: str | None, con=None, *, listing: dict | None = None) -> int | None:
     """The number of rows of ``dataset`` from its tracts' manifests, when ``query`` reads only row counts
     (:func:`reads_only_row_counts`) and every file has a manifest entry; else None (the files are scanned).
 
     The files are checked as for any query (:func:`_dataset_listing`: a ``stat`` each against the verified
     state); a manifest entry counts only when the writer's checksum record it names is the one the verified
     state holds for the file (so its row count is that of the verified bytes). No file is opened."""
-    if dataset != "forced_source" or query is None or getattr(repo, "is_s3", False):
-        return None
-    if not reads_only_row_counts(query, con):
+    repo = _as_repository(repo)
+    if not _counts_suffice(repo, dataset, query, con):
         return None
     from forcedphot.io.verified import verified_files
 
-    listing = _dataset_listing(repo, dataset)
+    listing = _dataset_listing(repo, dataset) if listing is None else listing
     if any(entry is None or not isinstance(entry.get("rows"), int) or not entry.get("checksum")
            for entry in listing.values()):
         return None
