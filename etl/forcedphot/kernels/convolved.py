@@ -129,42 +129,26 @@ def _plain_box(image, variance, valid, cx, cy, hb):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _weighted_sums_plain(image, variance, cx, cy, w, hh, xs, ys, ds, nd):
-    """:func:`_weighted_sums` where every pixel of the box is plain valid (:func:`_plain_box`): no branches,
-    each row summed in eight interleaved partial sums (a fixed order), rows added in turn."""
+def _weighted_sums_plain(image, variance, cx, cy, w, hh, fcol, vcol, xs, ys, ds, nd):
+    """:func:`_weighted_sums` where every pixel of the box is plain valid (:func:`_plain_box`): no branches.
+    Each column sums its rows in turn (element-wise over a row: vectorised) into ``fcol, vcol``
+    (>= 2hh+1 elements), then the columns are added in turn: a fixed order."""
     n = 2 * hh + 1
-    n8 = n - n % 8
-    f = v = 0.0
+    for i in range(n):
+        fcol[i] = 0.0
+        vcol[i] = 0.0
     for j in range(n):
         img = image[cy - hh + j, cx - hh:cx + hh + 1]
         vr = variance[cy - hh + j, cx - hh:cx + hh + 1]
-        wr = w[j]
-        f0 = f1 = f2 = f3 = f4 = f5 = f6 = f7 = 0.0
-        v0 = v1 = v2 = v3 = v4 = v5 = v6 = v7 = 0.0
-        for i in range(0, n8, 8):
-            a0, a1, a2, a3 = wr[i], wr[i + 1], wr[i + 2], wr[i + 3]
-            a4, a5, a6, a7 = wr[i + 4], wr[i + 5], wr[i + 6], wr[i + 7]
-            f0 += a0 * img[i]
-            f1 += a1 * img[i + 1]
-            f2 += a2 * img[i + 2]
-            f3 += a3 * img[i + 3]
-            f4 += a4 * img[i + 4]
-            f5 += a5 * img[i + 5]
-            f6 += a6 * img[i + 6]
-            f7 += a7 * img[i + 7]
-            v0 += a0 * a0 * vr[i]
-            v1 += a1 * a1 * vr[i + 1]
-            v2 += a2 * a2 * vr[i + 2]
-            v3 += a3 * a3 * vr[i + 3]
-            v4 += a4 * a4 * vr[i + 4]
-            v5 += a5 * a5 * vr[i + 5]
-            v6 += a6 * a6 * vr[i + 6]
-            v7 += a7 * a7 * vr[i + 7]
-        for i in range(n8, n):
-            f0 += wr[i] * img[i]
-            v0 += wr[i] * wr[i] * vr[i]
-        f += ((f0 + f1) + (f2 + f3)) + ((f4 + f5) + (f6 + f7))
-        v += ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7))
+        wr = w[j, :n]
+        for i in range(n):
+            a = wr[i]
+            fcol[i] += a * img[i]
+            vcol[i] += a * a * vr[i]
+    f = v = 0.0
+    for i in range(n):
+        f += fcol[i]
+        v += vcol[i]
     for p in range(nd):  # the source's own heavy values over the noise
         j, i = ys[p] - cy + hh, xs[p] - cx + hh
         if 0 <= j <= 2 * hh and 0 <= i <= 2 * hh:
@@ -253,6 +237,8 @@ def convolved_kernel(image, variance, valid, fp, cx, cy, fx, fy, xl, yl, radii, 
             abuf = np.empty((2 * hmax + 1) * pm)
             tbuf = np.empty((2 * hmax + 2) * pm)
             obuf = np.empty(m * pm)
+            fcol = np.empty(m)
+            vcol = np.empty(m)
             plain = _plain_box(image, variance, valid, cx[s], cy[s], hmax + rmax)
             same = np.full(nt, -1, np.int64)  # an earlier target with the same kernel (e.g. two _deconv): its values
             for t in range(nt):
@@ -284,7 +270,7 @@ def convolved_kernel(image, variance, valid, fp, cx, cy, fx, fy, xl, yl, radii, 
                     else:
                         wk = a[:2 * h + 1, :2 * h + 1]
                     if plain:
-                        res = _weighted_sums_plain(image, variance, cx[s], cy[s], wk, h + r, xs, ys, ds, nd)
+                        res = _weighted_sums_plain(image, variance, cx[s], cy[s], wk, h + r, fcol, vcol, xs, ys, ds, nd)
                     else:
                         res = _weighted_sums(image, variance, valid, cx[s], cy[s], fx[s], fy[s], wk, h + r, reach2,
                                              xs, ys, ds, nd)
