@@ -115,7 +115,51 @@ def test_a_point_query_opens_only_the_files_that_can_hold_the_id(measured, monke
     assert len(can) == 4 and len(doc["files"]) == 16
     assert can <= set(handler.opened) and len(set(handler.opened) - can) <= 1
     handler.opened.clear()
-    assert count(measured) > 0 and len(set(handler.opened)) == 16  # a count reads every file
+    assert count(measured) > 0 and not handler.opened  # count(*): the manifests' row counts, no file opened
+    n = query.sql(measured, "SELECT count(objectId) AS n FROM forced_source").column("n")[0].as_py()
+    assert n == count(measured) and len(set(handler.opened)) == 16  # a count of a column reads every file
+
+
+@pytest.mark.parametrize(("sql", "rows_only"), [
+    (COUNT, True), ("SELECT count(*), count(*) + 1 AS m FROM forced_source", True),
+    ("SELECT 1 AS one FROM forced_source LIMIT 3", True), ("SELECT count(*) FROM forced_source WHERE $x = 1", True),
+    ("SELECT count(objectId) FROM forced_source", False), ("SELECT * FROM forced_source", False),
+    ("SELECT count(*) FROM forced_source WHERE band = 'g'", False), ("SELECT #1 FROM forced_source", False),
+    ("SELECT count(forced_source) FROM forced_source", False), ("SELECT COLUMNS('psf.*') FROM forced_source", False),
+    ("SELECT count(*) FROM forced_source a JOIN forced_source b USING (objectId)", False),
+    ("SELECT count(*) FROM forced_source NATURAL JOIN forced_source", False),
+    ("SELECT count(*) FROM forced_source t(a, b)", False), ("SELECT count(*) FROM forced_source; SELECT 1", False)])
+def test_queries_that_read_only_row_counts_are_told_from_the_parse_tree(sql, rows_only):
+    assert query.reads_only_row_counts(sql) is rows_only
+
+
+def test_row_counts_from_the_manifest_equal_a_scan_and_fall_back_when_they_cannot_be_trusted(measured):
+    scan = "SELECT count(objectId) AS n FROM forced_source"
+    n = query.sql(measured, scan).column("n")[0].as_py()
+    assert query.rows_only_count(measured, "forced_source", COUNT) == n == count(measured)
+    for sql in ("SELECT count(*) AS n FROM forced_source LIMIT 1", "SELECT 1 AS n FROM forced_source"):
+        assert query.sql(measured, sql).equals(query.sql(measured, sql.replace("forced_source", "(SELECT objectId FROM forced_source)")))
+    # a manifest entry whose checksum record is not the verified file's: the files are scanned
+    path = manifest.manifest_path(measured.root, 0)
+    doc = json.loads(path.read_text())
+    entry = doc["files"]["patch=1/band=g/forced_source.parquet"]
+    entry["rows"], entry["checksum"] = entry["rows"] + 1000, "1:" + "0" * 64
+    path.write_text(json.dumps(doc))
+    assert query.rows_only_count(measured, "forced_source", COUNT) is None and count(measured) == n
+    # a tract without a manifest (listed from its folder): scanned
+    path.unlink()
+    assert query.rows_only_count(measured, "forced_source", COUNT) is None and count(measured) == n
+
+
+def test_forced_source_files_keep_statistics_only_for_the_columns_readers_prune_on(measured):
+    from forcedphot.io.parquet import STATISTICS_COLUMNS
+
+    md = pq.read_metadata(measured.forced_source_path(DataId(0, 1, "g")))
+    with_stats = {md.row_group(0).column(i).path_in_schema for i in range(md.num_columns)
+                  if md.row_group(0).column(i).is_stats_set}
+    assert with_stats == set(STATISTICS_COLUMNS["forced_source"]) and md.num_columns > 400
+    ref = pq.read_metadata(measured.ref_path(0, 1))  # other datasets: every column
+    assert all(ref.row_group(0).column(i).is_stats_set for i in range(ref.num_columns))
 
 
 def test_a_commit_lost_to_a_kill_is_completed_by_the_next_run(measured):
@@ -149,7 +193,7 @@ def test_the_sql_scale_bench(tmp_path):
     (row,) = rows
     assert row["files"] == 12 and row["parts"] == 1
     for state in ("listing", "manifest", "compacted"):  # the same answers in every state
-        assert row[state]["answers"] == {"count": 12 * 4, "point": sorted("ugrizy")}
+        assert row[state]["answers"] == {"count": 12 * 4, "point": sorted("ugrizy"), "scan": 12 * 4}
         assert row[state]["count_s"] > 0 and row[state]["point_s"] > 0
     out = tmp_path / "b.json"
     assert main(["bench", "--repo", str(tmp_path), "--sql-scale", "12", "--json", str(out)]) == 0

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("forcedphot")
 _FILES = re.compile(r"@files\((\w+)\)@")
+_PASS_THROUGH = re.compile(r"CREATE OR REPLACE VIEW \w+ AS SELECT \* FROM @files\(\w+\)@\s*;?", re.I)
 PARTITION_KEYS = {"tract": int, "patch": int, "band": str}
 PAGE_CRC = "CRC checksum verification failed"  # pyarrow's message for a page that fails its CRC
 
@@ -291,12 +292,17 @@ def arrow_dataset(repo, dataset: str, *, sky_patches=None, **partitions) -> pads
     return _filter_parts(ds, current, sky_patches, partitions)
 
 
-def _listings_by_major(repo, dataset: str, **selection) -> dict[int, dict[str, dict | None]]:
+def _listings_by_major(repo, dataset: str, *, checked: tuple | None = None, **selection) -> dict[int, dict[str, dict | None]]:
     """:func:`_dataset_listing` ({checked file: manifest entry}) by the major version of the schema each file was
-    written with: the current one, or an older one read through ``schemas/migrations/<dataset>.yaml``."""
-    versions: dict[Path, str] = {}
+    written with: the current one, or an older one read through ``schemas/migrations/<dataset>.yaml``.
+    ``checked``: (listing, versions) of a :func:`_dataset_listing` of the same selection already made."""
+    if checked is None:
+        versions: dict[Path, str] = {}
+        listing = _dataset_listing(repo, dataset, versions=versions, **selection)
+    else:
+        listing, versions = checked
     groups: dict[int, dict[str, dict | None]] = {}
-    for path, entry in _dataset_listing(repo, dataset, versions=versions, **selection).items():
+    for path, entry in listing.items():
         groups.setdefault(int(versions[Path(path)].split(".")[0]), {})[path] = entry
     return groups
 
@@ -378,12 +384,12 @@ def files_by_major(repo, dataset: str, **selection) -> dict[int, list[Path]]:
     return {major: [Path(p) for p in listing] for major, listing in _listings_by_major(repo, dataset, **selection).items()}
 
 
-def register_dataset(con, name: str, repo, dataset: str, **selection) -> None:
+def register_dataset(con, name: str, repo, dataset: str, *, checked: tuple | None = None, **selection) -> None:
     """Register the checked files of ``dataset`` as the relation ``name`` of ``con``, with the columns of the
     current schema: files of an older major version are read lazily through the migration's select list
     (:func:`forcedphot.schema.migration_select`: renamed columns under their new names, removed ones absent),
     in a ``UNION ALL`` with the current files (fragments pruned by objectId range, :func:`_fragment_dataset`).
-    ``selection``: partitions and ``sky_patches``."""
+    ``selection``: partitions and ``sky_patches``; ``checked``: see :func:`_listings_by_major`."""
     import pyarrow.dataset as pads
 
     from forcedphot.schema import load_schema, migration_select, version_schema
@@ -394,7 +400,7 @@ def register_dataset(con, name: str, repo, dataset: str, **selection) -> None:
         return
     sky_patches = selection.pop("sky_patches", None)
     schema = load_schema(dataset)
-    groups = _listings_by_major(repo, dataset, sky_patches=sky_patches, **selection)
+    groups = _listings_by_major(repo, dataset, checked=checked, sky_patches=sky_patches, **selection)
     current = groups.pop(schema.major, {})
     ds = _filter_parts(_fragment_dataset(current, schema.arrow_schema()), current, sky_patches, selection)
     if not groups:
@@ -471,7 +477,17 @@ def connect(repo: Repository | str | Path, query: str | None = None) -> duckdb.D
             if wanted is not None and name not in wanted:
                 continue
             for dataset in dict.fromkeys(_FILES.findall(stmt)):
-                register_dataset(con, f"_files_{dataset}", repo, dataset)
+                # a count-only query of a view that passes the files' rows through: the manifests' row counts
+                rows = checked = None
+                if wanted == {name} and _PASS_THROUGH.fullmatch(stmt.strip()) and _counts_suffice(repo, dataset, query, con):
+                    versions: dict = {}  # checked once, also when the files are scanned
+                    listing = _dataset_listing(repo, dataset, versions=versions)
+                    checked = (listing, versions)
+                    rows = rows_only_count(repo, dataset, query, con, listing=listing)
+                if rows is None:
+                    register_dataset(con, f"_files_{dataset}", repo, dataset, checked=checked)
+                else:
+                    con.register(f"_files_{dataset}", _rows_stand_in(rows))
             stmt = _FILES.sub(lambda m: f"_files_{m.group(1)}", stmt)
             for token, render in replacements.items():
                 if token in stmt:
@@ -485,6 +501,78 @@ def connect(repo: Repository | str | Path, query: str | None = None) -> duckdb.D
         con.close()
         raise
     return con
+
+
+# Expressions that read a table's columns (``COLUMNS(...)`` and ``*`` are STAR; ``#1`` a positional reference).
+_COLUMN_READS = {"COLUMN_REF", "STAR", "POSITIONAL_REFERENCE"}
+
+
+def reads_only_row_counts(query: str, con: duckdb.DuckDBPyConnection | None = None) -> bool:
+    """True when ``query``'s answer depends only on how many rows its tables have, not on their values:
+    DuckDB's parse tree of it (nothing bound or read) has no column reference (``x``, ``t.x``, ``*``,
+    ``COLUMNS(...)``, ``#1``, a table name used as a value), no join (``USING``/``NATURAL`` read columns
+    without naming them) and no column aliases or time travel on a table. ``SELECT count(*) FROM
+    forced_source``, ``SELECT count(*) AS n, 1 FROM forced_source LIMIT 1``; not ``count(objectId)``."""
+    own = con is None
+    con = sandboxed_connection() if own else con
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
+    except (duckdb.Error, TypeError, ValueError):
+        return False
+    finally:
+        if own:
+            con.close()
+    if not isinstance(tree, dict) or tree.get("error", True) or len(tree.get("statements", [])) != 1:
+        return False
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        if node.get("class") in _COLUMN_READS or node.get("type") in _COLUMN_READS | {"JOIN", "TABLE_FUNCTION"}:
+            return False
+        if node.get("type") == "BASE_TABLE" and (node.get("column_name_alias") or node.get("at_clause")):
+            return False
+        stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+    return True
+
+
+def _counts_suffice(repo, dataset: str, query: str | None, con=None) -> bool:
+    return (dataset == "forced_source" and query is not None and not getattr(repo, "is_s3", False)
+            and reads_only_row_counts(query, con))
+
+
+def rows_only_count(repo, dataset: str, query: str | None, con=None, *, listing: dict | None = None) -> int | None:
+    """The number of rows of ``dataset`` from its tracts' manifests, when ``query`` reads only row counts
+    (:func:`reads_only_row_counts`) and every file has a manifest entry; else None (the files are scanned).
+
+    The files are checked as for any query (:func:`_dataset_listing`: a ``stat`` each against the verified
+    state); a manifest entry counts only when the writer's checksum record it names is the one the verified
+    state holds for the file (so its row count is that of the verified bytes). No file is opened."""
+    repo = _as_repository(repo)
+    if not _counts_suffice(repo, dataset, query, con):
+        return None
+    from forcedphot.io.verified import verified_files
+
+    listing = _dataset_listing(repo, dataset) if listing is None else listing
+    if any(entry is None or not isinstance(entry.get("rows"), int) or not entry.get("checksum")
+           for entry in listing.values()):
+        return None
+    remembered = verified_files(repo.root).unchanged([os.path.abspath(p) for p in listing])
+    if any(known is None or known.recorded != entry["checksum"] for known, entry in zip(remembered, listing.values())):
+        return None
+    return sum(entry["rows"] for entry in listing.values())
+
+
+def _rows_stand_in(rows: int) -> pa.Table:
+    """A table of ``rows`` rows and one all-null column: what a query reading only row counts needs of a dataset
+    (a null column has no buffers, whatever its length). A column it reads would fail to bind, not read nulls."""
+    import pyarrow as pa
+
+    return pa.table({"_rows_only": pa.nulls(rows)})
 
 
 def _object_select(repo: Repository) -> str:

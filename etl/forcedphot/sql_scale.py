@@ -29,7 +29,9 @@ BANDS = "ugrizy"
 REPEAT = 3
 COUNTER_BITS = 20
 QUERIES = {"count": "SELECT count(*) AS n FROM forced_source",
-           "point": "SELECT objectId, band, psfFlux FROM forced_source WHERE objectId = $id"}
+           "point": "SELECT objectId, band, psfFlux FROM forced_source WHERE objectId = $id",
+           # a count that reads a column: every file is opened (what count(*) cost before it read the manifests)
+           "scan": "SELECT count(objectId) AS n FROM forced_source"}
 
 
 def object_id(tract: int, patch: int, counter: int) -> int:
@@ -100,14 +102,16 @@ def build(root: str | Path, n_files: int, *, rows: int = ROWS, progress: bool = 
     return root
 
 
-def _best(fn, repeat: int) -> float:
+def _best(fn, repeat: int) -> tuple[float, float]:
+    """(best wall-clock seconds, best CPU seconds of this process) of ``repeat`` calls after a warm-up."""
     fn()  # warm-up
-    times = []
+    times, cpu = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - t0)
-    return min(times)
+        cpu.append(time.process_time() - c0)
+    return min(times), min(cpu)
 
 
 def measure(root: str | Path, n_files: int, *, repeat: int = REPEAT) -> dict:
@@ -118,10 +122,22 @@ def measure(root: str | Path, n_files: int, *, repeat: int = REPEAT) -> dict:
     oid = object_id(0, patch, 2)
     answers = {"count": query.sql(root, QUERIES["count"]).column("n")[0].as_py(),
                "point": sorted(query.sql(root, QUERIES["point"], {"id": oid}).column("band").to_pylist())}
-    return {"count_s": _best(lambda: query.sql(root, QUERIES["count"]), repeat),
-            "point_s": _best(lambda: query.sql(root, QUERIES["point"], {"id": oid}), repeat),
-            "files_s": _best(lambda: query.dataset_files(root, "forced_source"), repeat),
-            "answers": answers}
+    answers["scan"] = query.sql(root, QUERIES["scan"]).column("n")[0].as_py()
+    out = {"answers": answers}
+    for key, fn in (("count", lambda: query.sql(root, QUERIES["count"])),
+                    ("point", lambda: query.sql(root, QUERIES["point"], {"id": oid})),
+                    ("scan", lambda: query.sql(root, QUERIES["scan"])),
+                    ("files", lambda: query.dataset_files(root, "forced_source"))):
+        out[f"{key}_s"], out[f"{key}_cpu_s"] = _best(fn, repeat)
+    return out
+
+
+def footer_bytes(root: str | Path) -> int:
+    """The Parquet footer (metadata) bytes of the first forced_source file of the repository at ``root``."""
+    import pyarrow.parquet as pq
+
+    path = next(iter(sorted(Path(root, "forced_source").rglob("*.parquet"))))
+    return pq.read_metadata(path).serialized_size
 
 
 def run_sql_scale(bench_root: str | Path, sizes=(100, 1000, 10000), *, repeat: int = REPEAT,
@@ -139,7 +155,7 @@ def run_sql_scale(bench_root: str | Path, sizes=(100, 1000, 10000), *, repeat: i
         if work.exists():
             shutil.rmtree(work)
         shutil.copytree(root, work)
-        row = {"files": n, "rows_per_file": ROWS, "build_s": round(built, 1)}
+        row = {"files": n, "rows_per_file": ROWS, "build_s": round(built, 1), "footer_bytes": footer_bytes(work)}
         mpath = manifest_path(work, 0)
         saved = mpath.read_bytes()
         mpath.unlink()
@@ -159,13 +175,16 @@ def run_sql_scale(bench_root: str | Path, sizes=(100, 1000, 10000), *, repeat: i
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'files':>6} {'state':>9} {'count(*) s':>10} {'objectId= s':>11} {'file checks s':>13}  answers"]
+    lines = [f"{'files':>6} {'state':>9} {'count(*) s (cpu)':>17} {'objectId= s (cpu)':>18} "
+             f"{'count(objectId) s (cpu)':>24} {'file checks s':>13}  answers"]
     for r in rows:
         for state in ("listing", "manifest", "compacted"):
             m = r[state]
-            lines.append(f"{r['files']:>6} {state:>9} {m['count_s']:>10.3f} {m['point_s']:>11.3f} "
+            lines.append(f"{r['files']:>6} {state:>9} {m['count_s']:>8.3f} ({m['count_cpu_s']:6.3f}) "
+                         f"{m['point_s']:>9.3f} ({m['point_cpu_s']:6.3f}) {m['scan_s']:>15.3f} ({m['scan_cpu_s']:6.3f}) "
                          f"{m['files_s']:>13.3f}  {m['answers']['count']} rows, {len(m['answers']['point'])} at the id")
-        lines.append(f"{'':>6} compact: {r['compact_s']:.1f} s -> {r['parts']} parts; build {r['build_s']:.0f} s")
+        lines.append(f"{'':>6} compact: {r['compact_s']:.1f} s -> {r['parts']} parts; build {r['build_s']:.0f} s; "
+                     f"footer {r.get('footer_bytes', 0)} bytes per output file")
     return "\n".join(lines)
 
 

@@ -31,6 +31,12 @@ READ_BATCH_ROWS = 8192
 # (a 200 MB heavy-values chunk held next to the decoded batches); page CRCs verified
 STREAM_READ = {"buffer_size": 1 << 20, "pre_buffer": False, "page_checksum_verification": True}
 HASH_BLOCK = 1 << 22
+# Columns whose Parquet min/max statistics a reader uses, per dataset (others: every column). forced_source has
+# 429 columns: statistics for all of them were ~20% of its footer, which every scan parses. Used: objectId (the
+# manifest's per-file range, io/manifest.file_entry; row-group pruning of compacted parts for point queries),
+# parentObjectId (deblend families), tract/patch/band (partition filters of compacted parts), coord_ra/coord_dec
+# (position cuts).
+STATISTICS_COLUMNS = {"forced_source": ("objectId", "parentObjectId", "tract", "patch", "band", "coord_ra", "coord_dec")}
 
 
 class ChecksumError(InputError):
@@ -65,6 +71,12 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
             or pa.types.is_binary(f.type) or pa.types.is_dictionary(f.type)]
 
 
+def statistics_columns(schema: TableSchema, arrow_schema: pa.Schema) -> bool | list[str]:
+    """The columns :func:`write_parquet` writes min/max statistics for (True: every column)."""
+    wanted = STATISTICS_COLUMNS.get(getattr(schema, "dataset", None))
+    return True if wanted is None else [name for name in wanted if name in arrow_schema.names]
+
+
 def write_parquet(table: pa.Table, path: str | Path, schema: TableSchema, *, provenance: dict | None = None,
                   row_group_size: int | None = None) -> Path:
     """Conform ``table`` to ``schema`` and write it atomically with schema version and provenance
@@ -80,7 +92,8 @@ def write_parquet(table: pa.Table, path: str | Path, schema: TableSchema, *, pro
     table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink:
-            writer = pq.ParquetWriter(sink, table.schema, compression="zstd", write_statistics=True,
+            writer = pq.ParquetWriter(sink, table.schema, compression="zstd",
+                                      write_statistics=statistics_columns(schema, table.schema),
                                       write_page_checksum=True, use_dictionary=dictionary_columns(table.schema))
             try:
                 writer.write_table(table, row_group_size=row_group_size)

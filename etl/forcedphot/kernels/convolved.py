@@ -72,32 +72,88 @@ def _ellipse_weights(xl, yl, cx, cy, a, b, c, h, out):
             out[j, x - cx + h] = 1.0
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _convolve(a, h, taps, r, tmp, out):
-    """out[:2(h+r)+1, :2(h+r)+1] = taps (x) taps * a[:2h+1, :2h+1] (zero outside), rows then columns.
+@njit(cache=True, nogil=True)
+def padded(n):
+    """n rounded up to a multiple of 8 (a 512-bit vector of float64): the row length :func:`_convolve` runs."""
+    return (n + 7) // 8 * 8
 
-    Contiguous multiply-adds of whole rows (vectorised), in a fixed order: each element sums its
-    row taps by ascending k, then its column terms by ascending row of ``tmp``."""
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _convolve(a, h, taps, r, abuf, tbuf, obuf):
+    """taps (x) taps * a[:2h+1, :2h+1] (zero outside): a (2(h+r)+1, p) view of ``obuf`` whose first 2(h+r)+1
+    columns are the convolution (p = :func:`padded` width; the other columns hold zeros).
+
+    Rows then columns, each pass as 2r+1 long contiguous multiply-adds (vectorised) over the whole
+    block laid out with row stride p: the rows, zero-padded to p, are one flat array, so a tap's
+    shift by k columns is a shift by k of the flat array (what passes a row's end adds zeros to the
+    next one) and a shift by k rows one by k p. The order is fixed: each element sums its row taps by
+    ascending k, then its column terms by ascending row of the row pass. ``abuf``: >= (2h+1) p,
+    ``tbuf``: >= (2h+2) p, ``obuf``: >= (2(h+r)+1) p elements."""
     n, m = 2 * h + 1, 2 * (h + r) + 1
+    p = padded(m)
+    nn = n * p
     for j in range(n):
-        row = tmp[j]
-        for i in range(m):
-            row[i] = 0.0
-        src = a[j]
-        for k in range(2 * r + 1):
-            c = taps[k]
-            for i in range(n):
-                row[i + k] += c * src[i]
-    for j in range(m):
-        for i in range(m):
-            out[j, i] = 0.0
-    for ja in range(n):
-        src = tmp[ja]
-        for k in range(2 * r + 1):
-            c = taps[k]
-            dst = out[ja + k]
-            for i in range(m):
-                dst[i] += c * src[i]
+        for i in range(n):
+            abuf[j * p + i] = a[j, i]
+        for i in range(n, p):
+            abuf[j * p + i] = 0.0
+    for i in range(nn + p):
+        tbuf[i] = 0.0
+    for k in range(2 * r + 1):
+        c = taps[k]
+        dst = tbuf[k:k + nn]
+        for i in range(nn):
+            dst[i] += c * abuf[i]
+    for i in range(m * p):
+        obuf[i] = 0.0
+    for k in range(2 * r, -1, -1):  # output row j: rows j - k of the row pass, ascending
+        c = taps[k]
+        dst = obuf[k * p:k * p + nn]
+        for i in range(nn):
+            dst[i] += c * tbuf[i]
+    return obuf[:m * p].reshape((m, p))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _plain_box(image, variance, valid, cx, cy, hb):
+    """True if the box of half-size hb around (cx, cy) lies on the image and holds only plain valid pixels
+    (class 1: neither invalid nor EXCLUDED) with finite values and variances: :func:`_weighted_sums_plain` applies."""
+    height, width = image.shape
+    if cy - hb < 0 or cx - hb < 0 or cy + hb >= height or cx + hb >= width:
+        return False
+    for y in range(cy - hb, cy + hb + 1):
+        for x in range(cx - hb, cx + hb + 1):
+            if valid[y, x] != 1 or not (math.isfinite(image[y, x]) and math.isfinite(variance[y, x])):
+                return False
+    return True
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _weighted_sums_plain(image, variance, cx, cy, w, hh, fcol, vcol, xs, ys, ds, nd):
+    """:func:`_weighted_sums` where every pixel of the box is plain valid (:func:`_plain_box`): no branches.
+    Each column sums its rows in turn (element-wise over a row: vectorised) into ``fcol, vcol``
+    (>= 2hh+1 elements), then the columns are added in turn: a fixed order."""
+    n = 2 * hh + 1
+    for i in range(n):
+        fcol[i] = 0.0
+        vcol[i] = 0.0
+    for j in range(n):
+        img = image[cy - hh + j, cx - hh:cx + hh + 1]
+        vr = variance[cy - hh + j, cx - hh:cx + hh + 1]
+        wr = w[j, :n]
+        for i in range(n):
+            a = wr[i]
+            fcol[i] += a * img[i]
+            vcol[i] += a * a * vr[i]
+    f = v = 0.0
+    for i in range(n):
+        f += fcol[i]
+        v += vcol[i]
+    for p in range(nd):  # the source's own heavy values over the noise
+        j, i = ys[p] - cy + hh, xs[p] - cx + hh
+        if 0 <= j <= 2 * hh and 0 <= i <= 2 * hh:
+            f += w[j, i] * ds[p]
+    return f, v, 0.0, 0.0
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -177,8 +233,19 @@ def convolved_kernel(image, variance, valid, fp, cx, cy, fx, fy, xl, yl, radii, 
             hmax = max(wmax // 2, khalf[s])
             m = 2 * (hmax + rmax) + 1
             a = np.empty((2 * hmax + 1, 2 * hmax + 1))
-            tmp = np.empty((2 * hmax + 1, m))
-            w = np.empty((m, m))
+            pm = padded(m)
+            abuf = np.empty((2 * hmax + 1) * pm)
+            tbuf = np.empty((2 * hmax + 2) * pm)
+            obuf = np.empty(m * pm)
+            fcol = np.empty(m)
+            vcol = np.empty(m)
+            plain = _plain_box(image, variance, valid, cx[s], cy[s], hmax + rmax)
+            same = np.full(nt, -1, np.int64)  # an earlier target with the same kernel (e.g. two _deconv): its values
+            for t in range(nt):
+                for t0 in range(t):
+                    if same[t0] < 0 and rk[t0] == rk[t] and sigma[s, t0] == sigma[s, t]:
+                        same[t] = t0
+                        break
             for ap in range(na):
                 if ap < nr:
                     h = widths[ap] // 2
@@ -191,14 +258,21 @@ def convolved_kernel(image, variance, valid, fp, cx, cy, fx, fy, xl, yl, radii, 
                 else:
                     continue
                 for t in range(nt):
+                    if same[t] >= 0:
+                        t0 = same[t]
+                        flux[s, t, ap], var[s, t, ap] = flux[s, t0, ap], var[s, t0, ap]
+                        bad[s, t, ap], exc[s, t, ap] = bad[s, t0, ap], exc[s, t0, ap]
+                        continue
                     r = rk[t]
                     reach2 = (reach + r) ** 2
                     if r > 0:
-                        _convolve(a, h, taps[t], r, tmp, w)
-                        res = _weighted_sums(image, variance, valid, cx[s], cy[s], fx[s], fy[s], w, h + r, reach2,
-                                             xs, ys, ds, nd)
+                        wk = _convolve(a, h, taps[t], r, abuf, tbuf, obuf)
                     else:
-                        res = _weighted_sums(image, variance, valid, cx[s], cy[s], fx[s], fy[s], a, h, reach2,
+                        wk = a[:2 * h + 1, :2 * h + 1]
+                    if plain:
+                        res = _weighted_sums_plain(image, variance, cx[s], cy[s], wk, h + r, fcol, vcol, xs, ys, ds, nd)
+                    else:
+                        res = _weighted_sums(image, variance, valid, cx[s], cy[s], fx[s], fy[s], wk, h + r, reach2,
                                              xs, ys, ds, nd)
                     flux[s, t, ap], var[s, t, ap], bad[s, t, ap], exc[s, t, ap] = res
     return flux, var, bad, exc

@@ -55,6 +55,7 @@ DEGREE = 4  # monomials of total degree <= 4
 N_BASIS = 15
 MAX_Q = 20.0  # aperture weight kept where x^T Q^-1 x <= MAX_Q (weight beyond: exp(-10) = 4.5e-5 of it)
 BLOCK = 8  # sources per scratch allocation (the unit of the parallel loop)
+FMA = {"contract"}  # hot sums: a * b + c fused (one rounding); the order of every sum unchanged
 TAP_EPS = 1e-16  # kernel taps with every |g_a(t)| below this (rows of unit norm) are left out where the box is clean
 
 
@@ -304,21 +305,32 @@ def aperture_weight(ia, ib, ic, fx, fy, rw, small, sub, w):
             w[j, i] = v
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def effective_weight(w, rw, hk, g, d, ta, u, out):
-    """out[:2hs+1, :2hs+1] = K~ (x) w (hs = rw + hk): W'(x) = sum_u K(u) w(x + u), K = sum d_ab g_a g_b.
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=FMA)
+def effective_weight(w, rw, hk, g, d, taf, uf, outf, span):
+    """K~ (x) w (hs = rw + hk) as a (2hs+1, 2hs+1) view of outf: W'(x) = sum_u K(u) w(x + u), K = sum d_ab g_a g_b.
 
-    Each row of w only over its nonzero span (the elliptical cut), taps outer and pixels inner
-    (vectorised; every output's sum in the same order as tap by tap per pixel). Scratch
-    ta (5, >= 2rw+1, >= 2hs+1), u (>= 2rw+1, >= 2hs+1).
+    Rows: each row of w only over its nonzero span (the elliptical cut), taps outer and pixels
+    inner. Columns: the 1-D pieces and W' have rows of the same stride (2hs+1), so each column tap
+    is one contiguous loop over all rows (vectorised; every output's sum in the same order as row by
+    row, taps and rows of w ascending). span[0, y], span[1, y]: the columns [first, last + 1) of
+    output row y that can be nonzero (none: 0, 0). Scratch taf (>= 5 (2rw+1)(2hs+1)), uf (>= (2rw+1)(2hs+1)),
+    outf (>= (2hs+1)^2); span (2, >= 2hs+1) int64.
     """
     n = 2 * rw + 1
     hs = rw + hk
     ns = 2 * hs + 1
     nt = 2 * hk + 1
+    npx = n * ns
+    out = outf[:ns * ns]
+    ta = taf[:(DEGREE + 1) * npx]
+    u = uf[:npx]
+    for x in range(ns * ns):
+        out[x] = 0.0
+    for x in range((DEGREE + 1) * npx):
+        ta[x] = 0.0
     for y in range(ns):
-        for x in range(ns):
-            out[y, x] = 0.0
+        span[0, y] = ns
+        span[1, y] = 0
     for j in range(n):
         lo = 0
         while lo < n and w[j, lo] == 0.0:
@@ -328,40 +340,36 @@ def effective_weight(w, rw, hk, g, d, ta, u, out):
             hi -= 1
         if hi < lo:
             continue
+        for y in range(j, j + nt):  # output rows j..j + nt - 1, columns lo..hi + nt - 1
+            span[0, y] = min(span[0, y], lo)
+            span[1, y] = max(span[1, y], hi + nt)
         wrow = w[j, lo:hi + 1]
         m = hi - lo + 1
         for a in range(DEGREE + 1):  # rows: ta[a, j, i + nt - 1 - t] += w[j, i] g_a[t]
-            row = ta[a, j]
-            for x in range(lo, hi + nt):
-                row[x] = 0.0
+            base = a * npx + j * ns + lo + nt - 1
             for t in range(nt):
                 gt = g[a, t]
-                dst = row[lo + nt - 1 - t:lo + nt - 1 - t + m]
+                dst = ta[base - t:base - t + m]
                 for i in range(m):
                     dst[i] += wrow[i] * gt
     for b in range(DEGREE + 1):
-        for j in range(n):
-            lo = 0
-            while lo < n and w[j, lo] == 0.0:
-                lo += 1
-            hi = n - 1
-            while hi >= lo and w[j, hi] == 0.0:
-                hi -= 1
-            if hi < lo:
-                continue
-            urow = u[j, lo:hi + nt]
-            for x in range(urow.size):
-                urow[x] = 0.0
-            for a in range(DEGREE + 1 - b):
-                c = d[a, b]
-                trow = ta[a, j, lo:hi + nt]
-                for x in range(urow.size):
-                    urow[x] += c * trow[x]
-            for t in range(nt):  # columns: out[j + nt - 1 - t] += u[j] g_b[t]
-                gb = g[b, t]
-                dst = out[j + nt - 1 - t, lo:hi + nt]
-                for x in range(urow.size):
-                    dst[x] += gb * urow[x]
+        for x in range(npx):
+            u[x] = 0.0
+        for a in range(DEGREE + 1 - b):
+            c = d[a, b]
+            trow = ta[a * npx:(a + 1) * npx]
+            for x in range(npx):
+                u[x] += c * trow[x]
+        for t in range(nt):  # columns: out[j + nt - 1 - t] += u[j] g_b[t], all rows j at once
+            gb = g[b, t]
+            dst = out[(nt - 1 - t) * ns:(nt - 1 - t) * ns + npx]
+            for x in range(npx):
+                dst[x] += gb * u[x]
+    for y in range(ns):
+        if span[1, y] <= span[0, y]:
+            span[0, y] = 0
+            span[1, y] = 0
+    return out.reshape((ns, ns))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -479,7 +487,7 @@ def shifted_psf(pc, dx, dy, table, c, sx, sy, q, out):
         copy_into(q, out)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=FMA)
 def separable_pieces(ia, ic, fx, fy, rw, hk, small, sub, g, d, vec):
     """The 1-D pieces of W' = sum_b by_b(y) cb_b(x) for w = wx(x) wy(y) (see separable_weight, same sums):
     vec[2 + b] = g_b~ (x) wy, vec[7 + b] = sum_a d_ab (g_a~ (x) wx), over the 2 (rw + hk) + 1 box."""
@@ -517,7 +525,7 @@ def separable_pieces(ia, ic, fx, fy, rw, hk, small, sub, g, d, vec):
                 cb[x] += c * cx[x]
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=FMA)
 def separable_sums(image, variance, fp, src, cy, cx, hs, vec, psfs):
     """(sum W' I, sum W'^2 V, sum W' P) for the separable W' of ``vec`` (separable_pieces) on the box of
     half-size hs around (cx, cy), read straight from the planes (the box is inside and all valid: see
@@ -618,9 +626,11 @@ def separable_sums(image, variance, fp, src, cy, cx, hs, vec, psfs):
     return sf, sv, swt
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def weight_sums(image, variance, fp, src, cy, cx, hs, wp, psfs):
-    """separable_sums for any W' given as the array wp[:2hs+1, :2hs+1] (the box inside and all valid)."""
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=FMA)
+def weight_sums(image, variance, fp, src, cy, cx, hs, wp, span, psfs):
+    """separable_sums for any W' given as the array wp[:2hs+1, :2hs+1] (the box inside and all valid),
+    each row j only over its columns span[0, j]..span[1, j] - 1 that can be nonzero (effective_weight):
+    the same sums less the zero terms."""
     ns = 2 * hs + 1
     kp = psfs.shape[0]
     hp = kp // 2
@@ -636,13 +646,16 @@ def weight_sums(image, variance, fp, src, cy, cx, hs, wp, psfs):
         for i in range(j0, j1):
             ap[i] += wrow[i] * prow[i - hs + hp]
     for j in range(ns):
-        irow = image[cy - hs + j, x0:x0 + ns]
-        vrow = variance[cy - hs + j, x0:x0 + ns]
-        wrow = wp[j, :ns]
-        for i in range(ns):
+        a, e = span[0, j], span[1, j]
+        irow = image[cy - hs + j, x0 + a:x0 + e]
+        vrow = variance[cy - hs + j, x0 + a:x0 + e]
+        wrow = wp[j, a:e]
+        fcol = af[a:e]
+        vcol = av[a:e]
+        for i in range(e - a):
             v = wrow[i]
-            af[i] += v * irow[i]
-            av[i] += v * v * vrow[i]
+            fcol[i] += v * irow[i]
+            vcol[i] += v * v * vrow[i]
     sf = 0.0
     sv = 0.0
     swt = 0.0
@@ -736,9 +749,13 @@ def measure_block(t0, t1, args, fp, out):
     q = np.empty((kp, kp))
     vec = np.empty((13, max(nsb, nw)))
     w = np.empty((nw, nw))
-    ta = np.empty((DEGREE + 1, nw, nsb))
-    u = np.empty((max(nw, 4), nsb))
+    ta = np.empty((1, 1, nsb))  # separable_weight's scratch
+    u = np.empty((4, nsb))
     wp = np.empty((nsb, nsb))
+    taf = np.empty((DEGREE + 1) * nw * nsb)  # effective_weight's flat scratch
+    uf = np.empty(nw * nsb)
+    wpf = np.empty(nsb * nsb)
+    span = np.empty((2, nsb), np.int64)
     img = np.empty((nsb, nsb))
     var = np.empty((nsb, nsb))
     ok = np.empty((nsb, nsb), np.uint8)
@@ -791,8 +808,8 @@ def measure_block(t0, t1, args, fp, out):
                     sf, sv, swt = separable_sums(image, variance, fp, s, cy[s], cx[s], r + he, vec, ps)
                 else:
                     aperture_weight(ia[s, k], ib[s, k], ic[s, k], fx[s], fy[s], r, small[s, k] != 0, sub, w)
-                    effective_weight(w, r, he, ge, d, ta, u, wp)
-                    sf, sv, swt = weight_sums(image, variance, fp, s, cy[s], cx[s], r + he, wp, ps)
+                    we = effective_weight(w, r, he, ge, d, taf, uf, wpf, span)
+                    sf, sv, swt = weight_sums(image, variance, fp, s, cy[s], cx[s], r + he, we, span, ps)
                 flux[s, k] = sf / swt
                 err[s, k] = math.sqrt(sv) / swt
                 continue
@@ -801,10 +818,11 @@ def measure_block(t0, t1, args, fp, out):
                 stamp = True
             if sep:
                 separable_weight(ia[s, k], ic[s, k], fx[s], fy[s], r, h, small[s, k] != 0, sub, g, d, ta, u, wp)
+                we = wp
             else:
                 aperture_weight(ia[s, k], ib[s, k], ic[s, k], fx[s], fy[s], r, small[s, k] != 0, sub, w)
-                effective_weight(w, r, h, g, d, ta, u, wp)
-            sf, sv, swt, sa, sbad, sexc, soff = masked_sums(image, valid, cy[s], cx[s], hs, hmax, wp, img, var, ok, ps)
+                we = effective_weight(w, r, h, g, d, taf, uf, wpf, span)
+            sf, sv, swt, sa, sbad, sexc, soff = masked_sums(image, valid, cy[s], cx[s], hs, hmax, we, img, var, ok, ps)
             flux[s, k] = sf / swt
             err[s, k] = math.sqrt(sv) / swt
             invalid[s, k] = sbad > 1e-3 * sa
