@@ -198,8 +198,8 @@ def _dataset_listing(repo, dataset: str, *, sky_patches=None, force: bool = Fals
     wanted = _partition_filter(repo, dataset, partitions)
     keep = None if sky_patches is None else {(str(t), str(p)) for t, p in sky_patches}
     listed: dict[str, dict | None] = {}
-    depth = len(Path(os.path.abspath(repo.root)).parts)
-    folder = Path(os.path.abspath(_dataset_folder(repo, dataset)))
+    depth = len(Path(repo.root).parts)  # paths as the repository was named (error lines name files so)
+    folder = Path(_dataset_folder(repo, dataset))
     tracts = [folder] if dataset != "forced_source" else sorted(
         (Path(e.path) for e in _scandir(folder) if e.name.startswith("tract=") and e.is_dir()), key=str)
     from_manifest = set()
