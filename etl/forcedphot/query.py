@@ -507,22 +507,29 @@ def connect(repo: Repository | str | Path, query: str | None = None) -> duckdb.D
 _COLUMN_READS = {"COLUMN_REF", "STAR", "POSITIONAL_REFERENCE"}
 
 
+def parse_tree(query: str, con: duckdb.DuckDBPyConnection | None = None) -> dict | None:
+    """DuckDB's parse tree of ``query`` (``json_serialize_sql``: nothing is bound or read, on ``con`` or a
+    sandboxed connection of its own); None when DuckDB cannot parse it."""
+    own = con is None
+    con = sandboxed_connection() if own else con
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
+    except (duckdb.Error, TypeError, ValueError):
+        return None
+    finally:
+        if own:
+            con.close()
+    return tree if isinstance(tree, dict) and not tree.get("error", True) else None
+
+
 def reads_only_row_counts(query: str, con: duckdb.DuckDBPyConnection | None = None) -> bool:
     """True when ``query``'s answer depends only on how many rows its tables have, not on their values:
     DuckDB's parse tree of it (nothing bound or read) has no column reference (``x``, ``t.x``, ``*``,
     ``COLUMNS(...)``, ``#1``, a table name used as a value), no join (``USING``/``NATURAL`` read columns
     without naming them) and no column aliases or time travel on a table. ``SELECT count(*) FROM
     forced_source``, ``SELECT count(*) AS n, 1 FROM forced_source LIMIT 1``; not ``count(objectId)``."""
-    own = con is None
-    con = sandboxed_connection() if own else con
-    try:
-        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
-    except (duckdb.Error, TypeError, ValueError):
-        return False
-    finally:
-        if own:
-            con.close()
-    if not isinstance(tree, dict) or tree.get("error", True) or len(tree.get("statements", [])) != 1:
+    tree = parse_tree(query, con)
+    if tree is None or len(tree.get("statements", [])) != 1:
         return False
     stack = [tree]
     while stack:
@@ -591,16 +598,8 @@ def tables_read(query: str, con: duckdb.DuckDBPyConnection | None = None) -> tup
     """(the tables and views ``query`` names, its CTEs' names), lower case, from DuckDB's parse tree of it
     (``json_serialize_sql``: nothing is bound or read, on ``con`` or a sandboxed connection of its own); None
     when that cannot be told (see :func:`views_read`)."""
-    own = con is None
-    con = sandboxed_connection() if own else con
-    try:
-        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
-    except (duckdb.Error, TypeError, ValueError):
-        return None
-    finally:
-        if own:
-            con.close()
-    if not isinstance(tree, dict) or tree.get("error", True):
+    tree = parse_tree(query, con)
+    if tree is None:
         return None
     tables: set[str] = set()
     ctes: set[str] = set()
