@@ -522,6 +522,18 @@ def parse_tree(query: str, con: duckdb.DuckDBPyConnection | None = None) -> dict
     return tree if isinstance(tree, dict) and not tree.get("error", True) else None
 
 
+def tree_nodes(tree):
+    """Every dict node of a :func:`parse_tree` (depth first, each node before what it holds)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            yield node
+            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+
+
 def reads_only_row_counts(query: str, con: duckdb.DuckDBPyConnection | None = None) -> bool:
     """True when ``query``'s answer depends only on how many rows its tables have, not on their values:
     DuckDB's parse tree of it (nothing bound or read) has no column reference (``x``, ``t.x``, ``*``,
@@ -531,19 +543,11 @@ def reads_only_row_counts(query: str, con: duckdb.DuckDBPyConnection | None = No
     tree = parse_tree(query, con)
     if tree is None or len(tree.get("statements", [])) != 1:
         return False
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
+    for node in tree_nodes(tree):
         if node.get("class") in _COLUMN_READS or node.get("type") in _COLUMN_READS | {"JOIN", "TABLE_FUNCTION"}:
             return False
         if node.get("type") == "BASE_TABLE" and (node.get("column_name_alias") or node.get("at_clause")):
             return False
-        stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
     return True
 
 
@@ -603,14 +607,7 @@ def tables_read(query: str, con: duckdb.DuckDBPyConnection | None = None) -> tup
         return None
     tables: set[str] = set()
     ctes: set[str] = set()
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
+    for node in tree_nodes(tree):
         kind = node.get("type")
         if kind == "TABLE_FUNCTION":
             return None
@@ -621,7 +618,6 @@ def tables_read(query: str, con: duckdb.DuckDBPyConnection | None = None) -> tup
             tables.add(str(node.get("table_name", "")).lower())
         for entry in (node.get("cte_map") or {}).get("map", []) if isinstance(node.get("cte_map"), dict) else []:
             ctes.add(str(entry.get("key", "")).lower())
-        stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
     return tables, ctes
 
 
