@@ -86,6 +86,31 @@ sys.meta_path.insert(0, PauseAt(PAUSE))
 '''
 
 
+def record_frames(monkeypatch) -> list[bytes]:
+    """The list every frame this process's Dask client writes is appended to (read raw: run it with
+    ``distributed.comm.compression`` None)."""
+    import inspect
+
+    import distributed.comm.tcp as tcp
+
+    sent: list[bytes] = []
+    to_frames = tcp.to_frames
+
+    if inspect.iscoroutinefunction(to_frames):
+        async def recording(*args, **kwargs):
+            frames = await to_frames(*args, **kwargs)
+            sent.extend(bytes(f) for f in frames)
+            return frames
+    else:
+        def recording(*args, **kwargs):
+            frames = to_frames(*args, **kwargs)
+            sent.extend(bytes(f) for f in frames)
+            return frames
+
+    monkeypatch.setattr(tcp, "to_frames", recording)
+    return sent
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

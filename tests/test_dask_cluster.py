@@ -9,7 +9,6 @@ with the serial run of ``measured_tiny_repo``.
 
 from __future__ import annotations
 
-import inspect
 import os
 import signal
 import subprocess
@@ -21,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from forcedphot.repository import Repository
-from tests.dask_cluster import Cluster, free_port, wait_for_file
+from tests.dask_cluster import Cluster, free_port, record_frames, wait_for_file
 from tests.tables import assert_same_values
 
 pytestmark = pytest.mark.slow
@@ -95,28 +94,13 @@ def test_what_the_client_sends_carries_the_repo_as_a_string_and_no_credentials(c
     """Every frame the client writes to the scheduler, read raw (compression off): the task names the
     repository by its path string; the client's secret key is nowhere, and the workers do not have it."""
     import dask
-    import distributed.comm.tcp as tcp
     from distributed.protocol import pickle as dask_pickle
 
     from forcedphot.runner import run_all
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "fp-test-key-id")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    sent: list[bytes] = []
-    to_frames = tcp.to_frames
-
-    if inspect.iscoroutinefunction(to_frames):
-        async def recording(*args, **kwargs):
-            frames = await to_frames(*args, **kwargs)
-            sent.extend(bytes(f) for f in frames)
-            return frames
-    else:
-        def recording(*args, **kwargs):
-            frames = to_frames(*args, **kwargs)
-            sent.extend(bytes(f) for f in frames)
-            return frames
-
-    monkeypatch.setattr(tcp, "to_frames", recording)
+    sent = record_frames(monkeypatch)
     with dask.config.set({"distributed.comm.compression": None}):
         summary = run_all(Repository(tiny_repo), dask=cluster.address, bands=[BAND], progress=False)
     assert summary.ok and len(summary.done) == 4

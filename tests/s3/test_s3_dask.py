@@ -10,7 +10,6 @@ band r of the tiny survey (4 quanta) and is compared value for value with the se
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import signal
@@ -24,7 +23,7 @@ from polars.testing import assert_frame_equal
 from forcedphot import s3repo
 from forcedphot.config import ForcedPhotConfig
 from forcedphot.query import load_forced_source
-from tests.dask_cluster import Cluster, wait_for_file
+from tests.dask_cluster import Cluster, record_frames, wait_for_file
 from tests.s3.conftest import CREDENTIALS
 
 pytestmark = pytest.mark.slow
@@ -90,25 +89,10 @@ def test_what_the_client_sends_carries_the_uri_and_no_secret(s3_cluster, s3_tiny
     """Every frame the client writes to the scheduler, read raw (compression off): the tasks name the
     repository by its URI string; the secret key the client and the workers both hold is nowhere in them."""
     import dask
-    import distributed.comm.tcp as tcp
 
     secret = os.environ["AWS_SECRET_ACCESS_KEY"]
     assert secret == CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
-    sent: list[bytes] = []
-    to_frames = tcp.to_frames
-
-    if inspect.iscoroutinefunction(to_frames):
-        async def recording(*args, **kwargs):
-            frames = await to_frames(*args, **kwargs)
-            sent.extend(bytes(f) for f in frames)
-            return frames
-    else:
-        def recording(*args, **kwargs):
-            frames = to_frames(*args, **kwargs)
-            sent.extend(bytes(f) for f in frames)
-            return frames
-
-    monkeypatch.setattr(tcp, "to_frames", recording)
+    sent = record_frames(monkeypatch)
     with dask.config.set({"distributed.comm.compression": None}):
         summary = s3repo.run_all(s3_tiny, ForcedPhotConfig(), bands=[BAND], dask=s3_cluster.address)
     assert summary.ok and len(summary.done) == 4, summary.failed
