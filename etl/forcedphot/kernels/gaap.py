@@ -48,7 +48,7 @@ import numpy as np
 from numba import njit, prange
 
 from forcedphot.kernels.footprints import EXCLUDED
-from forcedphot.kernels.moments import own_stamp_variance
+from forcedphot.kernels.moments import own_stamp_variance, subsampled_gaussian
 from forcedphot.kernels.psf import copy_into, interpolate, matmul_rows, node_weights, shift_x, shift_y, trig_table
 
 DEGREE = 4  # monomials of total degree <= 4
@@ -284,21 +284,12 @@ def aperture_weight(ia, ib, ic, fx, fy, rw, small, sub, w):
     """w[j, i] = exp(-q / 2) at offsets (i - rw - fx, j - rw - fy) (q <= MAX_Q; the mean of sub-pixel samples
     when ``small``)."""
     n = 2 * rw + 1
-    ns = sub.size
     for j in range(n):
         dy = j - rw - fy
         for i in range(n):
             dx = i - rw - fx
             if small:
-                v = 0.0
-                for su in range(ns):
-                    for sv in range(ns):
-                        ex = dx + sub[su]
-                        ey = dy + sub[sv]
-                        q = ia * ex * ex + 2 * ib * ex * ey + ic * ey * ey
-                        if q <= MAX_Q:
-                            v += math.exp(-0.5 * q)
-                v /= ns * ns
+                v = subsampled_gaussian(dx, dy, ia, ib, ic, sub, MAX_Q)
             else:
                 q = ia * dx * dx + 2 * ib * dx * dy + ic * dy * dy
                 v = math.exp(-0.5 * q) if q <= MAX_Q else 0.0

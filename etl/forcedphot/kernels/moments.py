@@ -133,6 +133,22 @@ def own_stamp_variance(image, variance, valid, fp, src, cy, cx, half, img, var, 
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def subsampled_gaussian(dx, dy, a, b, c, sub, q_max):
+    """The mean over the sub-pixel samples (dx + sub[u], dy + sub[v]) of exp(-q / 2), q = a x^2 + 2 b x y + c y^2,
+    each sample with q > q_max counted as 0: a Gaussian weight on a pixel the grid under-samples."""
+    n = sub.size
+    w = 0.0
+    for u in range(n):
+        for v in range(n):
+            x = dx + sub[u]
+            y = dy + sub[v]
+            q = a * x * x + 2 * b * x * y + c * y * y
+            if q <= q_max:
+                w += math.exp(-0.5 * q)
+    return w / (n * n)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def inverse_sym(a, b, c):
     """(inverse xx, xy, yy, determinant) of the symmetric matrix [[a, b], [b, c]]."""
     det = a * c - b ** 2
@@ -759,7 +775,6 @@ def gaussian_flux(image, variance, valid, fp, cx, cy, fx, fy, ia, ib, ic, half, 
         if small[s]:
             hsub = max(hsub, half[s])
     size = 2 * hsub + 1
-    n_sub = sub.size
     n_blocks = (n + BLOCK - 1) // BLOCK
     height, width = image.shape
     used, span_off, span_y, span_x0, span_x1, val_off, values = fp
@@ -786,15 +801,7 @@ def gaussian_flux(image, variance, valid, fp, cx, cy, fx, fy, ia, ib, ic, half, 
                     dy = py - fy[s]
                     for px in range(-h, h + 1):
                         dx = px - fx[s]
-                        wt = 0.0
-                        for u in range(n_sub):
-                            for v in range(n_sub):
-                                ddx = dx + sub[u]
-                                ddy = dy + sub[v]
-                                q = a * ddx * ddx + 2 * bb * ddx * ddy + c * ddy * ddy
-                                if q <= MAX_EXPONENT:
-                                    wt += math.exp(-0.5 * q)
-                        wt = wt / (n_sub * n_sub)
+                        wt = subsampled_gaussian(dx, dy, a, bb, c, sub, MAX_EXPONENT)
                         j, i = py + h, px + h
                         sf += wt * img[j, i]
                         sv += wt * wt * var[j, i]
