@@ -79,6 +79,22 @@ def _wait_idle(c: Cluster, timeout: float = 120) -> None:
             time.sleep(0.2)
 
 
+def _wait_unlocked(root: Path, timeout: float = 120) -> None:
+    """Bounded: no quantum lock of the repository is held. A client that left makes the scheduler forget
+    its tasks at once, while the quantum a worker thread was running still holds its lock until it ends."""
+    from filelock import FileLock, Timeout
+
+    t0 = time.monotonic()
+    for path in sorted((root / "runs" / "locks").glob("*.lock")):
+        while True:
+            try:
+                with FileLock(str(path), timeout=0):
+                    break
+            except Timeout:
+                assert time.monotonic() - t0 < timeout, f"{path.name} is still held after {timeout} s"
+                time.sleep(0.2)
+
+
 def test_a_cluster_run_equals_a_serial_run_and_runs_on_the_workers(cluster, tiny_repo, measured_tiny_repo):
     res = _forcedphot(["run", "--repo", str(tiny_repo), "--dask", cluster.address, "--band", BAND, "-q"])
     assert res.returncode == 0, res.stderr
@@ -201,6 +217,7 @@ def test_ctrl_c_of_the_client_leaves_the_cluster_usable(tiny_repo, measured_tiny
         assert err.splitlines() == [RUN_LINE], err
         (pause / "release").touch()  # the quantum running when the client left finishes (dask cannot stop it)
         _wait_idle(c)
+        _wait_unlocked(tiny_repo)
         assert c.worker_pids() == pids
         again = _forcedphot(["run", "--repo", str(tiny_repo), "--dask", c.address, "--band", BAND, "-q"])
         assert again.returncode == 0, again.stderr
