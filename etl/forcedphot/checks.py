@@ -92,8 +92,9 @@ def _valid_at(coadd, x: np.ndarray, y: np.ndarray) -> np.ndarray:
                 & ((coadd.mask[ly, lx] & no_data) == 0))
 
 
-def check_pixels(quantum, coadd, footprints, ids: np.ndarray) -> int:
-    """Heavy values finite where the coadd is valid (else fail); count the pixels whose variance makes them invalid."""
+def check_pixels(quantum, coadd, footprints, ids: np.ndarray, n_bad_variance: int | None = None) -> int:
+    """Heavy values finite where the coadd is valid (else fail); count the pixels whose variance makes them invalid
+    (``n_bad_variance``: that count, computed already, e.g. in a thread while the loader read the footprints)."""
     value_offsets, bad = footprints.nonfinite_values()
     if bad.size:
         aligned = np.array_equal(np.r_[0, np.cumsum(np.maximum(footprints.span_x1 - footprints.span_x0 + 1, 0))]
@@ -104,7 +105,7 @@ def check_pixels(quantum, coadd, footprints, ids: np.ndarray) -> int:
             owner = np.unique(np.searchsorted(value_offsets, bad[at_valid], side="right") - 1)
             raise InputError(f"{quantum.footprints_file}: non-finite heavy footprint values on valid coadd pixels "
                              f"for id(s) {_ids(ids[owner])} ({quantum.data_id})")
-    n_bad = bad_variance_pixels(coadd)
+    n_bad = bad_variance_pixels(coadd) if n_bad_variance is None else n_bad_variance
     if n_bad:
         log.warning("%s: %d pixel(s) with finite image but non-finite or non-positive variance are invalid; "
                     "measurements that touch them are flagged (%s)", quantum.coadd_file, n_bad, quantum.data_id)

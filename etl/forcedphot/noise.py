@@ -126,14 +126,16 @@ class NoiseReplacer:
     """The noise image B of a quantum and the footprint each source is measured with (module docstring)."""
 
     def __init__(self, image: np.ndarray, origin: tuple[int, int], ids: np.ndarray, parents: np.ndarray,
-                 footprints: HeavyFootprints, *, seed: int, offset: float = 0.0):
+                 footprints: HeavyFootprints, *, seed: int, offset: float = 0.0, stats: tuple | None = None):
+        """``stats``: ``clipped_stats_1d(image)`` if the caller has it already (the task computes it while
+        the quantum loads)."""
         self.origin = origin  # tract (x, y) of image[0, 0]
         self.footprints = footprints
         draws = noise_draws(footprints, seed)
         if threads.threads() > 1:  # drawn in a thread while the (compiled) statistics run; one thread: in turn
             draws = _Prefetch(draws)
         try:
-            self.mean, self.sigma = clipped_stats_1d(image)
+            self.mean, self.sigma = clipped_stats_1d(image) if stats is None else stats
             self.mean += offset
             self.base = noise_image(image, origin, footprints, draws, self.mean, self.sigma)
         finally:

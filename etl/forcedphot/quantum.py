@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from forcedphot import checks, exits, threads
 from forcedphot.duck import query_arrow
 from forcedphot.errors import InputError, MissingFootprintError
-from forcedphot.io.coadd import Coadd, read_coadd
+from forcedphot.io.coadd import Coadd, open_coadd
 from forcedphot.io.parquet import iter_column, read_parquet
 from forcedphot.footprint_values import HeavyValueStore
 from forcedphot.noise import HeavyFootprints
@@ -34,6 +34,7 @@ class QuantumInputs:
     coadd: Coadd
     ref: dict  # column -> numpy array; "footprint_spans" -> (offsets, y, x0, x1)
     unmatched_footprint_ids: np.ndarray
+    prepared: object = None  # what load_quantum's ``prepare`` made of the coadd (None without one)
 
     @property
     def n(self) -> int:
@@ -136,37 +137,54 @@ def load_refs(quantum: Quantum, footprints: pa.Table) -> tuple[pa.Table, np.ndar
 
 
 def load_quantum(quantum: Quantum, *, allow_missing_footprints: bool = False,
-                 footprint_dataset: str = "heavy") -> QuantumInputs:
-    """Load and check one quantum's inputs; raise a one-line error naming the data ID or ids."""
+                 footprint_dataset: str = "heavy", prepare=None) -> QuantumInputs:
+    """Load and check one quantum's inputs; raise a one-line error naming the data ID or ids.
+
+    ``prepare``: a function of the coadd alone run in a thread while the rest loads (it must release
+    the GIL to gain anything); its value is ``inputs.prepared``."""
     if not quantum.ready:
         raise InputError(f"{quantum.data_id}: missing inputs: {', '.join(quantum.missing)}")
-    checks.verify_files(quantum)
-    coadd = read_coadd(quantum.coadd_file)
-    if (coadd.tract, coadd.patch, coadd.band) != (quantum.data_id.tract, quantum.data_id.patch, quantum.data_id.band):
-        raise InputError(f"{quantum.coadd_file}: holds tract={coadd.tract} patch={coadd.patch} band={coadd.band}, "
-                         f"expected {quantum.data_id}")
-    streamed = footprint_dataset != "scarlet"  # stored values are read after the join, batch by batch
-    footprint_table = read_footprints(quantum, coadd, footprint_dataset, values=not streamed)
-    table, unmatched = load_refs(quantum, footprint_table)
-    checks.check_references(quantum, footprint_table, table)
-    has = table.column("has_footprint").to_numpy(zero_copy_only=False)
-    ids = table.column("id").to_numpy()
-    if not allow_missing_footprints and not has.all():
-        raise MissingFootprintError(str(quantum.data_id), ids[~has].tolist())
-    fparent = table.column("footprint_parent").to_numpy(zero_copy_only=False)
-    parent = table.column("parent").to_numpy()
-    clash = has & (np.nan_to_num(fparent.astype(float), nan=-1) != parent)
-    if clash.any():
-        raise InputError(f"{quantum.data_id}: footprint parent differs from reference parent for ids "
-                         f"{ids[clash][:20].tolist()} ({quantum.footprints_file})")
-    ref = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names
-           if c not in SPAN_COLUMNS and c not in ARROW_COLUMNS and c != "footprint_parent"}
-    ref.update({c: table.column(c).combine_chunks() for c in ARROW_COLUMNS})  # 64-bit ids with nulls stay exact
-    footprints = _footprints(table, footprint_table, has, quantum.footprints_file if streamed else None)
-    del footprint_table
-    footprints.check(ids, f"{quantum.data_id} ({quantum.footprints_file})")
-    checks.check_pixels(quantum, coadd, footprints, ids)
-    pa.default_memory_pool().release_unused()  # decoded Parquet pages: back to the system, not kept by the pool
-    ref["footprint_spans"] = (footprints.span_offsets, footprints.span_y, footprints.span_x0, footprints.span_x1)
-    ref["footprints"] = footprints
-    return QuantumInputs(quantum, coadd, ref, unmatched)
+    # the coadd's checksum (hashlib) and its plane-wide checks (numpy) run in threads beside the
+    # reading and joining of references and footprints, and ``prepare`` too; all are joined before
+    # the inputs are returned, and a corrupted coadd is the error reported whatever else failed
+    coadd, verification = open_coadd(quantum.coadd_file, background=threads.threads() > 1)
+    n_bad_variance = threads.InThread(checks.bad_variance_pixels, coadd)
+    prepared = threads.InThread(prepare, coadd) if prepare is not None else None
+    try:
+        checks.verify_files(quantum)
+        if (coadd.tract, coadd.patch, coadd.band) != (quantum.data_id.tract, quantum.data_id.patch, quantum.data_id.band):
+            raise InputError(f"{quantum.coadd_file}: holds tract={coadd.tract} patch={coadd.patch} band={coadd.band}, "
+                             f"expected {quantum.data_id}")
+        streamed = footprint_dataset != "scarlet"  # stored values are read after the join, batch by batch
+        footprint_table = read_footprints(quantum, coadd, footprint_dataset, values=not streamed)
+        table, unmatched = load_refs(quantum, footprint_table)
+        checks.check_references(quantum, footprint_table, table)
+        has = table.column("has_footprint").to_numpy(zero_copy_only=False)
+        ids = table.column("id").to_numpy()
+        if not allow_missing_footprints and not has.all():
+            raise MissingFootprintError(str(quantum.data_id), ids[~has].tolist())
+        fparent = table.column("footprint_parent").to_numpy(zero_copy_only=False)
+        parent = table.column("parent").to_numpy()
+        clash = has & (np.nan_to_num(fparent.astype(float), nan=-1) != parent)
+        if clash.any():
+            raise InputError(f"{quantum.data_id}: footprint parent differs from reference parent for ids "
+                             f"{ids[clash][:20].tolist()} ({quantum.footprints_file})")
+        ref = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names
+               if c not in SPAN_COLUMNS and c not in ARROW_COLUMNS and c != "footprint_parent"}
+        ref.update({c: table.column(c).combine_chunks() for c in ARROW_COLUMNS})  # 64-bit ids with nulls stay exact
+        footprints = _footprints(table, footprint_table, has, quantum.footprints_file if streamed else None)
+        del footprint_table
+        footprints.check(ids, f"{quantum.data_id} ({quantum.footprints_file})")
+        checks.check_pixels(quantum, coadd, footprints, ids, n_bad_variance.result())
+        pa.default_memory_pool().release_unused()  # decoded Parquet pages: back to the system, not kept by the pool
+        ref["footprint_spans"] = (footprints.span_offsets, footprints.span_y, footprints.span_x0, footprints.span_x1)
+        ref["footprints"] = footprints
+        prepared = prepared.result() if prepared is not None else None
+    except BaseException:
+        for pending in (n_bad_variance, prepared):  # nothing reads the planes once this returns
+            if isinstance(pending, threads.InThread):
+                pending.join()
+        verification.wait()
+        raise
+    verification.wait()
+    return QuantumInputs(quantum, coadd, ref, unmatched, prepared)

@@ -37,7 +37,7 @@ from forcedphot.errors import InputError, QuantumError
 from forcedphot.ids import IdPacker
 from forcedphot.io.parquet import write_parquet
 from forcedphot.outputs import forced_source_columns
-from forcedphot.noise import NoiseReplacer
+from forcedphot.noise import NoiseReplacer, clipped_stats_1d
 from forcedphot.layout import UNDEBLENDED
 from forcedphot.plan import Quantum
 from forcedphot.plugins import PLUGINS, MeasurementContext, ordered
@@ -153,9 +153,17 @@ class ForcedPhotCoaddTask:
         """Load the quantum with every reference matched to its footprint (``LookupError`` otherwise,
         unless ``missing_footprints = "reference"``)."""
         inputs = load_quantum(quantum, allow_missing_footprints=self.config.missing_footprints == "reference",
-                              footprint_dataset=self.config.footprint_dataset)
+                              footprint_dataset=self.config.footprint_dataset, prepare=self._prepare())
         self.metadata["n_missing_footprints"] = int((~inputs.ref["has_footprint"]).sum())
         return inputs
+
+    def _prepare(self):
+        """What the loader computes from the coadd alone in a thread while it reads the rest: the noise
+        replacement's clipped image statistics (a compiled parallel kernel: only on a numba threading
+        layer that runs two at once, and with more than one thread), else nothing."""
+        if not self.config.noise_replacement or threads.threads() < 2 or not threads.concurrent_kernels():
+            return None
+        return lambda coadd: {"noise_stats": clipped_stats_1d(coadd.image)}
 
     def generate_meas_cat(self, inputs: QuantumInputs) -> dict[str, np.ndarray]:
         """The identity columns of the output: reference ids (Rubin keeps object ids), data ID, copied columns."""
@@ -271,7 +279,7 @@ class ForcedPhotCoaddTask:
         coadd = inputs.coadd
         replacer = NoiseReplacer(coadd.image, (coadd.bbox.min_x, coadd.bbox.min_y), inputs.ref["id"],
                                  inputs.ref["parent"], inputs.ref["footprints"], seed=seed,
-                                 offset=self.config.noise_offset)
+                                 offset=self.config.noise_offset, stats=(inputs.prepared or {}).get("noise_stats"))
         self.metadata["noise"] = {"seed": int(seed), "exposure_id": int(exposure_id), "mean": replacer.mean,
                                   "sigma": replacer.sigma, "offset": self.config.noise_offset, "source": "measure"}
         return replacer

@@ -144,3 +144,54 @@ def worker_environment(threads: int) -> dict[str, str]:
     """Environment for a child process, set before it imports numpy/numba."""
     n = str(int(threads))
     return {"NUMBA_NUM_THREADS": n, "OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+
+
+def concurrent_kernels() -> bool:
+    """Whether compiled parallel kernels may run in two threads at once: numba's ``tbb`` and ``omp``
+    threading layers allow it, its ``workqueue`` layer aborts the process (then callers run in turn)."""
+    try:
+        import numba
+        from numba.np.ufunc import parallel
+
+        parallel._launch_threads()  # picks the layer (once per process) without running a kernel
+        return numba.threading_layer() in ("tbb", "omp")
+    except Exception:  # noqa: BLE001 - an unknown numba: the safe answer
+        return False
+
+
+class InThread:
+    """``fn(*args)`` run in a thread with this process's thread count (numba's is per thread), for work that
+    releases the GIL (hashing, numpy, nogil kernels) beside the caller's; :meth:`result` joins and returns
+    its value or raises its exception. With one thread configured it runs at once, in the caller's."""
+
+    def __init__(self, fn, *args):
+        self._fn, self._args = fn, args
+        self._value = self._error = None
+        n = threads()
+        self._thread = threading.Thread(target=self._run, args=(n,), name=getattr(fn, "__name__", "InThread"),
+                                        daemon=True)
+        if n > 1:
+            self._thread.start()
+        else:
+            self._thread.run()  # in turn: no second core to use
+
+    def _run(self, n: int) -> None:
+        try:
+            import numba
+
+            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+            self._value = self._fn(*self._args)
+        except BaseException as exc:  # noqa: BLE001 - handed to result()
+            self._error = exc
+        finally:
+            self._fn = self._args = None
+
+    def join(self) -> None:
+        if self._thread.ident is not None:  # started (not run in turn)
+            self._thread.join()
+
+    def result(self):
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
