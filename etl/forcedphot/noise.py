@@ -16,7 +16,9 @@ Building B works from the spans: the clipped statistics of the image are compile
 bit), the normals are drawn in chunks of footprints of bounded size from one generator
 (consecutive ``standard_normal`` calls continue one stream, so the values are those of one
 big draw) and written span by span (:func:`forcedphot.kernels.footprints.write_noise`); a thread
-draws the next chunks while the statistics run and the previous chunk is written.
+draws the next chunks while the statistics run and the previous chunk is written. The task computes
+the statistics earlier, in a thread while the quantum loads (``ForcedPhotCoaddTask._prepare``), and
+passes them in (``stats``): the same function on the same image, so the same bits.
 
 The noise comes from numpy's PCG64 seeded with the packed (tract, patch) id times
 ``noise_seed_multiplier``: every band of a patch gets the same stream, and runs repeat
