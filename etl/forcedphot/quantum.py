@@ -149,7 +149,8 @@ def load_quantum(quantum: Quantum, *, allow_missing_footprints: bool = False,
     # the inputs are returned, and a corrupted coadd is the error reported whatever else failed
     coadd, verification = open_coadd(quantum.coadd_file, background=threads.threads() > 1)
     n_bad_variance = threads.InThread(checks.bad_variance_pixels, coadd)
-    prepared = threads.InThread(prepare, coadd) if prepare is not None else None
+    # its kernels leave one core to the loader's
+    prepared = threads.InThread(prepare, coadd, n_threads=threads.threads() - 1) if prepare is not None else None
     try:
         checks.verify_files(quantum)
         if (coadd.tract, coadd.patch, coadd.band) != (quantum.data_id.tract, quantum.data_id.patch, quantum.data_id.band):

@@ -162,14 +162,17 @@ def concurrent_kernels() -> bool:
 class InThread:
     """``fn(*args)`` run in a thread with this process's thread count (numba's is per thread), for work that
     releases the GIL (hashing, numpy, nogil kernels) beside the caller's; :meth:`result` joins and returns
-    its value or raises its exception. With one thread configured it runs at once, in the caller's."""
+    its value or raises its exception. With one thread configured it runs at once, in the caller's.
 
-    def __init__(self, fn, *args):
+    ``n_threads``: numba threads of ``fn``'s kernels (default: the process's count); fewer leaves
+    cores to the caller's kernels (two thread teams on the same cores spin at their barriers)."""
+
+    def __init__(self, fn, *args, n_threads: int | None = None):
         self._fn, self._args = fn, args
         self._value = self._error = None
         n = threads()
-        self._thread = threading.Thread(target=self._run, args=(n,), name=getattr(fn, "__name__", "InThread"),
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(max(1, min(n, n_threads or n)),),
+                                        name=getattr(fn, "__name__", "InThread"), daemon=True)
         if n > 1:
             self._thread.start()
         else:
