@@ -104,16 +104,20 @@ def _band_matmul(a, b, c, kd, da, db):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _toeplitz(taps, r, n, trow, tcol):
-    """The row and column passes of the convolution with ``taps`` (2r+1) as banded matrices on a (n, n) block:
-    trow (>= n rows, padded(n + 2r) columns), trow[k, x] = taps[x - k]; tcol (padded(n + 2r, 4) rows, n
-    columns), tcol[y, k] = taps[y - k]; zero elsewhere (and in the padding)."""
-    trow[:, :] = 0.0
+    """The row and column passes of the convolution with ``taps`` (2r+1, symmetric) as banded matrices on a
+    (n, n) block: trow (n rows, >= n + 2r columns), trow[k, x] = taps[x - k]; tcol (>= n + 2r rows, n columns),
+    tcol[y, k] = taps[y - k] = taps[2r - y + k]; zero elsewhere (and in the padding). Both C-contiguous."""
+    tr = trow.ravel()
+    tr[:] = 0.0
+    w = trow.shape[1]
     for k in range(n):
-        trow[k, k:k + 2 * r + 1] = taps[:2 * r + 1]
-    tcol[:, :] = 0.0
+        tr[k * w + k:k * w + k + 2 * r + 1] = taps[:2 * r + 1]
+    tc = tcol.ravel()
+    tc[:] = 0.0
     for y in range(tcol.shape[0]):
-        for k in range(max(0, y - 2 * r), min(n, y + 1)):
-            tcol[y, k] = taps[y - k]
+        k0, k1 = max(0, y - 2 * r), min(n, y + 1)
+        if k1 > k0:
+            tc[y * n + k0:y * n + k1] = taps[2 * r - y + k0:2 * r - y + k1]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -240,12 +244,14 @@ def convolved_kernel(image, variance, valid, fp, cx, cy, fx, fy, xl, yl, radii, 
             nm = 2 * hmax + 1
             m = 2 * (hmax + rmax) + 1
             m4, p8 = padded(m, 4), padded(m, 8)
-            trow_buf = np.empty(nm * p8)
-            tcol_buf = np.empty(m4 * nm)
+            trs, tcs = nm * p8, m4 * nm  # per target: its Toeplitz matrices on the largest box (a smaller box's are
+            trbuf = np.empty(nt * trs)  # their top-left corners, zero-padded as they must be)
+            tcbuf = np.empty(nt * tcs)
             abuf = np.empty(padded(nm, 4) * nm)  # the Kron ellipse's 0/1 block
             ttbuf = np.empty(padded(nfm, 4) * padded(wmax, 8))
             aybuf = np.empty(padded(wmax, 4) * padded(nfm, 8))
-            lbuf = np.empty(m4 * padded(nfm, 8))  # Tcol Ay
+            ls = padded(wmax + 2 * rmax, 4) * padded(nfm, 8)  # per target Tcol Ay, kept for the next radius of the
+            lbuf = np.empty(nt * ls)  # same width (same Ay)
             rbuf = np.empty(padded(nm, 4) * p8)  # tt Trow (sinc) or A Trow (Kron)
             wbuf = np.empty(m4 * p8)
             fcol = np.empty(m)
@@ -257,7 +263,13 @@ def convolved_kernel(image, variance, valid, fp, cx, cy, fx, fy, xl, yl, radii, 
                     if same[t0] < 0 and rk[t0] == rk[t] and sigma[s, t0] == sigma[s, t]:
                         same[t] = t0
                         break
+            for t in range(nt):
+                if rk[t] > 0 and same[t] < 0:
+                    mt = nm + 2 * rk[t]
+                    _toeplitz(taps[t], rk[t], nm, trbuf[t * trs:t * trs + nm * padded(mt, 8)].reshape((nm, padded(mt, 8))),
+                              tcbuf[t * tcs:t * tcs + padded(mt, 4) * nm].reshape((padded(mt, 4), nm)))
             for ap in range(na):
+                shared = 0 < ap < nr and widths[ap] == widths[ap - 1]  # same tables and shift: same Ay, Tcol Ay
                 if ap < nr:
                     wd = widths[ap]
                     h = wd // 2
@@ -287,14 +299,15 @@ def convolved_kernel(image, variance, valid, fp, cx, cy, fx, fy, xl, yl, radii, 
                     mb = nb + 2 * r
                     mb4, mb8 = padded(mb, 4), padded(mb, 8)
                     if r > 0:
-                        trow = trow_buf[:nb * mb8].reshape((nb, mb8))
-                        tcol = tcol_buf[:mb4 * nb].reshape((mb4, nb))
-                        _toeplitz(taps[t], r, nb, trow, tcol)
                         wk = wbuf[:mb4 * mb8].reshape((mb4, mb8))
+                        mt = nm + 2 * r
+                        trow = trbuf[t * trs:t * trs + nm * padded(mt, 8)].reshape((nm, padded(mt, 8)))[:nb, :mb8]
+                        tcol = tcbuf[t * tcs:t * tcs + padded(mt, 4) * nm].reshape((padded(mt, 4), nm))[:mb4, :nb]
                         if ap < nr:
-                            left = lbuf[:mb4 * nf8].reshape((mb4, nf8))
+                            left = lbuf[t * ls:t * ls + mb4 * nf8].reshape((mb4, nf8))
+                            if not shared:
+                                _band_matmul(tcol, ay, left, nb, 2 * r, -1)
                             right = rbuf[:nf4 * mb8].reshape((nf4, mb8))
-                            _band_matmul(tcol, ay, left, nb, 2 * r, -1)
                             _band_matmul(tt, trow, right, nb, -1, 2 * r)
                             _band_matmul(left, right, wk, nf, -1, -1)
                         else:
