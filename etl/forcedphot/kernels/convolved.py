@@ -6,7 +6,9 @@ r = int(4 sigma_K + 0.5)) and sums an aperture A on the result. As K is symmetri
     sum_q A(q) (K * I)(q) = sum_p W'(p) I(p),   W' = K * A   (discrete convolution),
 
 so each source's aperture weights are convolved instead (a (2h+1)^2 box grows to (2h+2r+1)^2,
-separably: rows then columns), and summed over the original pixels. Independent pixels give the
+separably: W' = Tcol A Trow with the banded Toeplitz matrices of the taps, as products of small
+matrices in 4 x 8 register tiles, each element summed in a fixed order; a sinc circle in its two
+factors), and summed over the original pixels. Independent pixels give the
 exact error err^2 = sum W'^2 V. Circular apertures carry the sinc coefficients of
 CircularApertureFlux (:mod:`forcedphot.kernels.aperture_sinc`: the disk band-limited at Nyquist,
 shifted exactly to the sub-pixel centre, W x W), as Rubin's ConvolvedFlux; the Kron ellipse the
@@ -36,22 +38,22 @@ from forcedphot.kernels.pixels import no_footprints
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _sinc_factors(fx, fy, wd, dq, tc, ts, tct, tst, ca, sa, ax, ay, tt):
+def _sinc_factors(fx, fy, wd, dq, tc, ts, tct, tst, ca, sa, axbuf, ay, tt):
     """The two factors of the sinc coefficients C = Ay D' Ax^T of one radius shifted by (fx, fy)
     (:func:`forcedphot.kernels.apertures.sinc_coefficient_images`; element [wd // 2, wd // 2] of C is the nearest
     pixel): ``ay`` (W, nf) with Ay[y, a] = cos(2 pi a (y - h - fy) / W) by angle addition on the tables, and
-    ``tt`` (nf, W) = D' Ax^T; both zero-padded beyond (W, nf) and (nf, W) to their shapes."""
+    ``tt`` (nf, W) = D' Ax^T (:func:`_band_matmul`; ``dq``: D' with rows zero-padded to a multiple of 4); both
+    zero-padded beyond (W, nf) and (nf, W) to their shapes."""
     nf = wd // 2 + 1
+    w8 = tt.shape[1]
+    ax = axbuf[:nf * w8].reshape((nf, w8))
     _rotations(fx, wd, nf, ca, sa)
     for b in range(nf):
         for x in range(wd):
             ax[b, x] = tc[b, x] * ca[b] + ts[b, x] * sa[b]
-    tt[:, :] = 0.0
-    for a in range(nf):  # tt = D' Ax^T
-        for b in range(nf):
-            d = dq[a, b]
-            for x in range(wd):
-                tt[a, x] += d * ax[b, x]
+        for x in range(wd, w8):
+            ax[b, x] = 0.0
+    _band_matmul(dq, ax, tt, nf, -1, -1)
     _rotations(fy, wd, nf, ca, sa)
     ay[:, :] = 0.0
     for y in range(wd):
@@ -216,11 +218,13 @@ def convolved_kernel(image, variance, valid, fp, cx, cy, fx, fy, xl, yl, radii, 
     exc = np.zeros((n, nt, na))
     wmax = widths.max()
     nfm = wmax // 2 + 1
+    dqp = np.zeros((nr, padded(nfm, 4), nfm))  # D' with rows zero-padded for the 4-row tiles
+    dqp[:, :nfm, :] = dq[:, :nfm, :nfm]
     no = order.size
     for blk in prange((no + BLOCK - 1) // BLOCK):
         ca = np.empty(nfm)
         sa = np.empty(nfm)
-        ax = np.empty((nfm, wmax))
+        axbuf = np.empty(nfm * padded(wmax, 8))
         for q in range(blk * BLOCK, min(no, (blk + 1) * BLOCK)):
             s = order[q]
             if not todo[s]:
@@ -277,7 +281,7 @@ def convolved_kernel(image, variance, valid, fp, cx, cy, fx, fy, xl, yl, radii, 
                     nf4, nf8 = padded(nf, 4), padded(nf, 8)
                     ay = aybuf[:padded(wd, 4) * nf8].reshape((padded(wd, 4), nf8))
                     tt = ttbuf[:nf4 * padded(wd, 8)].reshape((nf4, padded(wd, 8)))
-                    _sinc_factors(fx[s], fy[s], wd, dq[ap], tc[ap], ts[ap], tct[ap], tst[ap], ca, sa, ax, ay, tt)
+                    _sinc_factors(fx[s], fy[s], wd, dqp[ap], tc[ap], ts[ap], tct[ap], tst[ap], ca, sa, axbuf, ay, tt)
                     reach = radii[ap] + 0.5
                 elif khalf[s] >= 0:
                     h = khalf[s]
