@@ -56,6 +56,7 @@ N_BASIS = 15
 MAX_Q = 20.0  # aperture weight kept where x^T Q^-1 x <= MAX_Q (weight beyond: exp(-10) = 4.5e-5 of it)
 BLOCK = 8  # sources per scratch allocation (the unit of the parallel loop)
 FMA = {"contract"}  # hot sums: a * b + c fused (one rounding); the order of every sum unchanged
+ANCHOR = 16  # Gaussian weights: exp once every ANCHOR values, products in between (gauss_run)
 TAP_EPS = 1e-16  # kernel taps with every |g_a(t)| below this (rows of unit norm) are left out where the box is clean
 
 
@@ -170,7 +171,8 @@ def cell_grams(nodes, iy0, ix0, sigk, hk):
         g = np.empty((DEGREE + 1, 2 * h + 1))
         xa = np.empty((DEGREE + 1, kp, kp))
         yk = np.empty((N_BASIS, kp, kp))
-        yv = np.empty((nb, kp * kp))  # each convolved basis image as one row
+        npix = kp * kp
+        yt = np.empty((npix, nb))  # pixel i of every convolved basis image: row i
         basis_1d(sigk[c], h, g)
         corners = corner_nodes(iy0[c], ix0[c], ny, nx)
         for q in range(4):
@@ -179,26 +181,30 @@ def cell_grams(nodes, iy0, ix0, sigk, hk):
             for k in range(N_BASIS):
                 for y in range(kp):
                     for x in range(kp):
-                        yv[q * N_BASIS + k, y * kp + x] = yk[k, y, x]
-        gram = out[c]
-        npix = kp * kp
-        n4 = npix - npix % 4
-        for k in range(nb):
-            a = yv[k]
-            for l in range(k + 1):
-                b = yv[l]
-                s0 = s1 = s2 = s3 = 0.0  # four interleaved partial sums, fixed order
-                for i in range(0, n4, 4):
-                    s0 += a[i] * b[i]
-                    s1 += a[i + 1] * b[i + 1]
-                    s2 += a[i + 2] * b[i + 2]
-                    s3 += a[i + 3] * b[i + 3]
-                for i in range(n4, npix):
-                    s0 += a[i] * b[i]
-                s = (s0 + s1) + (s2 + s3)
-                gram[k, l] = s
-                gram[l, k] = s
+                        yt[y * kp + x, q * N_BASIS + k] = yk[k, y, x]
+        gram_rows(yt, out[c])
     return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=FMA)
+def gram_rows(yt, gram):
+    """gram[k, l] = sum_i yt[i, k] yt[i, l] (pixels i ascending, one FMA each): the lower triangle as rank-1
+    updates by pixel (each a vectorised loop over l), mirrored to the upper."""
+    npix, nb = yt.shape
+    for k in range(nb):
+        for l in range(nb):
+            gram[k, l] = 0.0
+    for i in range(npix):
+        r = yt[i]
+        for k in range(nb):
+            c = r[k]
+            gk = gram[k, :k + 1]
+            rk = r[:k + 1]
+            for l in range(k + 1):
+                gk[l] += c * rk[l]
+    for k in range(nb):
+        for l in range(k):
+            gram[l, k] = gram[k, l]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -280,20 +286,58 @@ def fit_from_gram(gram, wn, psf, p, sigk, hk, g, t, tau, ptau, kkt, rhs, d, gs, 
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def gauss_run(c, e0, m, out, i0, step):
+    """out[i0 + step k] = exp(-c (e0 + k)^2 / 2) for k = 0..m-1 (e0 >= -0.5: the values fall with k), by the
+    recurrence G_k+1 = G_k R_k, R_k+1 = R_k exp(-c) (R_k = exp(-c (e0 + k + 1/2))), both re-anchored with
+    exp every ANCHOR points: 2 exp per ANCHOR values instead of one each, relative error < ANCHOR^2 ulp."""
+    ec = math.exp(-c)
+    g = 0.0
+    r = 0.0
+    for k in range(m):
+        if k % ANCHOR == 0:
+            e = e0 + k
+            g = math.exp(-0.5 * c * e * e)
+            r = math.exp(-c * (e + 0.5))
+        else:
+            g *= r
+            r *= ec
+        out[i0 + step * k] = g
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def aperture_weight(ia, ib, ic, fx, fy, rw, small, sub, w):
     """w[j, i] = exp(-q / 2) at offsets (i - rw - fx, j - rw - fy) (q <= MAX_Q; the mean of sub-pixel samples
-    when ``small``)."""
+    when ``small``). Each row is exp(-(ic - ib^2/ia) dy^2 / 2) exp(-ia (dx + ib dy / ia)^2 / 2), the second
+    factor by :func:`gauss_run` outwards from the pixel nearest its peak over the row's kept span (the
+    pixels with q <= MAX_Q, q as written above)."""
     n = 2 * rw + 1
     for j in range(n):
         dy = j - rw - fy
+        if small:
+            for i in range(n):
+                w[j, i] = subsampled_gaussian(i - rw - fx, dy, ia, ib, ic, sub, MAX_Q)
+            continue
+        lo = n
+        hi = -1
         for i in range(n):
             dx = i - rw - fx
-            if small:
-                v = subsampled_gaussian(dx, dy, ia, ib, ic, sub, MAX_Q)
-            else:
-                q = ia * dx * dx + 2 * ib * dx * dy + ic * dy * dy
-                v = math.exp(-0.5 * q) if q <= MAX_Q else 0.0
-            w[j, i] = v
+            q = ia * dx * dx + 2 * ib * dx * dy + ic * dy * dy
+            if q <= MAX_Q:
+                lo = min(lo, i)
+                hi = i
+            w[j, i] = 0.0
+        if hi < lo:
+            continue
+        sh = ib * dy / ia  # the row's peak is at dx = -sh
+        row = w[j]
+        ip = min(max(int(math.floor(rw + fx - sh + 0.5)), lo), hi)
+        gauss_run(ia, ip - rw - fx + sh, hi - ip + 1, row, ip, 1)
+        gauss_run(ia, -(ip - 1 - rw - fx + sh), ip - lo, row, ip - 1, -1)
+        amp = math.exp(-0.5 * (ic - ib * ib / ia) * dy * dy)
+        for i in range(lo, hi + 1):
+            dx = i - rw - fx
+            q = ia * dx * dx + 2 * ib * dx * dy + ic * dy * dy
+            row[i] = amp * row[i] if q <= MAX_Q else 0.0
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=FMA)
@@ -365,17 +409,19 @@ def effective_weight(w, rw, hk, g, d, taf, uf, outf, span):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def weight_1d(ia, f, rw, small, sub, out):
-    """out[i] = exp(-ia (i - rw - f)^2 / 2) for i = 0..2rw (the mean over the sub-pixel samples when ``small``)."""
+    """out[i] = exp(-ia (i - rw - f)^2 / 2) for i = 0..2rw (the mean over the sub-pixel samples when ``small``;
+    else by :func:`gauss_run` outwards from i = rw)."""
     ns = sub.size
-    for i in range(2 * rw + 1):
-        e = i - rw - f
-        if small:
+    if small:
+        for i in range(2 * rw + 1):
+            e = i - rw - f
             v = 0.0
             for su in range(ns):
                 v += math.exp(-0.5 * ia * (e + sub[su]) ** 2)
             out[i] = v / ns
-        else:
-            out[i] = math.exp(-0.5 * ia * e * e)
+        return
+    gauss_run(ia, -f, rw + 1, out, rw, 1)
+    gauss_run(ia, f + 1, rw, out, rw - 1, -1)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
