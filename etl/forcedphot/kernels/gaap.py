@@ -114,38 +114,50 @@ def solve(a, b, n):
     return True
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=FMA)
 def convolved_basis(psf, hk, g, xa, yk):
     """yk[k] = B_k (x) P over the PSF image's own K x K box (k = 0..14, B_k = g_a(u) g_b(v), g from basis_1d).
 
-    Rows first: xa[a, i, x] = sum_j P[i, j] g_a[x - j + hk]; then columns: yk[k, y] = sum_i g_b[y - i + hk] xa[a, i].
+    Rows first: xa[a, i, x] = sum_j P[i, j] g_a[x - j + hk] (:func:`conv_gather` over each zero-padded
+    row); then columns: yk[k, y] = sum_i g_b[y - i + hk] xa[a, i], four taps per pass over whole rows.
     Scratch xa (5, >= K, >= K); yk (>= 15, >= K, >= K).
     """
     kp = psf.shape[0]
     nt = 2 * hk + 1
-    m = kp
+    ppad = np.zeros(kp + 2 * hk)
+    crev = np.empty(nt)
     for a in range(DEGREE + 1):
-        for i in range(kp):
-            row = xa[a, i]
-            for x in range(m):
-                row[x] = 0.0
+        for u in range(nt):
+            crev[u] = g[a, nt - 1 - u]
+        for i in range(kp):  # xa[a, i, x] = sum_u crev[u] ppad[x + u], ppad[k] = P[i, k - hk]
             for j in range(kp):
-                v = psf[i, j]
-                for t in range(max(0, hk - j), min(nt, kp + hk - j)):
-                    row[j + t - hk] += v * g[a, t]
+                ppad[hk + j] = psf[i, j]
+            conv_gather(ppad, crev, nt, kp, xa[a, i, :kp])
     for k in range(N_BASIS):
         a, b = basis_index(k)
         img = yk[k]
-        for y in range(m):
-            for x in range(m):
-                img[y, x] = 0.0
-        for i in range(kp):
-            src = xa[a, i]
-            for t in range(max(0, hk - i), min(nt, kp + hk - i)):
-                gb = g[b, t]
-                dst = img[i + t - hk]
-                for x in range(m):
-                    dst[x] += gb * src[x]
+        src = xa[a]
+        for y in range(kp):  # yk[k, y] = sum_t g_b[t] xa[a, y + hk - t], rows inside the box
+            dst = img[y, :kp]
+            for x in range(kp):
+                dst[x] = 0.0
+            t = max(0, y + hk - kp + 1)
+            t1 = min(nt, y + hk + 1)
+            while t + 4 <= t1:
+                c0, c1, c2, c3 = g[b, t], g[b, t + 1], g[b, t + 2], g[b, t + 3]
+                r0 = src[y + hk - t, :kp]
+                r1 = src[y + hk - t - 1, :kp]
+                r2 = src[y + hk - t - 2, :kp]
+                r3 = src[y + hk - t - 3, :kp]
+                for x in range(kp):
+                    dst[x] += c0 * r0[x] + c1 * r1[x] + c2 * r2[x] + c3 * r3[x]
+                t += 4
+            while t < t1:
+                c0 = g[b, t]
+                r0 = src[y + hk - t, :kp]
+                for x in range(kp):
+                    dst[x] += c0 * r0[x]
+                t += 1
 
 
 @njit(cache=True, nogil=True)
