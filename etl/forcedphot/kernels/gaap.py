@@ -19,10 +19,11 @@ Flux: no image is convolved. With w the aperture weight exp(-x^T Q^-1 x / 2) (ke
 x^T Q^-1 x <= MAX_Q) centred on the source, sum_x w (K (x) I) = sum_x W' I with the effective
 weight W' = K~ (x) w (K~ the flipped kernel), built per aperture on a stamp: for an axis-aligned Q
 (the PSF and circular apertures) w = wx(x) wy(y) on its box and W' = sum_b (g_b~ (x) wy)(y)
-sum_a d_ab (g_a~ (x) wx)(x), 1-D convolutions and 5 outer products (:func:`separable_weight`,
-:func:`separable_pieces`);
-for any Q (Optimal), the rows of w convolved with the 5 g_a, then for each b the combination
-sum_a d_ab convolved with g_b along columns (:func:`effective_weight`). The flux is sum(W' I) / sum(W' P), P the PSF image at the
+sum_a d_ab (g_a~ (x) wx)(x), 1-D convolutions and 5 outer products (:func:`separable_pieces`,
+:func:`pieces_weight`);
+for any Q (Optimal), the rows of w convolved with the 5 g_a, then each convolved with
+h_a = sum_b d_ab g_b along columns (:func:`effective_weight`). The 1-D convolutions are gathers over
+zero-padded inputs, four taps (or the five a) per pass (:func:`conv_gather`). The flux is sum(W' I) / sum(W' P), P the PSF image at the
 source's sub-pixel position: a point source's flux is its flux within the PSF model's box whatever
 the Gaussianization's residual (with a perfect K, sum(W' P) = sum(w T) = sqrt(det Q / det W), i.e.
 Rubin's scaling 1/2 sqrt(det W / det Q) x 2). Its error is sqrt(sum(W'^2 V)) / sum(W' P), exact
@@ -56,6 +57,7 @@ N_BASIS = 15
 MAX_Q = 20.0  # aperture weight kept where x^T Q^-1 x <= MAX_Q (weight beyond: exp(-10) = 4.5e-5 of it)
 BLOCK = 8  # sources per scratch allocation (the unit of the parallel loop)
 FMA = {"contract"}  # hot sums: a * b + c fused (one rounding); the order of every sum unchanged
+ANCHOR = 16  # Gaussian weights: exp once every ANCHOR values, products in between (gauss_run)
 TAP_EPS = 1e-16  # kernel taps with every |g_a(t)| below this (rows of unit norm) are left out where the box is clean
 
 
@@ -112,38 +114,50 @@ def solve(a, b, n):
     return True
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=FMA)
 def convolved_basis(psf, hk, g, xa, yk):
     """yk[k] = B_k (x) P over the PSF image's own K x K box (k = 0..14, B_k = g_a(u) g_b(v), g from basis_1d).
 
-    Rows first: xa[a, i, x] = sum_j P[i, j] g_a[x - j + hk]; then columns: yk[k, y] = sum_i g_b[y - i + hk] xa[a, i].
+    Rows first: xa[a, i, x] = sum_j P[i, j] g_a[x - j + hk] (:func:`conv_gather` over each zero-padded
+    row); then columns: yk[k, y] = sum_i g_b[y - i + hk] xa[a, i], four taps per pass over whole rows.
     Scratch xa (5, >= K, >= K); yk (>= 15, >= K, >= K).
     """
     kp = psf.shape[0]
     nt = 2 * hk + 1
-    m = kp
+    ppad = np.zeros(kp + 2 * hk)
+    crev = np.empty(nt)
     for a in range(DEGREE + 1):
-        for i in range(kp):
-            row = xa[a, i]
-            for x in range(m):
-                row[x] = 0.0
+        for u in range(nt):
+            crev[u] = g[a, nt - 1 - u]
+        for i in range(kp):  # xa[a, i, x] = sum_u crev[u] ppad[x + u], ppad[k] = P[i, k - hk]
             for j in range(kp):
-                v = psf[i, j]
-                for t in range(max(0, hk - j), min(nt, kp + hk - j)):
-                    row[j + t - hk] += v * g[a, t]
+                ppad[hk + j] = psf[i, j]
+            conv_gather(ppad, crev, nt, kp, xa[a, i, :kp])
     for k in range(N_BASIS):
         a, b = basis_index(k)
         img = yk[k]
-        for y in range(m):
-            for x in range(m):
-                img[y, x] = 0.0
-        for i in range(kp):
-            src = xa[a, i]
-            for t in range(max(0, hk - i), min(nt, kp + hk - i)):
-                gb = g[b, t]
-                dst = img[i + t - hk]
-                for x in range(m):
-                    dst[x] += gb * src[x]
+        src = xa[a]
+        for y in range(kp):  # yk[k, y] = sum_t g_b[t] xa[a, y + hk - t], rows inside the box
+            dst = img[y, :kp]
+            for x in range(kp):
+                dst[x] = 0.0
+            t = max(0, y + hk - kp + 1)
+            t1 = min(nt, y + hk + 1)
+            while t + 4 <= t1:
+                c0, c1, c2, c3 = g[b, t], g[b, t + 1], g[b, t + 2], g[b, t + 3]
+                r0 = src[y + hk - t, :kp]
+                r1 = src[y + hk - t - 1, :kp]
+                r2 = src[y + hk - t - 2, :kp]
+                r3 = src[y + hk - t - 3, :kp]
+                for x in range(kp):
+                    dst[x] += c0 * r0[x] + c1 * r1[x] + c2 * r2[x] + c3 * r3[x]
+                t += 4
+            while t < t1:
+                c0 = g[b, t]
+                r0 = src[y + hk - t, :kp]
+                for x in range(kp):
+                    dst[x] += c0 * r0[x]
+                t += 1
 
 
 @njit(cache=True, nogil=True)
@@ -170,7 +184,8 @@ def cell_grams(nodes, iy0, ix0, sigk, hk):
         g = np.empty((DEGREE + 1, 2 * h + 1))
         xa = np.empty((DEGREE + 1, kp, kp))
         yk = np.empty((N_BASIS, kp, kp))
-        yv = np.empty((nb, kp * kp))  # each convolved basis image as one row
+        npix = kp * kp
+        yt = np.empty((npix, nb))  # pixel i of every convolved basis image: row i
         basis_1d(sigk[c], h, g)
         corners = corner_nodes(iy0[c], ix0[c], ny, nx)
         for q in range(4):
@@ -179,26 +194,30 @@ def cell_grams(nodes, iy0, ix0, sigk, hk):
             for k in range(N_BASIS):
                 for y in range(kp):
                     for x in range(kp):
-                        yv[q * N_BASIS + k, y * kp + x] = yk[k, y, x]
-        gram = out[c]
-        npix = kp * kp
-        n4 = npix - npix % 4
-        for k in range(nb):
-            a = yv[k]
-            for l in range(k + 1):
-                b = yv[l]
-                s0 = s1 = s2 = s3 = 0.0  # four interleaved partial sums, fixed order
-                for i in range(0, n4, 4):
-                    s0 += a[i] * b[i]
-                    s1 += a[i + 1] * b[i + 1]
-                    s2 += a[i + 2] * b[i + 2]
-                    s3 += a[i + 3] * b[i + 3]
-                for i in range(n4, npix):
-                    s0 += a[i] * b[i]
-                s = (s0 + s1) + (s2 + s3)
-                gram[k, l] = s
-                gram[l, k] = s
+                        yt[y * kp + x, q * N_BASIS + k] = yk[k, y, x]
+        gram_rows(yt, out[c])
     return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=FMA)
+def gram_rows(yt, gram):
+    """gram[k, l] = sum_i yt[i, k] yt[i, l] (pixels i ascending, one FMA each): the lower triangle as rank-1
+    updates by pixel (each a vectorised loop over l), mirrored to the upper."""
+    npix, nb = yt.shape
+    for k in range(nb):
+        for l in range(nb):
+            gram[k, l] = 0.0
+    for i in range(npix):
+        r = yt[i]
+        for k in range(nb):
+            c = r[k]
+            gk = gram[k, :k + 1]
+            rk = r[:k + 1]
+            for l in range(k + 1):
+                gk[l] += c * rk[l]
+    for k in range(nb):
+        for l in range(k):
+            gram[l, k] = gram[k, l]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -280,32 +299,71 @@ def fit_from_gram(gram, wn, psf, p, sigk, hk, g, t, tau, ptau, kkt, rhs, d, gs, 
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def gauss_run(c, e0, m, out, i0, step):
+    """out[i0 + step k] = exp(-c (e0 + k)^2 / 2) for k = 0..m-1 (e0 >= -0.5: the values fall with k), by the
+    recurrence G_k+1 = G_k R_k, R_k+1 = R_k exp(-c) (R_k = exp(-c (e0 + k + 1/2))), both re-anchored with
+    exp every ANCHOR points: 2 exp per ANCHOR values instead of one each, relative error < ANCHOR^2 ulp."""
+    ec = math.exp(-c)
+    g = 0.0
+    r = 0.0
+    for k in range(m):
+        if k % ANCHOR == 0:
+            e = e0 + k
+            g = math.exp(-0.5 * c * e * e)
+            r = math.exp(-c * (e + 0.5))
+        else:
+            g *= r
+            r *= ec
+        out[i0 + step * k] = g
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def aperture_weight(ia, ib, ic, fx, fy, rw, small, sub, w):
     """w[j, i] = exp(-q / 2) at offsets (i - rw - fx, j - rw - fy) (q <= MAX_Q; the mean of sub-pixel samples
-    when ``small``)."""
+    when ``small``). Each row is exp(-(ic - ib^2/ia) dy^2 / 2) exp(-ia (dx + ib dy / ia)^2 / 2), the second
+    factor by :func:`gauss_run` outwards from the pixel nearest its peak over the row's kept span (the
+    pixels with q <= MAX_Q, q as written above)."""
     n = 2 * rw + 1
     for j in range(n):
         dy = j - rw - fy
+        if small:
+            for i in range(n):
+                w[j, i] = subsampled_gaussian(i - rw - fx, dy, ia, ib, ic, sub, MAX_Q)
+            continue
+        lo = n
+        hi = -1
         for i in range(n):
             dx = i - rw - fx
-            if small:
-                v = subsampled_gaussian(dx, dy, ia, ib, ic, sub, MAX_Q)
-            else:
-                q = ia * dx * dx + 2 * ib * dx * dy + ic * dy * dy
-                v = math.exp(-0.5 * q) if q <= MAX_Q else 0.0
-            w[j, i] = v
+            q = ia * dx * dx + 2 * ib * dx * dy + ic * dy * dy
+            if q <= MAX_Q:
+                lo = min(lo, i)
+                hi = i
+            w[j, i] = 0.0
+        if hi < lo:
+            continue
+        sh = ib * dy / ia  # the row's peak is at dx = -sh
+        row = w[j]
+        ip = min(max(int(math.floor(rw + fx - sh + 0.5)), lo), hi)
+        gauss_run(ia, ip - rw - fx + sh, hi - ip + 1, row, ip, 1)
+        gauss_run(ia, -(ip - 1 - rw - fx + sh), ip - lo, row, ip - 1, -1)
+        amp = math.exp(-0.5 * (ic - ib * ib / ia) * dy * dy)
+        for i in range(lo, hi + 1):
+            dx = i - rw - fx
+            q = ia * dx * dx + 2 * ib * dx * dy + ic * dy * dy
+            row[i] = amp * row[i] if q <= MAX_Q else 0.0
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=FMA)
 def effective_weight(w, rw, hk, g, d, taf, uf, outf, span):
     """K~ (x) w (hs = rw + hk) as a (2hs+1, 2hs+1) view of outf: W'(x) = sum_u K(u) w(x + u), K = sum d_ab g_a g_b.
 
-    Rows: each row of w only over its nonzero span (the elliptical cut), taps outer and pixels
-    inner. Columns: the 1-D pieces and W' have rows of the same stride (2hs+1), so each column tap
-    is one contiguous loop over all rows (vectorised; every output's sum in the same order as row by
-    row, taps and rows of w ascending). span[0, y], span[1, y]: the columns [first, last + 1) of
-    output row y that can be nonzero (none: 0, 0). Scratch taf (>= 5 (2rw+1)(2hs+1)), uf (>= (2rw+1)(2hs+1)),
-    outf (>= (2hs+1)^2); span (2, >= 2hs+1) int64.
+    Rows: ta_a = g_a~ (x) w along rows, each row of w only over its nonzero span (the elliptical
+    cut), as gathers over the zero-padded row, four taps per pass (one load and store of the
+    output per four multiply-adds). Columns: with the column kernels h_a = sum_b d_ab g_b,
+    W' = sum_a h_a~ (x) ta_a; the pieces and W' have rows of the same stride (2hs+1), so each
+    column tap is one contiguous loop over all rows, the five a at once. span[0, y], span[1, y]:
+    the columns [first, last + 1) of output row y that can be nonzero (none: 0, 0). Scratch taf
+    (>= 5 (2rw+1)(2hs+1)), uf (unused), outf (>= (2hs+1)^2); span (2, >= 2hs+1) int64.
     """
     n = 2 * rw + 1
     hs = rw + hk
@@ -314,7 +372,8 @@ def effective_weight(w, rw, hk, g, d, taf, uf, outf, span):
     npx = n * ns
     out = outf[:ns * ns]
     ta = taf[:(DEGREE + 1) * npx]
-    u = uf[:npx]
+    wpad = np.zeros(n + 2 * (nt - 1))
+    hc = np.zeros((DEGREE + 1, nt))
     for x in range(ns * ns):
         out[x] = 0.0
     for x in range((DEGREE + 1) * npx):
@@ -334,28 +393,47 @@ def effective_weight(w, rw, hk, g, d, taf, uf, outf, span):
         for y in range(j, j + nt):  # output rows j..j + nt - 1, columns lo..hi + nt - 1
             span[0, y] = min(span[0, y], lo)
             span[1, y] = max(span[1, y], hi + nt)
-        wrow = w[j, lo:hi + 1]
         m = hi - lo + 1
-        for a in range(DEGREE + 1):  # rows: ta[a, j, i + nt - 1 - t] += w[j, i] g_a[t]
-            base = a * npx + j * ns + lo + nt - 1
-            for t in range(nt):
-                gt = g[a, t]
-                dst = ta[base - t:base - t + m]
-                for i in range(m):
-                    dst[i] += wrow[i] * gt
-    for b in range(DEGREE + 1):
+        mo = m + nt - 1
+        for i in range(m):  # wpad[k] = w[j, lo + k - (nt - 1)], zero outside the span
+            wpad[nt - 1 + i] = w[j, lo + i]
+        for a in range(DEGREE + 1):  # ta[a, j, lo + o] = sum_t g_a[t] wpad[o + t]
+            base = a * npx + j * ns + lo
+            dst = ta[base:base + mo]
+            t = 0
+            while t + 4 <= nt:
+                c0, c1, c2, c3 = g[a, t], g[a, t + 1], g[a, t + 2], g[a, t + 3]
+                p0 = wpad[t:t + mo]
+                p1 = wpad[t + 1:t + 1 + mo]
+                p2 = wpad[t + 2:t + 2 + mo]
+                p3 = wpad[t + 3:t + 3 + mo]
+                for o in range(mo):
+                    dst[o] += c0 * p0[o] + c1 * p1[o] + c2 * p2[o] + c3 * p3[o]
+                t += 4
+            while t < nt:
+                c0 = g[a, t]
+                p0 = wpad[t:t + mo]
+                for o in range(mo):
+                    dst[o] += c0 * p0[o]
+                t += 1
+        for i in range(m):
+            wpad[nt - 1 + i] = 0.0
+    for a in range(DEGREE + 1):
+        for t in range(nt):
+            s = 0.0
+            for b in range(DEGREE + 1 - a):
+                s += d[a, b] * g[b, t]
+            hc[a, t] = s
+    t0 = ta[0:npx]
+    t1 = ta[npx:2 * npx]
+    t2 = ta[2 * npx:3 * npx]
+    t3 = ta[3 * npx:4 * npx]
+    t4 = ta[4 * npx:5 * npx]
+    for t in range(nt):  # columns: out[j + nt - 1 - t] += sum_a h_a[t] ta_a[j], all rows j at once
+        h0, h1, h2, h3, h4 = hc[0, t], hc[1, t], hc[2, t], hc[3, t], hc[4, t]
+        dst = out[(nt - 1 - t) * ns:(nt - 1 - t) * ns + npx]
         for x in range(npx):
-            u[x] = 0.0
-        for a in range(DEGREE + 1 - b):
-            c = d[a, b]
-            trow = ta[a * npx:(a + 1) * npx]
-            for x in range(npx):
-                u[x] += c * trow[x]
-        for t in range(nt):  # columns: out[j + nt - 1 - t] += u[j] g_b[t], all rows j at once
-            gb = g[b, t]
-            dst = out[(nt - 1 - t) * ns:(nt - 1 - t) * ns + npx]
-            for x in range(npx):
-                dst[x] += gb * u[x]
+            dst[x] += h0 * t0[x] + h1 * t1[x] + h2 * t2[x] + h3 * t3[x] + h4 * t4[x]
     for y in range(ns):
         if span[1, y] <= span[0, y]:
             span[0, y] = 0
@@ -365,61 +443,19 @@ def effective_weight(w, rw, hk, g, d, taf, uf, outf, span):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def weight_1d(ia, f, rw, small, sub, out):
-    """out[i] = exp(-ia (i - rw - f)^2 / 2) for i = 0..2rw (the mean over the sub-pixel samples when ``small``)."""
+    """out[i] = exp(-ia (i - rw - f)^2 / 2) for i = 0..2rw (the mean over the sub-pixel samples when ``small``;
+    else by :func:`gauss_run` outwards from i = rw)."""
     ns = sub.size
-    for i in range(2 * rw + 1):
-        e = i - rw - f
-        if small:
+    if small:
+        for i in range(2 * rw + 1):
+            e = i - rw - f
             v = 0.0
             for su in range(ns):
                 v += math.exp(-0.5 * ia * (e + sub[su]) ** 2)
             out[i] = v / ns
-        else:
-            out[i] = math.exp(-0.5 * ia * e * e)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def separable_weight(ia, ic, fx, fy, rw, hk, small, sub, g, d, ta, u, out):
-    """W' = K~ (x) w for w(x, y) = wx(x) wy(y) (Q^-1 = diag(ia, ic)), on the box |x|, |y| <= rw (no
-    elliptical cut: the weight beyond it is < exp(-MAX_Q / 2)) into out[:2hs+1, :2hs+1]:
-    W'(x, y) = sum_b (g_b~ (x) wy)(y) sum_a d_ab (g_a~ (x) wx)(x). Scratch ta (5, >= 2hs+1) and
-    u (>= 2, >= 2hs+1) hold the 1-D pieces."""
-    n = 2 * rw + 1
-    hs = rw + hk
-    ns = 2 * hs + 1
-    nt = 2 * hk + 1
-    weight_1d(ia, fx, rw, small, sub, u[0])
-    weight_1d(ic, fy, rw, small, sub, u[1])
-    cx = ta[0, 0]  # one 1-D convolution along x at a time
-    for y in range(ns):
-        for x in range(ns):
-            out[y, x] = 0.0
-    for b in range(DEGREE + 1):
-        by = u[2]  # (g_b~ (x) wy)
-        for x in range(ns):
-            by[x] = 0.0
-        for i in range(n):
-            v = u[1, i]
-            for t in range(nt):
-                by[i + nt - 1 - t] += v * g[b, t]
-        cb = u[3]  # sum_a d_ab (g_a~ (x) wx)
-        for x in range(ns):
-            cb[x] = 0.0
-        for a in range(DEGREE + 1 - b):
-            c = d[a, b]
-            for x in range(ns):
-                cx[x] = 0.0
-            for i in range(n):
-                v = u[0, i]
-                for t in range(nt):
-                    cx[i + nt - 1 - t] += v * g[a, t]
-            for x in range(ns):
-                cb[x] += c * cx[x]
-        for y in range(ns):
-            vy = by[y]
-            row = out[y]
-            for x in range(ns):
-                row[x] += vy * cb[x]
+        return
+    gauss_run(ia, -f, rw + 1, out, rw, 1)
+    gauss_run(ia, f + 1, rw, out, rw - 1, -1)
 
 
 @njit(cache=True, nogil=True)
@@ -479,41 +515,58 @@ def shifted_psf(pc, dx, dy, table, c, sx, sy, q, out):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=FMA)
+def conv_gather(wpad, c, nt, no, dst):
+    """dst[o] = sum_t c[t] wpad[o + t] for o < no (a 1-D convolution as a gather over the zero-padded input),
+    four taps per pass: one load and store of dst per four multiply-adds, vectorised over o."""
+    for o in range(no):
+        dst[o] = 0.0
+    t = 0
+    while t + 4 <= nt:
+        c0, c1, c2, c3 = c[t], c[t + 1], c[t + 2], c[t + 3]
+        p0 = wpad[t:t + no]
+        p1 = wpad[t + 1:t + 1 + no]
+        p2 = wpad[t + 2:t + 2 + no]
+        p3 = wpad[t + 3:t + 3 + no]
+        for o in range(no):
+            dst[o] += c0 * p0[o] + c1 * p1[o] + c2 * p2[o] + c3 * p3[o]
+        t += 4
+    while t < nt:
+        c0 = c[t]
+        p0 = wpad[t:t + no]
+        for o in range(no):
+            dst[o] += c0 * p0[o]
+        t += 1
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=FMA)
 def separable_pieces(ia, ic, fx, fy, rw, hk, small, sub, g, d, vec):
-    """The 1-D pieces of W' = sum_b by_b(y) cb_b(x) for w = wx(x) wy(y) (see separable_weight, same sums):
-    vec[2 + b] = g_b~ (x) wy, vec[7 + b] = sum_a d_ab (g_a~ (x) wx), over the 2 (rw + hk) + 1 box."""
+    """The 1-D pieces of W' = sum_b by_b(y) cb_b(x) for w = wx(x) wy(y) (w on the box |x|, |y| <= rw, no elliptical cut: the weight beyond
+    it is < exp(-MAX_Q / 2)):
+    vec[2 + b] = g_b~ (x) wy, vec[7 + b] = h_b~ (x) wx with h_b = sum_a d_ab g_a, over the 2 (rw + hk) + 1
+    box, each by :func:`conv_gather` over wx, wy zero-padded by 2 hk on each side in vec[0], vec[1]
+    (vec at least 2 (rw + 2 hk) + 1 wide); vec[12, :2hk+1] holds h_b."""
     n = 2 * rw + 1
     ns = 2 * (rw + hk) + 1
     nt = 2 * hk + 1
-    weight_1d(ia, fx, rw, small, sub, vec[0])
-    weight_1d(ic, fy, rw, small, sub, vec[1])
-    for b in range(DEGREE + 1):  # taps outer, pixels inner: vectorised, each output's sum in the same order
-        by = vec[2 + b]
-        cb = vec[7 + b]
-        for x in range(ns):
-            by[x] = 0.0
-            cb[x] = 0.0
-        wy = vec[1, :n]
+    pad = nt - 1
+    wx = vec[0]
+    wy = vec[1]
+    for i in range(pad):
+        wx[i] = 0.0
+        wy[i] = 0.0
+        wx[pad + n + i] = 0.0
+        wy[pad + n + i] = 0.0
+    weight_1d(ia, fx, rw, small, sub, wx[pad:pad + n])
+    weight_1d(ic, fy, rw, small, sub, wy[pad:pad + n])
+    hb = vec[12]
+    for b in range(DEGREE + 1):
+        conv_gather(wy, g[b], nt, ns, vec[2 + b])
         for t in range(nt):
-            gt = g[b, t]
-            dst = by[nt - 1 - t:nt - 1 - t + n]
-            for i in range(n):
-                dst[i] += wy[i] * gt
-    cx = vec[12]
-    wx = vec[0, :n]
-    for a in range(DEGREE + 1):
-        for x in range(ns):
-            cx[x] = 0.0
-        for t in range(nt):
-            gt = g[a, t]
-            dst = cx[nt - 1 - t:nt - 1 - t + n]
-            for i in range(n):
-                dst[i] += wx[i] * gt
-        for b in range(DEGREE + 1 - a):
-            c = d[a, b]
-            cb = vec[7 + b]
-            for x in range(ns):
-                cb[x] += c * cx[x]
+            s = 0.0
+            for a in range(DEGREE + 1 - b):
+                s += d[a, b] * g[a, t]
+            hb[t] = s
+        conv_gather(wx, hb, nt, ns, vec[7 + b])
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=FMA)
@@ -521,7 +574,7 @@ def separable_sums(image, variance, fp, src, cy, cx, hs, vec, psfs):
     """(sum W' I, sum W'^2 V, sum W' P) for the separable W' of ``vec`` (separable_pieces) on the box of
     half-size hs around (cx, cy), read straight from the planes (the box is inside and all valid: see
     clean_reach), the source's own heavy footprint added as (heavy - plane) on its pixels. W' is made
-    row by row (the same sums as separable_weight); per-column partial sums, two rows per pass, then
+    row by row (the same sums as pieces_weight); per-column partial sums, two rows per pass, then
     summed in order: vectorised, and the same for any thread."""
     ns = 2 * hs + 1
     kp = psfs.shape[0]
@@ -668,37 +721,91 @@ def weight_sums(image, variance, fp, src, cy, cx, hs, wp, span, psfs):
     return sf, sv, swt
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=FMA)
 def masked_sums(image, valid, cy, cx, hs, hmax, wp, img, var, ok, psfs):
     """(sum W' I, sum W'^2 V, sum W' P, sum |W'|, on invalid or off-coadd pixels, on EXCLUDED pixels, off
     the coadd) for W' = wp on a box that may reach invalid, EXCLUDED or off-coadd pixels: read from the
-    source's own stamp img, var, ok (own_stamp_variance, half-size hmax)."""
+    source's own stamp img, var, ok (own_stamp_variance, half-size hmax). Per-column partial sums over
+    the rows in order, then summed in order (vectorised, the same for any thread); the pixel classes
+    as selects."""
     height, width = image.shape
     kp = psfs.shape[0]
     hp = kp // 2
+    ns = 2 * hs + 1
     swt = 0.0
-    for j in range(max(0, hs - hp), min(2 * hs + 1, hs + hp + 1)):
-        for i in range(max(0, hs - hp), min(2 * hs + 1, hs + hp + 1)):
+    for j in range(max(0, hs - hp), min(ns, hs + hp + 1)):
+        for i in range(max(0, hs - hp), min(ns, hs + hp + 1)):
             swt += wp[j, i] * psfs[j - hs + hp, i - hs + hp]
     off = hmax - hs
-    sf = sv = sa = sbad = sexc = soff = 0.0
-    for j in range(2 * hs + 1):
+    af = np.zeros(ns)
+    av = np.zeros(ns)
+    aa = np.zeros(ns)
+    ab = np.zeros(ns)
+    ae = np.zeros(ns)
+    ao = np.zeros(ns)
+    x0 = cx - hs
+    i_lo = min(ns, max(0, -x0))  # columns [i_lo, i_hi) are on the coadd
+    i_hi = max(i_lo, min(ns, width - x0))
+    for j in range(ns):
         y = cy - hs + j
-        for i in range(2 * hs + 1):
-            v = wp[j, i]
-            av = abs(v)
-            sf += v * img[j + off, i + off]
-            sv += v * v * var[j + off, i + off]
-            sa += av
-            x = cx - hs + i
-            if not (0 <= x < width and 0 <= y < height):
-                soff += av
-                sbad += av
-            elif not ok[j + off, i + off]:
-                sbad += av
-            elif valid[y, x] == EXCLUDED:
-                sexc += av
+        wrow = wp[j, :ns]
+        irow = img[j + off, off:off + ns]
+        vrow = var[j + off, off:off + ns]
+        for i in range(ns):
+            v = wrow[i]
+            af[i] += v * irow[i]
+            av[i] += v * v * vrow[i]
+            aa[i] += abs(v)
+        if 0 <= y < height and i_lo < i_hi:
+            for i in range(i_lo):
+                v = abs(wrow[i])
+                ab[i] += v
+                ao[i] += v
+            krow = ok[j + off, off + i_lo:off + i_hi]
+            crow = valid[y, x0 + i_lo:x0 + i_hi]
+            wmid = wrow[i_lo:i_hi]
+            bmid = ab[i_lo:i_hi]
+            emid = ae[i_lo:i_hi]
+            for i in range(i_hi - i_lo):
+                v = abs(wmid[i])
+                good = krow[i] != 0
+                bmid[i] += 0.0 if good else v
+                emid[i] += v if (good and crow[i] == EXCLUDED) else 0.0
+            for i in range(i_hi, ns):
+                v = abs(wrow[i])
+                ab[i] += v
+                ao[i] += v
+        else:
+            for i in range(ns):
+                v = abs(wrow[i])
+                ab[i] += v
+                ao[i] += v
+    sf = sv = sa = sbad = sexc = soff = 0.0
+    for i in range(ns):
+        sf += af[i]
+        sv += av[i]
+        sa += aa[i]
+        sbad += ab[i]
+        sexc += ae[i]
+        soff += ao[i]
     return sf, sv, swt, sa, sbad, sexc, soff
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=FMA)
+def pieces_weight(hs, vec, wp):
+    """wp[:2hs+1, :2hs+1] = sum_b vec[2 + b](y) vec[7 + b](x), the separable W' from separable_pieces."""
+    ns = 2 * hs + 1
+    cb0, cb1, cb2, cb3, cb4 = vec[7, :ns], vec[8, :ns], vec[9, :ns], vec[10, :ns], vec[11, :ns]
+    for j in range(ns):
+        b0, b1, b2, b3, b4 = vec[2, j], vec[3, j], vec[4, j], vec[5, j], vec[6, j]
+        row = wp[j, :ns]
+        for i in range(ns):
+            v = 0.0 + b0 * cb0[i]
+            v += b1 * cb1[i]
+            v += b2 * cb2[i]
+            v += b3 * cb3[i]
+            v += b4 * cb4[i]
+            row[i] = v
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -738,10 +845,8 @@ def measure_block(t0, t1, args, fp, out):
     sx = np.empty((kp, kp))
     sy = np.empty((kp, kp))
     q = np.empty((kp, kp))
-    vec = np.empty((13, max(nsb, nw)))
+    vec = np.empty((13, max(nsb, nw) + 2 * hkb))  # separable_pieces pads wx, wy by 2 hk each side
     w = np.empty((nw, nw))
-    ta = np.empty((1, 1, nsb))  # separable_weight's scratch
-    u = np.empty((4, nsb))
     wp = np.empty((nsb, nsb))
     taf = np.empty((DEGREE + 1) * nw * nsb)  # effective_weight's flat scratch
     uf = np.empty(nw * nsb)
@@ -808,7 +913,8 @@ def measure_block(t0, t1, args, fp, out):
                 own_stamp_variance(image, variance, valid, fp, s, cy[s], cx[s], hmax, img, var, ok)
                 stamp = True
             if sep:
-                separable_weight(ia[s, k], ic[s, k], fx[s], fy[s], r, h, small[s, k] != 0, sub, g, d, ta, u, wp)
+                separable_pieces(ia[s, k], ic[s, k], fx[s], fy[s], r, h, small[s, k] != 0, sub, g, d, vec)
+                pieces_weight(hs, vec, wp)
                 we = wp
             else:
                 aperture_weight(ia[s, k], ib[s, k], ic[s, k], fx[s], fy[s], r, small[s, k] != 0, sub, w)
