@@ -185,14 +185,14 @@ def test_unknown_mask_plane_is_refused_naming_the_hdu(tmp_path, capsys):
 def test_ingest_cell_coadd_psf_varies_as_the_cells_say(cells, tmp_path):
     """Ingest the CellCoadd (PSF from its cells) and, for contrast, the same file with one PSF (the middle cell's);
     measure PSF fluxes. The grid reproduces each cell's PSF at its centre, and psfFlux recovers the true flux within
-    its errors; the single PSF is off by several percent in the corner cells (several hundred sigma)."""
+    its errors; the single PSF is off by 2.5-8% in every other cell (18-60 sigma)."""
     d, truth = cells
     cell_repo = ingest_rubin(tmp_path / "cells", [d / "cell_coadd_r.fits"], d / "object.parquet")
     psf_file = tmp_path / "psf_mid.fits"
     fits.writeto(psf_file, truth["psfs"][1, 1])
     one_repo = ingest_rubin(tmp_path / "one", [d / "cell_coadd_r.fits"], d / "object.parquet",
                             psf={"r": str(psf_file)})
-    meta = cell_repo.metadata["ingest"]
+    meta = cell_repo.metadata()["ingest"]
     assert meta["bands"]["r"]["psf"]["cell_coadd"] == [f"{d / 'cell_coadd_r.fits'}[PSF]"]
     assert meta["rubin"]["xy0"] == [X0, Y0] and meta["rubin"]["coadds"]["r"][0]["kind"] == "CellCoadd"
     # the coadd's PSF grid: nodes at the cell centres (repository pixels = tract pixels - xy0), images the cells'
@@ -216,8 +216,12 @@ def test_ingest_cell_coadd_psf_varies_as_the_cells_say(cells, tmp_path):
     assert np.all(err < 0.005 * FLUX)
     one_flux, one_err = fluxes["one"]
     ratio = one_flux / FLUX
-    corners = [0, NCELL - 1, NCELL * (NCELL - 1), NCELL * NCELL - 1]
-    assert np.all(np.abs(ratio[corners] - 1) > 0.03), ratio  # the narrowest corner high, the widest low
-    assert ratio[0] > 1.03 and ratio[-1] < 0.97
-    assert np.all(np.abs(one_flux[corners] - FLUX) > 50 * one_err[corners])
-    assert abs(ratio[NCELL * NCELL // 2] - 1) < 5 * one_err[4] / FLUX  # the middle cell: its own PSF
+    middle = NCELL * NCELL // 2
+    others = np.arange(NCELL * NCELL) != middle
+    # every other cell's FWHM differs from the middle one's by 0.1-0.3 px: 2.5-8% off, 18-60 sigma
+    assert np.all(np.abs(ratio[others] - 1) > 0.02), ratio
+    assert ratio[0] > 1.05 and ratio[-1] < 0.95, ratio  # the narrowest corner high, the widest low
+    assert np.all(np.abs(one_flux[others] - FLUX) > 10 * one_err[others])
+    assert abs(one_flux[middle] - FLUX) < 5 * one_err[middle]  # the middle cell: its own PSF
+    print(f"\ncell PSFs: psfFlux/true {np.round(flux / FLUX, 5)}, (flux-true)/err {np.round((flux - FLUX) / err, 2)}; "
+          f"one PSF: psfFlux/true {np.round(ratio, 4)}")
