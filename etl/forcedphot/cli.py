@@ -473,7 +473,8 @@ def cmd_ingest_rubin(args) -> int:
     print(f"{rubin.get('flavour')} table {args.catalog}: " + ", ".join(f"{k} <- {v}" for k, v in
                                                                      rubin.get("columns", {}).items()))
     bands = list(meta.get("bands", {}))
-    print(f"ingested {len(args.coadd)} deep_coadd file(s) of band(s) {', '.join(bands)} (tract pixel = repository "
+    kinds = sorted({f.get("kind", "deep_coadd") for fs in rubin.get("coadds", {}).values() for f in fs})
+    print(f"ingested {len(args.coadd)} {'/'.join(kinds) or 'deep_coadd'} file(s) of band(s) {', '.join(bands)} (tract pixel = repository "
           f"pixel + {tuple(rubin.get('xy0', ()))}) and {n_rows} reference rows in {len(refs)} patch(es) into "
           f"{repo.root}; next: forcedphot run --repo {repo.root}")
     return 0
@@ -706,9 +707,10 @@ def build_parser() -> argparse.ArgumentParser:
     fi.set_defaults(func=cmd_ingest_fits)
     from forcedphot.ingest.args import RUBIN_EXAMPLE, add_rubin_arguments
 
-    ru = ing_sub.add_parser("rubin", help="Rubin deep_coadd files and an Object or deepCoadd_ref table",
+    ru = ing_sub.add_parser("rubin", help="Rubin deep_coadd or CellCoadd files and an Object or deepCoadd_ref table",
                             formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUBIN_EXAMPLE,
-                            description="Ingest Rubin deep_coadd files (read with lsst.images; pip install "
+                            description="Ingest Rubin deep_coadd or lsst.images CellCoadd files (read with "
+                                        "lsst.images; pip install "
                                         "'forcedphot[rubin]') and a Rubin Object or deepCoadd_ref Parquet table "
                                         "into a new repository that `forcedphot run` measures.")
     add_rubin_arguments(ru)

@@ -180,6 +180,8 @@ def test_unknown_mask_plane_is_refused_naming_the_hdu(tmp_path, capsys):
     assert err.startswith(f"forcedphot: error: {tmp_path / 'odd.fits'}[2 MASK]: mask plane(s) MY_PLANE ")
     assert len(err.splitlines()) == 1
     assert main(args + ["--drop-mask-plane", "MY_PLANE", "--psf-fwhm", "3.7px"]) == 0  # with the plane left out
+    assert "ingested 1 CellCoadd file(s) of band(s) r (tract pixel = repository pixel + (300, 500))" in \
+        capsys.readouterr().out
 
 
 def test_ingest_cell_coadd_psf_varies_as_the_cells_say(cells, tmp_path):

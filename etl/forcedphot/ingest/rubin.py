@@ -12,6 +12,13 @@ forcedphot's registry (:data:`forcedphot.flags.DEFAULT_MASK_PLANES`), so ``Pixel
 plane lists apply. The archive needs ``lsst.afw`` (not on PyPI): its PSF is refused with one line
 naming the HDU, and the PSF comes from ``--psf FILE`` or ``--psf estimate`` instead.
 
+A ``CellCoadd`` file (lsst.images' own FITS format, ``DATAMODL`` ``.../cell_coadd-1.0.0`` in its primary
+header: :func:`is_cell_coadd`) is read with lsst.images' reader, ``CellCoadd.read`` (:func:`read_cell_coadd`):
+image, variance, mask planes by name (lsst.images' ``SATURATED``, ``COSMIC_RAY``, ... mapped back to afw's
+``SAT``, ``CR``, ...), pixel origin, band, tract, patch, the FITS form of its sky projection, and its per-cell
+PSFs, which become forcedphot's spatially varying PSF grid: one node per cell centre holding that cell's
+kernel image (:func:`cell_psf_grid`; several patches' cells are merged by the pixels' nearest-centre rule).
+
 The files of one band (several patches of one tract) are put on one pixel grid, the union of
 their boxes, each pixel taken from the file whose box centre is nearest (L-infinity: a regular
 patch grid's inner boxes); that grid's 0-based frame is the ingested repository's tract frame,
@@ -685,8 +692,10 @@ def ingest_rubin(repo_root, coadds, catalog, *, psf=None, psf_fwhm=None, band: s
                  duplicates: str = "refuse"):
     """A repository from Rubin deep_coadd files (any bands and patches of one tract) and an Object or
     deepCoadd_ref Parquet catalog. ``psf``: a PSF image file or ``"estimate"``, or a dict band -> either (key None:
-    every other band); ``psf_fwhm``: a Gaussian PSF instead (``"0.7arcsec"``). The afw PSF inside the files cannot be
-    read (it needs lsst.afw): without ``psf`` or ``psf_fwhm`` for a band, the ingest stops naming its HDU."""
+    every other band); ``psf_fwhm``: a Gaussian PSF instead (``"0.7arcsec"``). The afw PSF inside deep_coadd files
+    cannot be read (it needs lsst.afw): without ``psf`` or ``psf_fwhm`` for a band, the ingest stops naming its HDU.
+    ``coadds`` may also be (or mix in) lsst.images ``CellCoadd`` files: a band whose files are all CellCoadds gets
+    their cells' PSFs as its PSF grid unless ``psf`` or ``psf_fwhm`` names it."""
     from astropy.io import fits
 
     from forcedphot.ingest.fits import ingest_fits
