@@ -17,7 +17,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 from lsst.images import Box, Image, Mask, MaskPlane, MaskSchema, SkyProjection, TractFrame
-from lsst.images._geom import YX
+from lsst.images import YX
 from lsst.images.cells import CellCoadd, CellGrid, CellGridBounds, CellIJ, CellPointSpreadFunction, PatchDefinition
 
 from forcedphot.cli import main

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import shutil
 
+import astropy.units as u
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from lsst.daf.butler import Butler
-from lsst.images.cells import CellGrid, CellGridBounds, CellPointSpreadFunction
 from lsst.images import Box as LBox
-from lsst.images._geom import YX
+from lsst.images import Image
+from lsst.images.cells import CellCoadd, CellGrid, CellGridBounds, CellPointSpreadFunction
+from lsst.images import YX
 from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
 
 from forcedphot.config import ForcedPhotConfig
@@ -82,10 +84,13 @@ def test_cell_coadd_in_the_butler_holds_the_coadd(measured_tiny_repo, cell_butle
     blend = ((1 - ty[1]) * (1 - tx[2]) * n[iy[1], ix[2]] + (1 - ty[1]) * tx[2] * n[iy[1], ix[2] + 1]
              + ty[1] * (1 - tx[2]) * n[iy[1] + 1, ix[2]] + ty[1] * tx[2] * n[iy[1] + 1, ix[2] + 1])
     assert np.allclose(got.psf.images[1, 2], blend / blend.sum(), rtol=0, atol=2e-7 * blend.max())
-    with pytest.raises(ValueError, match="nJy"):  # the CellCoadd's unit and the calib table must agree
-        calib = butler.get(ds.COADD_CALIB, **keys)
-        ds.coadd_from_cell_coadd(cc, calib.set_column(calib.schema.get_field_index("photo_calib"), "photo_calib",
-                                                      [[2.0 * want.photo_calib]]))
+    assert cc.unit == u.adu  # the survey's image units (photo_calib != 1)
+    # a CellCoadd in nJy must agree with the calib table's photo_calib
+    njy = CellCoadd(Image(cc.image.array, yx0=(cc.bbox.y.start, cc.bbox.x.start), unit=u.nJy), mask=cc.mask,
+                    variance=Image(cc.variance.array, yx0=(cc.bbox.y.start, cc.bbox.x.start), unit=u.nJy**2),
+                    sky_projection=cc.sky_projection, band=cc.band, psf=cc.psf)
+    with pytest.raises(ValueError, match="nJy"):
+        ds.coadd_from_cell_coadd(njy, butler.get(ds.COADD_CALIB, **keys))
 
 
 def test_task_on_a_cell_coadd_equals_forcedphot_run(measured_tiny_repo, cell_butler, tmp_path):

@@ -150,7 +150,8 @@ def cell_psf_images(psf: PsfGrid, grid_bbox: Box, cell: int) -> np.ndarray:
 
 
 def coadd_to_cell_coadd(coadd: Coadd, *, skymap: str, tract_box: Box, cell_size: int = DEFAULT_CELL_SIZE):
-    """The coadd as an ``lsst.images.cells.CellCoadd``: its image (unit: ``photo_calib`` nJy), mask (planes by
+    """The coadd as an ``lsst.images.cells.CellCoadd``: its image (unit nJy if ``photo_calib`` is 1, else adu), mask
+    (planes by
     name), variance, tract WCS (``TractFrame``) and a ``CellPointSpreadFunction`` of ``cell_size`` pixel cells
     tiling the coadd's box from its first pixel, each cell's PSF the PSF grid's at the cell centre
     (:func:`cell_psf_images`). The grid reads back (:func:`forcedphot.ingest.rubin.cell_psf_grid`) with one
@@ -158,7 +159,7 @@ def coadd_to_cell_coadd(coadd: Coadd, *, skymap: str, tract_box: Box, cell_size:
     import astropy.units as u
     from lsst.images import Box as LBox
     from lsst.images import Image, SkyProjection, TractFrame
-    from lsst.images._geom import YX
+    from lsst.images import YX
     from lsst.images.cells import CellCoadd, CellGrid, CellGridBounds, CellPointSpreadFunction
 
     mi = coadd_to_masked_image(coadd)
@@ -170,7 +171,9 @@ def coadd_to_cell_coadd(coadd: Coadd, *, skymap: str, tract_box: Box, cell_size:
                     cell_shape=YX(y=cell_size, x=cell_size))
     psf = CellPointSpreadFunction(cell_psf_images(coadd.psf, grid_box, cell_size),
                                   CellGridBounds(grid=grid, bbox=grid.bbox))
-    unit = u.CompositeUnit(float(coadd.photo_calib), [u.nJy], [1])
+    # nJy when calibrated so; else ADU ("image units": the calib table's photo_calib converts). A scaled unit
+    # (photo_calib nJy) does not survive lsst.images' FITS round trip exactly (its factor is written rounded).
+    unit = u.nJy if coadd.photo_calib == 1.0 else u.adu
     yx0 = (b.min_y, b.min_x)
     frame = TractFrame(skymap=skymap, tract=int(coadd.tract),
                        bbox=LBox.factory[tract_box.min_y:tract_box.max_y + 1, tract_box.min_x:tract_box.max_x + 1])
@@ -184,7 +187,7 @@ def coadd_from_cell_coadd(cell_coadd, calib: pa.Table) -> Coadd:
     """A forcedphot :class:`Coadd` from a ``CellCoadd`` (pixels, mask planes by name, per-cell PSFs as a PSF grid
     with one node per cell centre) and the coadd's calib table (calibration, WCS header, mask registry, aperture
     corrections, input polygons). A ``CellCoadd`` whose pixel unit converts to nJy must agree with the table's
-    calibration."""
+    calibration (to 1e-4: lsst.images writes a scaled unit's factor rounded)."""
     import astropy.units as u
 
     from forcedphot.ingest.rubin import cell_psf_grid
@@ -195,7 +198,7 @@ def coadd_from_cell_coadd(cell_coadd, calib: pa.Table) -> Coadd:
         njy = float((1.0 * cell_coadd.unit).to(u.nJy).value)
     except (u.UnitConversionError, AttributeError, TypeError):
         pass
-    if njy is not None and not np.isclose(njy, row["photo_calib"], rtol=1e-9, atol=0):
+    if njy is not None and not np.isclose(njy, row["photo_calib"], rtol=1e-4, atol=0):
         raise ValueError(f"CellCoadd pixel unit {cell_coadd.unit} is {njy:g} nJy; the calib table says "
                          f"{row['photo_calib']:g} nJy per image unit")
     return _coadd(cell_coadd, cell_psf_grid(cell_coadd.psf, label="CellCoadd PSF"), row)
