@@ -131,4 +131,5 @@ def test_task_on_a_cell_coadd_equals_forcedphot_run(measured_tiny_repo, cell_but
     sig = np.abs(a - b) / err
     print(f"\ncells vs the simulator's grid, {ok.sum()} rows S/N > 20: |psfFlux ratio - 1| median {np.median(rel):.2e} "
           f"max {rel.max():.2e}; |difference|/err median {np.median(sig):.3f} max {sig.max():.3f}")
-    assert np.median(rel) < 2e-3 and rel.max() < 1e-2
+    # measured: median 4.4e-6, max 6.7e-4 (0.19 sigma): the cells' bilinear resampling of a PSF varying by ~4%
+    assert np.median(rel) < 1e-4 and rel.max() < 3e-3 and sig.max() < 0.5
