@@ -44,11 +44,20 @@ class BandData:
     #                                 node nearest the image centre (deblender, footprint sizes)
 
     def psf_grid_for(self, cut):
-        """The coadd's PSF grid for the box ``cut``: the band's grid, else ``psf`` as one node at its centre."""
+        """The coadd's PSF grid for the box ``cut``: the band's grid's nodes that bracket the box (the same PSF at
+        every pixel of it as the whole grid), else ``psf`` as one node at the box's centre."""
         from forcedphot.psf import PsfGrid
 
         if self.psf_grid is not None:
-            return self.psf_grid
+            g = self.psf_grid
+
+            def span(nodes, lo, hi):
+                a = max(int(np.searchsorted(nodes, lo, side="right")) - 1, 0)
+                b = min(int(np.searchsorted(nodes, hi, side="left")) + 1, nodes.size)
+                return slice(min(a, nodes.size - 1), max(b, a + 1))
+
+            sx, sy = span(g.x, cut.min_x, cut.max_x), span(g.y, cut.min_y, cut.max_y)
+            return PsfGrid(g.x[sx], g.y[sy], g.images[sy, sx])
         return PsfGrid([(cut.min_x + cut.max_x) / 2], [(cut.min_y + cut.max_y) / 2], self.psf[None, None])
 
 
