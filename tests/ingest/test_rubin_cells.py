@@ -227,3 +227,31 @@ def test_ingest_cell_coadd_psf_varies_as_the_cells_say(cells, tmp_path):
     assert abs(one_flux[middle] - FLUX) < 5 * one_err[middle]  # the middle cell: its own PSF
     print(f"\ncell PSFs: psfFlux/true {np.round(flux / FLUX, 5)}, (flux-true)/err {np.round((flux - FLUX) / err, 2)}; "
           f"one PSF: psfFlux/true {np.round(ratio, 4)}")
+
+
+def test_several_patches_cells_merge_by_the_nearest_box_centre():
+    """Two patches whose outer boxes overlap by two cells: nodes at the union of the cell centres, each from the
+    patch whose box centre is nearest (the pixels' rule); nodes that no patch has (misaligned grids) take the nearest
+    node's PSF."""
+    from types import SimpleNamespace
+
+    from forcedphot.ingest.rubin import _mosaic_psf
+    from forcedphot.psf import PsfGrid
+
+    def patch(x0, value, cell=CELL, n=NCELL, y0=0):
+        xs = x0 + np.arange(n) * cell + cell // 2
+        ys = y0 + np.arange(n) * cell + cell // 2
+        images = np.zeros((n, n, 5, 5), np.float32)
+        images[..., 2, 2] = 1.0
+        images[..., 0, 0] = value  # tells the patches apart
+        return SimpleNamespace(cell_psf=PsfGrid(xs, ys, images), x0=x0, y0=y0, shape=(n * cell, n * cell), band="r")
+
+    a, b = patch(0, 0.1), patch(2 * CELL, 0.2)  # b's first cell is a's last
+    g = _mosaic_psf([a, b], 0, 0)
+    assert np.array_equal(g.x, np.arange(5) * CELL + CELL // 2) and np.array_equal(g.y, a.cell_psf.y)
+    assert np.allclose(g.images[:, :, 0, 0], [[0.1, 0.1, 0.1, 0.2, 0.2]] * NCELL)  # the shared column: a tie, a's
+    g = _mosaic_psf([a, b], 10, 20)  # the mosaic's own frame
+    assert g.x[0] == CELL // 2 - 10 and g.y[0] == CELL // 2 - 20
+    c = patch(2 * CELL, 0.3, y0=CELL // 2)  # rows not on a's grid: the nodes no file has take the nearest node's PSF
+    g = _mosaic_psf([a, c], 0, 0)
+    assert g.y.size == 2 * NCELL and np.isin(g.images[:, :, 0, 0], np.float32([0.1, 0.3])).all()
