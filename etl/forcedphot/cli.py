@@ -507,11 +507,13 @@ def cmd_export_butler(args) -> int:
         raise InputError(f"exporting to a butler needs Rubin's middleware ({exc}); pip install 'forcedphot[rubin]'") \
             from None
 
-    out = export_butler(args.repo, args.butler, run=args.run)
+    cells = args.cell_coadd is not None
+    out = export_butler(args.repo, args.butler, run=args.run, cell_coadd=cells,
+                        **({"cell_size": args.cell_coadd} if cells else {}))
     print(f"put {out['datasets']} datasets of {out['quanta']} quanta ({out['patches']} patches, bands "
           f"{','.join(out['bands'])}) into collection {out['run']} of butler {args.butler}; next: pipetask run -b "
           f"{args.butler} -i {out['run']} -o forcedphot/run -p $(python -c 'import forcedphot.rubin as r; "
-          "print(r.PIPELINE)')")
+          "print(r.PIPELINE)')" + (" -c forcedPhotCoadd:use_cell_coadd=True" if cells else ""))
     return 0
 
 
@@ -740,6 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
     eb.add_argument("--repo", required=True, help="forcedphot repository folder")
     eb.add_argument("--butler", required=True, help="butler repository folder (created when absent or empty)")
     eb.add_argument("--run", default="forcedphot/inputs", help="input RUN collection (default: forcedphot/inputs)")
+    eb.add_argument("--cell-coadd", nargs="?", type=int, const=150, metavar="CELL_PX",
+                    help="put each coadd and its PSF as an lsst.images CellCoadd of CELL_PX pixel cells (default 150), "
+                         "for the task's use_cell_coadd")
     _add_verbose(eb)
     eb.set_defaults(func=cmd_export_butler)
 

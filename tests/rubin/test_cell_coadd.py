@@ -8,6 +8,8 @@ the cell centre, so against the simulator's own grid the PSF is resampled; that 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 
 import astropy.units as u
@@ -21,6 +23,7 @@ from lsst.images.cells import CellCoadd, CellGrid, CellGridBounds, CellPointSpre
 from lsst.images import YX
 from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
 
+from forcedphot.cli import main
 from forcedphot.config import ForcedPhotConfig
 from forcedphot.ingest.rubin import cell_psf_grid
 from forcedphot.io.coadd import read_coadd, write_coadd
@@ -28,7 +31,7 @@ from forcedphot.psf import PsfGrid
 from forcedphot.repository import DataId, Repository
 from forcedphot.rubin import ForcedPhotCoaddConfig, ForcedPhotCoaddTask
 from forcedphot.rubin import datasets as ds
-from forcedphot.rubin.export import INPUT_RUN, export_butler
+from forcedphot.rubin.export import INPUT_RUN
 from forcedphot.runner import run_all
 from forcedphot.skymap import Box
 
@@ -41,8 +44,11 @@ QUANTUM = DataId(0, 1, "r")
 @pytest.fixture(scope="module")
 def cell_butler(measured_tiny_repo, tmp_path_factory):
     root = tmp_path_factory.mktemp("cell-butler") / "butler"
-    counts = export_butler(measured_tiny_repo, root, cell_coadd=True, cell_size=CELL)
-    assert counts["datasets"] == 1 + 4 + 16 * 3  # skymap, refs, per quantum: cell coadd, calib, footprints
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert main(["export", "butler", "--repo", str(measured_tiny_repo), "--butler", str(root),
+                     "--cell-coadd", str(CELL)]) == 0
+    out = stdout.getvalue()  # skymap, refs, per quantum: cell coadd, calib, footprints
+    assert out.startswith(f"put {1 + 4 + 16 * 3} datasets of 16 quanta") and "use_cell_coadd=True" in out
     return root
 
 
