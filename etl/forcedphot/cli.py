@@ -473,7 +473,8 @@ def cmd_ingest_rubin(args) -> int:
     print(f"{rubin.get('flavour')} table {args.catalog}: " + ", ".join(f"{k} <- {v}" for k, v in
                                                                      rubin.get("columns", {}).items()))
     bands = list(meta.get("bands", {}))
-    print(f"ingested {len(args.coadd)} deep_coadd file(s) of band(s) {', '.join(bands)} (tract pixel = repository "
+    kinds = sorted({f.get("kind", "deep_coadd") for fs in rubin.get("coadds", {}).values() for f in fs})
+    print(f"ingested {len(args.coadd)} {'/'.join(kinds) or 'deep_coadd'} file(s) of band(s) {', '.join(bands)} (tract pixel = repository "
           f"pixel + {tuple(rubin.get('xy0', ()))}) and {n_rows} reference rows in {len(refs)} patch(es) into "
           f"{repo.root}; next: forcedphot run --repo {repo.root}")
     return 0
@@ -506,11 +507,13 @@ def cmd_export_butler(args) -> int:
         raise InputError(f"exporting to a butler needs Rubin's middleware ({exc}); pip install 'forcedphot[rubin]'") \
             from None
 
-    out = export_butler(args.repo, args.butler, run=args.run)
+    cells = args.cell_coadd is not None
+    out = export_butler(args.repo, args.butler, run=args.run, cell_coadd=cells,
+                        **({"cell_size": args.cell_coadd} if cells else {}))
     print(f"put {out['datasets']} datasets of {out['quanta']} quanta ({out['patches']} patches, bands "
           f"{','.join(out['bands'])}) into collection {out['run']} of butler {args.butler}; next: pipetask run -b "
           f"{args.butler} -i {out['run']} -o forcedphot/run -p $(python -c 'import forcedphot.rubin as r; "
-          "print(r.PIPELINE)')")
+          "print(r.PIPELINE)')" + (" -c forcedPhotCoadd:use_cell_coadd=True" if cells else ""))
     return 0
 
 
@@ -706,9 +709,10 @@ def build_parser() -> argparse.ArgumentParser:
     fi.set_defaults(func=cmd_ingest_fits)
     from forcedphot.ingest.args import RUBIN_EXAMPLE, add_rubin_arguments
 
-    ru = ing_sub.add_parser("rubin", help="Rubin deep_coadd files and an Object or deepCoadd_ref table",
+    ru = ing_sub.add_parser("rubin", help="Rubin deep_coadd or CellCoadd files and an Object or deepCoadd_ref table",
                             formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUBIN_EXAMPLE,
-                            description="Ingest Rubin deep_coadd files (read with lsst.images; pip install "
+                            description="Ingest Rubin deep_coadd or lsst.images CellCoadd files (read with "
+                                        "lsst.images; pip install "
                                         "'forcedphot[rubin]') and a Rubin Object or deepCoadd_ref Parquet table "
                                         "into a new repository that `forcedphot run` measures.")
     add_rubin_arguments(ru)
@@ -738,6 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
     eb.add_argument("--repo", required=True, help="forcedphot repository folder")
     eb.add_argument("--butler", required=True, help="butler repository folder (created when absent or empty)")
     eb.add_argument("--run", default="forcedphot/inputs", help="input RUN collection (default: forcedphot/inputs)")
+    eb.add_argument("--cell-coadd", nargs="?", type=int, const=150, metavar="CELL_PX",
+                    help="put each coadd and its PSF as an lsst.images CellCoadd of CELL_PX pixel cells (default 150), "
+                         "for the task's use_cell_coadd")
     _add_verbose(eb)
     eb.set_defaults(func=cmd_export_butler)
 

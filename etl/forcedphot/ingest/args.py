@@ -240,7 +240,10 @@ example (a tract's deep_coadd files of two bands, and its Object table):
 Each deep_coadd (afw ExposureF layout: IMAGE, MASK, VARIANCE HDUs, MP_* mask planes, LTV1/2, SIP WCS,
 BUNIT nJy) is read with lsst.images; band, tract and patch come from its header. Its PSF is afw's
 persisted CoaddPsf, which needs lsst.afw: give --psf FILE (an image of the PSF), --psf estimate or
---psf-fwhm. The catalog is Rubin's Object or deepCoadd_ref table (Parquet), told apart by its columns.
+--psf-fwhm. A CellCoadd file (lsst.images' own format, told apart by its header) is read with
+CellCoadd.read, and its per-cell PSFs become the PSF grid (one node per cell centre) unless --psf or
+--psf-fwhm is given for its band. The catalog is Rubin's Object or deepCoadd_ref table (Parquet), told
+apart by its columns.
 """
 
 
@@ -252,12 +255,14 @@ def _band_value(text: str) -> tuple[str | None, str]:
 def add_rubin_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", required=True, help="repository folder to create")
     p.add_argument("--coadd", nargs="+", action="extend", required=True, metavar="FILE",
-                   help="Rubin deep_coadd FITS files (any bands and patches of one tract); repeatable")
+                   help="Rubin deep_coadd FITS files or lsst.images CellCoadd files (any bands and patches of one "
+                        "tract); repeatable")
     p.add_argument("--catalog", required=True, metavar="FILE.parquet",
                    help="Rubin Object or deepCoadd_ref table (Parquet; column names as lsst-sdm-schemas)")
     p.add_argument("--psf", action="append", default=[], metavar="[BAND=]FILE|estimate",
                    help="PSF image for a band (BAND=FILE) or for every band (FILE), or estimate (photutils "
-                        "EPSFBuilder on the catalog's stars); repeatable. The files' own afw PSF cannot be read")
+                        "EPSFBuilder on the catalog's stars); repeatable. A deep_coadd's own afw PSF cannot be read; a "
+                        "CellCoadd's cell PSFs are used when no --psf or --psf-fwhm names its band")
     p.add_argument("--psf-fwhm", action="append", default=[], metavar="[BAND=]VALUE",
                    help="a Gaussian PSF of this FWHM instead (e.g. 0.7arcsec or 3.5px)")
     p.add_argument("--band", help="band of every file (default: each file's header: LSST BUTLER DATAID BAND, BAND, "

@@ -36,7 +36,6 @@ from forcedphot.ingest.specs import BandSpec, CatalogSpec
 from forcedphot.ingest.estimate import write_psf_fits
 from forcedphot.io.coadd import Coadd, write_coadd
 from forcedphot.io.parquet import write_parquet
-from forcedphot.psf import PsfGrid
 from forcedphot.repository import DataId, Repository
 from forcedphot.repository_inputs import check_inputs_target, writing_inputs
 from forcedphot.schema import load_schema
@@ -323,7 +322,7 @@ def _fit_reference_models(refs: RefObjects, rows: np.ndarray, new, blends, fp: p
             kron = np.r_[kron, np.sqrt(np.pi / 2) * det ** 0.25]
     shape = np.stack([s[:, 0, 0], s[:, 1, 1], s[:, 0, 1]], -1)
     values = fp.column("values").combine_chunks()
-    psf = PsfGrid([(cut.min_x + cut.max_x) / 2], [(cut.min_y + cut.max_y) / 2], band.psf[None, None])
+    psf = band.psf_grid_for(cut)
     cols = refmodels.fit_with_footprints(band.image[sl], band.variance[sl], band.mask[sl], psf, x, y, shape, kron,
                                          blends.spans, values.offsets.to_numpy(), values.values.to_numpy(),
                                          min_x=cut.min_x, min_y=cut.min_y, seed=[p.tract, p.patch, 4])
@@ -391,7 +390,7 @@ def _write_patch(repo: Repository, tract: TractInfo, p: PatchInfo, packer: IdPac
         fp = tables.pop(b.name) if b.name in tables else _band_footprints(blends, None, b, rows, x, y, sl, cut, ids,
                                                                           parent_ids, tract, p, models)
         write_parquet(with_null_columns(fp, "footprints"), repo.footprints_path(data_id), load_schema("footprints"))
-        psf = PsfGrid([(cut.min_x + cut.max_x) / 2], [(cut.min_y + cut.max_y) / 2], b.psf[None, None])
+        psf = b.psf_grid_for(cut)
         write_coadd(Coadd(tract=tract.tract, patch=p.patch, band=b.name, bbox=cut, image=b.image[sl],
                           mask=b.mask[sl], variance=b.variance[sl], wcs=tract.wcs, psf=psf,
                           photo_calib=b.photo_calib, mask_planes=planes),

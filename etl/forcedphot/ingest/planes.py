@@ -40,6 +40,25 @@ class BandData:
     photo_calib: float  # nJy per image unit
     record: dict = field(default_factory=dict)  # where each plane came from (repository.json "ingest")
     psf_estimate: est.PsfEstimate | None = None  # --psf estimate: written beside the repository
+    psf_grid: object | None = None  # a spatially varying PSF (PsfGrid, image pixels); ``psf`` is then its
+    #                                 node nearest the image centre (deblender, footprint sizes)
+
+    def psf_grid_for(self, cut):
+        """The coadd's PSF grid for the box ``cut``: the band's grid's nodes that bracket the box (the same PSF at
+        every pixel of it as the whole grid), else ``psf`` as one node at the box's centre."""
+        from forcedphot.psf import PsfGrid
+
+        if self.psf_grid is not None:
+            g = self.psf_grid
+
+            def span(nodes, lo, hi):
+                a = max(int(np.searchsorted(nodes, lo, side="right")) - 1, 0)
+                b = min(int(np.searchsorted(nodes, hi, side="left")) + 1, nodes.size)
+                return slice(min(a, nodes.size - 1), max(b, a + 1))
+
+            sx, sy = span(g.x, cut.min_x, cut.max_x), span(g.y, cut.min_y, cut.max_y)
+            return PsfGrid(g.x[sx], g.y[sy], g.images[sy, sx])
+        return PsfGrid([(cut.min_x + cut.max_x) / 2], [(cut.min_y + cut.max_y) / 2], self.psf[None, None])
 
 
 def _noise_to_variance(data: np.ndarray, kind: str, label: str, usable: np.ndarray) -> np.ndarray:
@@ -103,7 +122,15 @@ def _describe_background(b: est.BackgroundEstimate, fwhm: float) -> str:
 
 
 def _psf(spec: BandSpec, grid: Grid) -> tuple[np.ndarray | None, dict]:
-    """The given PSF (image or Gaussian FWHM) and its record; (None, {}) for an estimate."""
+    """The given PSF (image or Gaussian FWHM) and its record; (None, {}) for an estimate. For a PSF grid: its
+    node nearest the image centre (the deblender's and the footprints' PSF)."""
+    if spec.psf_grid is not None:
+        g = spec.psf_grid
+        h, w = grid.shape
+        j = int(np.argmin(np.abs(g.x - (w - 1) / 2)))
+        i = int(np.argmin(np.abs(g.y - (h - 1) / 2)))
+        node = np.asarray(g.images[i, j], np.float64)
+        return node / node.sum(), dict(spec.psf_grid_record or {"grid": f"{g.x.size}x{g.y.size} nodes"})
     if spec.psf is not None and not est.is_estimate(spec.psf):
         return load_psf(spec.psf, oversampling=spec.psf_oversampling, image_scale=grid.pixel_scale,
                         mismatch=spec.psf_scale_mismatch)
@@ -191,4 +218,4 @@ def load_band(spec: BandSpec, image: np.ndarray, image_label: str, grid: Grid, *
         calibration = band_calibration(zero_point=spec.zero_point, flux_unit=spec.flux_unit,
                                        pixel_area_sr=grid.pixel_area_sr, label=f"band {spec.name} ({image_label})")
     return BandData(spec.name, image_label, img, variance, mask, psf, psf_fwhm_pixels(psf), calibration.njy, record,
-                    psf_est)
+                    psf_est, spec.psf_grid)

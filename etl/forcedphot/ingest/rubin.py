@@ -12,6 +12,13 @@ forcedphot's registry (:data:`forcedphot.flags.DEFAULT_MASK_PLANES`), so ``Pixel
 plane lists apply. The archive needs ``lsst.afw`` (not on PyPI): its PSF is refused with one line
 naming the HDU, and the PSF comes from ``--psf FILE`` or ``--psf estimate`` instead.
 
+A ``CellCoadd`` file (lsst.images' own FITS format, ``DATAMODL`` ``.../cell_coadd-1.0.0`` in its primary
+header: :func:`is_cell_coadd`) is read with lsst.images' reader, ``CellCoadd.read`` (:func:`read_cell_coadd`):
+image, variance, mask planes by name (lsst.images' ``SATURATED``, ``COSMIC_RAY``, ... mapped back to afw's
+``SAT``, ``CR``, ...), pixel origin, band, tract, patch, the FITS form of its sky projection, and its per-cell
+PSFs, which become forcedphot's spatially varying PSF grid: one node per cell centre holding that cell's
+kernel image (:func:`cell_psf_grid`; several patches' cells are merged by the pixels' nearest-centre rule).
+
 The files of one band (several patches of one tract) are put on one pixel grid, the union of
 their boxes, each pixel taken from the file whose box centre is nearest (L-infinity: a regular
 patch grid's inner boxes); that grid's 0-based frame is the ingested repository's tract frame,
@@ -95,6 +102,8 @@ class RubinCoadd:
     psf_hdu: str | None  # "FILE[n NAME]" of the afw-persisted PSF, if any
     planes: dict = field(default_factory=dict)  # Rubin plane -> pixels set, of the planes left out
     sky_projection: object | None = None  # lsst.images' projection (tract pixels -> sky)
+    cell_psf: object | None = None  # a CellCoadd's per-cell PSFs as a PsfGrid, nodes at cell centres (tract pixels)
+    kind: str = "deep_coadd"  # or "CellCoadd"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -211,6 +220,159 @@ def read_deep_coadd(path, *, band: str | None = None, drop_planes=()) -> RubinCo
                       sky_projection=mi.image.sky_projection)
 
 
+CELL_COADD_MODEL = "/cell_coadd-"  # in the DATAMODL card lsst.images writes in a CellCoadd's primary header
+
+
+def is_cell_coadd(path) -> bool:
+    """True for a file lsst.images wrote as a ``CellCoadd`` (its primary header's ``DATAMODL`` schema URL)."""
+    from astropy.io import fits
+
+    try:
+        return CELL_COADD_MODEL in str(fits.getheader(path, 0).get("DATAMODL", ""))
+    except (OSError, ValueError):
+        return False
+
+
+def _hdu_label(path: Path, name: str) -> str:
+    """``FILE[n NAME]`` of a named HDU (``FILE[NAME]`` if it cannot be found)."""
+    from astropy.io import fits
+
+    try:
+        with fits.open(path) as hdul:
+            return next((f"{path}[{i} {h.name}]" for i, h in enumerate(hdul) if h.name == name), f"{path}[{name}]")
+    except (OSError, ValueError):
+        return f"{path}[{name}]"
+
+
+def cell_psf_grid(psf, *, x0: int = 0, y0: int = 0, label: str = "CellCoadd PSF"):
+    """An ``lsst.images`` ``CellPointSpreadFunction`` as forcedphot's :class:`~forcedphot.psf.PsfGrid`.
+
+    One node per cell of the PSF's bounds, at the cell's centre (pixel ``start + (size - 1) / 2`` of its
+    bounding box, minus ``(x0, y0)``: the frame the grid is wanted in), holding that cell's kernel image
+    (centrally cropped to :data:`~forcedphot.ingest.psfimage.MAX_PSF_SIZE`, normalised to unit sum, float32 as
+    coadds store it). At a cell centre the grid's PSF is that cell's; between centres it is the bilinear blend of
+    the four nearest cells (Rubin's ``compute_kernel_image`` takes the PSF of the cell holding the pixel: a
+    step at each cell edge). A missing cell (no data, NaN in lsst.images) takes the nearest present cell's PSF.
+    """
+    from lsst.images.cells import CellIJ
+
+    from forcedphot.ingest.psfimage import MAX_PSF_SIZE
+    from forcedphot.psf import PsfGrid
+
+    bounds = psf.bounds
+    grid = bounds.grid
+    start, stop = bounds.subgrid_start, bounds.subgrid_stop
+    sy, sx = int(grid.cell_shape.y), int(grid.cell_shape.x)
+    rows = np.arange(start.i, stop.i)
+    cols = np.arange(start.j, stop.j)
+    xs = grid.bbox.x.start + cols * sx + (sx - 1) / 2 - x0
+    ys = grid.bbox.y.start + rows * sy + (sy - 1) / 2 - y0
+    k = psf.kernel_bbox.y.size
+    if psf.kernel_bbox.x.size != k or k % 2 == 0:
+        raise InputError(f"{label}: kernel images of {psf.kernel_bbox.y.size}x{psf.kernel_bbox.x.size} pixels; "
+                         "forcedphot needs square images of odd size")
+    crop = max(0, (k - MAX_PSF_SIZE) // 2)
+    kk = k - 2 * crop
+    images = np.zeros((rows.size, cols.size, kk, kk), np.float64)
+    present = np.zeros((rows.size, cols.size), bool)
+    for a, i in enumerate(rows):
+        for b, j in enumerate(cols):
+            cell = CellIJ(i=int(i), j=int(j))
+            if cell in bounds.missing:
+                continue
+            img = np.asarray(psf[cell].array, np.float64)[crop:k - crop, crop:k - crop]
+            total = img.sum()
+            if not (np.isfinite(img).all() and total > 0):
+                continue
+            images[a, b] = img / total
+            present[a, b] = True
+    if not present.any():
+        raise InputError(f"{label}: no cell has a usable PSF image (all missing or without flux)")
+    if not present.all():
+        pi, pj = np.nonzero(present)
+        for a, b in zip(*np.nonzero(~present)):
+            n = int(np.argmin((pi - a) ** 2 + (pj - b) ** 2))
+            images[a, b] = images[pi[n], pj[n]]
+        log.info("%s: %d of %d cells have no PSF (no data); each takes its nearest cell's", label,
+                 int((~present).sum()), present.size)
+    if crop:
+        log.warning("%s: cell PSF images %dx%d cropped to %dx%d", label, k, k, kk, kk)
+    return PsfGrid(xs, ys, images.astype(np.float32))
+
+
+def _cell_plane_names() -> dict[str, str]:
+    """lsst.images' plane name -> afw's (forcedphot's) name, for the planes lsst.images renames."""
+    import lsst.images as m
+
+    out = {}
+    for f in ("get_legacy_non_cell_coadd_mask_planes", "get_legacy_deep_coadd_mask_planes"):
+        if hasattr(m, f):
+            out.update({v.name: k for k, v in getattr(m, f)().items() if v is not None and v.name != k})
+    return out
+
+
+def read_cell_coadd(path, *, band: str | None = None, drop_planes=()) -> RubinCoadd:
+    """Read an ``lsst.images`` ``CellCoadd`` file with lsst.images' own reader (``CellCoadd.read``): image, mask
+    (planes by name, lsst.images' names mapped back to afw's), variance, pixel origin, band, tract, patch, the FITS
+    form of its sky projection and the per-cell PSFs (:func:`cell_psf_grid`, nodes in tract pixels)."""
+    require_lsst_images()
+    from lsst.images.cells import CellCoadd
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: CellCoadd file not found")
+    try:
+        cc = CellCoadd.read(str(path))
+    except Exception as exc:  # noqa: BLE001 - lsst.images raises many types; all mean "unreadable"
+        raise InputError(f"{path}: lsst.images cannot read it as a CellCoadd ({oneline(exc)})") from exc
+    renamed = _cell_plane_names()
+    known_rubin = _rubin_planes() | set(renamed)
+    dropped = set(drop_planes)
+    mask = np.zeros(cc.image.array.shape, np.int32)
+    left_out, unknown = {}, []
+    for n in cc.mask.schema.names:
+        name = n if n in DEFAULT_MASK_PLANES else renamed.get(n, n)
+        bits = cc.mask.get(n)
+        if name in DEFAULT_MASK_PLANES:
+            mask |= bits.astype(np.int32) << DEFAULT_MASK_PLANES[name]
+        elif name in known_rubin or n in dropped or name in dropped:
+            left_out[n] = int(np.count_nonzero(bits))
+        else:
+            unknown.append(n)
+    if unknown:
+        raise InputError(f"{_hdu_label(path, 'MASK')}: mask plane(s) {', '.join(sorted(unknown))} are neither "
+                         "Rubin's nor forcedphot's; pass --drop-mask-plane NAME for each to leave them out")
+    b = band or cc.band
+    if b is None:
+        raise InputError(f"{path}: the CellCoadd names no band; give --band")
+    bbox = cc.bbox
+    x0, y0 = int(bbox.x.start), int(bbox.y.start)
+    wcs = cc.sky_projection.as_fits_wcs(bbox)
+    if wcs is None:
+        wcs = cc.sky_projection.as_fits_wcs(bbox, allow_approximation=True)
+        if wcs is not None:
+            log.warning("%s: the sky projection is not a FITS WCS; its FITS approximation is used", path)
+    if wcs is None or not wcs.has_celestial:
+        raise InputError(f"{_hdu_label(path, 'JSON')}: the CellCoadd's sky projection has no FITS WCS form")
+    try:
+        patch = int(cc.patch.id)
+    except AttributeError:
+        patch = None
+    cell_psf = cell_psf_grid(cc.psf, label=_hdu_label(path, "PSF"))
+    return RubinCoadd(path=path, band=str(b), tract=int(cc.tract), patch=patch, x0=x0, y0=y0,
+                      image=np.asarray(cc.image.array, np.float32), variance=np.asarray(cc.variance.array, np.float32),
+                      mask=mask, wcs=wcs.celestial, unit=None if cc.unit is None else cc.unit.to_string(),
+                      psf_hdu=None, planes=left_out, sky_projection=cc.sky_projection, cell_psf=cell_psf,
+                      kind="CellCoadd")
+
+
+def read_coadd_file(path, *, band: str | None = None, drop_planes=()) -> RubinCoadd:
+    """A ``CellCoadd`` (lsst.images) or a ``deep_coadd`` (afw ExposureF layout), told apart by the file."""
+    if is_cell_coadd(path):
+        return read_cell_coadd(path, band=band, drop_planes=drop_planes)
+    return read_deep_coadd(path, band=band, drop_planes=drop_planes)
+
+
 DESCRIPTIONS = {
     "BAD": "bad pixel", "SAT": "saturated", "INTRP": "interpolated", "CR": "cosmic ray", "EDGE": "detection edge",
     "DETECTED": "detected source", "DETECTED_NEGATIVE": "detected negative source", "SUSPECT": "near saturation",
@@ -231,6 +393,7 @@ class BandMosaic:
     wcs: object  # of the grid's 0-based pixels
     unit: str | None
     files: list[RubinCoadd]
+    psf_grid: object | None = None  # the cells' PSFs on the grid's pixels (every file a CellCoadd), else None
 
 
 def _shifted(wcs, dx: float, dy: float):
@@ -262,9 +425,10 @@ def mosaic(files: list[RubinCoadd]) -> BandMosaic:
         if off > 0.01:
             raise InputError(f"{f.path}[1 IMAGE]: its WCS and pixel origin place it {off:.3g} px from where "
                              f"{first.path} does: not one tract's pixel grid (ingest one tract at a time)")
+    psf_grid = _mosaic_psf(files, x0, y0)
     if len(files) == 1:
         f = files[0]
-        return BandMosaic(band, x0, y0, f.image, f.variance, f.mask, wcs, f.unit, files)
+        return BandMosaic(band, x0, y0, f.image, f.variance, f.mask, wcs, f.unit, files, psf_grid)
     image = np.full((h, w), np.nan, np.float32)
     variance = np.full((h, w), np.nan, np.float32)
     mask = np.full((h, w), 1 << DEFAULT_MASK_PLANES["NO_DATA"], np.int32)
@@ -283,7 +447,51 @@ def mosaic(files: list[RubinCoadd]) -> BandMosaic:
     units = {f.unit for f in files}
     if len(units) > 1:
         raise InputError(f"band {band}: the files' units differ ({sorted(map(str, units))})")
-    return BandMosaic(band, x0, y0, image, variance, mask, wcs, first.unit, files)
+    return BandMosaic(band, x0, y0, image, variance, mask, wcs, first.unit, files, psf_grid)
+
+
+def _mosaic_psf(files: list[RubinCoadd], x0: int, y0: int):
+    """The files' cell PSFs as one PsfGrid on the mosaic's pixels: nodes at the union of the cell centres, each
+    node's image from the file whose box centre is nearest (the pixels' rule) among the files with a cell there,
+    else (no file has that node: cell grids that do not line up) the nearest node's. None unless every file is
+    a CellCoadd."""
+    from forcedphot.psf import PsfGrid
+
+    if not all(f.cell_psf is not None for f in files):
+        if any(f.cell_psf is not None for f in files):
+            log.warning("band %s: CellCoadd and deep_coadd files mixed; the cells' PSFs are not used", files[0].band)
+        return None
+    if len(files) == 1:
+        g = files[0].cell_psf
+        return PsfGrid(g.x - x0, g.y - y0, g.images)
+    sizes = {f.cell_psf.size for f in files}
+    if len(sizes) > 1:
+        raise InputError(f"band {files[0].band}: the CellCoadds' PSF images differ in size ({sorted(sizes)})")
+    xs = np.unique(np.concatenate([f.cell_psf.x for f in files]))
+    ys = np.unique(np.concatenate([f.cell_psf.y for f in files]))
+    k = sizes.pop()
+    images = np.zeros((ys.size, xs.size, k, k), np.float32)
+    best = np.full((ys.size, xs.size), np.inf)
+    for f in files:
+        g = f.cell_psf
+        cx, cy = f.x0 + (f.shape[1] - 1) / 2, f.y0 + (f.shape[0] - 1) / 2
+        jx = np.searchsorted(xs, g.x)
+        iy = np.searchsorted(ys, g.y)
+        dist = np.maximum(np.abs(g.x[None, :] - cx), np.abs(g.y[:, None] - cy))
+        sub = best[np.ix_(iy, jx)]
+        take = dist < sub
+        best[np.ix_(iy, jx)] = np.where(take, dist, sub)
+        cur = images[np.ix_(iy, jx)]
+        images[np.ix_(iy, jx)] = np.where(take[..., None, None], g.images, cur)
+    empty = ~np.isfinite(best)
+    if empty.any():
+        pi, pj = np.nonzero(~empty)
+        for a, b in zip(*np.nonzero(empty)):
+            n = int(np.argmin((ys[pi] - ys[a]) ** 2 + (xs[pj] - xs[b]) ** 2))
+            images[a, b] = images[pi[n], pj[n]]
+        log.info("band %s: %d PSF grid nodes lie in no file's cells (cell grids not aligned); each takes the nearest "
+                 "node's PSF", files[0].band, int(empty.sum()))
+    return PsfGrid(xs - x0, ys - y0, images)
 
 
 # -- the catalog -----------------------------------------------------------------------------
@@ -484,8 +692,10 @@ def ingest_rubin(repo_root, coadds, catalog, *, psf=None, psf_fwhm=None, band: s
                  duplicates: str = "refuse"):
     """A repository from Rubin deep_coadd files (any bands and patches of one tract) and an Object or
     deepCoadd_ref Parquet catalog. ``psf``: a PSF image file or ``"estimate"``, or a dict band -> either (key None:
-    every other band); ``psf_fwhm``: a Gaussian PSF instead (``"0.7arcsec"``). The afw PSF inside the files cannot be
-    read (it needs lsst.afw): without ``psf`` or ``psf_fwhm`` for a band, the ingest stops naming its HDU."""
+    every other band); ``psf_fwhm``: a Gaussian PSF instead (``"0.7arcsec"``). The afw PSF inside deep_coadd files
+    cannot be read (it needs lsst.afw): without ``psf`` or ``psf_fwhm`` for a band, the ingest stops naming its HDU.
+    ``coadds`` may also be (or mix in) lsst.images ``CellCoadd`` files: a band whose files are all CellCoadds gets
+    their cells' PSFs as its PSF grid unless ``psf`` or ``psf_fwhm`` names it."""
     from astropy.io import fits
 
     from forcedphot.ingest.fits import ingest_fits
@@ -494,7 +704,7 @@ def ingest_rubin(repo_root, coadds, catalog, *, psf=None, psf_fwhm=None, band: s
     coadds = [Path(c) for c in coadds]
     if not coadds:
         raise InputError("no deep_coadd files; give --coadd FILE ...")
-    files = [read_deep_coadd(c, band=band, drop_planes=drop_planes) for c in coadds]
+    files = [read_coadd_file(c, band=band, drop_planes=drop_planes) for c in coadds]
     tracts = sorted({f.tract for f in files if f.tract is not None})
     if len(tracts) > 1:
         raise InputError(f"the deep_coadd files are of tracts {tracts}; ingest one tract at a time")
@@ -524,7 +734,15 @@ def ingest_rubin(repo_root, coadds, catalog, *, psf=None, psf_fwhm=None, band: s
         for b, m in mosaics.items():
             psf_b = _psf_for(psf, b)
             fwhm_b = _psf_for(psf_fwhm, b)
-            if psf_b is None and fwhm_b is None:
+            grid_b, grid_record = None, None
+            if m.psf_grid is not None and psf_b is None and fwhm_b is None:
+                grid_b = m.psf_grid
+                grid_record = {"cell_coadd": [f"{f.path}[PSF]" for f in m.files],
+                               "nodes": [int(grid_b.x.size), int(grid_b.y.size)], "size": grid_b.size}
+            elif m.psf_grid is not None:
+                log.info("band %s: the CellCoadd's cell PSFs are not used: %s given", b,
+                         "--psf" if psf_b is not None else "--psf-fwhm")
+            if psf_b is None and fwhm_b is None and grid_b is None:
                 hdu = next((f.psf_hdu for f in m.files if f.psf_hdu), None)
                 if hdu is not None:
                     raise InputError(f"{hdu}: the PSF is afw's persisted PSF, which needs lsst.afw (not on PyPI); "
@@ -539,7 +757,8 @@ def ingest_rubin(repo_root, coadds, catalog, *, psf=None, psf_fwhm=None, band: s
             fits.writeto(f"{stem}_mask.fits", m.mask, header)
             specs.append(BandSpec(name=b, image=f"{stem}_image.fits", variance=f"{stem}_variance.fits",
                                   mask=f"{stem}_mask.fits", mask_bits=dict(DEFAULT_MASK_PLANES),
-                                  psf=None if psf_b is None else str(psf_b), psf_fwhm=fwhm_b))
+                                  psf=None if psf_b is None else str(psf_b), psf_fwhm=fwhm_b,
+                                  psf_grid=grid_b, psf_grid_record=grid_record))
         cat_path = tmp / f"{Path(catalog).stem}.parquet"
         spec = CatalogSpec(path=cat_path, duplicates=duplicates, **_write_catalog(cat, cat_path))
         ref = ref_band or (cat.ref_band if cat.ref_band in mosaics else None)
@@ -547,7 +766,7 @@ def ingest_rubin(repo_root, coadds, catalog, *, psf=None, psf_fwhm=None, band: s
         record = {
             "xy0": [first.x0, first.y0], "tract": tracts[0] if tracts else None,
             "flavour": cat.flavour, "columns": cat.mapped,
-            "coadds": {b: [{"file": str(f.path), "patch": f.patch, "xy0": [f.x0, f.y0],
+            "coadds": {b: [{"file": str(f.path), "kind": f.kind, "patch": f.patch, "xy0": [f.x0, f.y0],
                             "planes_left_out": f.planes} for f in m.files] for b, m in mosaics.items()},
         }
 

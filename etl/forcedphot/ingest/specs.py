@@ -37,6 +37,10 @@ class BandSpec:
     psf_scale_mismatch: str = "resample"  # PSF header scale != image scale: resample, refuse, or ignore the header
     zero_point: float | None = None  # AB magnitude of one image unit, or
     flux_unit: str | None = None  # astropy unit of one image unit (nJy, uJy, MJy/sr...)
+    # a spatially varying PSF (Python only, e.g. a CellCoadd's cells from ingest rubin): a forcedphot.psf.PsfGrid
+    # whose nodes are in the image's 0-based pixels; psf_grid_record says where it came from (repository.json)
+    psf_grid: object | None = None
+    psf_grid_record: dict | None = None
 
     def __post_init__(self):
         if not BAND_NAME.fullmatch(str(self.name)):
@@ -56,7 +60,9 @@ class BandSpec:
                              f"not {self.psf_scale_mismatch!r}")
         if self.psf is not None and self.psf_fwhm is not None and not is_estimate(self.psf):
             raise InputError(f"band {self.name}: give a PSF image or a PSF FWHM, not both")
-        if self.psf is None and self.psf_fwhm is None:
+        if self.psf_grid is not None and (self.psf is not None or self.psf_fwhm is not None):
+            raise InputError(f"band {self.name}: give a PSF grid or a PSF image or FWHM, not both")
+        if self.psf is None and self.psf_fwhm is None and self.psf_grid is None:
             raise InputError(f"band {self.name} ({self.image}): no PSF; give a PSF image (--psf FILE[:HDU]), "
                              "a Gaussian FWHM (--psf-fwhm 1.1arcsec or 3px) or --psf estimate")
         if self.zero_point is not None and self.flux_unit is not None:
@@ -161,5 +167,5 @@ class CatalogSpec:
             raise InputError(f"{self.path}: theta unit must be deg or rad, not {self.theta_unit!r}")
 
 
-BAND_FIELDS = tuple(f.name for f in fields(BandSpec))
+BAND_FIELDS = tuple(f.name for f in fields(BandSpec) if f.name not in ("psf_grid", "psf_grid_record"))  # CLI/TOML
 CATALOG_FIELDS = tuple(f.name for f in fields(CatalogSpec))

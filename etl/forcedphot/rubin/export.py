@@ -64,15 +64,21 @@ def register_dimensions(butler, skymap, skymap_hash: bytes, bands) -> None:
         reg.syncDimensionData("physical_filter", {"instrument": INSTRUMENT, "name": band, "band": band})
 
 
-def register_dataset_types(butler) -> None:
+def register_dataset_types(butler, *, cell_coadd: bool = False) -> None:
     from lsst.daf.butler import DatasetType
 
-    for name, storage_class, dimensions in ds.INPUT_TYPES:
+    for name, storage_class, dimensions in (ds.CELL_INPUT_TYPES if cell_coadd else ds.INPUT_TYPES):
         butler.registry.registerDatasetType(DatasetType(name, dimensions, storage_class, universe=butler.dimensions))
 
 
-def export_butler(repo_root: str | Path, butler_root: str | Path, *, run: str = INPUT_RUN) -> dict:
+def export_butler(repo_root: str | Path, butler_root: str | Path, *, run: str = INPUT_RUN, cell_coadd: bool = False,
+                  cell_size: int = ds.DEFAULT_CELL_SIZE) -> dict:
     """Create (or add to) the butler at ``butler_root`` and put ``repo_root``'s inputs into ``run``.
+
+    ``cell_coadd``: each coadd and its PSF go in as one ``CellCoadd`` (``forcedphot_cell_coadd``, cells of
+    ``cell_size`` pixels from the coadd's first pixel, each cell's PSF the PSF grid's at its centre:
+    :func:`forcedphot.rubin.datasets.coadd_to_cell_coadd`) instead of ``forcedphot_coadd`` and
+    ``forcedphot_coadd_psf``; run the task with ``use_cell_coadd``.
 
     Returns counts: {"quanta": n, "patches": n, "datasets": n, "run": run}."""
     from lsst.daf.butler import Butler, MissingCollectionError
@@ -82,6 +88,7 @@ def export_butler(repo_root: str | Path, butler_root: str | Path, *, run: str = 
     from forcedphot.plan import plan_quanta
     from forcedphot.repository import Repository
     from forcedphot.schema import load_schema
+    from forcedphot.skymap import Box
 
     repo = Repository(repo_root)
     repo.check()
@@ -102,7 +109,7 @@ def export_butler(repo_root: str | Path, butler_root: str | Path, *, run: str = 
     skymap_hash = hashlib.sha256(Path(repo.skymap_path()).read_bytes()).digest()
     bands = sorted({q.data_id.band for q in quanta})
     register_dimensions(butler, skymap, skymap_hash, bands)
-    register_dataset_types(butler)
+    register_dataset_types(butler, cell_coadd=cell_coadd)
     butler.registry.registerRun(run)
     n = 0
     butler.put(skymap_table, ds.SKYMAP, {"skymap": skymap.name}, run=run)
@@ -116,8 +123,15 @@ def export_butler(repo_root: str | Path, butler_root: str | Path, *, run: str = 
         d = q.data_id
         data_id = {"skymap": skymap.name, "tract": d.tract, "patch": d.patch, "band": d.band}
         coadd = read_coadd(q.coadd_file)
-        butler.put(ds.coadd_to_masked_image(coadd), ds.COADD, data_id, run=run)
-        butler.put(ds.psf_table(coadd), ds.COADD_PSF, data_id, run=run)
+        if cell_coadd:
+            tract = next(t for t in skymap.tracts if t.tract == d.tract)
+            butler.put(ds.coadd_to_cell_coadd(coadd, skymap=skymap.name, cell_size=cell_size,
+                                              tract_box=Box(0, 0, tract.width - 1, tract.height - 1)),
+                       ds.CELL_COADD, data_id, run=run)
+            n -= 1
+        else:
+            butler.put(ds.coadd_to_masked_image(coadd), ds.COADD, data_id, run=run)
+            butler.put(ds.psf_table(coadd), ds.COADD_PSF, data_id, run=run)
         butler.put(ds.calib_table(coadd), ds.COADD_CALIB, data_id, run=run)
         butler.put(read_parquet(q.footprints_file, load_schema("footprints")), ds.FOOTPRINTS, data_id, run=run)
         n += 4

@@ -32,6 +32,9 @@ class ForcedPhotCoaddConnections(PipelineTaskConnections, dimensions=ds.BAND_DIM
                         dimensions=ds.BAND_DIMENSIONS)
     psf = cT.Input(doc="the coadd's PSF grid (node positions and images)", name=ds.COADD_PSF,
                    storageClass="ArrowTable", dimensions=ds.BAND_DIMENSIONS)
+    cell_coadd = cT.Input(doc="the coadd as an lsst.images CellCoadd: image, mask planes, variance and per-cell PSFs "
+                               "(used instead of exposure and psf when use_cell_coadd is set)", name=ds.CELL_COADD,
+                          storageClass="CellCoadd", dimensions=ds.BAND_DIMENSIONS)
     calib = cT.Input(doc="the coadd's photometric calibration, WCS, mask registry, aperture corrections and input "
                          "polygons", name=ds.COADD_CALIB, storageClass="ArrowTable", dimensions=ds.BAND_DIMENSIONS)
     footprints = cT.Input(doc="heavy footprints of the band", name=ds.FOOTPRINTS, storageClass="ArrowTable",
@@ -39,9 +42,22 @@ class ForcedPhotCoaddConnections(PipelineTaskConnections, dimensions=ds.BAND_DIM
     meas_cat = cT.Output(doc="forced photometry of every reference (forcedphot's forced_source columns)",
                          name=ds.FORCED_SOURCE, storageClass="ArrowTable", dimensions=ds.BAND_DIMENSIONS)
 
+    def __init__(self, *, config=None):
+        super().__init__(config=config)
+        if config is not None and config.use_cell_coadd:  # the CellCoadd holds the pixels and the PSF
+            del self.exposure
+            del self.psf
+        else:
+            del self.cell_coadd
+
 
 class ForcedPhotCoaddConfig(PipelineTaskConfig, pipelineConnections=ForcedPhotCoaddConnections):
     """Fields generated from :class:`forcedphot.config.ForcedPhotConfig` (see :mod:`forcedphot.rubin.config`)."""
+
+    use_cell_coadd = Field(doc="read the coadd as an lsst.images CellCoadd (connection cell_coadd, storage class "
+                               "CellCoadd): its image, mask planes, variance and per-cell PSFs, the PSF grid having "
+                               "one node per cell centre; the exposure and psf connections are then not used",
+                           dtype=bool, default=False)
 
     def validate(self):
         super().validate()
@@ -77,9 +93,10 @@ class ForcedPhotCoaddTask(PipelineTask):
                            band=str(data_id["band"]))
         butlerQC.put(outputs, outputRefs)
 
-    def run(self, sky_map: pa.Table, ref_cat: pa.Table, exposure, psf: pa.Table, calib: pa.Table,
-            footprints: pa.Table, *, tract: int, patch: int, band: str) -> Struct:
-        """Measure the quantum; ``meas_cat`` is the forced_source table ``forcedphot run`` writes."""
+    def run(self, sky_map: pa.Table, ref_cat: pa.Table, calib: pa.Table, footprints: pa.Table, exposure=None,
+            psf: pa.Table | None = None, cell_coadd=None, *, tract: int, patch: int, band: str) -> Struct:
+        """Measure the quantum; ``meas_cat`` is the forced_source table ``forcedphot run`` writes. The coadd is
+        ``exposure`` (MaskedImageV2) with its ``psf`` table, or ``cell_coadd`` (CellCoadd, its cells' PSFs)."""
         from forcedphot.io.coadd import write_coadd
         from forcedphot.io.parquet import write_parquet
         from forcedphot.plan import Quantum
@@ -87,7 +104,12 @@ class ForcedPhotCoaddTask(PipelineTask):
         from forcedphot.schema import load_schema
         from forcedphot.task import ForcedPhotCoaddTask as Engine
 
-        coadd = ds.coadd_from_datasets(exposure, psf, calib)
+        if cell_coadd is not None:
+            coadd = ds.coadd_from_cell_coadd(cell_coadd, calib)
+        elif exposure is not None and psf is not None:
+            coadd = ds.coadd_from_datasets(exposure, psf, calib)
+        else:
+            raise ValueError(f"tract={tract} patch={patch} band={band}: give exposure and psf, or cell_coadd")
         data_id = DataId(tract, patch, band)
         if (coadd.tract, coadd.patch, coadd.band) != (tract, patch, band):
             raise ValueError(f"{data_id}: the coadd datasets hold {coadd.data_id}")
