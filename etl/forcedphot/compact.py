@@ -104,10 +104,10 @@ def compact_tract(repo: Repository, tract: int, *, rows_per_part: int = ROWS_PER
                        manifest.RETIRED: dict(doc.get(manifest.RETIRED, {}))}
             manifest.retire(new_doc, [rel for rel in old if rel not in new_files])
             manifest.write(root, tract, new_doc)  # the switch; the old files stay for the grace period
-            removed = _remove_old(repo, tract, grace)
         finally:
             for lock in locks:
                 lock.release()
+        removed = _remove_old(repo, tract, grace)  # takes each quantum's lock again, without waiting
     return {"tract": tract, "files_before": len(old), "parts": len(new_files),
             "rows": sum(e["rows"] for e in new_files.values()), "removed": removed,
             "seconds": round(time.perf_counter() - t0, 3)}
