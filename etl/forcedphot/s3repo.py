@@ -55,6 +55,7 @@ CLAIM_RENEW = 5  # a live claimer renews its claim this many times per lease (th
 LEGACY_LEASE = 6 * 3600.0  # the lease of a claim written without one (forcedphot before the heartbeat)
 ORPHAN_AGE = 6 * 3600.0  # seconds: another host's uncommitted data file older than this is swept
 _GEN = re.compile(r"g(\d{8})\.json$")
+_CLAIM = re.compile(r"(?P<quantum>[^/]+)/g(?P<gen>\d{8})\.json$")
 _DATA = re.compile(r"forced_source-(?P<host>.+)-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8}\.parquet$")
 
 
@@ -675,13 +676,23 @@ def sweep(repo: S3Repository, *, older_than: float) -> list[str]:
     that are older than ``older_than`` (epoch seconds; another host's); returns their relative paths."""
     from forcedphot.io.atomic import writer_alive
 
-    named = set()
+    named, latest = set(), {}
     for obj in repo.list(COMMITS + "/"):
-        if _GEN.search(obj["rel"]):
+        m = _GEN.search(obj["rel"])
+        if m:
+            parts = dict(p.split("=", 1) for p in obj["rel"].split("/") if "=" in p)
+            q = f"{parts.get('tract')}-{parts.get('patch')}-{parts.get('band')}"
+            latest[q] = max(latest.get(q, 0), int(m.group(1)))
             try:
                 named.add(json.loads(repo.get(obj["rel"]))["file"])
             except (ValueError, KeyError):
                 pass
+    # a claim on a generation already committed is done with (its run was killed between its commit and the
+    # claim's release): removed, else it would stay forever (a late claimer of it finds the commit anyway)
+    for obj in repo.list(CLAIMS + "/"):
+        m = _CLAIM.search(obj["rel"])
+        if m and int(m["gen"]) <= latest.get(m["quantum"], 0):
+            repo.delete(obj["rel"])
     removed = []
     for obj in repo.list("forced_source/"):
         m = _DATA.search(obj["rel"])

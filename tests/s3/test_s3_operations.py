@@ -221,3 +221,15 @@ def test_force_commits_a_new_generation_and_vacuum_removes_the_old_after_its_gra
     time.sleep(1.1)
     removed = s3repo.vacuum(repo, grace=0)
     assert len(removed) == 8 and "forced_source/notes.txt" in _keys(s3_tiny, "forced_source/")
+
+
+def test_sweep_removes_claims_of_committed_generations(s3_tiny):
+    """A run killed between its commit and its claim's release leaves a claim on a committed generation: the
+    sweep removes it; a claim on a generation not yet committed is left to its claimer."""
+    repo = s3repo.open_repository(s3_tiny)
+    did = DataId(0, 3, "z")
+    repo.put_if_absent(s3repo.commit_key(did, 1), json.dumps({"file": "forced_source/x.parquet"}).encode())
+    for gen in (1, 2):
+        repo.put_if_absent(s3repo.claim_key(did, gen), s3repo._claim_body("killed"))
+    assert s3repo.sweep(repo, older_than=0) == []
+    assert _keys(s3_tiny, "runs/claims/") == [s3repo.claim_key(did, 2)]
