@@ -99,6 +99,7 @@ def test_a_live_runs_claim_is_renewed_and_never_stolen(s3_tiny, tmp_path, elsewh
     assert proc.returncode == 0 and out.split() == ["done"], (out, err)
     assert time.monotonic() - first >= 4 * LEASE and attempts >= 20
     assert len(renewals) >= 5  # renewed all along (about 5 per lease)
+    print(f"{attempts} steal attempts over {time.monotonic() - first:.1f} s, renewals seen {sorted(renewals)}")
     assert [r["generation"] for r in repo.committed_files(band="g", patch=0)] == [1]
     assert repo.head_etag(key) is None  # released after the commit
 
@@ -124,6 +125,7 @@ def test_a_killed_runs_claim_expires_and_another_host_takes_the_quantum(s3_tiny,
         assert time.monotonic() - killed_at < 3 * LEASE + 10, "the dead claim was not taken over in time"
         time.sleep(0.3)
     waited = time.monotonic() - killed_at
+    print(f"taken over {waited:.1f} s after the kill (lease {LEASE} s)")
     assert status == "done", payload
     # the lease counted from the last renewal (<= lease/CLAIM_RENEW before the kill), Last-Modified in whole seconds
     assert waited >= LEASE * (1 - 1 / s3repo.CLAIM_RENEW) - 1.0
