@@ -20,11 +20,14 @@ conditional put (``PutObject`` with ``If-None-Match: *``, or ``If-Match: <ETag>`
 The quantum protocol (:func:`measure_quantum`): read the quantum's latest commit record (generation G);
 if it is up to date, done. Else claim generation G+1 with a put-if-absent: exactly one run wins it and
 measures; a loser whose claimer is alive reports the quantum "running elsewhere" (as the local lock).
-A claim whose writer is dead (same host: its pid and start time; another host: older than
-``CLAIM_LEASE``) is taken over with ``If-Match`` on its ETag (one winner again). The winner uploads its
+A claim whose writer is dead (same host: its pid and start time; another host: not renewed within the lease
+the claim carries, :data:`CLAIM_LEASE` by default, judged on the server's clock) is taken over with
+``If-Match`` on its ETag (one winner again). A live claimer renews its claim (:class:`Heartbeat`), and does not
+commit if it finds its claim taken over. The winner uploads its
 data file under a unique name, then puts commit record G+1 if absent: the record is the commit, and
 readers list records, never data files. A killed run leaves at most a claim (taken over by the next
-run) and a data file no record names (never read; removed by :func:`sweep`).
+run) and a data file no record names (never read; removed by :func:`sweep`). Superseded generations (after
+``run --force``) stay readable for a grace period, then :func:`vacuum` removes them.
 """
 
 from __future__ import annotations
