@@ -693,7 +693,10 @@ def _run(repo: Repository, config: ForcedPhotConfig, summary: RunSummary, end: "
             log.warning("removed %d temporary file(s) left by writers no longer running", len(swept))
         from forcedphot.io.manifest import vacuum
 
-        vacuum(repo.root)  # files compact replaced, once their grace period is over
+        try:
+            vacuum(repo.root)  # files compact replaced, once their grace period is over
+        except InputError as exc:  # an unreadable manifest fails the quanta of its tract, by name, not the run
+            log.warning("retired files not removed: %s", exc)
         ready = [q for q in quanta if q.ready]
         for q in quanta:
             if not q.ready:
