@@ -62,7 +62,7 @@ def test_compact_keeps_every_answer_and_removes_only_the_old_outputs(measured, c
     oid = point.column("objectId")[0].as_py()
     point_before = query.sql(measured, "SELECT * FROM forced_source WHERE objectId = $id ORDER BY band", {"id": oid})
     assert len(old_files) == 16 and before[1].column("n")[0].as_py() > 0
-    assert main(["compact", "--repo", str(measured.root), "--tract", "0", "--rows-per-part", "300"]) == 0
+    assert main(["compact", "--repo", str(measured.root), "--tract", "0", "--rows-per-part", "300", "--grace", "0"]) == 0
     assert "tract 0: 16 files ->" in capsys.readouterr().out
     parts = data_files(measured)
     assert parts and all(p.parent.name == "compacted" for p in parts) and len(parts) < len(old_files)
@@ -128,7 +128,7 @@ def test_a_quantum_measured_again_supersedes_its_compacted_rows(measured):
         assert has == (rel == "patch=1/band=g/forced_source.parquet"), rel
         assert ([1, "g"] in entry["quanta"]) == has
     assert_same(answers(measured), before)  # measured again, bit for bit the same rows, once
-    compact(measured.root)  # and compacted again
+    compact(measured.root, grace=0)  # and compacted again (what it replaced removed at once)
     assert_same(answers(measured), before)
     assert all(p.parent.name == "compacted" for p in data_files(measured))
 
@@ -176,3 +176,57 @@ def test_a_vanished_quantum_leaves_the_compacted_parts(measured):
     assert gone > 0 and query.sql(measured, "SELECT count(*) AS n FROM forced_source").column("n")[0].as_py() == n - gone
     assert "1/g" not in manifest.read(measured.root, 0)["compacted"]
     assert manifest.remove_vanished(measured.root, keep) == []
+
+
+def test_replaced_files_stay_readable_for_the_grace_period(measured, capsys):
+    """compact retires the files it replaces instead of removing them: a reader that listed them from the old
+    manifest just before still reads every row; new readers never see them (no row twice), a run does not take
+    a retired output for its quantum's; `vacuum` removes them only once the grace period is over."""
+    before = answers(measured)
+    listed = query.dataset_files(measured, "forced_source")  # a reader lists, then compact switches
+    n = before[1].column("n")[0].as_py()
+    assert len(listed) == 16
+    compact(measured.root, 0, rows_per_part=300)  # the default grace period: 1 h
+    assert all(p.exists() for p in listed)
+    assert sum(pq.ParquetFile(p).read().num_rows for p in listed) == n  # the listing of a moment ago reads every row
+    assert_same(answers(measured), before)
+    doc = manifest.read(measured.root, 0)
+    assert sorted(doc["retired"]) == sorted(p.relative_to(manifest.tract_dir(measured.root, 0)).as_posix()
+                                            for p in listed)
+    summary = run_all(measured, ForcedPhotConfig(), progress=False)  # its start vacuums: within the grace period
+    assert summary.ok and len(summary.skipped) == 16 and not summary.done
+    assert all(p.exists() for p in listed) and manifest.read(measured.root, 0)["files"] == doc["files"]
+    assert main(["vacuum", "--repo", str(measured.root), "--grace", "3600"]) == 0
+    assert "0 retired files removed" in capsys.readouterr().out and all(p.exists() for p in listed)
+    # a quantum measured again meanwhile: its path is live again, never removed as retired
+    again = DataId(0, 2, "z")
+    assert run_all(measured, ForcedPhotConfig(), tracts=[0], patches=[2], bands=["z"], force=True,
+                   progress=False).ok
+    retired = manifest.read(measured.root, 0)["retired"]
+    assert "patch=2/band=z/forced_source.parquet" not in retired
+    parts = [rel for rel in retired if rel.startswith("compacted/")]  # the part that held 2/z, rewritten without it
+    assert len(parts) >= 1 and len(retired) == 15 + len(parts)
+    assert main(["vacuum", "--repo", str(measured.root), "--grace", "0"]) == 0
+    assert f"{15 + len(parts)} retired files removed" in capsys.readouterr().out
+    assert not any((manifest.tract_dir(measured.root, 0) / rel).exists() for rel in parts)
+    assert [p for p in listed if p.exists()] == [measured.forced_source_path(again)]
+    assert not manifest.read(measured.root, 0)["retired"]
+    assert_same(answers(measured), before)
+    assert manifest.expire_retired(measured.root, 0, grace=0) == []
+
+
+def test_a_retired_part_is_kept_then_removed(measured, monkeypatch):
+    """Parts replaced by a later compaction or by a re-measured quantum's copy-on-write are retired too, and
+    ``FORCEDPHOT_GRACE_PERIOD`` sets the default grace period."""
+    compact(measured.root, 0, rows_per_part=10_000, grace=0)
+    parts = [p for p in data_files(measured)]
+    assert parts and all(p.parent.name == "compacted" for p in parts)
+    assert run_all(measured, ForcedPhotConfig(), tracts=[0], patches=[1], bands=["g"], force=True,
+                   progress=False).ok  # rewrites the parts holding 1/g without it
+    assert all(p.exists() for p in parts)
+    assert {manifest.COMPACTED_DIR + "/" + p.name for p in parts} <= set(manifest.read(measured.root, 0)["retired"])
+    monkeypatch.setenv("FORCEDPHOT_GRACE_PERIOD", "0")
+    removed = manifest.vacuum(measured.root)
+    assert sorted(removed) == sorted(p.relative_to(measured.root).as_posix() for p in parts)
+    assert not any(p.exists() for p in parts)
+    assert query.sql(measured, "SELECT count(*) AS n FROM forced_source").column("n")[0].as_py() > 0

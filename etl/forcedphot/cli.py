@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
 from forcedphot import exits
 from forcedphot.errors import ForcedPhotError
@@ -492,9 +493,32 @@ def cmd_export_hats(args) -> int:
 def cmd_compact(args) -> int:
     from forcedphot.compact import compact
 
-    for t in compact(args.repo, args.tract, rows_per_part=args.rows_per_part):
+    for t in compact(args.repo, args.tract, rows_per_part=args.rows_per_part, grace=args.grace):
         print(f"tract {t['tract']}: {t['files_before']} files -> {t['parts']} compacted parts ({t['rows']} rows, "
-              f"{t['removed']} old files removed) in {t['seconds']:.1f} s")
+              f"{t['removed']} old files removed, the others after the grace period) in {t['seconds']:.1f} s")
+    return 0
+
+
+def cmd_vacuum(args) -> int:
+    """Remove superseded outputs older than the grace period (s3: earlier generations; local: compacted-away files)."""
+    from forcedphot.io.store import is_uri
+
+    if is_uri(args.repo):
+        from forcedphot import s3repo
+
+        repo = s3repo.open_repository(args.repo)
+        removed = s3repo.vacuum(repo, grace=args.grace)
+        swept = s3repo.sweep(repo, older_than=time.time() - s3repo.ORPHAN_AGE)
+        print(f"{repo.uri}: {len(removed)} objects of superseded generations removed, {len(swept)} uncommitted "
+              "data files swept")
+        return 0
+    from forcedphot.io.manifest import vacuum
+    from forcedphot.repository import Repository
+
+    repo = Repository(args.repo)
+    repo.check()
+    removed = vacuum(repo.root, grace=args.grace)
+    print(f"{repo.root}: {len(removed)} retired files removed")
     return 0
 
 
@@ -666,8 +690,20 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--tract", type=int, help="only this tract (default: every tract)")
     cp.add_argument("--rows-per-part", type=_positive_int, default=100_000,
                     help="rows per compacted file (default 100000; memory ~2 kB per row while one is sorted)")
+    cp.add_argument("--grace", type=float, default=None, metavar="SECONDS",
+                    help="keep the replaced files this long for readers that listed them (default: "
+                         "FORCEDPHOT_GRACE_PERIOD or 3600); removed by a later compact, run or vacuum")
     _add_verbose(cp)
     cp.set_defaults(func=cmd_compact)
+
+    va = sub.add_parser("vacuum", help="remove superseded outputs once their grace period is over (s3: earlier "
+                                       "generations of re-measured quanta; local: files `compact` replaced)")
+    va.add_argument("--repo", required=True, help="repository folder or s3://bucket/prefix")
+    va.add_argument("--grace", type=float, default=None, metavar="SECONDS",
+                    help="keep superseded outputs this long after they were superseded, for readers that listed "
+                         "them (default: FORCEDPHOT_GRACE_PERIOD or 3600)")
+    _add_verbose(va)
+    va.set_defaults(func=cmd_vacuum)
 
     st = sub.add_parser("status", help="show which quanta are new, stale, up to date or missing inputs")
     st.add_argument("--repo", required=True, help="repository folder")

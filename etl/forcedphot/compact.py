@@ -13,8 +13,12 @@ measuring now makes compact refuse that tract, naming it; nothing is changed):
 3. the new manifest generation lists only the parts and keeps each compacted quantum's provenance and
    digest (so ``status`` and ``run`` know it is up to date); it replaces the old one atomically: a reader
    reads the old files or the new parts, never both;
-4. only then the old files are removed: the quanta's own outputs (``patch=P/band=B/forced_source.parquet``)
-   and parts of an earlier compaction (``compacted/g*.parquet``), nothing else.
+4. the old files (the quanta's own outputs ``patch=P/band=B/forced_source.parquet`` and parts of an earlier
+   compaction ``compacted/g*.parquet``, nothing else) are *retired*: the new manifest lists them under
+   ``retired`` with the time of the switch and they stay in place, so a reader that listed them from the old
+   manifest a moment ago still reads them; they are removed once the grace period is over
+   (:func:`forcedphot.io.store.grace_period`: ``--grace``, ``FORCEDPHOT_GRACE_PERIOD``, default 1 h) by the
+   next ``compact``, ``run`` or ``forcedphot vacuum`` (:func:`forcedphot.io.manifest.expire_retired`).
 
 A later ``run`` that measures a quantum of a compacted tract again supersedes its rows copy-on-write
 (:func:`forcedphot.io.manifest.commit_quantum`): no row is ever counted twice.
@@ -23,7 +27,6 @@ A later ``run`` that measures a quantum of a compacted tract again supersedes it
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from forcedphot.errors import InputError
 from forcedphot.io import manifest
@@ -40,8 +43,10 @@ def tracts_of(repo: Repository) -> list[int]:
                   if p.is_dir() and p.name.startswith("tract=") and p.name.split("=", 1)[1].isdigit())
 
 
-def compact(root, tract: int | None = None, *, rows_per_part: int = ROWS_PER_PART) -> list[dict]:
-    """Compact one tract (or every tract); returns a summary per tract (files before, parts after, rows, s)."""
+def compact(root, tract: int | None = None, *, rows_per_part: int = ROWS_PER_PART,
+            grace: float | None = None) -> list[dict]:
+    """Compact one tract (or every tract); returns a summary per tract (files before, parts after, rows, s).
+    ``grace``: seconds the replaced files stay readable (:func:`forcedphot.io.store.grace_period`)."""
     repo = root if isinstance(root, Repository) else Repository(root)
     repo.check()
     if rows_per_part < 1:
@@ -49,7 +54,7 @@ def compact(root, tract: int | None = None, *, rows_per_part: int = ROWS_PER_PAR
     tracts = tracts_of(repo) if tract is None else [tract]
     if tract is not None and tract not in tracts_of(repo):
         raise InputError(f"{repo.root}: no forced_source outputs in tract {tract}; tracts: {tracts_of(repo)}")
-    return [compact_tract(repo, t, rows_per_part=rows_per_part) for t in tracts]
+    return [compact_tract(repo, t, rows_per_part=rows_per_part, grace=grace) for t in tracts]
 
 
 def _group(files: dict[str, dict], rows_per_part: int) -> list[list[str]]:
@@ -70,11 +75,12 @@ def _group(files: dict[str, dict], rows_per_part: int) -> list[list[str]]:
     return groups
 
 
-def compact_tract(repo: Repository, tract: int, *, rows_per_part: int = ROWS_PER_PART) -> dict:
+def compact_tract(repo: Repository, tract: int, *, rows_per_part: int = ROWS_PER_PART,
+                  grace: float | None = None) -> dict:
     from filelock import FileLock, Timeout
 
     t0 = time.perf_counter()
-    root, folder = repo.root, manifest.tract_dir(repo.root, tract)
+    root = repo.root
     with manifest.tract_lock(root, tract):
         doc = manifest.load_or_build(root, tract)
         old = dict(doc["files"])
@@ -94,12 +100,14 @@ def compact_tract(repo: Repository, tract: int, *, rows_per_part: int = ROWS_PER
                                          "run; compact this tract when it is done") from None
                     locks.append(lock)
             new_files, compacted = _write_parts(repo, tract, doc, rows_per_part)
-            manifest.write(root, tract, {"generation": doc.get("generation", 0), "files": new_files,
-                                         "compacted": compacted})  # the switch
-            removed = _remove_old(repo, folder, old, new_files)
+            new_doc = {"generation": doc.get("generation", 0), "files": new_files, "compacted": compacted,
+                       manifest.RETIRED: dict(doc.get(manifest.RETIRED, {}))}
+            manifest.retire(new_doc, [rel for rel in old if rel not in new_files])
+            manifest.write(root, tract, new_doc)  # the switch; the old files stay for the grace period
         finally:
             for lock in locks:
                 lock.release()
+        removed = _remove_old(repo, tract, grace)  # takes each quantum's lock again, without waiting
     return {"tract": tract, "files_before": len(old), "parts": len(new_files),
             "rows": sum(e["rows"] for e in new_files.values()), "removed": removed,
             "seconds": round(time.perf_counter() - t0, 3)}
@@ -145,30 +153,8 @@ def _write_parts(repo: Repository, tract: int, doc: dict, rows_per_part: int) ->
     return new_files, compacted
 
 
-def _remove_old(repo: Repository, folder: Path, old: dict, new_files: dict) -> int:
-    """Remove the files the switch retired: quantum outputs and earlier parts only (forcedphot's own names)."""
-    from forcedphot.io.verified import verified_files
-
-    verified = verified_files(repo.root)
-    removed = 0
-    for rel in old:
-        if rel in new_files:
-            continue
-        path = folder / rel
-        parts = Path(rel).parts
-        if manifest.is_compacted_part(rel):
-            manifest.remove_part(path)
-        elif (len(parts) == 3 and parts[0].startswith("patch=") and parts[1].startswith("band=")
-              and parts[2] == "forced_source.parquet"):
-            path.unlink(missing_ok=True)
-            for empty in (path.parent, path.parent.parent):
-                try:
-                    empty.rmdir()
-                except OSError:
-                    break
-        else:
-            continue
-        verified.forget(path.relative_to(repo.root).as_posix())
-        removed += 1
-    verified.save()
-    return removed
+def _remove_old(repo: Repository, tract: int, grace: float | None) -> int:
+    """Remove the files retired by this switch or earlier ones whose grace period is over (forcedphot's own names
+    only: quantum outputs and compacted parts); the others stay, readable by a reader that listed them before
+    the switch, until the next compact, run or ``forcedphot vacuum``."""
+    return len(manifest.expire_retired(repo.root, tract, grace=grace, locked=True))

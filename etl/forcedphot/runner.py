@@ -74,11 +74,22 @@ def output_state(repo: Repository, quantum: Quantum, config: ForcedPhotConfig, f
     provenance (``forcedphot status``).
     """
     out = repo.forced_source_path(quantum.data_id)
-    if not out.exists():
+    if not _loose_output(repo, quantum.data_id, out):
         return _compacted_state(repo, quantum.data_id, config, fingerprints) or "new"
     if output_corruption(repo, out) is not None:
         return "corrupt"
     return _provenance_state(out, config, fingerprints, memo=memo)
+
+
+def _loose_output(repo: Repository, data_id, out) -> bool:
+    """Is there a quantum output at ``out`` that counts? Not if the tract's manifest holds the quantum's rows in
+    compacted parts: a file there is then one compact retired (kept for readers, see compact.py) or a run's
+    uncommitted output."""
+    if not out.exists():
+        return False
+    from forcedphot.io.manifest import compacted_quantum
+
+    return compacted_quantum(repo.root, data_id.tract, data_id.patch, data_id.band) is None
 
 
 def _provenance_state(out, config: ForcedPhotConfig, fingerprints: dict, *, memo: StatusMemo | None = None) -> str:
@@ -185,9 +196,10 @@ def _decide_and_measure(job: Job, repo: Repository, note: dict) -> None:
     fingerprints = input_fingerprints(q.input_files(job.config.footprint_dataset))
     note["inputs"] = fingerprints
     out = repo.forced_source_path(q.data_id)
-    corrupt = output_corruption(repo, out) if out.exists() else None  # checked once, kept for the warning
-    compacted = None if out.exists() else _compacted_state(repo, q.data_id, job.config, fingerprints)
-    state = (compacted or "new") if not out.exists() else "corrupt" if corrupt else _provenance_state(
+    present = _loose_output(repo, q.data_id, out)
+    corrupt = output_corruption(repo, out) if present else None  # checked once, kept for the warning
+    compacted = None if present else _compacted_state(repo, q.data_id, job.config, fingerprints)
+    state = (compacted or "new") if not present else "corrupt" if corrupt else _provenance_state(
         out, job.config, fingerprints)
     verified = verified_files(repo.root)
     if compacted == "up-to-date" and not job.force:  # its rows are in the tract's compacted parts
@@ -679,6 +691,12 @@ def _run(repo: Repository, config: ForcedPhotConfig, summary: RunSummary, end: "
         swept = sweep_temp(repo.root, recursive=True)
         if swept:
             log.warning("removed %d temporary file(s) left by writers no longer running", len(swept))
+        from forcedphot.io.manifest import vacuum
+
+        try:
+            vacuum(repo.root)  # files compact replaced, once their grace period is over
+        except InputError as exc:  # an unreadable manifest fails the quanta of its tract, by name, not the run
+            log.warning("retired files not removed: %s", exc)
         ready = [q for q in quanta if q.ready]
         for q in quanta:
             if not q.ready:

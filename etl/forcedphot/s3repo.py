@@ -20,11 +20,14 @@ conditional put (``PutObject`` with ``If-None-Match: *``, or ``If-Match: <ETag>`
 The quantum protocol (:func:`measure_quantum`): read the quantum's latest commit record (generation G);
 if it is up to date, done. Else claim generation G+1 with a put-if-absent: exactly one run wins it and
 measures; a loser whose claimer is alive reports the quantum "running elsewhere" (as the local lock).
-A claim whose writer is dead (same host: its pid and start time; another host: older than
-``CLAIM_LEASE``) is taken over with ``If-Match`` on its ETag (one winner again). The winner uploads its
+A claim whose writer is dead (same host: its pid and start time; another host: not renewed within the lease
+the claim carries, :data:`CLAIM_LEASE` by default, judged on the server's clock) is taken over with
+``If-Match`` on its ETag (one winner again). A live claimer renews its claim (:class:`Heartbeat`), and does not
+commit if it finds its claim taken over. The winner uploads its
 data file under a unique name, then puts commit record G+1 if absent: the record is the commit, and
 readers list records, never data files. A killed run leaves at most a claim (taken over by the next
-run) and a data file no record names (never read; removed by :func:`sweep`).
+run) and a data file no record names (never read; removed by :func:`sweep`). Superseded generations (after
+``run --force``) stay readable for a grace period, then :func:`vacuum` removes them.
 """
 
 from __future__ import annotations
@@ -43,14 +46,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from forcedphot.errors import ForcedPhotError, InputError
-from forcedphot.io.store import AlreadyExists, S3Location, arrow_fs, put_if_absent, s3_client
+from forcedphot.io.store import (GRACE_PERIOD, AlreadyExists, S3Location, arrow_fs, grace_period,  # noqa: F401
+                                 put_if_absent, s3_client)
 
 MANIFEST = "repository.json"
 INPUT_DATASETS = ("skymap", "ref", "truth", "footprints", "scarlet_models", "coadd")
 COMMITS = "commits/forced_source"
 CLAIMS = "runs/claims"
-CLAIM_LEASE = 6 * 3600.0  # seconds: a claim of another host older than this is taken over
+CLAIM_LEASE = 300.0  # seconds: a claim another host has not renewed for this long is taken over
+CLAIM_RENEW = 5  # a live claimer renews its claim this many times per lease (the heartbeat)
+LEGACY_LEASE = 6 * 3600.0  # the lease of a claim written without one (forcedphot before the heartbeat)
+ORPHAN_AGE = 6 * 3600.0  # seconds: another host's uncommitted data file older than this is swept
 _GEN = re.compile(r"g(\d{8})\.json$")
+_CLAIM = re.compile(r"(?P<quantum>[^/]+)/g(?P<gen>\d{8})\.json$")
 _DATA = re.compile(r"forced_source-(?P<host>.+)-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8}\.parquet$")
 
 
@@ -128,6 +136,13 @@ class S3Repository:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 return None
             raise
+
+    def server_time(self) -> float:
+        """The server's clock now (epoch seconds, from the ``Date`` header of a HEAD of the manifest)."""
+        from email.utils import parsedate_to_datetime
+
+        resp = s3_client().head_object(Bucket=self.loc.bucket, Key=self.loc.key(MANIFEST))
+        return parsedate_to_datetime(resp["ResponseMetadata"]["HTTPHeaders"]["date"]).timestamp()
 
     # -- manifest -----------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -369,19 +384,39 @@ def quantum_state(repo: S3Repository, q: S3Quantum, config, commit=None) -> str:
     return "up-to-date" if ok else "stale"
 
 
-def _claim_body(run_id: str) -> bytes:
+def claim_lease() -> float:
+    """The lease this process gives its claims: ``FORCEDPHOT_CLAIM_LEASE`` (seconds) or :data:`CLAIM_LEASE`. Each
+    claim carries its own lease, so hosts with different settings judge each other's claims alike."""
+    text = os.environ.get("FORCEDPHOT_CLAIM_LEASE", "").strip()
+    try:
+        lease = float(text) if text else CLAIM_LEASE
+    except ValueError:
+        raise InputError(f"FORCEDPHOT_CLAIM_LEASE={text!r}: not a number of seconds") from None
+    if not lease > 0:
+        raise InputError(f"FORCEDPHOT_CLAIM_LEASE={text!r}: must be > 0 seconds")
+    return lease
+
+
+def _claim_body(run_id: str, lease: float | None = None, renewals: int = 0) -> bytes:
     from forcedphot.io.atomic import process_start
 
     pid = os.getpid()
     return json.dumps({"run_id": run_id, "host": socket.gethostname(), "pid": pid,
-                       "process_start": max(process_start(pid), 0), "time": time.time()}).encode()
+                       "process_start": max(process_start(pid), 0), "time": time.time(),
+                       "lease": claim_lease() if lease is None else lease, "renewals": renewals}).encode()
 
 
-def _claimer_alive(claim: dict) -> bool:
+def _claimer_alive(claim: dict, age: float | None = None) -> bool:
+    """Is the claimer of ``claim`` alive? On this host: its pid and start time (and not a zombie). On another
+    host: its claim was renewed less than its lease ago; ``age``: seconds since the claim object was last
+    written, both ends on the server's clock (``Date`` minus ``Last-Modified``: no clock skew between hosts);
+    None: from the claim's own time and this host's clock."""
     from forcedphot.io.atomic import process_start
 
     if claim.get("host") != socket.gethostname():
-        return time.time() - float(claim.get("time", 0)) < CLAIM_LEASE
+        if age is None:
+            age = time.time() - float(claim.get("time", 0))
+        return age < float(claim.get("lease", LEGACY_LEASE))
     pid = int(claim.get("pid", -1))
     now = process_start(pid)
     start = int(claim.get("process_start", 0))
@@ -398,12 +433,23 @@ def _zombie(pid: int) -> bool:
         return False
 
 
-def claim(repo: S3Repository, did, gen: int, run_id: str) -> bool:
-    """Win generation ``gen`` of a quantum (True), or find it held by a live run (False)."""
+def _server_age(resp: dict) -> float | None:
+    """Seconds since the object of a GET/HEAD response was last written, on the server's clock."""
+    from email.utils import parsedate_to_datetime
+
+    try:
+        date = parsedate_to_datetime(resp["ResponseMetadata"]["HTTPHeaders"]["date"])
+        return max((date - resp["LastModified"]).total_seconds(), 0.0)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def claim(repo: S3Repository, did, gen: int, run_id: str) -> str | None:
+    """Win generation ``gen`` of a quantum (the claim's ETag, for its heartbeat), or find it held by a live
+    run (None)."""
     key = claim_key(did, gen)
     try:
-        repo.put_if_absent(key, _claim_body(run_id))
-        return True
+        return repo.put_if_absent(key, _claim_body(run_id))
     except AlreadyExists:
         pass
     from botocore.exceptions import ClientError
@@ -413,14 +459,67 @@ def claim(repo: S3Repository, did, gen: int, run_id: str) -> bool:
         held = json.loads(obj["Body"].read())
         etag = obj["ETag"]
     except (ClientError, ValueError):
-        return False
-    if _claimer_alive(held):
-        return False
+        return None
+    if _claimer_alive(held, _server_age(obj)):
+        return None
     try:  # its writer is dead: take it over, one winner (If-Match on the ETag we read)
-        repo.put_if_absent(key, _claim_body(run_id), if_match=etag)
-        return True
+        return repo.put_if_absent(key, _claim_body(run_id), if_match=etag)
     except AlreadyExists:
-        return False
+        return None
+
+
+class Heartbeat:
+    """Renews a won claim :data:`CLAIM_RENEW` times per lease while its quantum is measured: a conditional put
+    (``If-Match`` on the claim's last ETag) of the same claim with a new time, so the server's Last-Modified of a
+    live claim is never older than a fraction of its lease. A renewal that loses (412: another run took the
+    claim over, after this process missed its lease) marks the claim ``lost``: this run does not commit. A
+    failed request (network) is retried at the next beat; the lease tolerates a few."""
+
+    def __init__(self, repo: S3Repository, key: str, etag: str, run_id: str, lease: float | None = None):
+        import threading
+
+        self.repo, self.key, self.etag, self.run_id = repo, key, etag, run_id
+        self.lease = claim_lease() if lease is None else lease
+        self.renewals, self.lost = 0, False
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="forcedphot-claim-heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        import logging
+
+        while not self._stop.wait(self.lease / CLAIM_RENEW):
+            try:
+                if not self.renew():
+                    return
+            except Exception as exc:  # a missed beat; the lease covers CLAIM_RENEW - 1 of them
+                logging.getLogger(__name__).warning("%s/%s: claim renewal failed: %s", self.repo.uri, self.key, exc)
+
+    def renew(self) -> bool:
+        """Renew the claim now; False if it was taken over (then it is never renewed again)."""
+        with self._lock:
+            if self.lost:
+                return False
+            try:
+                self.etag = self.repo.put_if_absent(self.key, _claim_body(self.run_id, self.lease, self.renewals + 1),
+                                                    if_match=self.etag)
+                self.renewals += 1
+            except AlreadyExists:
+                self.lost = True
+            return not self.lost
+
+    def release(self) -> None:
+        """Delete the claim if it is still this run's (a claim taken over belongs to its new holder)."""
+        with self._lock:
+            if not self.lost and self.repo.head_etag(self.key) == self.etag:
+                self.repo.delete(self.key)
 
 
 def measure_quantum(uri: str, run_id: str, config, data_id, *, force: bool = False, run_started: float = 0.0,
@@ -465,7 +564,8 @@ def _decide_and_measure(repo: S3Repository, run_id: str, config, data_id, note: 
             note.update(status="up-to-date", checksum=latest[1]["sha256"])
             return
         gen = (latest[0] if latest else 0) + 1
-        if not claim(repo, data_id, gen, run_id):
+        etag = claim(repo, data_id, gen, run_id)
+        if etag is None:
             note.update(status="running-elsewhere", payload=f"{data_id}: claimed by another live run "
                                                             f"({repo.uri}/{claim_key(data_id, gen)})")
             return
@@ -475,16 +575,21 @@ def _decide_and_measure(repo: S3Repository, run_id: str, config, data_id, note: 
         if repo.head_etag(commit_key(data_id, gen)) is None:
             break
         repo.delete(claim_key(data_id, gen))
+    heartbeat = Heartbeat(repo, claim_key(data_id, gen), etag, run_id)
     try:
-        rec = _measure_and_commit(repo, run_id, config, q, gen, fps, n_threads=n_threads,
-                                  footprint_dataset=footprint_dataset, after_upload=after_upload)
+        with heartbeat:
+            rec = _measure_and_commit(repo, run_id, config, q, gen, fps, n_threads=n_threads,
+                                      footprint_dataset=footprint_dataset, after_upload=after_upload,
+                                      heartbeat=heartbeat)
     finally:
         try:
-            repo.delete(claim_key(data_id, gen))
+            heartbeat.release()
         except Exception:  # a leftover claim is taken over by the next run
             pass
     if rec is None:
-        note.update(status="running-elsewhere", payload=f"{data_id}: committed by another run meanwhile")
+        why = ("its claim was taken over (not renewed within its lease)" if heartbeat.lost
+               else "committed by another run meanwhile")
+        note.update(status="running-elsewhere", payload=f"{data_id}: {why}")
         return
     note.update(status="done", payload=(rec["n_rows"], rec["seconds"], rec["n_unmatched"], None),
                 checksum=rec["sha256"], n_rows=rec["n_rows"], timings=rec["timings"])
@@ -527,7 +632,7 @@ def stage_inputs(repo: S3Repository, q: S3Quantum, dest: Path):
 
 
 def _measure_and_commit(repo: S3Repository, run_id: str, config, q: S3Quantum, gen: int, fps: dict, *,
-                        n_threads, footprint_dataset: str, after_upload) -> dict | None:
+                        n_threads, footprint_dataset: str, after_upload, heartbeat=None) -> dict | None:
     from forcedphot import threads
     from forcedphot.io.atomic import writer_token
     from forcedphot.io.coadd import coadds_in_memory
@@ -558,6 +663,9 @@ def _measure_and_commit(repo: S3Repository, run_id: str, config, q: S3Quantum, g
            "committed": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "committed_epoch": time.time(),
            "provenance": make_provenance(data_id=did, config=config, inputs=fps,
                                          schema_version=schema_version("forced_source"))}
+    if heartbeat is not None and not heartbeat.renew():  # renewed just before the commit, or lost: no commit
+        repo.delete(rel)
+        return None
     try:
         repo.put_if_absent(commit_key(did, gen), json.dumps(rec, default=str).encode())
     except AlreadyExists:  # cannot happen while claims hold; never two commits of one generation
@@ -571,13 +679,23 @@ def sweep(repo: S3Repository, *, older_than: float) -> list[str]:
     that are older than ``older_than`` (epoch seconds; another host's); returns their relative paths."""
     from forcedphot.io.atomic import writer_alive
 
-    named = set()
+    named, latest = set(), {}
     for obj in repo.list(COMMITS + "/"):
-        if _GEN.search(obj["rel"]):
+        m = _GEN.search(obj["rel"])
+        if m:
+            parts = dict(p.split("=", 1) for p in obj["rel"].split("/") if "=" in p)
+            q = f"{parts.get('tract')}-{parts.get('patch')}-{parts.get('band')}"
+            latest[q] = max(latest.get(q, 0), int(m.group(1)))
             try:
                 named.add(json.loads(repo.get(obj["rel"]))["file"])
             except (ValueError, KeyError):
                 pass
+    # a claim on a generation already committed is done with (its run was killed between its commit and the
+    # claim's release): removed, else it would stay forever (a late claimer of it finds the commit anyway)
+    for obj in repo.list(CLAIMS + "/"):
+        m = _CLAIM.search(obj["rel"])
+        if m and int(m["gen"]) <= latest.get(m["quantum"], 0):
+            repo.delete(obj["rel"])
     removed = []
     for obj in repo.list("forced_source/"):
         m = _DATA.search(obj["rel"])
@@ -587,6 +705,46 @@ def sweep(repo: S3Repository, *, older_than: float) -> list[str]:
         if (not writer_alive(m["host"], int(m["pid"]), int(m["start"])) if here else obj["modified"] < older_than):
             repo.delete(obj["rel"])
             removed.append(obj["rel"])
+    return removed
+
+
+def vacuum(repo: S3Repository, *, grace: float | None = None) -> list[str]:
+    """Remove superseded generations: each commit record older than its quantum's latest, with the data file it
+    names, once the record that superseded it was written more than ``grace`` seconds ago (the server's clock:
+    its ``Last-Modified`` against the ``Date`` of a HEAD, so no host's clock matters). A reader that listed the
+    commit records within the grace period still finds every file it listed. Only forcedphot's own objects are
+    removed (a ``g<N>.json`` record, a ``forced_source-<writer>-<rand>.parquet`` file no latest record names);
+    the latest generation of every quantum is never touched. Returns the removed relative paths."""
+    grace = grace_period(grace)
+    now = repo.server_time()
+    by_quantum: dict = {}
+    for obj in repo.list(COMMITS + "/"):
+        m = _GEN.search(obj["rel"])
+        parts = dict(p.split("=", 1) for p in obj["rel"].split("/") if "=" in p)
+        if m is None or not {"tract", "patch", "band"} <= parts.keys():
+            continue
+        key = (parts["tract"], parts["patch"], parts["band"])
+        by_quantum.setdefault(key, []).append((int(m.group(1)), obj["rel"], obj["modified"]))
+    expired, live = [], set()
+    for recs in by_quantum.values():
+        recs.sort()
+        live.add(recs[-1][1])
+        expired += [rel for (_, rel, _), (_, _, superseded) in zip(recs, recs[1:]) if now - superseded >= grace]
+    if not expired:
+        return []
+    live_files = {json.loads(repo.get(rel)).get("file") for rel in live}
+    removed = []
+    for rel in expired:
+        try:
+            file = json.loads(repo.get(rel)).get("file")
+        except ValueError:
+            file = None
+        if (isinstance(file, str) and file.startswith("forced_source/") and _DATA.search(file)
+                and file not in live_files):
+            repo.delete(file)  # the data file first: a record left by an interrupted vacuum is superseded anyway
+            removed.append(file)
+        repo.delete(rel)
+        removed.append(rel)
     return removed
 
 
@@ -634,12 +792,15 @@ def run_all(uri: str, config=None, *, tracts=None, patches=None, bands=None, for
     outcome, code = "error", 1
     pool = None
     try:
-        removed = sweep(repo, older_than=started - CLAIM_LEASE)
-        if removed:
-            import logging
+        import logging
 
+        removed = sweep(repo, older_than=started - ORPHAN_AGE)
+        if removed:
             logging.getLogger(__name__).warning("removed %d uncommitted data file(s) of runs no longer running",
                                                 len(removed))
+        superseded = vacuum(repo)
+        if superseded:
+            logging.getLogger(__name__).info("removed %d object(s) of superseded generations", len(superseded))
         ready = [q for q in quanta if q.ready]
         for q in quanta:
             if not q.ready:

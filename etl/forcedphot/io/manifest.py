@@ -42,6 +42,7 @@ MANIFEST_NAME = "_manifest.json"
 DATASET = "forced_source"
 COMPACTED_DIR = "compacted"  # parts written by compact (and by a copy-on-write commit), g<generation>-<k>.parquet
 LOCK_SECONDS = 600.0
+RETIRED = "retired"  # {path in the tract folder: epoch it was retired}: files a switch replaced, kept for readers
 
 
 def tract_dir(root: str | Path, tract: int) -> Path:
@@ -171,9 +172,9 @@ def commit_quantum(root: str | Path, tract: int, patch: int, band: str, path: st
             retired = _drop_quantum_from_parts(root, tract, doc, patch, band)
             del doc["compacted"][key]
         doc["files"][rel] = file_entry(path, quanta=[[patch, band]])
+        doc.get(RETIRED, {}).pop(rel, None)  # its path is live again (a quantum output compact had retired)
+        retire(doc, retired)
         write(root, tract, doc)
-    for old in retired:
-        remove_part(folder / old)
 
 
 def ensure_committed(root: str | Path, tract: int, patch: int, band: str, path: str | Path) -> None:
@@ -209,10 +210,108 @@ def remove_vanished(root: str | Path, keep: set[tuple[int, int, str]]) -> list[s
                     retired += _drop_quantum_from_parts(root, tract, doc, patch, band)
                     del doc["compacted"][quantum_key(patch, band)]
                 dropped.append(f"tract={tract} patch={patch} band={band}")
+            retire(doc, retired)
             write(root, tract, doc)
-        for old in retired:
-            remove_part(tract_dir(root, tract) / old)
     return dropped
+
+
+def is_own_file(rel: str) -> bool:
+    """A name forcedphot writes in a tract folder: a compacted part or a quantum's output (nothing else is
+    ever retired or removed)."""
+    parts = Path(rel).parts
+    if len(parts) == 2 and parts[0] == COMPACTED_DIR:
+        return parts[1].startswith("g") and parts[1].endswith(".parquet")
+    return (len(parts) == 3 and parts[0].startswith("patch=") and parts[1].startswith("band=")
+            and parts[2] == "forced_source.parquet")
+
+
+def retire(doc: dict, rels, now: float | None = None) -> None:
+    """Record files the manifest ``doc`` no longer lists as retired now: they stay in place, readable by a reader
+    that listed them from the previous manifest, until :func:`expire_retired` removes them after the grace
+    period. In place, not moved: a reader that listed a path opens that path."""
+    now = time.time() if now is None else now
+    retired = doc.setdefault(RETIRED, {})
+    for rel in rels:
+        if is_own_file(rel) and rel not in doc["files"]:
+            retired[rel] = now
+
+
+def expire_retired(root: str | Path, tract: int, *, grace: float | None = None, locked: bool = False) -> list[str]:
+    """Remove the tract's retired files whose grace period is over (``grace`` seconds, see
+    :func:`forcedphot.io.store.grace_period`); returns their paths relative to the tract folder. A quantum output
+    is removed only under its quantum's lock, taken without waiting (a run measuring it now may be replacing
+    it: kept for the next time) and only if the manifest still does not list it. ``locked``: the caller holds the
+    tract lock."""
+    from forcedphot.io.store import grace_period
+
+    grace = grace_period(grace)
+    root = Path(root)
+    if not locked:
+        doc = read(root, tract)
+        if doc is None or not doc.get(RETIRED):
+            return []
+        with tract_lock(root, tract):
+            return expire_retired(root, tract, grace=grace, locked=True)
+    doc = read(root, tract)
+    if doc is None or not doc.get(RETIRED):
+        return []
+    from filelock import FileLock, Timeout
+
+    from forcedphot.io.verified import verified_files
+
+    folder, now = tract_dir(root, tract), time.time()
+    retired, removed, changed = dict(doc[RETIRED]), [], False
+    verified = verified_files(root)
+    for rel, when in sorted(retired.items()):
+        if rel in doc["files"] or not is_own_file(rel):  # live again (or not ours): only forgotten here
+            del doc[RETIRED][rel]
+            changed = True
+            continue
+        if now - float(when) < grace:
+            continue
+        path = folder / rel
+        if is_compacted_part(rel):
+            remove_part(path)
+        else:
+            patch, band = (p.split("=", 1)[1] for p in Path(rel).parts[:2])
+            lock_file = root / "runs" / "locks" / f"{tract}-{patch}-{band}.lock"  # Repository.lock_path
+            lock_file.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(lock_file))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue
+            try:
+                path.unlink(missing_ok=True)
+            finally:
+                lock.release()
+            for empty in (path.parent, path.parent.parent):
+                try:
+                    empty.rmdir()
+                except OSError:
+                    break
+        verified.forget(path.relative_to(root).as_posix())
+        del doc[RETIRED][rel]
+        removed.append(rel)
+        changed = True
+    verified.save()
+    if changed:
+        write(root, tract, doc)
+    return removed
+
+
+def tracts(root: str | Path) -> list[int]:
+    folder = Path(root) / DATASET
+    return sorted(int(p.name.split("=", 1)[1]) for p in folder.glob("tract=*")
+                  if p.name.split("=", 1)[1].isdigit()) if folder.is_dir() else []
+
+
+def vacuum(root: str | Path, *, grace: float | None = None) -> list[str]:
+    """:func:`expire_retired` of every tract; the removed paths relative to the repository root."""
+    out = []
+    for tract in tracts(root):
+        out += [f"{DATASET}/tract={tract}/{rel}" for rel in expire_retired(root, tract, grace=grace)]
+    return out
 
 
 def remove_part(path: Path) -> None:

@@ -24,6 +24,7 @@ from forcedphot.errors import InputError
 _URI = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
 _COLLAPSED = re.compile(r"^(?P<scheme>s3|gs|gcs|az|abfs|http|https|hdfs|file):/(?!/)")  # "s3:/b/r": a URI Path() ate
 SUPPORTED_SCHEMES = ("s3",)
+GRACE_PERIOD = 3600.0  # seconds a superseded output stays readable after what superseded it was committed
 
 
 def is_uri(root) -> bool:
@@ -134,3 +135,17 @@ def put_if_absent(bucket: str, key: str, body: bytes, *, if_match: str | None = 
             raise AlreadyExists(f"s3://{bucket}/{key}") from None
         raise
     return resp["ETag"]
+
+
+def grace_period(grace: float | None = None) -> float:
+    """How long superseded outputs are kept for readers that listed them: ``grace`` if given, else
+    ``FORCEDPHOT_GRACE_PERIOD`` (seconds), else :data:`GRACE_PERIOD` (local and s3 repositories alike)."""
+    if grace is None:
+        text = os.environ.get("FORCEDPHOT_GRACE_PERIOD", "").strip()
+        try:
+            grace = float(text) if text else GRACE_PERIOD
+        except ValueError:
+            raise InputError(f"FORCEDPHOT_GRACE_PERIOD={text!r}: not a number of seconds") from None
+    if not grace >= 0:
+        raise InputError(f"grace period {grace}: must be >= 0 seconds")
+    return float(grace)
