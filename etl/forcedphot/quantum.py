@@ -66,10 +66,9 @@ def _ragged_chunk(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return offsets, chunk.values.to_numpy(zero_copy_only=False)
 
 
-def _footprints(table: pa.Table, footprints: pa.Table, has: np.ndarray, values_file: str | None) -> HeavyFootprints:
-    """Each reference's footprint in reference order: spans gathered into memory, heavy values
-    decoded once into a :class:`HeavyValueStore` (batch by batch from ``values_file`` when the
-    table was read without them) that measurement chunks gather from."""
+def _footprint_spans(table: pa.Table, footprints: pa.Table, has: np.ndarray) -> tuple:
+    """(rows, bbox, {span column: (offsets, values)}, (span pixels, spans outside the bbox)) of each
+    reference's footprint in reference order, gathered into memory from the footprint table."""
     from forcedphot.kernels.csr import gather_rows
     from forcedphot.kernels.footprints import span_checks
 
@@ -77,15 +76,20 @@ def _footprints(table: pa.Table, footprints: pa.Table, has: np.ndarray, values_f
     bbox = np.stack([table.column(c).fill_null(0).to_numpy() for c in ("fp_min_x", "fp_min_y", "fp_max_x",
                                                                         "fp_max_y")], axis=1).astype(np.int64)
     spans = {name: gather_rows(_ragged(footprints.column(name)), rows, np.int32) for name in LIST_COLUMNS[:3]}
-    span_offsets = spans["span_y"][0]
-    n_pix, outside = span_checks(span_offsets, spans["span_y"][1], spans["span_x0"][1], spans["span_x1"][1], bbox)
-    if values_file is None:
-        chunks = _ragged(footprints.column("values"))
-    else:
-        chunks = (_ragged_chunk(column) for column in iter_column(values_file, "values"))
+    checked = span_checks(spans["span_y"][0], spans["span_y"][1], spans["span_x0"][1], spans["span_x1"][1], bbox)
+    return rows, bbox, spans, checked
+
+
+def _footprints(spans: tuple, has: np.ndarray, chunks) -> HeavyFootprints:
+    """Each reference's footprint in reference order: the spans of :func:`_footprint_spans`, heavy
+    values decoded once into a :class:`HeavyValueStore` from ``chunks`` ((offsets, values) of
+    consecutive footprint rows; batch by batch from the file when the table was read without them)
+    that measurement chunks gather from. The footprint table is released before the values stream
+    (its Arrow span lists would otherwise sit under the store's batches: the load's memory peak)."""
+    rows, bbox, spans, (n_pix, outside) = spans
     store = HeavyValueStore.from_chunks(chunks, rows)
-    fp = HeavyFootprints(has=has, span_offsets=span_offsets, span_y=spans["span_y"][1], span_x0=spans["span_x0"][1],
-                         span_x1=spans["span_x1"][1], bbox=bbox, store=store)
+    fp = HeavyFootprints(has=has, span_offsets=spans["span_y"][0], span_y=spans["span_y"][1],
+                         span_x0=spans["span_x0"][1], span_x1=spans["span_x1"][1], bbox=bbox, store=store)
     fp.checked = (n_pix, outside, store.lengths() != n_pix)
     return fp
 
@@ -173,8 +177,15 @@ def load_quantum(quantum: Quantum, *, allow_missing_footprints: bool = False,
         ref = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names
                if c not in SPAN_COLUMNS and c not in ARROW_COLUMNS and c != "footprint_parent"}
         ref.update({c: table.column(c).combine_chunks() for c in ARROW_COLUMNS})  # 64-bit ids with nulls stay exact
-        footprints = _footprints(table, footprint_table, has, quantum.footprints_file if streamed else None)
-        del footprint_table
+        spans = _footprint_spans(table, footprint_table, has)
+        if streamed:
+            chunks = (_ragged_chunk(column) for column in iter_column(quantum.footprints_file, "values"))
+        else:
+            chunks = _ragged(footprint_table.column("values"))
+        del footprint_table  # only the values' buffers stay (derived footprints): the span lists go now
+        pa.default_memory_pool().release_unused()
+        footprints = _footprints(spans, has, chunks)
+        del spans, chunks
         footprints.check(ids, f"{quantum.data_id} ({quantum.footprints_file})")
         checks.check_pixels(quantum, coadd, footprints, ids, n_bad_variance.result())
         pa.default_memory_pool().release_unused()  # decoded Parquet pages: back to the system, not kept by the pool

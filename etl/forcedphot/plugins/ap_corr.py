@@ -25,6 +25,8 @@ cModelFlux >= psfFlux else 0, both aperture corrected. Where CModel did not run 
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag, register
@@ -38,6 +40,18 @@ FLAG_BASE = {"cModelFlux": "cModel"}
 # fluxes corrected with another flux's field (without columns of their own), besides the undeblended copies
 PROXIES = {"cModelFlux": ("cModel_expFlux", "cModel_devFlux")}
 FLUX_RATIO = 0.985
+
+
+def corrected(value, a: np.ndarray, good: np.ndarray, *, alone: bool = True) -> np.ndarray:
+    """``np.where(good, value * a, value)``, bit for bit; in place when ``value`` is a float64 column
+    array of its own (the plugins' outputs; ``alone``: no other column is the same array): the
+    corrected column replaces it, so the quantum never holds both copies of the ~60 corrected
+    columns (ApCorr was the quantum's memory peak, docs/incoming/memory.md)."""
+    if (alone and isinstance(value, np.ndarray) and value.dtype == np.float64 and value.shape == a.shape
+            and value.flags.owndata and value.flags.writeable and a.dtype == np.float64):
+        np.multiply(value, a, out=value, where=good)
+        return value
+    return np.where(good, value * a, value)
 
 
 @register
@@ -60,6 +74,8 @@ class ApCorr(Plugin):
     def measure(self, ctx: MeasurementContext):
         out = {}
         ap_corr = ctx.coadd.ap_corr
+        uses = Counter(id(v) for v in ctx.values.values())
+        fix = lambda name: corrected(ctx.values[name], a, good, alone=uses[id(ctx.values[name])] == 1)  # noqa: E731
         x = np.where(ctx.usable, ctx.x, ctx.coadd.bbox.min_x)
         y = np.where(ctx.usable, ctx.y, ctx.coadd.bbox.min_y)
         for f in AP_CORR_FLUXES:
@@ -70,8 +86,8 @@ class ApCorr(Plugin):
             else:
                 a, a_err = ap_corr.evaluate(f, x, y)
             good = ctx.usable & np.isfinite(a) & (a > 0) & np.isfinite(a_err) & (a_err >= 0)
-            out[f] = np.where(good, ctx.values[f] * a, ctx.values[f])
-            out[f"{f}Err"] = np.where(good, ctx.values[f"{f}Err"] * a, ctx.values[f"{f}Err"])
+            out[f] = fix(f)
+            out[f"{f}Err"] = fix(f"{f}Err")
             out[f"{f}_apCorr"] = np.where(good, a, np.nan)
             out[f"{f}_apCorrErr"] = np.where(good, a_err, np.nan)
             base = FLAG_BASE.get(f, f)
@@ -79,12 +95,12 @@ class ApCorr(Plugin):
             out[f"{base}_flag"] = ctx.values[f"{base}_flag"] | (~good if ap_corr is not None else False)
             for p in PROXIES.get(f, ()):
                 if p in ctx.values:
-                    out[p] = np.where(good, ctx.values[p] * a, ctx.values[p])
-                    out[f"{p}Err"] = np.where(good, ctx.values[f"{p}Err"] * a, ctx.values[f"{p}Err"])
+                    out[p] = fix(p)
+                    out[f"{p}Err"] = fix(f"{p}Err")
             u = f"undeblended_{f}"  # Rubin's proxies: undeblended fluxes take their algorithm's correction
             if u in ctx.values:
-                out[u] = np.where(good, ctx.values[u] * a, ctx.values[u])
-                out[f"{u}Err"] = np.where(good, ctx.values[f"{u}Err"] * a, ctx.values[f"{u}Err"])
+                out[u] = fix(u)
+                out[f"{u}Err"] = fix(f"{u}Err")
                 out[f"{u}_flag"] = ctx.values[f"{u}_flag"] | (~good if ap_corr is not None else False)
         return out
 
