@@ -66,23 +66,6 @@ def kernel_modules(config: ForcedPhotConfig) -> list[str]:
     return sorted(names)
 
 
-MMAP_THRESHOLD = 128 * 1024  # bytes: glibc serves larger blocks by mmap, returned to the system at free
-
-
-def bound_heap() -> None:
-    """Fix glibc's mmap threshold at its initial 128 KiB (process-wide; not glibc: nothing).
-
-    glibc raises the threshold (up to 32 MiB) each time a larger mmapped block is freed, after which
-    the quantum's whole-quantum columns (8 bytes x rows each) and per-chunk buffers come from the
-    heap, whose freed holes stay resident; on the bench's 80,000-object quantum that kept ~40 MB
-    more at the peak (docs/incoming/memory.md). Allocation only: no number changes.
-    """
-    try:
-        ctypes.CDLL(None).mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD (also stops the dynamic raise)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def release_free_memory() -> None:
     """Return freed heap memory to the system (glibc keeps it per thread arena otherwise)."""
     try:
@@ -336,7 +319,6 @@ class ForcedPhotCoaddTask:
             raise QuantumError(f"{quantum.data_id}: locked by another run ({lock_path})") from None
 
     def _run_quantum(self, quantum: Quantum, inputs_fingerprint: dict | None) -> QuantumResult:
-        bound_heap()
         self.metadata = {"timings": {}, "cpu_timings": {}}
         t0, c0 = time.perf_counter(), time.process_time()
         with self.timer("fingerprint"):

@@ -6,7 +6,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from forcedphot import task as task_module
 from forcedphot.apcorr import ApCorrMap, ChebyshevField
 from forcedphot.config import ForcedPhotConfig
 from forcedphot.plugins import ap_corr
@@ -104,11 +103,6 @@ def test_ap_corr_in_place_equals_the_copying_formula_and_adds_no_copy():
     assert ctx.values["gaussianFlux"].tobytes() == before["gaussianFlux"].tobytes()
     assert out["gaussianFlux"] is not ctx.values["gaussianFlux"]
     assert out["gaussianFluxErr"] is not out["gaussianFlux"]
-
-
-def test_bound_heap_fixes_the_mmap_threshold_without_failing():
-    task_module.bound_heap()  # glibc: mallopt; elsewhere: nothing (the call must not raise)
-    assert task_module.MMAP_THRESHOLD == 128 * 1024
 
 
 def test_quantum_with_in_place_corrections_is_bit_identical_to_copying_ones(tiny_repo_master, monkeypatch):
