@@ -196,10 +196,11 @@ LISTING_MAX = 2000  # the listing state (no manifest: ~10 ms per file per query)
 
 def run_sql_scale(bench_root: str | Path, sizes=(100, 1000, 10000), *, repeat: int = REPEAT,
                   progress: bool = False, workers: int | None = None, listing_max: int = LISTING_MAX,
-                  scan_max: int | None = None) -> list[dict]:
+                  scan_max: int | None = None, compact_max: int | None = None) -> list[dict]:
     """Build each size (or reuse its build) and time its states in place: ``listing`` (the manifest moved
     aside; up to ``listing_max`` files), ``manifest``, then ``compacted`` after ``compact`` (which consumes the
-    build: the next call builds it again). ``scan_max``: time ``count(objectId)`` only up to this many files."""
+    build: the next call builds it again). ``scan_max``: time ``count(objectId)`` only up to this many files;
+    ``compact_max``: compact (and measure ``compacted``) only up to this many files (above it the build is kept)."""
     from forcedphot.compact import compact
     from forcedphot.io.manifest import manifest_path
 
@@ -213,7 +214,9 @@ def run_sql_scale(bench_root: str | Path, sizes=(100, 1000, 10000), *, repeat: i
         scan = scan_max is None or n <= scan_max
         row = {"files": n, "rows_per_file": ROWS, "build_s": round(built, 1),
                "build_workers": done.get("workers"), "footer_bytes": footer_bytes(root)}
-        (root / "sql-scale.json").unlink()  # measured in place: compacted below, so built again next time
+        compacting = compact_max is None or n <= compact_max
+        if compacting:
+            (root / "sql-scale.json").unlink()  # measured in place: compacted below, so built again next time
         mpath = manifest_path(root, 0)
         if n <= listing_max:
             aside = mpath.with_name(mpath.name + ".aside")
@@ -223,12 +226,15 @@ def run_sql_scale(bench_root: str | Path, sizes=(100, 1000, 10000), *, repeat: i
             finally:
                 aside.rename(mpath)
         row["manifest"] = measure(root, n, repeat=repeat, scan=scan)
-        t0 = time.perf_counter()
-        summary = compact(root, 0)[0]
-        row["compact_s"] = round(time.perf_counter() - t0, 2)
-        row["parts"] = summary["parts"]
-        row["compacted"] = measure(root, n, repeat=repeat, scan=scan)
-        shutil.rmtree(root)
+        if progress:
+            print(json.dumps({"files": n, "manifest": row["manifest"], "listing": row.get("listing")}), flush=True)
+        if compacting:
+            t0 = time.perf_counter()
+            summary = compact(root, 0)[0]
+            row["compact_s"] = round(time.perf_counter() - t0, 2)
+            row["parts"] = summary["parts"]
+            row["compacted"] = measure(root, n, repeat=repeat, scan=scan)
+            shutil.rmtree(root)
         if progress:
             print(format_rows([row]), flush=True)
         rows.append(row)
@@ -242,14 +248,16 @@ def format_rows(rows: list[dict]) -> str:
         for state in ("listing", "manifest", "compacted"):
             m = r.get(state)
             if m is None:
-                lines.append(f"{r['files']:>6} {state:>9} not measured (more than the listing limit of files)")
+                lines.append(f"{r['files']:>6} {state:>9} not measured (above its limit of files)")
                 continue
             scan = (f"{m['scan_s']:>15.3f} ({m['scan_cpu_s']:6.3f})" if "scan_s" in m else f"{'-':>24}")
             once = f"; timed once (> {SLOW_S:.0f} s): {', '.join(m['once'])}" if m.get("once") else ""
             lines.append(f"{r['files']:>6} {state:>9} {m['count_s']:>8.3f} ({m['count_cpu_s']:6.3f}) "
                          f"{m['point_s']:>9.3f} ({m['point_cpu_s']:6.3f}) {scan} "
                          f"{m['files_s']:>13.3f}  {m['answers']['count']} rows, {len(m['answers']['point'])} at the id{once}")
-        lines.append(f"{'':>6} compact: {r['compact_s']:.1f} s -> {r['parts']} parts; build {r['build_s']:.0f} s "
+        compacted = (f"compact: {r['compact_s']:.1f} s -> {r['parts']} parts" if "compact_s" in r
+                     else "not compacted (more than the compact limit of files)")
+        lines.append(f"{'':>6} {compacted}; build {r['build_s']:.0f} s "
                      f"({r.get('build_workers')} processes); footer {r.get('footer_bytes', 0)} bytes per output file")
     return "\n".join(lines)
 
