@@ -184,8 +184,8 @@ def start_seaweedfs(workdir: str | Path) -> LocalS3Server:
     proc = _spawn(cmd, log)
     url = f"http://127.0.0.1:{ports['s3.port']}"
     try:
-        _wait(proc, f"{url}/", log, "seaweedfs", any_status=True)
-        started = _wait_writable(proc, url, log, "seaweedfs")  # the gateway answers before its filer is ready
+        started = _wait(proc, f"{url}/", log, "seaweedfs", any_status=True)
+        started += _wait_writable(proc, url, log, "seaweedfs")  # the gateway answers before its filer is ready
     except BaseException:
         proc.kill()
         proc.wait()
