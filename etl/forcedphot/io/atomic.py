@@ -81,20 +81,24 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike):
+def atomic_path(path: str | os.PathLike, *, durable: bool = True):
     """Yield a temporary path to write; on success fsync and rename it to ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    On any exception the temporary file is removed and ``path`` is left untouched. ``durable=False``: no
+    fsync (the rename is still atomic for readers; after a power loss the file may be old, empty or absent),
+    for caches whose loss only costs recomputation (the verified state: two fsyncs of each commit before).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(path)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -160,19 +160,31 @@ def commit_quantum(root: str | Path, tract: int, patch: int, band: str, path: st
     """Record a quantum's output, just renamed into place at ``path``, in its tract's manifest.
 
     If its rows were compacted, the parts holding them are rewritten without them (copy-on-write) in the
-    same generation, and the old parts removed after the switch."""
+    same generation, and the old parts retired (removed after the grace period, :func:`expire_retired`)."""
+    commit_quanta(root, tract, [(patch, band, path)])
+
+
+def commit_quanta(root: str | Path, tract: int, outputs, *, entries: dict | None = None) -> None:
+    """:func:`commit_quantum` of many outputs ``[(patch, band, path), ...]`` of one tract in one manifest
+    generation: one lock, one read and one atomic write of the manifest for all of them (a commit of each in
+    turn reads and rewrites the whole manifest each time: quadratic in the tract's file count). ``entries``:
+    {path: :func:`file_entry`} already read (by the process that wrote the file), else read here."""
     root = Path(root)
     folder = tract_dir(root, tract)
-    rel = Path(path).relative_to(folder).as_posix()
+    outputs = [(int(patch), str(band), Path(path)) for patch, band, path in outputs]
+    if not outputs:
+        return
     with tract_lock(root, tract):
         doc = load_or_build(root, tract)
         retired = []
-        key = quantum_key(patch, band)
-        if key in doc["compacted"]:
-            retired = _drop_quantum_from_parts(root, tract, doc, patch, band)
-            del doc["compacted"][key]
-        doc["files"][rel] = file_entry(path, quanta=[[patch, band]])
-        doc.get(RETIRED, {}).pop(rel, None)  # its path is live again (a quantum output compact had retired)
+        for patch, band, path in outputs:
+            key = quantum_key(patch, band)
+            if key in doc["compacted"]:
+                retired += _drop_quantum_from_parts(root, tract, doc, patch, band)
+                del doc["compacted"][key]
+            rel = path.relative_to(folder).as_posix()
+            doc["files"][rel] = (entries or {}).get(str(path)) or file_entry(path, quanta=[[patch, band]])
+            doc.get(RETIRED, {}).pop(rel, None)  # its path is live again (a quantum output compact had retired)
         retire(doc, retired)
         write(root, tract, doc)
 
@@ -351,7 +363,10 @@ def _drop_quantum_from_parts(root: Path, tract: int, doc: dict, patch: int, band
         rest = [q for q in quanta if q != [patch, band]]
         if table.num_rows == 0 and not rest:
             continue
-        new_rel = part_name(generation, k)
+        new_rel, n = part_name(generation, k), 0
+        while new_rel in doc["files"] or new_rel in retired:  # two quanta of one commit_quanta in one generation
+            n += 1
+            new_rel = part_name(generation, k + 10_000 * n)
         write_parquet(table, folder / new_rel, schema, provenance=read_provenance(path),
                       row_group_size=ROW_GROUP_ROWS)
         verified_files(root).record_written(folder / new_rel)

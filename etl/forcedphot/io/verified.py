@@ -20,7 +20,7 @@ them), and a query that hits one re-verifies its files to name the file.
 Where the state lives: ``runs/verified/<shard>.json``, one small JSON file per dataset and tract
 (``forced_source+tract=0.json``), merged with what is on disk and replaced atomically under one
 lock (``state.lock``), so concurrent runs and queries never lose each other's entries; a lost or
-unreadable shard only costs a re-verification. A repository that cannot be written (read-only) keeps the state in this
+unreadable shard only costs a re-verification (so shards are not fsynced: a crash may lose the last ones). A repository that cannot be written (read-only) keeps the state in this
 process's memory. Each process also keeps the shards it read, reloading one only when its file
 changed.
 """
@@ -360,7 +360,7 @@ class VerifiedFiles:
         with FileLock(str(self.state_dir / LOCK_NAME), timeout=LOCK_SECONDS):
             self._fresh.discard(name)
             merged = {rel: e for rel, e in {**self._load(name), **new}.items() if e is not None}
-            with atomic_path(path) as tmp:
+            with atomic_path(path, durable=False) as tmp:  # a cache: a shard lost to a crash costs a re-verification
                 tmp.write_text(dump_shard(merged))
             self._shards[name] = (stat_key(os.stat(path)), merged)
         self._fresh.add(name)
