@@ -86,7 +86,7 @@ def test_forked_workers_measure_what_one_process_does(tiny_repo, kw):
     assert serial.ok
     expected = _tables(tiny_repo)
     out = subprocess.run([sys.executable, "-c", RUN, str(tiny_repo), json.dumps(kw)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, (out.stderr if len(out.stderr) < 8000 else out.stderr[:4000] + "\n[...]\n" + out.stderr[-4000:])  # the cause comes first
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"forks": True, "spawned": False if kw.get("dask") else None, "ok": True, "done": len(serial.done)}
     tables = _tables(tiny_repo)
