@@ -230,3 +230,19 @@ def test_a_retired_part_is_kept_then_removed(measured, monkeypatch):
     assert sorted(removed) == sorted(p.relative_to(measured.root).as_posix() for p in parts)
     assert not any(p.exists() for p in parts)
     assert query.sql(measured, "SELECT count(*) AS n FROM forced_source").column("n")[0].as_py() > 0
+
+
+def test_a_part_read_in_slices_of_files_equals_one_read(measured, monkeypatch, tmp_path):
+    """Files are read FILES_PER_READ at a time (memory bounded by the slice, not by the file count): the parts
+    are the same rows in the same order as a part read in one go."""
+    import forcedphot.compact as compact_module
+
+    other = Repository(shutil.copytree(measured.root, tmp_path / "other"))
+    compact(measured.root, 0, grace=0)
+    monkeypatch.setattr(compact_module, "FILES_PER_READ", 3)  # 16 files: slices of 3, 3, 3, 3, 3 and 1
+    compact(other.root, 0, grace=0)
+    a, b = data_files(measured), data_files(other)
+    assert [p.name for p in a] == [p.name for p in b] and a
+    for x, y in zip(a, b):
+        tx, ty = pq.read_table(x), pq.read_table(y)
+        assert pl.from_arrow(tx).equals(pl.from_arrow(ty), null_equal=True)
