@@ -397,25 +397,9 @@ def effective_weight(w, rw, hk, g, d, taf, uf, outf, span):
         mo = m + nt - 1
         for i in range(m):  # wpad[k] = w[j, lo + k - (nt - 1)], zero outside the span
             wpad[nt - 1 + i] = w[j, lo + i]
-        for a in range(DEGREE + 1):  # ta[a, j, lo + o] = sum_t g_a[t] wpad[o + t]
+        for a in range(DEGREE + 1):  # ta[a, j, lo + o] = sum_t g_a[t] wpad[o + t] (each written once)
             base = a * npx + j * ns + lo
-            dst = ta[base:base + mo]
-            t = 0
-            while t + 4 <= nt:
-                c0, c1, c2, c3 = g[a, t], g[a, t + 1], g[a, t + 2], g[a, t + 3]
-                p0 = wpad[t:t + mo]
-                p1 = wpad[t + 1:t + 1 + mo]
-                p2 = wpad[t + 2:t + 2 + mo]
-                p3 = wpad[t + 3:t + 3 + mo]
-                for o in range(mo):
-                    dst[o] += c0 * p0[o] + c1 * p1[o] + c2 * p2[o] + c3 * p3[o]
-                t += 4
-            while t < nt:
-                c0 = g[a, t]
-                p0 = wpad[t:t + mo]
-                for o in range(mo):
-                    dst[o] += c0 * p0[o]
-                t += 1
+            conv_gather(wpad, g[a], nt, mo, ta[base:base + mo])
         for i in range(m):
             wpad[nt - 1 + i] = 0.0
     for a in range(DEGREE + 1):
