@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from forcedphot import query
+from forcedphot import duck, query
 from forcedphot.cli import main
 from forcedphot.config import ForcedPhotConfig
 from forcedphot.errors import InputError
@@ -103,6 +103,10 @@ def test_queries_read_the_manifest_not_a_listing(measured, monkeypatch):
 def test_a_point_query_opens_only_the_files_that_can_hold_the_id(measured, monkeypatch):
     handler = Counting()
     monkeypatch.setattr(query, "query_filesystem", lambda: pafs.PyFileSystem(handler))
+    # one DuckDB thread: the counting filesystem is Python code that pyarrow's scanner calls from its
+    # own threads while a DuckDB worker holds the GIL in the dataset source; with several DuckDB threads
+    # this hung once in a full `make test` (a test-only path: the real filesystems are native)
+    monkeypatch.setitem(duck.SANDBOX_CONFIG, "threads", 1)
     oid = query.sql(measured, "SELECT objectId FROM forced_source WHERE patch = 2 AND band = 'r' LIMIT 1").column(0)[0].as_py()
     handler.opened.clear()
     got = query.sql(measured, "SELECT band FROM forced_source WHERE objectId = $id ORDER BY band", {"id": oid})

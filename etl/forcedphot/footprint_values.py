@@ -6,10 +6,15 @@ its own pixel count). They are decoded from Parquet once, batch by batch, into a
 scratch file (unlinked at creation: nothing is left behind, even when the process is killed),
 and each measurement chunk gathers the values of the footprints its sources use. The process
 then holds one chunk's values at a time; the rest stays in the operating system's file cache.
+
+The footprints' spans (:class:`MappedArrays`) are kept the same way, but mapped whole: every
+reader sees plain arrays, and the pages a step touched leave the process when it calls
+:meth:`MappedArrays.release` (the task does after the noise replacement and after each chunk).
 """
 
 from __future__ import annotations
 
+import mmap
 import tempfile
 
 import numpy as np
@@ -72,3 +77,37 @@ class HeavyValueStore:
 
     def close(self) -> None:
         self._file.close()
+
+
+class MappedArrays:
+    """Arrays written once to an unnamed scratch file (unlinked at creation) and mapped back: each is
+    an ordinary writable ndarray. The pages a reader touches are the process's memory until
+    :meth:`release` drops them from its mapping; the data stays in the file (the operating system's
+    file cache, written to disk under memory pressure) and the next read maps it back in."""
+
+    ALIGN = 64
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+        layout, total = {}, 0
+        for name, a in arrays.items():
+            layout[name] = (total, a.dtype, a.shape)
+            total += -(-a.nbytes // self.ALIGN) * self.ALIGN
+        self._map = None
+        if total == 0:  # nothing to map (an empty quantum): the arrays stay as they are
+            self.arrays = arrays
+            return
+        with tempfile.TemporaryFile(prefix="forcedphot-spans-") as file:
+            for name, a in arrays.items():
+                file.seek(layout[name][0])
+                file.write(memoryview(a.reshape(-1)).cast("B"))
+            file.truncate(total)
+            file.flush()
+            self._map = mmap.mmap(file.fileno(), total, access=mmap.ACCESS_WRITE)  # keeps the file open
+        self.arrays = {name: np.frombuffer(self._map, dtype, int(np.prod(shape)), offset).reshape(shape)
+                       for name, (offset, dtype, shape) in layout.items()}
+
+    def release(self) -> None:
+        """Drop the pages read so far from this process (they are read back from the file when needed)."""
+        if self._map is not None:
+            self._map.madvise(mmap.MADV_DONTNEED)

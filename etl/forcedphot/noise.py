@@ -70,6 +70,13 @@ class HeavyFootprints:
     # (span pixels, spans outside the bbox, stored value count differs) per footprint, when the
     # loader computed them while gathering
     checked: tuple | None = None
+    # the MappedArrays the spans live in (the loader's way), None when they are in memory
+    mapped: object | None = None
+
+    def release_pages(self) -> None:
+        """Drop the span pages read so far from the process (mapped spans; nothing otherwise)."""
+        if self.mapped is not None:
+            self.mapped.release()
 
     def heavy(self, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(value offsets, values) of footprints ``rows`` (default: all, in row order), CSR."""

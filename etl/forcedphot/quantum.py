@@ -16,7 +16,7 @@ from forcedphot.duck import query_arrow
 from forcedphot.errors import InputError, MissingFootprintError
 from forcedphot.io.coadd import Coadd, open_coadd
 from forcedphot.io.parquet import iter_column, read_parquet
-from forcedphot.footprint_values import HeavyValueStore
+from forcedphot.footprint_values import HeavyValueStore, MappedArrays
 from forcedphot.noise import HeavyFootprints
 from forcedphot.plan import Quantum
 from forcedphot.resources import read_sql
@@ -84,12 +84,15 @@ def _footprints(spans: tuple, has: np.ndarray, chunks) -> HeavyFootprints:
     """Each reference's footprint in reference order: the spans of :func:`_footprint_spans`, heavy
     values decoded once into a :class:`HeavyValueStore` from ``chunks`` ((offsets, values) of
     consecutive footprint rows; batch by batch from the file when the table was read without them)
-    that measurement chunks gather from. The footprint table is released before the values stream
+    that measurement chunks gather from; the spans in a :class:`MappedArrays` (the process holds the
+    pages a step reads until it releases them). The footprint table is released before the values stream
     (its Arrow span lists would otherwise sit under the store's batches: the load's memory peak)."""
     rows, bbox, spans, (n_pix, outside) = spans
     store = HeavyValueStore.from_chunks(chunks, rows)
-    fp = HeavyFootprints(has=has, span_offsets=spans["span_y"][0], span_y=spans["span_y"][1],
-                         span_x0=spans["span_x0"][1], span_x1=spans["span_x1"][1], bbox=bbox, store=store)
+    mapped = MappedArrays({name: spans[name][1] for name in LIST_COLUMNS[:3]})  # spans to the scratch file
+    fp = HeavyFootprints(has=has, span_offsets=spans["span_y"][0], span_y=mapped.arrays["span_y"],
+                         span_x0=mapped.arrays["span_x0"], span_x1=mapped.arrays["span_x1"], bbox=bbox, store=store,
+                         mapped=mapped)
     fp.checked = (n_pix, outside, store.lengths() != n_pix)
     return fp
 
@@ -188,6 +191,7 @@ def load_quantum(quantum: Quantum, *, allow_missing_footprints: bool = False,
         del spans, chunks
         footprints.check(ids, f"{quantum.data_id} ({quantum.footprints_file})")
         checks.check_pixels(quantum, coadd, footprints, ids, n_bad_variance.result())
+        footprints.release_pages()  # the checks read every span
         pa.default_memory_pool().release_unused()  # decoded Parquet pages: back to the system, not kept by the pool
         ref["footprint_spans"] = (footprints.span_offsets, footprints.span_y, footprints.span_x0, footprints.span_x1)
         ref["footprints"] = footprints

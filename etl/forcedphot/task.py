@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from forcedphot import calibrate, threads
 from forcedphot.config import ForcedPhotConfig
 from forcedphot.errors import InputError, QuantumError
 from forcedphot.ids import IdPacker
-from forcedphot.io.parquet import write_parquet
+from forcedphot.io.parquet import write_parquet_batches
 from forcedphot.outputs import forced_source_columns
 from forcedphot.noise import NoiseReplacer, clipped_stats_1d
 from forcedphot.layout import UNDEBLENDED
@@ -53,6 +54,9 @@ from forcedphot.stages import SourcePixels
 # the kernel modules every quantum runs, whatever its plugins: the loaders' gathers (csr), pixel
 # validity and the noise replacement (footprints, and background's clipped statistics)
 STAGE_KERNELS = ("forcedphot.kernels.background", "forcedphot.kernels.csr", "forcedphot.kernels.footprints")
+# rows per row group of a forced_source file: the writer holds one row group of finished rows at a
+# time (not the quantum's table), and a point query with Parquet statistics reads one of them
+OUTPUT_ROW_GROUP_ROWS = 8192
 
 
 def kernel_modules(config: ForcedPhotConfig) -> list[str]:
@@ -64,6 +68,30 @@ def kernel_modules(config: ForcedPhotConfig) -> list[str]:
     for cls in ordered(config.plugins):
         names.update(cls.kernel_modules)
     return sorted(names)
+
+
+# glibc's heap policy for a measuring process: an allocation of 1 MiB or more (a chunk's columns, gathered
+# footprints, the noise image) gets its own mapping and goes back to the system when freed. glibc's
+# default raises this threshold to 32 MiB as large blocks are freed, and those blocks then stay in the
+# heap between chunks: 40-50 MB of the peak at 80k objects. Smaller blocks (the kernels' per-source
+# scratch) stay in the heap: a 128 KiB threshold cost 25% of the quantum in page faults.
+MMAP_THRESHOLD = 1 << 20
+_M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
+_heap = {"configured": False}
+
+
+def configure_heap() -> None:
+    """Set :data:`MMAP_THRESHOLD` once per process (glibc only; a ``MALLOC_MMAP_THRESHOLD_`` the user
+    set stands)."""
+    if _heap["configured"]:
+        return
+    _heap["configured"] = True
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        ctypes.CDLL(None).mallopt(ctypes.c_int(_M_MMAP_THRESHOLD), ctypes.c_int(MMAP_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def release_free_memory() -> None:
@@ -95,6 +123,7 @@ class ForcedPhotCoaddTask:
     canMultiprocess = True
 
     def __init__(self, repo: Repository, config: ForcedPhotConfig | None = None):
+        configure_heap()
         self.repo = repo
         self.config = config or ForcedPhotConfig()
         self.schema = load_schema("forced_source")
@@ -185,82 +214,86 @@ class ForcedPhotCoaddTask:
 
     def run(self, meas_cat: dict, inputs: QuantumInputs) -> pa.Table:
         """Run every plugin over all sources (chunk by chunk where pixels are read), calibrate, return the table."""
+        return pa.Table.from_batches(list(self.run_batches(meas_cat, inputs)), self.schema.arrow_schema())
+
+    def run_batches(self, meas_cat: dict, inputs: QuantumInputs):
+        """Yield the quantum's rows chunk by chunk, each chunk measured, corrected and calibrated to its
+        final columns (a record batch of the forced_source schema), in reference order; at least one
+        batch (empty for an empty patch).
+
+        Only the chunk's columns are held: no whole-quantum output column exists, and
+        :meth:`run_quantum` writes the batches as they come. Every step after the measurement is
+        per source (general flags, aperture corrections, extendedness, calibration), so the rows are
+        the same for any chunk size."""
         if inputs.n == 0:  # an empty patch: an empty, schema-complete table
-            return self.schema.arrow_schema().empty_table()
+            yield pa.RecordBatch.from_pylist([], schema=self.schema.arrow_schema())
+            return
         coadd = inputs.coadd
         replacer = None
+        footprints = inputs.ref["footprints"]
         if self.config.noise_replacement:
             with self.timer("noiseReplacer"):
                 replacer = self.make_noise_replacer(inputs)
+                footprints.release_pages()  # it wrote every footprint's spans
         with self.timer("pixels"):
-            pixels = SourcePixels.build(coadd, inputs.n, replacer=replacer, footprints=inputs.ref["footprints"],
+            pixels = SourcePixels.build(coadd, inputs.n, replacer=replacer, footprints=footprints,
                                         chunked=True, excluded_bits=excluded_bits(coadd, self.config))
         # plugins that measure the original image in their own pass (sharing per-source products)
         same_pass = tuple(n for n in self.config.undeblended if PLUGINS[n].measures_undeblended)
         ctx = MeasurementContext(coadd, self.config, inputs.ref, ref_wcs=self._ref_wcs(inputs),
                                  replacement=replacer, pixels=pixels, undeblended=same_pass, timer=self.section)
-        values = ctx.values
-        values.update(meas_cat)
+        ctx.values.update(meas_cat)
         measure = [p for p in self.plugins if p.order < 3]
         after = [p for p in self.plugins if p.order >= 3]  # aperture corrections, classification
         for plugin in measure:
             if not plugin.reads_pixels:
                 with self.timer(plugin.name):
-                    values.update(plugin.measure(ctx))
-        self._measure_chunks(ctx, [p for p in measure if p.reads_pixels], inputs, replacer)
+                    ctx.values.update(plugin.measure(ctx))
+        chunked = [p for p in measure if p.reads_pixels]
         # other undeblended copies: the same algorithm again on the original image (Rubin's `undeblended`)
         separate = [n for n in self.config.undeblended if n not in same_pass]
-        if separate:
-            plain = dataclasses.replace(ctx, replacement=None, values={}, cache=dict(ctx.cache),
-                                        pixels=dataclasses.replace(pixels, image=pixels.original, fp=pixels.fp_none))
-            for name in separate:
-                with self.timer(f"undeblended_{name}"):
-                    values.update({f"{UNDEBLENDED}{k}": v for k, v in PLUGINS[name](self.config).measure(plain).items()})
-        flag_invalid(values)  # every number carries its flag (forcedphot/validity.py), before ApCorr reads them
-        flag_deblended(values, unmeasurable_deblended(inputs.ref, replaced=replacer is not None))
-        # pixels are done with (the plugins after the measurement read values, not pixels): free the
-        # noise image, the validity plane and the per-source products before the whole-quantum
-        # columns are corrected and the table is built (the quantum's memory peak: docs/incoming/memory.md)
-        ctx = dataclasses.replace(ctx, pixels=None, replacement=None, cache={})
-        plain = pixels = replacer = None
-        release_free_memory()
-        for plugin in after:
-            with self.timer(plugin.name):
-                values.update(plugin.measure(ctx))
-        ctx = None
+        unmeasurable = unmeasurable_deblended(inputs.ref, replaced=replacer is not None)
         declared = forced_source_columns()
-        with self.timer("calibrate"):
-            calibrate.calibrate(values, declared, inputs.coadd.photo_calib)
-            flag_invalid(values)  # again on the final numbers (corrected and calibrated)
-        return self._to_table(values, declared, inputs.n)
-
-    def _measure_chunks(self, ctx: MeasurementContext, plugins: list, inputs: QuantumInputs, replacer) -> None:
-        """Run ``plugins`` over chunks of ``chunk_size`` sources, each chunk holding only the heavy
-        values of the footprints its sources use; results go into whole-quantum columns."""
         n, step = inputs.n, self.config.chunk_size
-        out: dict = {}
         for start in range(0, n, step):
             stop = min(n, start + step)
             with self.timer("footprints"):
-                pixels = ctx.pixels.chunk(start, stop, replacer=replacer, footprints=inputs.ref["footprints"],
-                                          coadd=inputs.coadd)
-            part = ctx.chunk(start, stop, pixels=pixels)
-            for plugin in plugins:
+                chunk_pixels = pixels.chunk(start, stop, replacer=replacer, footprints=footprints,
+                                            coadd=coadd)
+            part = ctx.chunk(start, stop, pixels=chunk_pixels)
+            values = part.values
+            for plugin in chunked:
                 with self.timer(plugin.name):
-                    result = plugin.measure(part)
-                part.values.update(result)
-                for name, value in result.items():
-                    if name not in out:
-                        value = np.asarray(value)
-                        out[name] = np.empty((n,) + value.shape[1:], value.dtype)
-                    out[name][start:stop] = value
-            del part, pixels
+                    values.update(plugin.measure(part))
+            if separate:
+                plain = dataclasses.replace(part, replacement=None, values={}, cache=dict(part.cache),
+                                            pixels=dataclasses.replace(chunk_pixels, image=chunk_pixels.original,
+                                                                       fp=chunk_pixels.fp_none))
+                for name in separate:
+                    with self.timer(f"undeblended_{name}"):
+                        values.update({f"{UNDEBLENDED}{k}": v
+                                       for k, v in PLUGINS[name](self.config).measure(plain).items()})
+                plain = None
+            flag_invalid(values)  # every number carries its flag (forcedphot/validity.py), before ApCorr reads them
+            flag_deblended(values, unmeasurable[start:stop])
+            part = dataclasses.replace(part, pixels=None, replacement=None, cache={})  # values only from here
+            chunk_pixels = None
+            for plugin in after:
+                with self.timer(plugin.name):
+                    values.update(plugin.measure(part))
+            with self.timer("calibrate"):
+                calibrate.calibrate(values, declared, coadd.photo_calib)
+                flag_invalid(values)  # again on the final numbers (corrected and calibrated)
+            with self.timer("table"):
+                batch = self._to_batch(values, declared, stop - start)
+            del part, values
+            footprints.release_pages()  # the spans this chunk read
             release_free_memory()
-        ctx.pixels.shared.clear()  # class planes of other mask bits: only the chunked plugins use them
-        ctx.values.update(out)
+            yield batch
+            del batch
 
-    def _to_table(self, values: dict, declared, n: int) -> pa.Table:
-        """Columns in schema order, each converted and released in turn (one copy at a time, not two)."""
+    def _to_batch(self, values: dict, declared, n: int) -> pa.RecordBatch:
+        """One chunk's columns in the schema's order and types, each converted and released in turn."""
         arrays = {}
         for c in declared:
             field = self.schema.column(c.name)
@@ -269,11 +302,12 @@ class ForcedPhotCoaddTask:
                 arrays[c.name] = value.cast(field.arrow_type)
             elif value is not None:
                 arrays[c.name] = pa.array(value, type=field.arrow_type)  # NaN = measured but failed
-            else:  # declared by a plugin that is not configured: null
-                arrays[c.name] = pa.nulls(n, type=field.arrow_type)
             del value
         values.clear()
-        return pa.table(arrays)
+        schema = self.schema.arrow_schema()
+        # declared by a plugin that is not configured: null
+        return pa.RecordBatch.from_arrays([arrays[f.name] if f.name in arrays else pa.nulls(n, f.type) for f in schema],
+                                          schema=schema)
 
     def make_noise_replacer(self, inputs: QuantumInputs) -> NoiseReplacer:
         """Noise for every footprint, seeded by the packed (tract, patch) id: the same in every band."""
@@ -292,11 +326,14 @@ class ForcedPhotCoaddTask:
         """The WCS of the reference centroids: the skymap tract's."""
         return self._skymap[inputs.quantum.data_id.tract].wcs
 
-    def write_output(self, data_id: DataId, table: pa.Table, provenance: dict) -> str:
+    def write_output(self, data_id: DataId, table, provenance: dict) -> str:
+        """Write ``table`` (a table, or record batches consumed as they come) atomically and commit it to
+        the tract's manifest."""
         from forcedphot.io.manifest import commit_quantum
 
         path = self.repo.forced_source_path(data_id)
-        write_parquet(table, path, self.schema, provenance=provenance)
+        parts = [table] if isinstance(table, pa.Table) else table
+        write_parquet_batches(parts, path, self.schema, provenance=provenance, row_group_size=OUTPUT_ROW_GROUP_ROWS)
         commit_quantum(self.repo.root, data_id.tract, data_id.patch, data_id.band, path)  # the tract's manifest
         return str(path)
 
@@ -327,20 +364,31 @@ class ForcedPhotCoaddTask:
             inputs = self.attach_footprints(quantum)
         meas_cat = self.generate_meas_cat(inputs)
         n_unmatched = int(inputs.unmatched_footprint_ids.size)
-        table = self.run(meas_cat, inputs)
-        del inputs, meas_cat  # unmaps the coadd planes and the footprint values before the write
-        release_free_memory()
-        prov = make_provenance(data_id=quantum.data_id, config=self.config, inputs=fingerprint,
-                               schema_version=self.schema.version,
-                               extra={"n_rows": table.num_rows, "noise": self.metadata.get("noise"),
-                                      "n_missing_footprints": self.metadata.get("n_missing_footprints", 0),
-                                      "n_unmatched_footprints": n_unmatched})
-        with self.timer("write"):
-            path = self.write_output(quantum.data_id, table, prov)
+        n_rows = inputs.n
+        batches = self.run_batches(meas_cat, inputs)
+        try:
+            head = [next(batches)]  # the noise replacement is made: the provenance can record it
+            del inputs, meas_cat  # the generator holds them until its last chunk, then unmaps the planes
+            prov = make_provenance(data_id=quantum.data_id, config=self.config, inputs=fingerprint,
+                                   schema_version=self.schema.version,
+                                   extra={"n_rows": n_rows, "noise": self.metadata.get("noise"),
+                                          "n_missing_footprints": self.metadata.get("n_missing_footprints", 0),
+                                          "n_unmatched_footprints": n_unmatched})
+            # the chunks are measured as the writer asks for them (their sections are timed apart)
+            with self.timer("write"):
+                path = self.write_output(quantum.data_id, _handed_on(head, batches), prov)
+        finally:
+            batches.close()
         self.metadata["timings"]["total"] = time.perf_counter() - t0
         self.metadata["cpu_timings"]["total"] = time.process_time() - c0
-        return QuantumResult(quantum.data_id, table.num_rows, path, dict(self.metadata["timings"]), n_unmatched,
+        return QuantumResult(quantum.data_id, n_rows, path, dict(self.metadata["timings"]), n_unmatched,
                              dict(self.metadata["cpu_timings"]))
+
+
+def _handed_on(head: list, rest):
+    """``head``'s one item, then ``rest``: the item is popped, so only its consumer holds it."""
+    yield head.pop()
+    yield from rest
 
 
 __all__ = ["ForcedPhotCoaddTask", "QuantumResult", "PLUGINS"]

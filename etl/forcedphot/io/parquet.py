@@ -81,22 +81,58 @@ def write_parquet(table: pa.Table, path: str | Path, schema: TableSchema, *, pro
                   row_group_size: int | None = None) -> Path:
     """Conform ``table`` to ``schema`` and write it atomically with schema version and provenance
     (``row_group_size``: rows per row group, pyarrow's default if None)."""
+    return write_parquet_batches([table], path, schema, provenance=provenance, row_group_size=row_group_size)
+
+
+def write_parquet_batches(parts, path: str | Path, schema: TableSchema, *, provenance: dict | None = None,
+                          row_group_size: int | None = None) -> Path:
+    """Write ``parts`` (tables or record batches, produced one at a time: a generator is consumed as
+    it is written) atomically as one file: each part conformed to ``schema``, with schema version
+    and provenance.
+
+    Rows are written in row groups of exactly ``row_group_size`` rows (the last may be shorter), so
+    the file's bytes do not depend on how the rows were cut into parts; at most one row group of
+    conformed rows is held at a time. ``row_group_size=None``: one row group per part, split at
+    pyarrow's default. An exception from ``parts`` (or the writer) leaves nothing under ``path``.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
-    table = schema.conform(table, where=str(path))
-    meta = dict(table.schema.metadata or {})
+    arrow_schema = schema.arrow_schema()
+    meta = dict(arrow_schema.metadata or {})
     if provenance is not None:
         meta[META_PROVENANCE] = json.dumps(provenance, sort_keys=True).encode()
-    table = table.replace_schema_metadata(meta)
+    arrow_schema = arrow_schema.with_metadata(meta)
     with atomic_path(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink:
-            writer = pq.ParquetWriter(sink, table.schema, compression="zstd",
-                                      write_statistics=statistics_columns(schema, table.schema),
-                                      write_page_checksum=True, use_dictionary=dictionary_columns(table.schema))
+            writer = pq.ParquetWriter(sink, arrow_schema, compression="zstd",
+                                      write_statistics=statistics_columns(schema, arrow_schema),
+                                      write_page_checksum=True, use_dictionary=dictionary_columns(arrow_schema))
             try:
-                writer.write_table(table, row_group_size=row_group_size)
+                pending, n_pending, wrote = [], 0, False
+                for part in parts:
+                    if isinstance(part, pa.RecordBatch):
+                        part = pa.Table.from_batches([part])
+                    table = schema.conform(part, where=str(path)).replace_schema_metadata(meta)
+                    if row_group_size is None:
+                        writer.write_table(table)
+                        wrote = True
+                        continue
+                    pending.append(table)
+                    n_pending += table.num_rows
+                    while n_pending >= row_group_size:  # whole row groups out, the rest kept
+                        rows = pa.concat_tables(pending)
+                        # one contiguous row group: its pages do not depend on where the parts were cut
+                        writer.write_table(rows.slice(0, row_group_size).combine_chunks(),
+                                           row_group_size=row_group_size)
+                        wrote = True
+                        rest = rows.slice(row_group_size)
+                        pending, n_pending = [rest], rest.num_rows
+                        del rows
+                if n_pending or not wrote:  # the last rows; an empty table gets its (empty) row group
+                    rows = pa.concat_tables(pending).combine_chunks() if pending else arrow_schema.empty_table()
+                    writer.write_table(rows, row_group_size=max(row_group_size or rows.num_rows, 1))
                 n_bytes = sink.tell()  # every row group is written: only the footer follows
                 writer.add_key_value_metadata({META_CHECKSUM: f"{n_bytes}:{_sha256_prefix(tmp, n_bytes)}"})
             finally:
