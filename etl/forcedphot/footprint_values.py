@@ -108,6 +108,7 @@ class MappedArrays:
                        for name, (offset, dtype, shape) in layout.items()}
 
     def release(self) -> None:
-        """Drop the pages read so far from this process (they are read back from the file when needed)."""
-        if self._map is not None:
+        """Drop the pages read so far from this process (they are read back from the file when needed); where
+        the platform has no ``madvise``, they stay mapped (more memory, the same values)."""
+        if self._map is not None and hasattr(mmap, "MADV_DONTNEED"):
             self._map.madvise(mmap.MADV_DONTNEED)

@@ -67,8 +67,10 @@ def _ragged_chunk(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _footprint_spans(table: pa.Table, footprints: pa.Table, has: np.ndarray) -> tuple:
-    """(rows, bbox, {span column: (offsets, values)}, (span pixels, spans outside the bbox)) of each
-    reference's footprint in reference order, gathered into memory from the footprint table."""
+    """(rows, bbox, span offsets, spans, (span pixels, spans outside the bbox)) of each reference's
+    footprint in reference order: gathered from the footprint table, checked, then moved to a
+    :class:`MappedArrays` (the process holds the pages a step reads until it releases them), so the
+    gathered copies are gone before the heavy values stream."""
     from forcedphot.kernels.csr import gather_rows
     from forcedphot.kernels.footprints import span_checks
 
@@ -77,20 +79,19 @@ def _footprint_spans(table: pa.Table, footprints: pa.Table, has: np.ndarray) -> 
                                                                         "fp_max_y")], axis=1).astype(np.int64)
     spans = {name: gather_rows(_ragged(footprints.column(name)), rows, np.int32) for name in LIST_COLUMNS[:3]}
     checked = span_checks(spans["span_y"][0], spans["span_y"][1], spans["span_x0"][1], spans["span_x1"][1], bbox)
-    return rows, bbox, spans, checked
+    mapped = MappedArrays({name: spans[name][1] for name in LIST_COLUMNS[:3]})  # spans to the scratch file
+    return rows, bbox, spans["span_y"][0], mapped, checked
 
 
 def _footprints(spans: tuple, has: np.ndarray, chunks) -> HeavyFootprints:
     """Each reference's footprint in reference order: the spans of :func:`_footprint_spans`, heavy
     values decoded once into a :class:`HeavyValueStore` from ``chunks`` ((offsets, values) of
     consecutive footprint rows; batch by batch from the file when the table was read without them)
-    that measurement chunks gather from; the spans in a :class:`MappedArrays` (the process holds the
-    pages a step reads until it releases them). The footprint table is released before the values stream
+    that measurement chunks gather from. The footprint table is released before the values stream
     (its Arrow span lists would otherwise sit under the store's batches: the load's memory peak)."""
-    rows, bbox, spans, (n_pix, outside) = spans
+    rows, bbox, offsets, mapped, (n_pix, outside) = spans
     store = HeavyValueStore.from_chunks(chunks, rows)
-    mapped = MappedArrays({name: spans[name][1] for name in LIST_COLUMNS[:3]})  # spans to the scratch file
-    fp = HeavyFootprints(has=has, span_offsets=spans["span_y"][0], span_y=mapped.arrays["span_y"],
+    fp = HeavyFootprints(has=has, span_offsets=offsets, span_y=mapped.arrays["span_y"],
                          span_x0=mapped.arrays["span_x0"], span_x1=mapped.arrays["span_x1"], bbox=bbox, store=store,
                          mapped=mapped)
     fp.checked = (n_pix, outside, store.lengths() != n_pix)

@@ -270,6 +270,7 @@ def expire_retired(root: str | Path, tract: int, *, grace: float | None = None, 
     from filelock import FileLock, Timeout
 
     from forcedphot.io.verified import verified_files
+    from forcedphot.repository import DataId, Repository
 
     folder, now = tract_dir(root, tract), time.time()
     retired, removed, changed = dict(doc[RETIRED]), [], False
@@ -286,7 +287,7 @@ def expire_retired(root: str | Path, tract: int, *, grace: float | None = None, 
             remove_part(path)
         else:
             patch, band = (p.split("=", 1)[1] for p in Path(rel).parts[:2])
-            lock_file = root / "runs" / "locks" / f"{tract}-{patch}-{band}.lock"  # Repository.lock_path
+            lock_file = Repository(root).lock_path(DataId(tract, int(patch), band))  # the runs' quantum lock
             lock_file.parent.mkdir(parents=True, exist_ok=True)
             lock = FileLock(str(lock_file))
             try:

@@ -25,8 +25,6 @@ cModelFlux >= psfFlux else 0, both aperture corrected. Where CModel did not run 
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 
 from forcedphot.plugins.base import Column, MeasurementContext, Plugin, flag, register
@@ -40,18 +38,6 @@ FLAG_BASE = {"cModelFlux": "cModel"}
 # fluxes corrected with another flux's field (without columns of their own), besides the undeblended copies
 PROXIES = {"cModelFlux": ("cModel_expFlux", "cModel_devFlux")}
 FLUX_RATIO = 0.985
-
-
-def corrected(value, a: np.ndarray, good: np.ndarray, *, alone: bool = True) -> np.ndarray:
-    """``np.where(good, value * a, value)``, bit for bit; in place when ``value`` is a float64 column
-    array of its own (the plugins' outputs; ``alone``: no other column is the same array): the
-    corrected column replaces it, so the quantum never holds both copies of the ~60 corrected
-    columns (ApCorr was the quantum's memory peak, docs/incoming/memory.md)."""
-    if (alone and isinstance(value, np.ndarray) and value.dtype == np.float64 and value.shape == a.shape
-            and value.flags.owndata and value.flags.writeable and a.dtype == np.float64):
-        np.multiply(value, a, out=value, where=good)
-        return value
-    return np.where(good, value * a, value)
 
 
 @register
@@ -74,8 +60,7 @@ class ApCorr(Plugin):
     def measure(self, ctx: MeasurementContext):
         out = {}
         ap_corr = ctx.coadd.ap_corr
-        uses = Counter(id(v) for v in ctx.values.values())
-        fix = lambda name: corrected(ctx.values[name], a, good, alone=uses[id(ctx.values[name])] == 1)  # noqa: E731
+        fix = lambda name: np.where(good, ctx.values[name] * a, ctx.values[name])  # noqa: E731
         x = np.where(ctx.usable, ctx.x, ctx.coadd.bbox.min_x)
         y = np.where(ctx.usable, ctx.y, ctx.coadd.bbox.min_y)
         for f in AP_CORR_FLUXES:
