@@ -7,11 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from forcedphot import duck, query
+from forcedphot import query
 from forcedphot.cli import main
 from forcedphot.config import ForcedPhotConfig
 from forcedphot.errors import InputError
@@ -32,42 +31,6 @@ def measured(measured_tiny_repo, tmp_path) -> Repository:
 
 def count(repo) -> int:
     return query.sql(repo, COUNT).column("n")[0].as_py()
-
-
-class Counting(pafs.FileSystemHandler):
-    """The local filesystem, remembering every file opened for reading."""
-
-    def __init__(self):
-        self.fs, self.opened = pafs.LocalFileSystem(), []
-
-    def get_type_name(self):
-        return "counting"
-
-    def normalize_path(self, path):
-        return path
-
-    def equals(self, other):
-        return self is other
-
-    def get_file_info(self, paths):
-        return self.fs.get_file_info(paths)
-
-    def get_file_info_selector(self, selector):
-        return self.fs.get_file_info(selector)
-
-    def open_input_file(self, path):
-        self.opened.append(path)
-        return self.fs.open_input_file(path)
-
-    def open_input_stream(self, path):
-        self.opened.append(path)
-        return self.fs.open_input_stream(path)
-
-    def _refuse(self, *args):
-        raise OSError("read only")
-
-    create_dir = delete_dir = delete_dir_contents = delete_root_dir_contents = delete_file = move = copy_file = _refuse
-    open_output_stream = open_append_stream = _refuse
 
 
 def test_the_manifest_lists_what_the_runner_committed(measured):
@@ -100,28 +63,31 @@ def test_queries_read_the_manifest_not_a_listing(measured, monkeypatch):
     assert count(measured) == n
 
 
-def test_a_point_query_opens_only_the_files_that_can_hold_the_id(measured, monkeypatch):
-    handler = Counting()
-    monkeypatch.setattr(query, "query_filesystem", lambda: pafs.PyFileSystem(handler))
-    # one DuckDB thread: the counting filesystem is Python code that pyarrow's scanner calls from its
-    # own threads while a DuckDB worker holds the GIL in the dataset source; with several DuckDB threads
-    # this hung once in a full `make test` (a test-only path: the real filesystems are native)
-    monkeypatch.setitem(duck.SANDBOX_CONFIG, "threads", 1)
+def test_a_point_query_registers_only_the_files_that_can_hold_the_id(measured, monkeypatch):
+    # the files each query makes dataset fragments of (what DuckDB can open), recorded where they are made;
+    # not by a Python filesystem counting opens: pyarrow's scanner calls one from its own threads while
+    # DuckDB's dataset source holds the GIL, and that hung a full `make test` twice
+    registered = []
+    make = query._fragment_dataset
+
+    def recording(listing, arrow_schema):
+        registered.append(sorted(listing))
+        return make(listing, arrow_schema)
+
+    monkeypatch.setattr(query, "_fragment_dataset", recording)
     oid = query.sql(measured, "SELECT objectId FROM forced_source WHERE patch = 2 AND band = 'r' LIMIT 1").column(0)[0].as_py()
-    handler.opened.clear()
+    registered.clear()
     got = query.sql(measured, "SELECT band FROM forced_source WHERE objectId = $id ORDER BY band", {"id": oid})
     assert got.column("band").to_pylist() == ["g", "i", "r", "z"]
     doc = manifest.read(measured.root, 0)
-    can = {str(manifest.tract_dir(measured.root, 0) / rel) for rel, e in doc["files"].items()
-           if e["objectId"] and e["objectId"][0] <= oid <= e["objectId"][1]}
-    # the files of the id's patch (4 bands), of 16; DuckDB's scan of the 429-column schema may open one more
-    # file (seen: the last fragment, not in a 2-column dataset) - never the rest
-    assert len(can) == 4 and len(doc["files"]) == 16
-    assert can <= set(handler.opened) and len(set(handler.opened) - can) <= 1
-    handler.opened.clear()
-    assert count(measured) > 0 and not handler.opened  # count(*): the manifests' row counts, no file opened
+    can = sorted(str(manifest.tract_dir(measured.root, 0) / rel) for rel, e in doc["files"].items()
+                 if e["objectId"] and e["objectId"][0] <= oid <= e["objectId"][1])
+    assert len(can) == 4 and len(doc["files"]) == 16  # the files of the id's patch (4 bands), of 16
+    assert registered == [can]  # only they are checked and made fragments
+    registered.clear()
+    assert count(measured) > 0 and not registered  # count(*): the manifests' row counts, no file registered
     n = query.sql(measured, "SELECT count(objectId) AS n FROM forced_source").column("n")[0].as_py()
-    assert n == count(measured) and len(set(handler.opened)) == 16  # a count of a column reads every file
+    assert n == count(measured) and len(registered) == 1 and len(registered[0]) == 16  # a column: every file
 
 
 @pytest.mark.parametrize(("sql", "params", "oid"), [
